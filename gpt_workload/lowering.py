@@ -1,0 +1,454 @@
+"""Weight-streaming lowering of a GPT forward pass onto the whole PE grid.
+
+The layout (one choice among many; later mappings are other lowerings of the same ops):
+
+* **Segments.** The tokens of a micro-batch (``b`` sequences x ``T`` tokens) are cut into
+  segments of ``m`` tokens; a segment never straddles two sequences (``q = ceil(T / m)``
+  segments per sequence). A segment is held by ``P`` PEs side by side in one grid row; PE
+  ``j`` of the segment holds feature slice ``j`` (width ``F / P``) of every activation of
+  width ``F``. ``P`` is ``n_head`` (one head per PE) or, on a grid narrower than ``n_head``,
+  the largest divisor of ``n_head`` that fits, so each PE owns ``hp = n_head / P`` whole
+  heads. Segments fill the grid column of segments by column of segments (segment ``g`` sits
+  in row ``g % rows``, segment column ``g // rows``), so a sequence's segments are neighbours
+  down a column and its K/V blocks travel vertically.
+* **Activations stay resident** in PE SRAM: the residual stream ``x`` (``m x d/P`` per PE)
+  lives across layers; each layer's temporaries live only while their kernels run.
+* **Weights stream** from MemoryX, one layer per block, and are multicast over the fabric: a
+  weight slice ``W[K_j, :]`` descends every grid column holding feature position ``j``
+  (vertical links carry ``K/P x N`` elements); the fan-out to the columns is spread over the
+  rows so horizontal links carry ``K x N / rows``.
+* **GEMM** ``Y[M, N] = X[M, K] W[K, N]``: each PE multiplies its ``m x K/P`` tile by the
+  weight rows passing by, one SIMD vector op of length ``n_c`` per (token, k, n-chunk), into
+  an fp32 accumulator of ``m x n_c`` (``n_c`` as large as SRAM allows). Partial sums are
+  reduce-scattered along the segment (a bidirectional chain) so PE ``j`` owns output slice
+  ``j``: the busiest link carries ``(P - 1) m N / P`` fp32 values.
+* **Attention** is head-parallel: PE ``j`` of a segment computes its heads for its ``m``
+  queries against the K/V blocks of all earlier segments of its sequence, which are
+  multicast down the chain; causal work grows with the segment's position, so PE classes are
+  the positions ``0 .. q - 1``.
+* **Micro-batches.** If a batch does not fit (too few segments or too little SRAM), it is
+  split; each micro-batch streams every layer's weights again (as on Cerebras systems).
+
+PE cost model (cycles): a SIMD vector op over ``L`` elements costs ``L / fmac_per_cycle``
+arithmetic cycles plus ``pe.vector_op_overhead_cycles`` of setup ([STUDY] in
+``shared/reference/wse_hardware.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpt_workload.config import GPTConfig
+from gpt_workload.precision import bytes_per_element, check_precision
+from wse_sim.arch import ArchConfig
+from wse_sim.errors import ConfigError, FitError
+from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
+
+ACC_BYTES = 4  # fp32 accumulators and partial sums
+
+# colours used by the lowering (static routes); see wse_sim fabric docs
+COLOUR_WEIGHTS, COLOUR_PSUM, COLOUR_KV, COLOUR_LN = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class WSLayout:
+    """Where a micro-batch's tokens and features live on the grid.
+
+    Attributes:
+        P: PEs per segment (feature split); hp = heads per PE.
+        m: tokens per segment; q: segments per sequence; m_last: tokens of the last segment.
+        b: sequences per micro-batch; n_micro: micro-batches; batch: sequences in all.
+        rows, cols: grid; segs_per_row: segment columns.
+    """
+
+    P: int
+    hp: int
+    m: int
+    q: int
+    m_last: int
+    b: int
+    n_micro: int
+    batch: int
+    seq_len: int
+    rows: int
+    cols: int
+    segs_per_row: int
+
+    @property
+    def n_segments(self) -> int:
+        """Segments used by one micro-batch."""
+        return self.b * self.q
+
+    @property
+    def n_active_pe(self) -> int:
+        """PEs holding tokens in one micro-batch."""
+        return self.n_segments * self.P
+
+    def describe(self) -> dict:
+        """JSON-safe summary for the report."""
+        return {"pes_per_segment": self.P, "heads_per_pe": self.hp, "tokens_per_segment": self.m,
+                "segments_per_sequence": self.q, "sequences_per_micro_batch": self.b,
+                "micro_batches": self.n_micro, "active_pes": self.n_active_pe,
+                "grid": [self.rows, self.cols]}
+
+
+def choose_P(cfg: GPTConfig, cols: int) -> int:
+    """PEs per segment: ``n_head`` if the grid is that wide, else its largest divisor that is.
+
+    Raises:
+        FitError: never for ``cols >= 1`` (1 always divides); kept for clarity.
+    """
+    for p in range(min(cfg.n_head, cols), 0, -1):
+        if cfg.n_head % p == 0:
+            return p
+    raise FitError(f"grid of {cols} columns cannot hold a segment")  # pragma: no cover
+
+
+def _segments_for(b: int, T: int, n_avail: int) -> tuple[int, int, int]:
+    """(m, q, m_last) spreading ``b`` sequences of ``T`` tokens over at most ``n_avail``
+    segments, as wide as possible."""
+    q_max = max(n_avail // b, 1)
+    m = math.ceil(T / min(q_max, T))
+    q = math.ceil(T / m)
+    return m, q, T - (q - 1) * m
+
+
+class _Sizes:
+    """Per-PE byte sizes of the layout's tensors for one (m, P, precision)."""
+
+    def __init__(self, cfg: GPTConfig, P: int, m: int, s: int):
+        self.f = cfg.d_model // P            # features per PE
+        self.ff = math.ceil(cfg.d_ff / P)    # FFN hidden per PE
+        self.dh = cfg.d_head
+        self.x = m * self.f * s              # residual stream (resident)
+        self.h = m * self.f * s              # LayerNorm output
+        self.qkv = 3 * m * self.f * s
+        self.att = m * self.f * s
+        self.hid = m * self.ff * s
+        self.s = s
+        self.m = m
+
+
+def _weight_buffer_share(cfg: GPTConfig, arch: ArchConfig, s: int) -> int:
+    """Bytes per PE for ``weight_buffer_slots`` buffered blocks, spread over every PE of the
+    grid (idle PEs hold buffers too)."""
+    return math.ceil(arch.io.weight_buffer_slots * max(_block_bytes(cfg, s, 1)) / arch.n_pe)
+
+
+def _block_bytes(cfg: GPTConfig, s: int, T: int) -> list[int]:
+    """Bytes of the embedding block (wte + wpe[:T]), one layer block, and the head block."""
+    d, ff, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    layer = (2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + d * ff + ff + ff * d + d) * s
+    return [(V * d + T * d) * s, layer, (2 * d + V * d) * s]
+
+
+def _max_gemm_chunk(budget: int, m: int, N: int, s: int) -> int:
+    """Largest accumulator chunk n_c <= N with ``m n_c 4 + 2 n_c s <= budget`` (0 if none)."""
+    return max(min(N, budget // (m * ACC_BYTES + 2 * s)), 0)
+
+
+def _sram_need(cfg: GPTConfig, arch: ArchConfig, P: int, m: int, s: int, min_chunk: int) -> tuple[int, str]:
+    """Peak SRAM per PE of a layer at ``m`` tokens per segment with ``min_chunk`` GEMM chunks,
+    and the kernel where it peaks."""
+    z = _Sizes(cfg, P, m, s)
+    wb = _weight_buffer_share(cfg, arch, s)
+    acc = m * min_chunk * ACC_BYTES + 2 * min_chunk * s
+    kv_buf = 2 * 2 * m * z.f * s + m * m * ACC_BYTES + 3 * m * ACC_BYTES
+    need = {
+        "qkv": z.x + z.h + z.qkv + acc,
+        "attention": z.x + z.qkv + z.att + kv_buf,
+        "fc": z.x + z.h + z.hid + acc,
+        "fc2": z.x + z.hid + z.h + acc,
+    }
+    op = max(need, key=need.get)
+    return need[op] + wb, op
+
+
+def plan_layout(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
+                precision: str, min_chunk: int = 64) -> WSLayout:
+    """Choose P, m and the micro-batch split for ``batch`` sequences of ``seq_len`` tokens.
+
+    The fewest micro-batches whose per-PE SRAM need (at the GEMM chunk ``min_chunk``) fits
+    ``pe.sram_bytes - pe.sram_reserved_bytes``.
+
+    Raises:
+        ConfigError: batch or seq_len out of range.
+        FitError: not even one sequence fits; the message names the kernel and the bytes.
+    """
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch={batch!r} must be an integer >= 1")
+    if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
+        raise ConfigError(
+            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
+        )
+    s = bytes_per_element(precision)
+    rows, cols = arch.wafer.rows, arch.wafer.cols
+    P = choose_P(cfg, cols)
+    spr = cols // P
+    n_avail = rows * spr
+    usable = arch.pe.sram_usable_bytes
+    n_micro = 1
+    while True:
+        b = math.ceil(batch / n_micro)
+        m, q, m_last = _segments_for(b, seq_len, n_avail)
+        fits_grid = b * q <= n_avail
+        need, op = _sram_need(cfg, arch, P, m, s, min(min_chunk, cfg.d_model))
+        if fits_grid and need <= usable:
+            break
+        if b == 1:
+            why = (f"needs {need} B per PE at kernel {op} (tokens per segment m={m}, "
+                   f"weight buffers {arch.io.weight_buffer_slots} x "
+                   f"{max(_block_bytes(cfg, s, 1)) / 1e6:.1f} MB spread over {arch.n_pe} PEs) "
+                   f"but a PE has {usable} B usable (pe.sram_bytes - pe.sram_reserved_bytes); "
+                   f"short by {need - usable} B")
+            if not fits_grid:
+                why = f"needs {q} segments of {P} PEs but the grid holds {n_avail}"
+            raise FitError(
+                f"model {cfg.name} does not fit one sequence of {seq_len} tokens on "
+                f"{arch.name} ({rows}x{cols} PEs, {precision}): {why}"
+            )
+        n_micro = min(batch, max(n_micro + 1, math.ceil(n_micro * 1.25)))
+    n_micro = math.ceil(batch / b)
+    return WSLayout(P=P, hp=cfg.n_head // P, m=m, q=q, m_last=m_last, b=b, n_micro=n_micro,
+                    batch=batch, seq_len=seq_len, rows=rows, cols=cols, segs_per_row=spr)
+
+
+def max_batch_single_micro(cfg: GPTConfig, arch: ArchConfig, seq_len: int,
+                           precision: str) -> int:
+    """Largest batch that runs as one micro-batch (binary search over ``plan_layout``)."""
+    lo, hi = 1, 1
+    plan_layout(cfg, arch, 1, seq_len, precision)  # raises FitError if nothing fits
+    while plan_layout(cfg, arch, hi * 2, seq_len, precision).n_micro == 1 and hi < 1 << 20:
+        hi *= 2
+    lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if plan_layout(cfg, arch, mid, seq_len, precision).n_micro == 1:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
+    """Per-PE class index grids: ``tokens`` (0 full segment, 1 last partial segment) and
+    ``position`` (segment position in its sequence, for attention), keys + ``suffix``."""
+    g = np.arange(L.n_segments)
+    seg_row, seg_col = g % L.rows, g // L.rows
+    pos = g % L.q
+    tok = np.full((L.rows, L.cols), -1, dtype=np.int16)
+    posm = np.full((L.rows, L.cols), -1, dtype=np.int16)
+    for j in range(L.P):
+        c = seg_col * L.P + j
+        tok[seg_row, c] = np.where((pos == L.q - 1) & (L.m_last != L.m), 1, 0)
+        posm[seg_row, c] = pos
+    return {"tokens" + suffix: tok, "position" + suffix: posm}
+
+
+class _Builder:
+    """Accumulates kernels and weight blocks for one lowering."""
+
+    def __init__(self, cfg: GPTConfig, arch: ArchConfig, L: WSLayout, precision: str,
+                 kernels: list[Kernel], blocks: list[WeightBlock], map_suffix: str = ""):
+        self.cfg, self.arch, self.L, self.precision = cfg, arch, L, precision
+        self.sfx = map_suffix
+        self.s = bytes_per_element(precision)
+        self.W = arch.pe.fmac_per_cycle(precision)
+        self.ov = arch.pe.vector_op_overhead_cycles
+        self.z = _Sizes(cfg, L.P, L.m, self.s)
+        self.kernels = kernels
+        self.blocks = blocks
+        self.n_full = L.b * (L.q - 1) + (L.b if L.m_last == L.m else 0)
+        self.n_last = L.b if L.m_last != L.m else 0
+        self.wbuf = _weight_buffer_share(cfg, arch, self.s)
+        self.rows_used = min(L.rows, L.n_segments)
+        self.mb = 0
+
+    # ----------------------------------------------------------------- helpers
+    def block(self, name: str, nbytes: int) -> int:
+        self.blocks.append(WeightBlock(len(self.blocks), f"mb{self.mb}.{name}", int(nbytes)))
+        return len(self.blocks) - 1
+
+    def token_classes(self, per_token) -> tuple[PEClass, ...]:
+        """Classes of the ``tokens`` map: per_token(m_p) -> (busy, overhead, flops)."""
+        out = [PEClass(0, self.n_full * self.L.P, *per_token(self.L.m))]
+        if self.n_last:
+            out.append(PEClass(1, self.n_last * self.L.P, *per_token(self.L.m_last)))
+        return tuple(out)
+
+    def add(self, op: str, layer: int, classes, cmap: str, transfers=(), block=-1,
+            wbytes=0, sram=0, flops=None, n_chunks=8) -> None:
+        if flops is None:
+            flops = sum(c.flops * c.count for c in classes)
+        name = f"mb{self.mb}.L{layer}.{op}" if 0 <= layer < self.cfg.n_layer else \
+            f"mb{self.mb}.{op}"
+        self.kernels.append(Kernel(name, op, layer, self.mb, tuple(classes), cmap + self.sfx,
+                                   tuple(transfers), block, int(wbytes),
+                                   int(sram + self.wbuf), float(flops), n_chunks))
+
+    def weight_multicast(self, K: int, N: int) -> Transfer:
+        """2-D multicast of W[K, N]: slice j down its columns, fan-out spread over the rows."""
+        L, s = self.L, self.s
+        kt = K / L.P
+        vertical = kt * N * s
+        horizontal = K * N * s / self.rows_used
+        return Transfer("weight multicast", "multicast_2d", "vertical",
+                        max(vertical, horizontal), L.n_active_pe * kt * N * s,
+                        hops=self.rows_used + L.cols - 1, turns=1, colour=COLOUR_WEIGHTS)
+
+    def reduce_scatter(self, N: int) -> Transfer:
+        """Partial sums m x N (fp32) reduce-scattered along each segment's bidirectional chain."""
+        L = self.L
+        nt = math.ceil(N / L.P)
+        max_link = (L.P - 1) * L.m * nt * ACC_BYTES
+        total = L.n_segments * L.P * (L.P - 1) * L.m * nt * ACC_BYTES
+        return Transfer("partial-sum reduce-scatter", "reduce_scatter_row", "horizontal",
+                        max_link, total, hops=L.P - 1, turns=0, colour=COLOUR_PSUM)
+
+    def row_allreduce(self, values_per_token: int) -> Transfer:
+        """Chain all-reduce of a few fp32 values per token along each segment."""
+        L = self.L
+        per = 2 * values_per_token * L.m * ACC_BYTES   # reduce one way, broadcast back
+        return Transfer("segment all-reduce", "allreduce_row", "horizontal", per,
+                        L.n_segments * 2 * (L.P - 1) * values_per_token * L.m * ACC_BYTES,
+                        hops=2 * (L.P - 1), turns=0, colour=COLOUR_LN)
+
+    # ------------------------------------------------------------------- ops
+    def gemm(self, op: str, layer: int, K: int, N: int, blk: int, live: int,
+             bias: bool = True, extra_ops_per_chunk: int = 0) -> None:
+        """Weight-streaming GEMM [M, K] x [K, N] (+ bias) -> [M, N] in the segment layout."""
+        L, W, ov, s = self.L, self.W, self.ov, self.s
+        kt = K // L.P
+        budget = self.arch.pe.sram_usable_bytes - self.wbuf - live
+        n_c = _max_gemm_chunk(budget, L.m, N, s)
+        if n_c < 1:
+            raise FitError(f"kernel {op} of {self.cfg.name}: no SRAM left for a GEMM "
+                           f"accumulator ({budget} B free per PE)")
+        chunks = math.ceil(N / n_c)
+        nt = math.ceil(N / L.P)
+
+        def per(mp: int):
+            busy = mp * kt * N / W + extra_ops_per_chunk * mp * N / W
+            ops = chunks * kt * mp + extra_ops_per_chunk * chunks * mp
+            if bias:
+                busy += mp * nt / W
+                ops += mp
+            return busy, ops * ov, 2.0 * mp * kt * N
+
+        wbytes = (K * N + (N if bias else 0)) * s
+        sram = live + L.m * n_c * ACC_BYTES + 2 * n_c * s
+        self.add(op, layer, self.token_classes(per), "tokens",
+                 (self.weight_multicast(K, N), self.reduce_scatter(N)), blk, wbytes, sram,
+                 n_chunks=max(chunks, 8))
+
+    def elementwise(self, op: str, layer: int, width: int, passes: float, live: int,
+                    transfers=(), blk=-1, wbytes=0) -> None:
+        """An op of ``passes`` vector passes over each token's ``width``-element slice."""
+        W, ov = self.W, self.ov
+
+        def per(mp: int):
+            return mp * passes * width / W, mp * math.ceil(passes) * ov, 0.0
+
+        self.add(op, layer, self.token_classes(per), "tokens", transfers, blk, wbytes, live,
+                 flops=0.0)
+
+    def layernorm(self, op: str, layer: int, blk: int, live: int) -> None:
+        """LayerNorm over d split across the segment: local sums, chain all-reduce of the
+        sum and the sum of squared deviations, normalise, scale and shift (6 passes)."""
+        z = self.z
+        self.elementwise(op, layer, z.f, 6, live, (self.row_allreduce(2),), blk,
+                         2 * self.cfg.d_model * self.s)
+
+    def attention(self, layer: int, live: int) -> None:
+        """Head-parallel causal attention; class = segment position in its sequence."""
+        L, W, ov, s, z = self.L, self.W, self.ov, self.s, self.z
+        dh, hp = z.dh, L.hp
+        classes = []
+        for p in range(L.q):
+            mp = L.m_last if p == L.q - 1 else L.m
+            pairs = mp * p * L.m + mp * (mp + 1) / 2          # causal (query, key) pairs
+            blocks = mp * (p + 1)                              # (query, key block) pairs
+            busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)   # QK dot, PV axpy, softmax
+            ops = hp * (2 * pairs + 3 * blocks)
+            classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
+        kv_block = L.m * 2 * hp * dh * s
+        kv = Transfer("K/V multicast", "multicast_chain", "vertical", (L.q - 1) * kv_block,
+                      L.b * L.P * kv_block * (L.q - 1) * L.q / 2, hops=L.q - 1,
+                      turns=0, colour=COLOUR_KV)
+        sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
+        self.add("attention", layer, classes, "position", (kv,), sram=sram,
+                 n_chunks=max(min(L.q, 16), 1))
+
+    # --------------------------------------------------------------- program
+    def micro_batch(self) -> None:
+        cfg, z, s, L = self.cfg, self.z, self.s, self.L
+        d, ff, V, T = cfg.d_model, cfg.d_ff, cfg.vocab_size, L.seq_len
+        tokens = L.b * T
+        # embedding: stream wte (or only the rows the tokens use, if fewer) and wpe[:T]
+        wte_rows = min(V, tokens)
+        blk = self.block("embed", (wte_rows * d + T * d) * s)
+        mc = Transfer("table multicast", "multicast_2d", "vertical",
+                      (wte_rows + T) * z.f * s, L.n_active_pe * (wte_rows + T) * z.f * s,
+                      hops=self.rows_used + L.cols - 1, turns=1, colour=COLOUR_WEIGHTS)
+        self.elementwise("embedding", -1, z.f, 2, z.x, (mc,), blk, (wte_rows * d + T * d) * s)
+        for layer in range(cfg.n_layer):
+            blk = self.block(f"layer{layer}", _block_bytes(cfg, s, T)[1])
+            self.layernorm("layernorm_1", layer, blk, z.x + z.h)
+            self.gemm("qkv", layer, d, 3 * d, blk, z.x + z.h + z.qkv)
+            self.attention(layer, z.x + z.qkv + z.att)
+            self.gemm("attn_proj", layer, d, d, blk, z.x + z.att + z.h)
+            self.elementwise("residual_1", layer, z.f, 1, z.x + z.h)
+            self.layernorm("layernorm_2", layer, blk, z.x + z.h)
+            self.gemm("ffn_up", layer, d, ff, blk, z.x + z.h + z.hid)
+            self.elementwise("gelu", layer, z.ff, 8, z.x + z.hid)
+            self.gemm("ffn_down", layer, ff, d, blk, z.x + z.hid + z.h)
+            self.elementwise("residual_2", layer, z.f, 1, z.x + z.h)
+        blk = self.block("head", _block_bytes(cfg, s, T)[2])
+        self.layernorm("layernorm_f", cfg.n_layer, blk, z.x + z.h)
+        # tied LM head fused with the cross-entropy statistics (running max, sum of exp,
+        # target logit, argmax per token: 4 extra passes per chunk); logits never stored
+        self.gemm("lm_head", cfg.n_layer, d, V, blk, z.x + z.h + 4 * L.m * ACC_BYTES,
+                  bias=False, extra_ops_per_chunk=4)
+        self.elementwise("cross_entropy", cfg.n_layer, 4, 2, z.x + 4 * L.m * ACC_BYTES,
+                         (self.row_allreduce(3),))
+
+
+def lower_weight_streaming(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
+                           precision: str = "fp16") -> Program:
+    """Lower a GPT forward pass over ``batch`` x ``seq_len`` tokens to a :class:`Program`.
+
+    Micro-batches run one after another, each streaming every layer's weights; a last,
+    smaller micro-batch (``batch`` not a multiple of the micro-batch) gets its own layout,
+    spread as wide as the grid allows.
+
+    Raises:
+        ConfigError: bad batch, seq_len or precision.
+        FitError: the model does not fit even one sequence per micro-batch.
+    """
+    check_precision(precision)
+    L = plan_layout(cfg, arch, batch, seq_len, precision)
+    kernels: list[Kernel] = []
+    blocks: list[WeightBlock] = []
+    maps = _class_maps(L)
+    b_last = batch - (L.n_micro - 1) * L.b
+    main = _Builder(cfg, arch, L, precision, kernels, blocks)
+    last = main
+    if b_last != L.b:
+        m, q, m_last = _segments_for(b_last, seq_len, L.rows * L.segs_per_row)
+        L_last = WSLayout(P=L.P, hp=L.hp, m=m, q=q, m_last=m_last, b=b_last,
+                          n_micro=L.n_micro, batch=batch, seq_len=seq_len, rows=L.rows,
+                          cols=L.cols, segs_per_row=L.segs_per_row)
+        last = _Builder(cfg, arch, L_last, precision, kernels, blocks, "_last")
+        maps.update(_class_maps(L_last, "_last"))
+    for mb in range(L.n_micro):
+        bld = last if mb == L.n_micro - 1 else main
+        bld.mb = mb
+        bld.micro_batch()
+    meta = {"layout": L.describe(), "tokens": batch * seq_len, "batch": batch,
+            "seq_len": seq_len, "micro_batches": L.n_micro, "mapping": "weight_streaming",
+            "sequences_in_last_micro_batch": b_last}
+    return Program(f"{cfg.name}/weight_streaming", arch.wafer.rows, arch.wafer.cols,
+                   precision, kernels, blocks, maps, meta)

@@ -1,0 +1,162 @@
+"""Numerics of a Program: its kernels run on real weights and tokens, per-PE layout and all.
+
+:func:`run_numerics` walks the kernels of the Program's first micro-batch in order and, for
+each, calls the Numba kernel of its op (:mod:`gpt_workload.kernels`) on tile arrays laid out
+as the lowering placed the data (``[segment, PE in segment, token, feature slice]``,
+:class:`gpt_workload.layout.TileLayout`), with the lowering's ``P`` (PEs per segment) and
+``m`` (tokens per segment). Between kernels every stored tensor is rounded to the storage
+precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up front; the
+logits are the LM head's fp32 accumulators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpt_workload import kernels as kn
+from gpt_workload.config import GPTConfig
+from gpt_workload.layout import TileLayout, qkv_column_permutation
+from gpt_workload.precision import round_storage
+from gpt_workload.weights import GPTWeights
+from wse_sim.errors import ConfigError
+from wse_sim.program import Program
+
+
+@dataclass
+class NumericsResult:
+    """Outputs of the simulated wafer for the checked sequences.
+
+    Attributes:
+        logits: float32 [K, T, V].
+        loss_per_token: float32 [K, T] (position T-1 has no target and is 0).
+        loss: mean next-token cross-entropy over K x (T - 1) positions.
+        predictions: int64 [K, T], argmax of the logits (next-token predictions).
+        kernels_run: number of kernel invocations.
+    """
+
+    logits: np.ndarray
+    loss_per_token: np.ndarray
+    loss: float
+    predictions: np.ndarray
+    kernels_run: int
+
+
+class _Weights:
+    """Weights rounded to the storage precision and laid out for the kernels (cached)."""
+
+    def __init__(self, cfg: GPTConfig, w: GPTWeights, precision: str, P: int, ff_pad: int):
+        r = lambda a: round_storage(np.ascontiguousarray(a, dtype=np.float32), precision)  # noqa
+        perm = qkv_column_permutation(cfg.n_head, cfg.d_head, P)
+        self.wte = r(w.wte)
+        self.wpe = r(w.wpe)
+        self.wte_t = np.ascontiguousarray(self.wte.T)                  # [d, V] streamed
+        self.layers = []
+        for lw in w.layers:
+            fc_w, fc_b, fc2_w = lw.fc_w, lw.fc_b, lw.fc2_w
+            if ff_pad:                                                 # d_ff not divisible by P
+                fc_w = np.pad(fc_w, ((0, 0), (0, ff_pad)))
+                fc_b = np.pad(fc_b, (0, ff_pad))
+                fc2_w = np.pad(fc2_w, ((0, ff_pad), (0, 0)))
+            self.layers.append({
+                "ln_1_g": r(lw.ln_1_g), "ln_1_b": r(lw.ln_1_b),
+                "attn_w": r(lw.attn_w[:, perm]), "attn_b": r(lw.attn_b[perm]),
+                "proj_w": r(lw.proj_w), "proj_b": r(lw.proj_b),
+                "ln_2_g": r(lw.ln_2_g), "ln_2_b": r(lw.ln_2_b),
+                "fc_w": r(fc_w), "fc_b": r(fc_b), "fc2_w": r(fc2_w), "fc2_b": r(lw.fc2_b),
+            })
+        self.ln_f_g, self.ln_f_b = r(w.ln_f_g), r(w.ln_f_b)
+
+
+def run_numerics(program: Program, cfg: GPTConfig, weights: GPTWeights, tokens: np.ndarray,
+                 precision: str | None = None) -> NumericsResult:
+    """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
+
+    The per-PE layout is the Program's (``P`` and ``m`` from ``program.meta['layout']``) with
+    ``K`` sequences instead of the micro-batch's ``b``.
+
+    Raises:
+        ConfigError: tokens of the wrong shape, dtype or range.
+    """
+    precision = precision or program.precision
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ConfigError(f"tokens must be an int array of shape [K, T], got {tokens.dtype} "
+                          f"{tokens.shape}")
+    K, T = tokens.shape
+    if T != program.meta["seq_len"]:
+        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ConfigError(f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
+                          f"{tokens.min()}..{tokens.max()}")
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    lay = program.meta["layout"]
+    P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
+    tl = TileLayout(n_seq=K, seq_len=T, m=m, P=P)
+    d, V = cfg.d_model, cfg.vocab_size
+    ff = tl.padded_width(cfg.d_ff)
+    W = _Weights(cfg, weights, precision, P, ff - cfg.d_ff)
+    rnd = lambda a: round_storage(a, precision)  # noqa: E731
+    no_bias = np.zeros(0, dtype=np.float32)
+    hp_dh = cfg.n_head // P * cfg.d_head
+    scale = 1.0 / np.sqrt(cfg.d_head)
+    approx = cfg.activation != "gelu"
+
+    seq = {"segs_per_seq": tl.segs_per_seq, "seq_len": T}
+    x = tl.empty_tiles(d)
+    h = tl.empty_tiles(d)
+    y = tl.empty_tiles(d)
+    qkv = tl.empty_tiles(3 * d)
+    att = tl.empty_tiles(d)
+    hid = tl.empty_tiles(ff)
+    logits_t = None
+    loss_tok = pred = None
+    n_run = 0
+    for k in program.kernels:
+        if k.micro_batch != 0:
+            break
+        lw = W.layers[k.layer] if 0 <= k.layer < cfg.n_layer else None
+        op = k.op
+        if op == "embedding":
+            kn.embed_tiled(tokens, W.wte, W.wpe, m, P, x)
+            x = rnd(x)
+        elif op in ("layernorm_1", "layernorm_2", "layernorm_f"):
+            g, b = ((lw["ln_1_g"], lw["ln_1_b"]) if op == "layernorm_1" else
+                    (lw["ln_2_g"], lw["ln_2_b"]) if op == "layernorm_2" else
+                    (W.ln_f_g, W.ln_f_b))
+            kn.layernorm_tiled(x, g, b, cfg.layer_norm_eps, h, **seq)
+            h = rnd(h)
+        elif op == "qkv":
+            kn.gemm_ws(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
+            qkv = rnd(qkv)
+        elif op == "attention":
+            kn.attention_tiled(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
+            att = rnd(att)
+            assert att.shape[-1] == hp_dh
+        elif op == "attn_proj":
+            kn.gemm_ws(att, lw["proj_w"], lw["proj_b"], y, **seq)
+            y = rnd(y)
+        elif op in ("residual_1", "residual_2"):
+            kn.add_tiled(x, y, x)
+            x = rnd(x)
+        elif op == "ffn_up":
+            kn.gemm_ws(h, lw["fc_w"], lw["fc_b"], hid, **seq)
+            hid = rnd(hid)
+        elif op == "gelu":
+            kn.gelu_tiled(hid, approx, hid)
+            hid = rnd(hid)
+        elif op == "ffn_down":
+            kn.gemm_ws(hid, lw["fc2_w"], lw["fc2_b"], y, **seq)
+            y = rnd(y)
+        elif op == "lm_head":
+            logits_t = tl.empty_tiles(V, pad_to=tl.padded_width(V))
+            kn.gemm_ws(h, W.wte_t, no_bias, logits_t, **seq)
+        elif op == "cross_entropy":
+            loss_tok, pred = kn.cross_entropy_tiled(logits_t, V, tokens, tl.segs_per_seq, m)
+        else:  # pragma: no cover - a lowering added an op without numerics
+            raise NotImplementedError(f"no numerics for op {op!r}")
+        n_run += 1
+    logits = tl.from_tiles(logits_t, V)
+    loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else float("nan")
+    return NumericsResult(logits, loss_tok, loss, pred, n_run)

@@ -1,0 +1,207 @@
+"""The Report of one simulated run: speed, wafer use, where time went, and the numerics.
+
+Metric definitions (the same everywhere they are printed):
+
+* ``model_flops``: sum of the Program's kernel FLOPs: ``2 M K N`` per GEMM (including the
+  tied LM head) and ``4 d_head`` per causal (query, key) pair and head for attention; per
+  token this is ``2 N + 2 d V + attention`` (Kaplan et al. 2020, Table 1), see
+  :func:`gpt_workload.config.forward_flops_per_token`.
+* ``mfu`` = model_flops / (simulated_time_s x peak FLOP/s of the configured wafer).
+* ``pe_utilisation``: per PE, arithmetic (FMAC-datapath) cycles / total cycles; mean, min and
+  max over every PE of the grid (idle PEs count as 0).
+* ``io_utilisation`` = bytes streamed from MemoryX / (time x ingress bandwidth).
+* ``breakdown``: per (layer, op), seconds of compute, fabric (not hidden by compute),
+  weight-I/O stall and idle; over all rows they sum to ``simulated_time_s``.
+* ``roofline``: per op and overall, the lower bounds ``flops / peak``,
+  ``weight bytes / ingress bandwidth`` and ``link bytes / (links x link bandwidth)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Report:
+    """Everything one run produced. ``to_dict()`` is the JSON report.
+
+    Attributes:
+        model, arch: names; ``arch_config`` the full arch (with overrides) as a dict.
+        grid: ``[rows, cols]`` of PEs the backend simulated (every PE of the preset).
+        fidelity, precision, mapping: the run's choices.
+        batch, seq_len, micro_batches, tokens: the workload.
+        simulated_time_s, tokens_per_s, achieved_flops_per_s, peak_flops_per_s, mfu,
+        model_flops: speed.
+        pe_utilisation: ``{"mean", "min", "max"}``; ``pe_utilisation_map`` [rows, cols].
+        sram_peak_bytes: ``{"max", "mean_active", "capacity"}``; map [rows, cols].
+        io_utilisation: fraction of ingress bandwidth used.
+        breakdown: list of rows ``{"layer", "op", "compute_s", "fabric_s", "stall_s",
+            "idle_s", "total_s"}``; ``totals`` the same summed.
+        roofline: ``{"bound_s", "compute_s", "io_s", "fabric_s", "per_op": [...]}``.
+        numerics: ``{"precision", "check_sequences", "loss", "reference_loss",
+            "max_abs_error_vs_reference", "next_token_predictions", ...}`` or a skip reason.
+        layout: the lowering's layout facts.
+        wall_s: host seconds per phase (lowering, timing, numerics, reference).
+    """
+
+    model: str
+    arch: str
+    arch_config: dict
+    grid: list[int]
+    fidelity: str
+    precision: str
+    mapping: str
+    batch: int
+    seq_len: int
+    micro_batches: int
+    tokens: int
+    simulated_time_s: float
+    tokens_per_s: float
+    model_flops: float
+    achieved_flops_per_s: float
+    peak_flops_per_s: float
+    mfu: float
+    pe_utilisation: dict
+    sram_peak_bytes: dict
+    io_utilisation: float
+    breakdown: list[dict]
+    totals: dict
+    roofline: dict
+    numerics: dict
+    layout: dict
+    wall_s: dict = field(default_factory=dict)
+    events: int = 0
+    pe_utilisation_map: np.ndarray | None = field(default=None, repr=False)
+    sram_peak_map: np.ndarray | None = field(default=None, repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe report (maps and logits left out; see :meth:`save_maps`)."""
+        skip = {"pe_utilisation_map", "sram_peak_map", "logits"}
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        return json.loads(json.dumps(out, default=_json_default))
+
+    def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
+        """The report as JSON text; written to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_frame(self):
+        """The breakdown as a pandas DataFrame (pandas must be installed).
+
+        Raises:
+            ImportError: pandas is not installed.
+        """
+        import pandas as pd  # optional dependency
+
+        return pd.DataFrame(self.breakdown)
+
+    def save_maps(self, directory: str | Path) -> list[Path]:
+        """Write ``pe_utilisation.npy``, ``sram_peak_bytes.npy`` and PNG heatmaps of both
+        into ``directory`` (created). Returns the paths written."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        written = []
+        for stem, arr, label in (
+            ("pe_utilisation", self.pe_utilisation_map, "PE utilisation (FMAC-busy / total)"),
+            ("sram_peak_bytes", self.sram_peak_map, "SRAM high-water mark per PE (bytes)"),
+        ):
+            if arr is None:
+                continue
+            np.save(d / f"{stem}.npy", arr)
+            fig, ax = plt.subplots(figsize=(7, 7 * arr.shape[0] / max(arr.shape[1], 1) * 0.8))
+            im = ax.imshow(arr, origin="upper", interpolation="nearest", aspect="auto",
+                           cmap="viridis")
+            ax.set_xlabel("PE column (x)")
+            ax.set_ylabel("PE row (y)")
+            ax.set_title(f"{self.model} on {self.arch} ({arr.shape[0]}x{arr.shape[1]} PEs)")
+            fig.colorbar(im, ax=ax, label=label)
+            fig.tight_layout()
+            fig.savefig(d / f"{stem}.png", dpi=110)
+            plt.close(fig)
+            written += [d / f"{stem}.npy", d / f"{stem}.png"]
+        return written
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not math.isfinite(float(o)) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def format_console(r: Report) -> list[tuple[str, str]]:
+    """(label, value) rows of the summary table the CLI prints."""
+    ms = r.simulated_time_s * 1e3
+    rows = [
+        ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} = "
+                         f"{r.grid[0] * r.grid[1]:,} PEs simulated, {r.fidelity})"),
+        ("workload", f"batch {r.batch} x seq {r.seq_len} = {r.tokens:,} tokens, {r.precision}, "
+                     f"{r.micro_batches} micro-batch(es), mapping {r.mapping}"),
+        ("layout", f"{r.layout['pes_per_segment']} PEs x {r.layout['tokens_per_segment']} "
+                   f"tokens per segment, {r.layout['active_pes']:,} active PEs"),
+        ("simulated time", f"{ms:.3f} ms"),
+        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s"),
+        ("achieved", f"{r.achieved_flops_per_s / 1e15:.3f} PFLOP/s of "
+                     f"{r.peak_flops_per_s / 1e15:.3f} peak (MFU {r.mfu:.1%})"),
+        ("PE utilisation", f"mean {r.pe_utilisation['mean']:.1%}, min "
+                           f"{r.pe_utilisation['min']:.1%}, max {r.pe_utilisation['max']:.1%}"),
+        ("SRAM peak / PE", f"{r.sram_peak_bytes['max']:,} B of "
+                           f"{r.sram_peak_bytes['capacity']:,} B"),
+        ("I/O utilisation", f"{r.io_utilisation:.1%}"),
+        ("time split", "compute {:.1%}, fabric {:.1%}, weight-I/O stall {:.1%}, idle {:.1%}"
+         .format(*(r.totals[k] / r.simulated_time_s for k in
+                   ("compute_s", "fabric_s", "stall_s", "idle_s")))),
+        ("roofline bound", f"{r.roofline['bound_s'] * 1e3:.3f} ms "
+                           f"({r.roofline['bound_by']}-bound); simulated / bound = "
+                           f"{r.simulated_time_s / r.roofline['bound_s']:.2f}"),
+    ]
+    n = r.numerics
+    if n.get("skipped"):
+        rows.append(("numerics", f"skipped: {n['skipped']}"))
+    else:
+        rows += [
+            ("numerics", f"{n['check_sequences']} of {r.batch} sequence(s) through the "
+                         f"per-PE kernels, {n['precision']}"),
+            ("loss", f"{n['loss']:.6f}" + (f" (float64 reference {n['reference_loss']:.6f})"
+                                            if "reference_loss" in n else "")),
+        ]
+        if "max_abs_error_vs_reference" in n:
+            rows.append(("max |logit error|",
+                         f"{n['max_abs_error_vs_reference']:.3e} vs float64 reference "
+                         f"({n['max_rel_error_vs_reference']:.2e} of max |logit|; unit "
+                         f"roundoff {n['unit_roundoff']:.1e}; argmax agrees on "
+                         f"{n['reference_predictions_agree']:.1%})"))
+        rows += [
+            ("next tokens", " ".join(str(t) for t in n["next_token_predictions"][0][-8:])
+             + "  (last 8 positions of sequence 0)"),
+        ]
+    rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
+    return rows
+
+
+def breakdown_rows(r: Report, top: int = 12) -> list[dict]:
+    """Breakdown aggregated by op over layers and micro-batches, largest first."""
+    by_op: dict[str, dict] = {}
+    for row in r.breakdown:
+        acc = by_op.setdefault(row["op"], {"op": row["op"], "compute_s": 0.0, "fabric_s": 0.0,
+                                           "stall_s": 0.0, "idle_s": 0.0, "total_s": 0.0})
+        for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s"):
+            acc[k] += row[k]
+    return sorted(by_op.values(), key=lambda x: -x["total_s"])[:top]

@@ -1,0 +1,331 @@
+"""Architecture description of a wafer-scale engine, and its presets.
+
+An :class:`ArchConfig` is frozen data, one dataclass per hardware level (wafer, PE, fabric,
+off-wafer I/O), with units in the field names. Presets ship as TOML files in
+``wse_sim/presets/`` (``wse2``, ``wse3`` and the small test grids ``grid8``, ``grid32``); each
+value has its published source beside it in a ``[<level>.sources]`` table, and the sources are
+summarised in ``shared/reference/wse_hardware.md`` of the project.
+
+Every field can be overridden for what-if studies with ``"level.field=value"`` strings
+(``pe.sram_bytes=98304``); validation happens once, here, and names the field, the value and
+the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wse_sim.errors import ConfigError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+PRECISION_FMAC_FIELD = {"fp16": "fmac_fp16_per_cycle", "bf16": "fmac_bf16_per_cycle",
+                        "fp32": "fmac_fp32_per_cycle"}
+
+
+def _f(lo: float, hi: float, doc: str, *, lo_open: bool = False) -> Any:
+    """A dataclass field carrying its allowed range and description as metadata."""
+    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc})
+
+
+def _check_range(level: str, obj: Any) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        lo, hi = f.metadata["lo"], f.metadata["hi"]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if ok:
+            ok = (v > lo if f.metadata["lo_open"] else v >= lo) and v <= hi
+        if not ok:
+            rel = ">" if f.metadata["lo_open"] else ">="
+            raise ConfigError(
+                f"arch field {level}.{f.name}={v!r} is out of range: allowed {rel} {lo:g} and "
+                f"<= {hi:g} ({f.metadata['doc']})"
+            )
+
+
+@dataclass(frozen=True)
+class WaferConfig:
+    """The PE grid a program may use (the kernel region of the fabric)."""
+
+    rows: int = _f(1, 4096, "PE rows of the kernel region (fabric height)")
+    cols: int = _f(1, 4096, "PE columns of the kernel region (fabric width)")
+
+    def __post_init__(self) -> None:
+        _check_range("wafer", self)
+
+    @property
+    def n_pe(self) -> int:
+        """Number of PEs in the kernel region."""
+        return self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class PEConfig:
+    """One processing element: clock, SIMD FMAC rates per precision, SRAM."""
+
+    clock_hz: float = _f(0, 1e11, "PE and fabric clock in Hz", lo_open=True)
+    sram_bytes: int = _f(1, 2**30, "SRAM per PE in bytes")
+    sram_reserved_bytes: int = _f(0, 2**30, "SRAM per PE taken by the runtime, bytes")
+    fmac_fp16_per_cycle: float = _f(0, 1024, "fp16 FMACs per cycle (SIMD width)", lo_open=True)
+    fmac_bf16_per_cycle: float = _f(0, 1024, "bf16 FMACs per cycle", lo_open=True)
+    fmac_fp32_per_cycle: float = _f(0, 1024, "fp32 FMACs per cycle", lo_open=True)
+    vector_op_overhead_cycles: int = _f(0, 10_000, "fixed setup cycles per vector (DSD) op")
+    sram_read_bytes_per_cycle: int = _f(1, 4096, "SRAM read bandwidth, bytes per cycle")
+    sram_write_bytes_per_cycle: int = _f(1, 4096, "SRAM write bandwidth, bytes per cycle")
+
+    def __post_init__(self) -> None:
+        _check_range("pe", self)
+        if self.sram_reserved_bytes >= self.sram_bytes:
+            raise ConfigError(
+                f"arch field pe.sram_reserved_bytes={self.sram_reserved_bytes} must be < "
+                f"pe.sram_bytes={self.sram_bytes}"
+            )
+
+    @property
+    def sram_usable_bytes(self) -> int:
+        """SRAM per PE available to kernels: ``sram_bytes - sram_reserved_bytes``."""
+        return self.sram_bytes - self.sram_reserved_bytes
+
+    def fmac_per_cycle(self, precision: str) -> float:
+        """FMACs per cycle of one PE at ``precision`` ('fp32', 'fp16', 'bf16').
+
+        Raises:
+            ConfigError: unknown precision.
+        """
+        if precision not in PRECISION_FMAC_FIELD:
+            raise ConfigError(
+                f"precision={precision!r} is not supported; allowed: fp32, fp16, bf16"
+            )
+        return float(getattr(self, PRECISION_FMAC_FIELD[precision]))
+
+    def flops_per_cycle(self, precision: str) -> float:
+        """Peak FLOP per cycle of one PE: 2 FLOP per FMAC (multiply + add)."""
+        return 2.0 * self.fmac_per_cycle(precision)
+
+
+@dataclass(frozen=True)
+class FabricConfig:
+    """The 2-D mesh: one router per PE, links of one wavelet per cycle per direction."""
+
+    link_bits_per_cycle: int = _f(1, 4096, "bits per link per direction per cycle")
+    hop_latency_cycles: int = _f(0, 1000, "router-to-router latency, cycles per hop")
+    turn_latency_cycles: int = _f(0, 1000, "extra cycles when a route turns")
+    ramp_latency_cycles: int = _f(0, 1000, "cycles to inject/eject through the RAMP port")
+    colours: int = _f(1, 64, "routable colours (virtual channels)")
+
+    def __post_init__(self) -> None:
+        _check_range("fabric", self)
+
+    @property
+    def link_bytes_per_cycle(self) -> float:
+        """Bytes one link carries per cycle per direction."""
+        return self.link_bits_per_cycle / 8.0
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Off-wafer I/O: MemoryX weight ingress and gradient egress at the wafer edge."""
+
+    ingress_bytes_per_s: float = _f(0, 1e16, "MemoryX -> wafer bandwidth, bytes/s", lo_open=True)
+    egress_bytes_per_s: float = _f(0, 1e16, "wafer -> MemoryX bandwidth, bytes/s", lo_open=True)
+    ingress_latency_s: float = _f(0, 1.0, "first-byte latency of a weight stream, s")
+    weight_buffer_slots: int = _f(1, 64, "layers of weights buffered on wafer (2 = double)")
+
+    def __post_init__(self) -> None:
+        _check_range("io", self)
+
+
+LEVELS: dict[str, type] = {"wafer": WaferConfig, "pe": PEConfig, "fabric": FabricConfig,
+                           "io": IOConfig}
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A whole wafer-scale system: wafer grid, PE, fabric and off-wafer I/O.
+
+    Attributes:
+        name: preset name (``wse2``) or the TOML file's stem.
+        description: one line for ``wse-sim arch list``.
+        sources: ``{"pe.sram_bytes": "[HC34] 48 KiB per PE", ...}``, the source of each value.
+        overrides: the ``level.field=value`` overrides applied on top of the preset.
+    """
+
+    name: str
+    description: str
+    wafer: WaferConfig
+    pe: PEConfig
+    fabric: FabricConfig
+    io: IOConfig
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def n_pe(self) -> int:
+        """PEs in the kernel region."""
+        return self.wafer.n_pe
+
+    def peak_flops_per_s(self, precision: str) -> float:
+        """Peak FLOP/s of the whole wafer: ``n_pe * 2 * fmac_per_cycle * clock_hz``."""
+        return self.n_pe * self.pe.flops_per_cycle(precision) * self.pe.clock_hz
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> ArchConfig:
+        """A copy with ``level.field=value`` overrides applied and validated.
+
+        Raises:
+            ConfigError: malformed override, unknown level or field, bad type or range.
+        """
+        levels = {lv: dataclasses.asdict(getattr(self, lv)) for lv in LEVELS}
+        for ov in overrides:
+            level, fname, value = _parse_override(ov)
+            levels[level][fname] = value
+        return _build(self.name, self.description, levels, self.sources,
+                      tuple(self.overrides) + tuple(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view: ``{"name", "description", "wafer": {...}, ...}`` (JSON-safe)."""
+        d: dict[str, Any] = {"name": self.name, "description": self.description}
+        for lv in LEVELS:
+            d[lv] = dataclasses.asdict(getattr(self, lv))
+        d["n_pe"] = self.n_pe
+        d["overrides"] = list(self.overrides)
+        return d
+
+    def field_table(self) -> list[tuple[str, Any, str, str]]:
+        """Rows ``(level.field, value, description, source)`` for display."""
+        rows = []
+        for lv, cls in LEVELS.items():
+            obj = getattr(self, lv)
+            for f in fields(cls):
+                key = f"{lv}.{f.name}"
+                rows.append((key, getattr(obj, f.name), f.metadata["doc"],
+                             self.sources.get(key, "")))
+        return rows
+
+
+def _coerce(level: str, fname: str, raw: Any) -> Any:
+    ftype = {f.name: f.type for f in fields(LEVELS[level])}[fname]
+    want_int = ftype in (int, "int")
+    try:
+        if isinstance(raw, str):
+            val = float(raw.strip().replace("_", ""))
+        elif isinstance(raw, bool):
+            raise ValueError
+        else:
+            val = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"arch field {level}.{fname}={raw!r} is not a number"
+        ) from None
+    if want_int:
+        if not math.isfinite(val) or val != int(val):
+            raise ConfigError(f"arch field {level}.{fname}={raw!r} must be an integer")
+        return int(val)
+    return val
+
+
+def _parse_override(ov: str) -> tuple[str, str, Any]:
+    if "=" not in ov or "." not in ov.split("=", 1)[0]:
+        raise ConfigError(
+            f"override {ov!r} is malformed: expected LEVEL.FIELD=VALUE, e.g. pe.sram_bytes=98304"
+        )
+    key, raw = ov.split("=", 1)
+    level, fname = key.strip().split(".", 1)
+    _check_known(level, fname)
+    return level, fname, _coerce(level, fname, raw)
+
+
+def _check_known(level: str, fname: str) -> None:
+    if level not in LEVELS:
+        raise ConfigError(
+            f"arch level {level!r} is unknown; allowed: {', '.join(LEVELS)}"
+        )
+    names = [f.name for f in fields(LEVELS[level])]
+    if fname not in names:
+        raise ConfigError(
+            f"arch field {level}.{fname} is unknown; allowed: "
+            + ", ".join(f"{level}.{n}" for n in names)
+        )
+
+
+def _build(name: str, description: str, levels: dict[str, dict[str, Any]],
+           sources: dict[str, str], overrides: tuple[str, ...]) -> ArchConfig:
+    built = {}
+    for lv, cls in LEVELS.items():
+        vals = levels.get(lv, {})
+        missing = [f.name for f in fields(cls) if f.name not in vals]
+        if missing:
+            raise ConfigError(f"arch {name!r}: missing field {lv}.{missing[0]}")
+        kwargs = {}
+        for k, v in vals.items():
+            _check_known(lv, k)
+            kwargs[k] = _coerce(lv, k, v)
+        built[lv] = cls(**kwargs)
+    return ArchConfig(name=name, description=description, sources=dict(sources),
+                      overrides=overrides, **built)
+
+
+def _from_toml_dict(data: dict[str, Any], default_name: str) -> ArchConfig:
+    levels: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for key, val in data.items():
+        if key in ("name", "description"):
+            continue
+        if key not in LEVELS:
+            raise ConfigError(f"arch TOML table [{key}] is unknown; allowed: {', '.join(LEVELS)}")
+        if not isinstance(val, dict):
+            raise ConfigError(f"arch TOML key {key!r} must be a table")
+        levels[key] = {k: v for k, v in val.items() if k != "sources"}
+        for sk, sv in val.get("sources", {}).items():
+            sources[f"{key}.{sk}"] = str(sv)
+    return _build(str(data.get("name", default_name)), str(data.get("description", "")),
+                  levels, sources, ())
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``wse_sim/presets`` (``['grid32', 'grid8', ...]``)."""
+    files = resources.files("wse_sim").joinpath("presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
+
+
+def load_arch(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ArchConfig:
+    """Load a preset by name or an arch TOML file by path, then apply overrides.
+
+    Args:
+        spec: a preset name (``"wse2"``, case-insensitive) or a path to a TOML file laid out
+            as the presets are.
+        overrides: ``"level.field=value"`` strings.
+
+    Raises:
+        ConfigError: unknown preset, unreadable or malformed TOML, bad field or value.
+    """
+    names = preset_names()
+    if spec.lower() in names:
+        text = resources.files("wse_sim").joinpath("presets", spec.lower() + ".toml").read_text()
+        origin = spec.lower()
+    else:
+        path = Path(spec)
+        if not (path.suffix == ".toml" and path.is_file()):
+            raise ConfigError(
+                f"unknown arch {spec!r}: expected one of {', '.join(names)} or a .toml file"
+            )
+        text = path.read_text()
+        origin = path.stem
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"arch file {spec!r} is not valid TOML: {exc}") from None
+    arch = _from_toml_dict(data, origin)
+    return arch.with_overrides(overrides) if overrides else arch
+
+
+def list_archs() -> list[ArchConfig]:
+    """Every shipped preset, loaded."""
+    return [load_arch(n) for n in preset_names()]

@@ -1,0 +1,142 @@
+"""Shared pieces of the timing backends: per-kernel cost terms and the timing result.
+
+The per-kernel cost terms are closed forms over the Program (cycles of the PE clock):
+
+* compute: cycles of the slowest PE class (busy + vector-op overhead);
+* fabric: per link group, the busiest link's bytes / link bytes per cycle, summed over the
+  kernel's transfers in that group (transfers in one group share the links); the kernel's
+  fabric term is the largest group;
+* latency: the longest transfer's path, ``hops * hop_latency + turns * turn_latency +
+  2 * ramp_latency`` (inject and eject);
+* a kernel cut into ``n`` pipeline chunks overlaps compute and fabric as a two-stage
+  pipeline: ``max(c, f) + min(c, f) / n + latency``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wse_sim.arch import ArchConfig
+from wse_sim.program import Kernel, Program
+
+
+def compute_cycles(k: Kernel) -> float:
+    """Cycles of the slowest PE class of ``k``."""
+    return k.critical_cycles
+
+
+def fabric_cycles(k: Kernel, arch: ArchConfig) -> float:
+    """Cycles the busiest link group needs for the kernel's transfers (no overlap)."""
+    per_group: dict[str, float] = {}
+    for t in k.transfers:
+        per_group[t.link_group] = per_group.get(t.link_group, 0.0) + t.max_link_bytes
+    if not per_group:
+        return 0.0
+    return max(per_group.values()) / arch.fabric.link_bytes_per_cycle
+
+
+def latency_cycles(k: Kernel, arch: ArchConfig) -> float:
+    """Pipeline-fill latency of the kernel's longest transfer, cycles."""
+    fab = arch.fabric
+    return max((t.hops * fab.hop_latency_cycles + t.turns * fab.turn_latency_cycles
+                + 2 * fab.ramp_latency_cycles for t in k.transfers), default=0.0)
+
+
+def active_cycles(k: Kernel, arch: ArchConfig) -> float:
+    """Kernel duration with all its weights present: two-stage pipeline of n chunks."""
+    c, f = compute_cycles(k), fabric_cycles(k, arch)
+    return max(c, f) + min(c, f) / max(k.n_chunks, 1) + latency_cycles(k, arch)
+
+
+def fabric_bound_s(k: Kernel, arch: ArchConfig, n_links: int) -> float:
+    """Roofline fabric bound: the kernel's link-bytes over the whole fabric's bandwidth."""
+    total = sum(t.link_bytes for t in k.transfers)
+    return total / (n_links * arch.fabric.link_bytes_per_cycle * arch.pe.clock_hz)
+
+
+def n_directed_links(rows: int, cols: int) -> int:
+    """Directed links of a rows x cols mesh, 2 directions x (horizontal + vertical), plus the
+    ``cols`` ingress links from the north edge where MemoryX weights enter (so a 1 x 1 grid
+    still has one link)."""
+    return 2 * (rows * (cols - 1) + cols * (rows - 1)) + cols
+
+
+@dataclass
+class KernelTime:
+    """When one kernel ran and where its time went (seconds).
+
+    ``stall_s + compute_s + fabric_s == end_s - start_s``: stall is time waiting for weights
+    from MemoryX, compute is the slowest PE class's work, fabric is the rest of the kernel's
+    duration (transfers and latency not hidden behind compute).
+    """
+
+    name: str
+    op: str
+    layer: int
+    micro_batch: int
+    start_s: float
+    end_s: float
+    stall_s: float
+    compute_s: float
+    fabric_s: float
+
+    @property
+    def duration_s(self) -> float:
+        """``end_s - start_s``."""
+        return self.end_s - self.start_s
+
+
+@dataclass
+class TimingResult:
+    """Output of a timing backend for one Program.
+
+    Attributes:
+        backend: ``"analytic"`` or ``"event"``.
+        total_s: simulated time of the whole program.
+        kernels: per-kernel times, in program order.
+        io_busy_s: time the MemoryX ingress was transferring.
+        idle_s: time no kernel was running or waiting (``total - sum of kernel durations``).
+        pe_busy_cycles: per-PE arithmetic cycles, float64 [rows, cols].
+        sram_peak_bytes: per-PE SRAM high-water mark, int64 [rows, cols].
+        link_bytes: total bytes x links moved over the fabric.
+        events: number of discrete events processed (0 for analytic).
+    """
+
+    backend: str
+    total_s: float
+    kernels: list[KernelTime]
+    io_busy_s: float
+    idle_s: float
+    pe_busy_cycles: np.ndarray
+    sram_peak_bytes: np.ndarray
+    link_bytes: float
+    events: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
+    """Per-PE arithmetic cycles and SRAM high-water mark over all kernels of ``program``.
+
+    Kernels sharing a class map are accumulated per class first, then scattered once per
+    map, so the cost is O(kernels x classes + maps x PEs).
+    """
+    busy = np.zeros((program.rows, program.cols))
+    sram = np.zeros((program.rows, program.cols), dtype=np.int64)
+    per_map: dict[str, np.ndarray] = {}
+    sram_map: dict[str, int] = {}
+    for k in program.kernels:
+        acc = per_map.setdefault(k.class_map, np.zeros(max(len(k.classes), 1)))
+        if len(acc) < len(k.classes):
+            acc = np.concatenate([acc, np.zeros(len(k.classes) - len(acc))])
+            per_map[k.class_map] = acc
+        for c in k.classes:
+            acc[c.index] += c.busy_cycles
+        sram_map[k.class_map] = max(sram_map.get(k.class_map, 0), k.sram_bytes)
+    for key, acc in per_map.items():
+        cmap = program.class_maps[key]
+        on = cmap >= 0
+        busy[on] += acc[cmap[on]]
+        sram[on] = np.maximum(sram[on], sram_map[key])
+    return busy, sram

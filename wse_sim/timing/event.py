@@ -1,0 +1,160 @@
+"""The ``event`` timing backend: a SimPy discrete-event simulation of the whole wafer.
+
+What runs as SimPy processes:
+
+* **MemoryX ingress** (:class:`wse_sim.scheduler.WeightStreamer`): streams the Program's weight
+  blocks in order through the wafer edge at the I/O bandwidth, in sub-block chunks, into
+  ``weight_buffer_slots`` on-wafer buffers; it blocks (backpressure) while every slot holds a
+  block whose kernels have not finished.
+* **PE classes**: every symmetry class of a kernel is one process standing for all its PEs
+  (the wafer is aggregated by symmetry, so the full grid costs what its classes cost). A
+  class works through the kernel in ``n_chunks`` pipeline chunks: a chunk waits until its
+  share of the kernel's weights has arrived, computes, then hands the chunk to the class's
+  fabric stage.
+* **Fabric stage**: per class, a process that sends each computed chunk over the class's
+  links; transfers of one link group share a :class:`simpy.Resource` per class (the links a
+  class uses are disjoint from other classes' links in the lowerings we ship), so two flows on
+  the same links serialise chunk by chunk.
+* Kernels run in program order with a barrier: kernel ``k + 1`` starts when every class of
+  kernel ``k`` has computed, sent, and its last wavelet has crossed the path latency.
+
+Ties in the event queue break by SimPy's insertion sequence number, so runs are
+deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from wse_sim.arch import ArchConfig
+from wse_sim.program import Kernel, Program
+from wse_sim.scheduler import WeightStreamer
+from wse_sim.timing.common import (
+    KernelTime,
+    TimingResult,
+    compute_cycles,
+    latency_cycles,
+    per_pe_maps,
+)
+
+
+def _class_process(env: simpy.Environment, cls_cycles: float,
+                   transfers: list[tuple[str, float]], n: int, weights_at,
+                   wait_log: list[float] | None):
+    """One PE class: ``n`` chunks of compute, each handed to one sender process per transfer.
+
+    ``transfers`` is ``[(link_group, cycles), ...]``; senders of the same link group share one
+    :class:`simpy.Resource`, so their chunks interleave FIFO (the links are shared); senders
+    of different groups run in parallel.
+    """
+    groups = {g: simpy.Resource(env, capacity=1) for g, _ in transfers}
+    stores = [simpy.Store(env) for _ in transfers]
+    c_chunk = cls_cycles / n
+
+    def sender(store, group, cycles):
+        for _ in range(n):
+            yield store.get()
+            with groups[group].request() as req:
+                yield req
+                yield env.timeout(cycles / n)
+
+    senders = [env.process(sender(st, g, cyc)) for st, (g, cyc) in zip(stores, transfers)]
+    for i in range(n):
+        ev = weights_at(i)
+        if ev is not None and not ev.triggered:
+            t0 = env.now
+            yield ev
+            if wait_log is not None:
+                wait_log.append(env.now - t0)
+        if c_chunk > 0:
+            yield env.timeout(c_chunk)
+        for st in stores:
+            st.put(i)
+    if senders:
+        yield simpy.AllOf(env, senders)
+
+
+def _representatives(k: Kernel, max_classes: int) -> list[float]:
+    """Cycles of the PE classes to simulate for ``k``.
+
+    Shortcut for speed: a kernel with more than ``max_classes`` classes (attention has one per
+    segment position, up to ``seq_len``) is simulated with ``max_classes`` buckets of
+    consecutive classes sorted by work, each at its slowest member's cycles. The kernel's end
+    (the slowest class) is unchanged; per-PE busy cycles come from the Program, not from here.
+    """
+    cyc = sorted(c.cycles for c in k.classes)
+    if len(cyc) <= max_classes:
+        return cyc
+    edges = np.linspace(0, len(cyc), max_classes + 1).astype(int)
+    return [cyc[hi - 1] for hi in edges[1:] if hi > 0]
+
+
+def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> TimingResult:
+    """Simulate ``program`` on ``arch`` with SimPy; time unit inside is the PE cycle.
+
+    Args:
+        max_classes: most PE classes simulated per kernel (see :func:`_representatives`).
+
+    Returns:
+        A :class:`TimingResult`; ``events`` counts SimPy events processed.
+    """
+    clk = arch.pe.clock_hz
+    env = simpy.Environment()
+    streamer = WeightStreamer(env, program, arch)
+    times: list[KernelTime] = []
+    n_events = [0]
+
+    def kernel_sequence():
+        # per block: bytes already consumed by earlier kernels of the same block
+        offset = {}
+        for k in program.kernels:
+            start = env.now
+            n = max(k.n_chunks, 1)
+            bpc = arch.fabric.link_bytes_per_cycle
+            flows = [(t.link_group, t.max_link_bytes / bpc) for t in k.transfers
+                     if t.max_link_bytes > 0]
+            blk = k.weight_block
+            base = offset.get(blk, 0)
+            if blk >= 0:
+                offset[blk] = base + k.weight_bytes
+
+                def weights_at(i, blk=blk, base=base, wb=k.weight_bytes, n=n):
+                    return streamer.arrived(blk, base + wb * (i + 1) / n)
+            else:
+                def weights_at(i):
+                    return None
+            reps = _representatives(k, max_classes)
+            crit = max(reps)
+            waits: list[float] = []
+            procs = []
+            for cyc in reps:
+                procs.append(env.process(_class_process(
+                    env, cyc, flows, n, weights_at, waits if cyc == crit else None)))
+                crit = None if cyc == crit else crit
+                n_events[0] += (2 + 3 * len(flows)) * n
+            yield simpy.AllOf(env, procs)
+            lat = latency_cycles(k, arch)
+            if lat:
+                yield env.timeout(lat)
+            if blk >= 0 and streamer.is_last_use(blk, k):
+                streamer.release(blk)
+            end = env.now
+            stall = sum(waits)
+            comp = compute_cycles(k)
+            times.append(KernelTime(k.name, k.op, k.layer, k.micro_batch, start / clk, end / clk,
+                                    stall / clk, comp / clk,
+                                    max(end - start - stall - comp, 0.0) / clk))
+
+    done = env.process(kernel_sequence())
+    env.run(until=done)
+    busy, sram = per_pe_maps(program)
+    total = env.now / clk
+    return TimingResult(
+        backend="event", total_s=total, kernels=times,
+        io_busy_s=streamer.busy_cycles / clk,
+        idle_s=max(total - sum(t.duration_s for t in times), 0.0),
+        pe_busy_cycles=busy, sram_peak_bytes=sram,
+        link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
+        events=n_events[0] + streamer.events,
+    )
