@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -35,16 +34,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             tokens = np.load(args.tokens, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"--tokens {args.tokens!r} is not a readable .npy file: {exc}")
+            raise ConfigError(
+                f"--tokens {args.tokens!r} is not a readable .npy file: {exc}"
+            ) from None
         if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ConfigError(f"--tokens must hold int token ids of shape [K, T], got "
-                              f"{tokens.dtype} {tokens.shape}")
+            raise ConfigError(
+                f"--tokens must hold int token ids of shape [K, T], got "
+                f"{tokens.dtype} {tokens.shape}"
+            )
     con = _console()
     with con.status("simulating ..."):
-        rep = simulate(args.model, args.arch, fidelity=args.fidelity, precision=args.precision,
-                       batch=args.batch, seq_len=args.seq_len,
-                       check_sequences=args.check_sequences, tokens=tokens, seed=args.seed,
-                       overrides=args.set or (), keep_logits=bool(args.save_logits))
+        rep = simulate(
+            args.model,
+            args.arch,
+            fidelity=args.fidelity,
+            precision=args.precision,
+            batch=args.batch,
+            seq_len=args.seq_len,
+            check_sequences=args.check_sequences,
+            tokens=tokens,
+            seed=args.seed,
+            overrides=args.set or (),
+            keep_logits=bool(args.save_logits),
+        )
     t = Table(title="wse-sim run", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -55,9 +67,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for col in ("op", "total ms", "compute ms", "fabric ms", "I/O stall ms", "share"):
         b.add_column(col, justify="right" if col != "op" else "left")
     for row in breakdown_rows(rep):
-        b.add_row(row["op"], *(f"{row[k] * 1e3:.3f}" for k in
-                               ("total_s", "compute_s", "fabric_s", "stall_s")),
-                  f"{row['total_s'] / rep.simulated_time_s:.1%}")
+        b.add_row(
+            row["op"],
+            *(f"{row[k] * 1e3:.3f}" for k in ("total_s", "compute_s", "fabric_s", "stall_s")),
+            f"{row['total_s'] / rep.simulated_time_s:.1%}",
+        )
     con.print(b)
     if args.json:
         rep.to_json(args.json)
@@ -82,8 +96,13 @@ def _cmd_arch(args: argparse.Namespace) -> int:
         for c in ("name", "grid (rows x cols)", "PEs", "peak fp16 PFLOP/s", "description"):
             t.add_column(c)
         for a in list_archs():
-            t.add_row(a.name, f"{a.wafer.rows} x {a.wafer.cols}", f"{a.n_pe:,}",
-                      f"{a.peak_flops_per_s('fp16') / 1e15:.3f}", a.description)
+            t.add_row(
+                a.name,
+                f"{a.wafer.rows} x {a.wafer.cols}",
+                f"{a.n_pe:,}",
+                f"{a.peak_flops_per_s('fp16') / 1e15:.3f}",
+                a.description,
+            )
         con.print(t)
         return 0
     a = load_arch(args.name, args.set or ())
@@ -93,8 +112,10 @@ def _cmd_arch(args: argparse.Namespace) -> int:
     for key, val, doc, src in a.field_table():
         t.add_row(key, f"{val:g}" if isinstance(val, float) else str(val), doc, src)
     con.print(t)
-    con.print(f"{a.n_pe:,} PEs; peak {a.peak_flops_per_s('fp16') / 1e15:.3f} PFLOP/s fp16, "
-              f"{a.peak_flops_per_s('fp32') / 1e15:.3f} PFLOP/s fp32")
+    con.print(
+        f"{a.n_pe:,} PEs; peak {a.peak_flops_per_s('fp16') / 1e15:.3f} PFLOP/s fp16, "
+        f"{a.peak_flops_per_s('fp32') / 1e15:.3f} PFLOP/s fp32"
+    )
     return 0
 
 
@@ -103,41 +124,73 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     from gpt_workload.config import list_models
 
-    t = Table(title="model presets (Cerebras-GPT: Dey et al. 2023, arXiv 2304.03208)",
-              title_justify="left")
+    t = Table(
+        title="model presets (Cerebras-GPT: Dey et al. 2023, arXiv 2304.03208)",
+        title_justify="left",
+    )
     for c in ("name", "n_layer", "d_model", "n_head", "d_ff", "vocab", "params"):
         t.add_column(c)
     for m in list_models():
-        t.add_row(m.name, str(m.n_layer), str(m.d_model), str(m.n_head), str(m.d_ff),
-                  str(m.vocab_size), f"{m.n_params / 1e6:,.0f}M")
+        t.add_row(
+            m.name,
+            str(m.n_layer),
+            str(m.d_model),
+            str(m.n_head),
+            str(m.d_ff),
+            str(m.vocab_size),
+            f"{m.n_params / 1e6:,.0f}M",
+        )
     _console().print(t)
-    _console().print("Any GPT-2-style Hugging Face config.json or checkpoint directory also "
-                     "works as --model.")
+    _console().print(
+        "Any GPT-2-style Hugging Face config.json or checkpoint directory also works as --model."
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``wse-sim``."""
-    p = argparse.ArgumentParser(prog="wse-sim", description=(
-        "Simulate GPT models on a wafer-scale engine (Cerebras WSE class)."))
+    p = argparse.ArgumentParser(
+        prog="wse-sim",
+        description=("Simulate GPT models on a wafer-scale engine (Cerebras WSE class)."),
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="simulate one forward pass (the main job)")
-    r.add_argument("--model", default="cerebras-gpt-111m",
-                   help="preset name, config.json path or checkpoint directory")
+    r.add_argument(
+        "--model",
+        default="cerebras-gpt-111m",
+        help="preset name, config.json path or checkpoint directory",
+    )
     r.add_argument("--arch", default="wse2", help="preset name or arch TOML file")
-    r.add_argument("--seq-len", type=int, default=None, help="tokens per sequence "
-                   "(default min(2048, n_positions))")
-    r.add_argument("--batch", type=int, default=None, help="sequences timed (default: the "
-                   "published training batch, capped at what fits one micro-batch)")
+    r.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence (default min(2048, n_positions))",
+    )
+    r.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="sequences timed (default: the "
+        "published training batch, capped at what fits one micro-batch)",
+    )
     r.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
     r.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
-    r.add_argument("--check-sequences", type=int, default=1,
-                   help="sequences whose numerics run through the per-PE kernels (0 = none)")
+    r.add_argument(
+        "--check-sequences",
+        type=int,
+        default=1,
+        help="sequences whose numerics run through the per-PE kernels (0 = none)",
+    )
     r.add_argument("--tokens", help=".npy of int token ids [K, T] for the numerics")
     r.add_argument("--save-logits", help="write float32 logits [K, T, vocab] to this .npy")
-    r.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE",
-                   help="override an arch field, e.g. --set pe.sram_bytes=98304 (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="LEVEL.FIELD=VALUE",
+        help="override an arch field, e.g. --set pe.sram_bytes=98304 (repeatable)",
+    )
     r.add_argument("--json", help="write the full report as JSON")
     r.add_argument("--plot", help="write PE-utilisation / SRAM maps (.npy, .png) to this dir")
     r.add_argument("--seed", type=int, default=0, help="weight init and token seed")
@@ -160,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wse-sim`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -174,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wse-sim: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("wse-sim: error: out of host memory; lower --check-sequences or use "
-              "--check-sequences 0", file=sys.stderr)
+        print(
+            "wse-sim: error: out of host memory; lower --check-sequences or use "
+            "--check-sequences 0",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("wse-sim: interrupted", file=sys.stderr)

@@ -89,10 +89,16 @@ class WSLayout:
 
     def describe(self) -> dict:
         """JSON-safe summary for the report."""
-        return {"pes_per_segment": self.P, "heads_per_pe": self.hp, "tokens_per_segment": self.m,
-                "segments_per_sequence": self.q, "sequences_per_micro_batch": self.b,
-                "micro_batches": self.n_micro, "active_pes": self.n_active_pe,
-                "grid": [self.rows, self.cols]}
+        return {
+            "pes_per_segment": self.P,
+            "heads_per_pe": self.hp,
+            "tokens_per_segment": self.m,
+            "segments_per_sequence": self.q,
+            "sequences_per_micro_batch": self.b,
+            "micro_batches": self.n_micro,
+            "active_pes": self.n_active_pe,
+            "grid": [self.rows, self.cols],
+        }
 
 
 def choose_P(cfg: GPTConfig, cols: int) -> int:
@@ -120,11 +126,11 @@ class _Sizes:
     """Per-PE byte sizes of the layout's tensors for one (m, P, precision)."""
 
     def __init__(self, cfg: GPTConfig, P: int, m: int, s: int):
-        self.f = cfg.d_model // P            # features per PE
-        self.ff = math.ceil(cfg.d_ff / P)    # FFN hidden per PE
+        self.f = cfg.d_model // P  # features per PE
+        self.ff = math.ceil(cfg.d_ff / P)  # FFN hidden per PE
         self.dh = cfg.d_head
-        self.x = m * self.f * s              # residual stream (resident)
-        self.h = m * self.f * s              # LayerNorm output
+        self.x = m * self.f * s  # residual stream (resident)
+        self.h = m * self.f * s  # LayerNorm output
         self.qkv = 3 * m * self.f * s
         self.att = m * self.f * s
         self.hid = m * self.ff * s
@@ -150,7 +156,9 @@ def _max_gemm_chunk(budget: int, m: int, N: int, s: int) -> int:
     return max(min(N, budget // (m * ACC_BYTES + 2 * s)), 0)
 
 
-def _sram_need(cfg: GPTConfig, arch: ArchConfig, P: int, m: int, s: int, min_chunk: int) -> tuple[int, str]:
+def _sram_need(
+    cfg: GPTConfig, arch: ArchConfig, P: int, m: int, s: int, min_chunk: int
+) -> tuple[int, str]:
     """Peak SRAM per PE of a layer at ``m`` tokens per segment with ``min_chunk`` GEMM chunks,
     and the kernel where it peaks."""
     z = _Sizes(cfg, P, m, s)
@@ -167,8 +175,9 @@ def _sram_need(cfg: GPTConfig, arch: ArchConfig, P: int, m: int, s: int, min_chu
     return need[op] + wb, op
 
 
-def plan_layout(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
-                precision: str, min_chunk: int = 64) -> WSLayout:
+def plan_layout(
+    cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int, precision: str, min_chunk: int = 64
+) -> WSLayout:
     """Choose P, m and the micro-batch split for ``batch`` sequences of ``seq_len`` tokens.
 
     The fewest micro-batches whose per-PE SRAM need (at the GEMM chunk ``min_chunk``) fits
@@ -199,11 +208,13 @@ def plan_layout(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
         if fits_grid and need <= usable:
             break
         if b == 1:
-            why = (f"needs {need} B per PE at kernel {op} (tokens per segment m={m}, "
-                   f"weight buffers {arch.io.weight_buffer_slots} x "
-                   f"{max(_block_bytes(cfg, s, 1)) / 1e6:.1f} MB spread over {arch.n_pe} PEs) "
-                   f"but a PE has {usable} B usable (pe.sram_bytes - pe.sram_reserved_bytes); "
-                   f"short by {need - usable} B")
+            why = (
+                f"needs {need} B per PE at kernel {op} (tokens per segment m={m}, "
+                f"weight buffers {arch.io.weight_buffer_slots} x "
+                f"{max(_block_bytes(cfg, s, 1)) / 1e6:.1f} MB spread over {arch.n_pe} PEs) "
+                f"but a PE has {usable} B usable (pe.sram_bytes - pe.sram_reserved_bytes); "
+                f"short by {need - usable} B"
+            )
             if not fits_grid:
                 why = f"needs {q} segments of {P} PEs but the grid holds {n_avail}"
             raise FitError(
@@ -212,12 +223,23 @@ def plan_layout(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
             )
         n_micro = min(batch, max(n_micro + 1, math.ceil(n_micro * 1.25)))
     n_micro = math.ceil(batch / b)
-    return WSLayout(P=P, hp=cfg.n_head // P, m=m, q=q, m_last=m_last, b=b, n_micro=n_micro,
-                    batch=batch, seq_len=seq_len, rows=rows, cols=cols, segs_per_row=spr)
+    return WSLayout(
+        P=P,
+        hp=cfg.n_head // P,
+        m=m,
+        q=q,
+        m_last=m_last,
+        b=b,
+        n_micro=n_micro,
+        batch=batch,
+        seq_len=seq_len,
+        rows=rows,
+        cols=cols,
+        segs_per_row=spr,
+    )
 
 
-def max_batch_single_micro(cfg: GPTConfig, arch: ArchConfig, seq_len: int,
-                           precision: str) -> int:
+def max_batch_single_micro(cfg: GPTConfig, arch: ArchConfig, seq_len: int, precision: str) -> int:
     """Largest batch that runs as one micro-batch (binary search over ``plan_layout``)."""
     lo, hi = 1, 1
     plan_layout(cfg, arch, 1, seq_len, precision)  # raises FitError if nothing fits
@@ -251,8 +273,16 @@ def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
 class _Builder:
     """Accumulates kernels and weight blocks for one lowering."""
 
-    def __init__(self, cfg: GPTConfig, arch: ArchConfig, L: WSLayout, precision: str,
-                 kernels: list[Kernel], blocks: list[WeightBlock], map_suffix: str = ""):
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        arch: ArchConfig,
+        L: WSLayout,
+        precision: str,
+        kernels: list[Kernel],
+        blocks: list[WeightBlock],
+        map_suffix: str = "",
+    ):
         self.cfg, self.arch, self.L, self.precision = cfg, arch, L, precision
         self.sfx = map_suffix
         self.s = bytes_per_element(precision)
@@ -279,15 +309,40 @@ class _Builder:
             out.append(PEClass(1, self.n_last * self.L.P, *per_token(self.L.m_last)))
         return tuple(out)
 
-    def add(self, op: str, layer: int, classes, cmap: str, transfers=(), block=-1,
-            wbytes=0, sram=0, flops=None, n_chunks=8) -> None:
+    def add(
+        self,
+        op: str,
+        layer: int,
+        classes,
+        cmap: str,
+        transfers=(),
+        block=-1,
+        wbytes=0,
+        sram=0,
+        flops=None,
+        n_chunks=8,
+    ) -> None:
         if flops is None:
             flops = sum(c.flops * c.count for c in classes)
-        name = f"mb{self.mb}.L{layer}.{op}" if 0 <= layer < self.cfg.n_layer else \
-            f"mb{self.mb}.{op}"
-        self.kernels.append(Kernel(name, op, layer, self.mb, tuple(classes), cmap + self.sfx,
-                                   tuple(transfers), block, int(wbytes),
-                                   int(sram + self.wbuf), float(flops), n_chunks))
+        name = (
+            f"mb{self.mb}.L{layer}.{op}" if 0 <= layer < self.cfg.n_layer else f"mb{self.mb}.{op}"
+        )
+        self.kernels.append(
+            Kernel(
+                name,
+                op,
+                layer,
+                self.mb,
+                tuple(classes),
+                cmap + self.sfx,
+                tuple(transfers),
+                block,
+                int(wbytes),
+                int(sram + self.wbuf),
+                float(flops),
+                n_chunks,
+            )
+        )
 
     def weight_multicast(self, K: int, N: int) -> Transfer:
         """2-D multicast of W[K, N]: slice j down its columns, fan-out spread over the rows."""
@@ -295,9 +350,16 @@ class _Builder:
         kt = K / L.P
         vertical = kt * N * s
         horizontal = K * N * s / self.rows_used
-        return Transfer("weight multicast", "multicast_2d", "vertical",
-                        max(vertical, horizontal), L.n_active_pe * kt * N * s,
-                        hops=self.rows_used + L.cols - 1, turns=1, colour=COLOUR_WEIGHTS)
+        return Transfer(
+            "weight multicast",
+            "multicast_2d",
+            "vertical",
+            max(vertical, horizontal),
+            L.n_active_pe * kt * N * s,
+            hops=self.rows_used + L.cols - 1,
+            turns=1,
+            colour=COLOUR_WEIGHTS,
+        )
 
     def reduce_scatter(self, N: int) -> Transfer:
         """Partial sums m x N (fp32) reduce-scattered along each segment's bidirectional chain."""
@@ -305,28 +367,54 @@ class _Builder:
         nt = math.ceil(N / L.P)
         max_link = (L.P - 1) * L.m * nt * ACC_BYTES
         total = L.n_segments * L.P * (L.P - 1) * L.m * nt * ACC_BYTES
-        return Transfer("partial-sum reduce-scatter", "reduce_scatter_row", "horizontal",
-                        max_link, total, hops=L.P - 1, turns=0, colour=COLOUR_PSUM)
+        return Transfer(
+            "partial-sum reduce-scatter",
+            "reduce_scatter_row",
+            "horizontal",
+            max_link,
+            total,
+            hops=L.P - 1,
+            turns=0,
+            colour=COLOUR_PSUM,
+        )
 
     def row_allreduce(self, values_per_token: int) -> Transfer:
         """Chain all-reduce of a few fp32 values per token along each segment."""
         L = self.L
-        per = 2 * values_per_token * L.m * ACC_BYTES   # reduce one way, broadcast back
-        return Transfer("segment all-reduce", "allreduce_row", "horizontal", per,
-                        L.n_segments * 2 * (L.P - 1) * values_per_token * L.m * ACC_BYTES,
-                        hops=2 * (L.P - 1), turns=0, colour=COLOUR_LN)
+        per = 2 * values_per_token * L.m * ACC_BYTES  # reduce one way, broadcast back
+        return Transfer(
+            "segment all-reduce",
+            "allreduce_row",
+            "horizontal",
+            per,
+            L.n_segments * 2 * (L.P - 1) * values_per_token * L.m * ACC_BYTES,
+            hops=2 * (L.P - 1),
+            turns=0,
+            colour=COLOUR_LN,
+        )
 
     # ------------------------------------------------------------------- ops
-    def gemm(self, op: str, layer: int, K: int, N: int, blk: int, live: int,
-             bias: bool = True, extra_ops_per_chunk: int = 0) -> None:
+    def gemm(
+        self,
+        op: str,
+        layer: int,
+        K: int,
+        N: int,
+        blk: int,
+        live: int,
+        bias: bool = True,
+        extra_ops_per_chunk: int = 0,
+    ) -> None:
         """Weight-streaming GEMM [M, K] x [K, N] (+ bias) -> [M, N] in the segment layout."""
         L, W, ov, s = self.L, self.W, self.ov, self.s
         kt = K // L.P
         budget = self.arch.pe.sram_usable_bytes - self.wbuf - live
         n_c = _max_gemm_chunk(budget, L.m, N, s)
         if n_c < 1:
-            raise FitError(f"kernel {op} of {self.cfg.name}: no SRAM left for a GEMM "
-                           f"accumulator ({budget} B free per PE)")
+            raise FitError(
+                f"kernel {op} of {self.cfg.name}: no SRAM left for a GEMM "
+                f"accumulator ({budget} B free per PE)"
+            )
         chunks = math.ceil(N / n_c)
         nt = math.ceil(N / L.P)
 
@@ -340,27 +428,46 @@ class _Builder:
 
         wbytes = (K * N + (N if bias else 0)) * s
         sram = live + L.m * n_c * ACC_BYTES + 2 * n_c * s
-        self.add(op, layer, self.token_classes(per), "tokens",
-                 (self.weight_multicast(K, N), self.reduce_scatter(N)), blk, wbytes, sram,
-                 n_chunks=max(chunks, 8))
+        self.add(
+            op,
+            layer,
+            self.token_classes(per),
+            "tokens",
+            (self.weight_multicast(K, N), self.reduce_scatter(N)),
+            blk,
+            wbytes,
+            sram,
+            n_chunks=max(chunks, 8),
+        )
 
-    def elementwise(self, op: str, layer: int, width: int, passes: float, live: int,
-                    transfers=(), blk=-1, wbytes=0) -> None:
+    def elementwise(
+        self,
+        op: str,
+        layer: int,
+        width: int,
+        passes: float,
+        live: int,
+        transfers=(),
+        blk=-1,
+        wbytes=0,
+    ) -> None:
         """An op of ``passes`` vector passes over each token's ``width``-element slice."""
         W, ov = self.W, self.ov
 
         def per(mp: int):
             return mp * passes * width / W, mp * math.ceil(passes) * ov, 0.0
 
-        self.add(op, layer, self.token_classes(per), "tokens", transfers, blk, wbytes, live,
-                 flops=0.0)
+        self.add(
+            op, layer, self.token_classes(per), "tokens", transfers, blk, wbytes, live, flops=0.0
+        )
 
     def layernorm(self, op: str, layer: int, blk: int, live: int) -> None:
         """LayerNorm over d split across the segment: local sums, chain all-reduce of the
         sum and the sum of squared deviations, normalise, scale and shift (6 passes)."""
         z = self.z
-        self.elementwise(op, layer, z.f, 6, live, (self.row_allreduce(2),), blk,
-                         2 * self.cfg.d_model * self.s)
+        self.elementwise(
+            op, layer, z.f, 6, live, (self.row_allreduce(2),), blk, 2 * self.cfg.d_model * self.s
+        )
 
     def attention(self, layer: int, live: int) -> None:
         """Head-parallel causal attention; class = segment position in its sequence."""
@@ -369,18 +476,26 @@ class _Builder:
         classes = []
         for p in range(L.q):
             mp = L.m_last if p == L.q - 1 else L.m
-            pairs = mp * p * L.m + mp * (mp + 1) / 2          # causal (query, key) pairs
-            blocks = mp * (p + 1)                              # (query, key block) pairs
-            busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)   # QK dot, PV axpy, softmax
+            pairs = mp * p * L.m + mp * (mp + 1) / 2  # causal (query, key) pairs
+            blocks = mp * (p + 1)  # (query, key block) pairs
+            busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)  # QK dot, PV axpy, softmax
             ops = hp * (2 * pairs + 3 * blocks)
             classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
         kv_block = L.m * 2 * hp * dh * s
-        kv = Transfer("K/V multicast", "multicast_chain", "vertical", (L.q - 1) * kv_block,
-                      L.b * L.P * kv_block * (L.q - 1) * L.q / 2, hops=L.q - 1,
-                      turns=0, colour=COLOUR_KV)
+        kv = Transfer(
+            "K/V multicast",
+            "multicast_chain",
+            "vertical",
+            (L.q - 1) * kv_block,
+            L.b * L.P * kv_block * (L.q - 1) * L.q / 2,
+            hops=L.q - 1,
+            turns=0,
+            colour=COLOUR_KV,
+        )
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
-        self.add("attention", layer, classes, "position", (kv,), sram=sram,
-                 n_chunks=max(min(L.q, 16), 1))
+        self.add(
+            "attention", layer, classes, "position", (kv,), sram=sram, n_chunks=max(min(L.q, 16), 1)
+        )
 
     # --------------------------------------------------------------- program
     def micro_batch(self) -> None:
@@ -390,9 +505,16 @@ class _Builder:
         # embedding: stream wte (or only the rows the tokens use, if fewer) and wpe[:T]
         wte_rows = min(V, tokens)
         blk = self.block("embed", (wte_rows * d + T * d) * s)
-        mc = Transfer("table multicast", "multicast_2d", "vertical",
-                      (wte_rows + T) * z.f * s, L.n_active_pe * (wte_rows + T) * z.f * s,
-                      hops=self.rows_used + L.cols - 1, turns=1, colour=COLOUR_WEIGHTS)
+        mc = Transfer(
+            "table multicast",
+            "multicast_2d",
+            "vertical",
+            (wte_rows + T) * z.f * s,
+            L.n_active_pe * (wte_rows + T) * z.f * s,
+            hops=self.rows_used + L.cols - 1,
+            turns=1,
+            colour=COLOUR_WEIGHTS,
+        )
         self.elementwise("embedding", -1, z.f, 2, z.x, (mc,), blk, (wte_rows * d + T * d) * s)
         for layer in range(cfg.n_layer):
             blk = self.block(f"layer{layer}", _block_bytes(cfg, s, T)[1])
@@ -410,14 +532,24 @@ class _Builder:
         self.layernorm("layernorm_f", cfg.n_layer, blk, z.x + z.h)
         # tied LM head fused with the cross-entropy statistics (running max, sum of exp,
         # target logit, argmax per token: 4 extra passes per chunk); logits never stored
-        self.gemm("lm_head", cfg.n_layer, d, V, blk, z.x + z.h + 4 * L.m * ACC_BYTES,
-                  bias=False, extra_ops_per_chunk=4)
-        self.elementwise("cross_entropy", cfg.n_layer, 4, 2, z.x + 4 * L.m * ACC_BYTES,
-                         (self.row_allreduce(3),))
+        self.gemm(
+            "lm_head",
+            cfg.n_layer,
+            d,
+            V,
+            blk,
+            z.x + z.h + 4 * L.m * ACC_BYTES,
+            bias=False,
+            extra_ops_per_chunk=4,
+        )
+        self.elementwise(
+            "cross_entropy", cfg.n_layer, 4, 2, z.x + 4 * L.m * ACC_BYTES, (self.row_allreduce(3),)
+        )
 
 
-def lower_weight_streaming(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int,
-                           precision: str = "fp16") -> Program:
+def lower_weight_streaming(
+    cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int, precision: str = "fp16"
+) -> Program:
     """Lower a GPT forward pass over ``batch`` x ``seq_len`` tokens to a :class:`Program`.
 
     Micro-batches run one after another, each streaming every layer's weights; a last,
@@ -438,17 +570,42 @@ def lower_weight_streaming(cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len
     last = main
     if b_last != L.b:
         m, q, m_last = _segments_for(b_last, seq_len, L.rows * L.segs_per_row)
-        L_last = WSLayout(P=L.P, hp=L.hp, m=m, q=q, m_last=m_last, b=b_last,
-                          n_micro=L.n_micro, batch=batch, seq_len=seq_len, rows=L.rows,
-                          cols=L.cols, segs_per_row=L.segs_per_row)
+        L_last = WSLayout(
+            P=L.P,
+            hp=L.hp,
+            m=m,
+            q=q,
+            m_last=m_last,
+            b=b_last,
+            n_micro=L.n_micro,
+            batch=batch,
+            seq_len=seq_len,
+            rows=L.rows,
+            cols=L.cols,
+            segs_per_row=L.segs_per_row,
+        )
         last = _Builder(cfg, arch, L_last, precision, kernels, blocks, "_last")
         maps.update(_class_maps(L_last, "_last"))
     for mb in range(L.n_micro):
         bld = last if mb == L.n_micro - 1 else main
         bld.mb = mb
         bld.micro_batch()
-    meta = {"layout": L.describe(), "tokens": batch * seq_len, "batch": batch,
-            "seq_len": seq_len, "micro_batches": L.n_micro, "mapping": "weight_streaming",
-            "sequences_in_last_micro_batch": b_last}
-    return Program(f"{cfg.name}/weight_streaming", arch.wafer.rows, arch.wafer.cols,
-                   precision, kernels, blocks, maps, meta)
+    meta = {
+        "layout": L.describe(),
+        "tokens": batch * seq_len,
+        "batch": batch,
+        "seq_len": seq_len,
+        "micro_batches": L.n_micro,
+        "mapping": "weight_streaming",
+        "sequences_in_last_micro_batch": b_last,
+    }
+    return Program(
+        f"{cfg.name}/weight_streaming",
+        arch.wafer.rows,
+        arch.wafer.cols,
+        precision,
+        kernels,
+        blocks,
+        maps,
+        meta,
+    )

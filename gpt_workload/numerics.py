@@ -51,26 +51,40 @@ class _Weights:
         perm = qkv_column_permutation(cfg.n_head, cfg.d_head, P)
         self.wte = r(w.wte)
         self.wpe = r(w.wpe)
-        self.wte_t = np.ascontiguousarray(self.wte.T)                  # [d, V] streamed
+        self.wte_t = np.ascontiguousarray(self.wte.T)  # [d, V] streamed
         self.layers = []
         for lw in w.layers:
             fc_w, fc_b, fc2_w = lw.fc_w, lw.fc_b, lw.fc2_w
-            if ff_pad:                                                 # d_ff not divisible by P
+            if ff_pad:  # d_ff not divisible by P
                 fc_w = np.pad(fc_w, ((0, 0), (0, ff_pad)))
                 fc_b = np.pad(fc_b, (0, ff_pad))
                 fc2_w = np.pad(fc2_w, ((0, ff_pad), (0, 0)))
-            self.layers.append({
-                "ln_1_g": r(lw.ln_1_g), "ln_1_b": r(lw.ln_1_b),
-                "attn_w": r(lw.attn_w[:, perm]), "attn_b": r(lw.attn_b[perm]),
-                "proj_w": r(lw.proj_w), "proj_b": r(lw.proj_b),
-                "ln_2_g": r(lw.ln_2_g), "ln_2_b": r(lw.ln_2_b),
-                "fc_w": r(fc_w), "fc_b": r(fc_b), "fc2_w": r(fc2_w), "fc2_b": r(lw.fc2_b),
-            })
+            self.layers.append(
+                {
+                    "ln_1_g": r(lw.ln_1_g),
+                    "ln_1_b": r(lw.ln_1_b),
+                    "attn_w": r(lw.attn_w[:, perm]),
+                    "attn_b": r(lw.attn_b[perm]),
+                    "proj_w": r(lw.proj_w),
+                    "proj_b": r(lw.proj_b),
+                    "ln_2_g": r(lw.ln_2_g),
+                    "ln_2_b": r(lw.ln_2_b),
+                    "fc_w": r(fc_w),
+                    "fc_b": r(fc_b),
+                    "fc2_w": r(fc2_w),
+                    "fc2_b": r(lw.fc2_b),
+                }
+            )
         self.ln_f_g, self.ln_f_b = r(w.ln_f_g), r(w.ln_f_b)
 
 
-def run_numerics(program: Program, cfg: GPTConfig, weights: GPTWeights, tokens: np.ndarray,
-                 precision: str | None = None) -> NumericsResult:
+def run_numerics(
+    program: Program,
+    cfg: GPTConfig,
+    weights: GPTWeights,
+    tokens: np.ndarray,
+    precision: str | None = None,
+) -> NumericsResult:
     """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
 
     The per-PE layout is the Program's (``P`` and ``m`` from ``program.meta['layout']``) with
@@ -82,14 +96,17 @@ def run_numerics(program: Program, cfg: GPTConfig, weights: GPTWeights, tokens: 
     precision = precision or program.precision
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ConfigError(f"tokens must be an int array of shape [K, T], got {tokens.dtype} "
-                          f"{tokens.shape}")
+        raise ConfigError(
+            f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
+        )
     K, T = tokens.shape
     if T != program.meta["seq_len"]:
         raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
     if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise ConfigError(f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
-                          f"{tokens.min()}..{tokens.max()}")
+        raise ConfigError(
+            f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
+            f"{tokens.min()}..{tokens.max()}"
+        )
     tokens = np.ascontiguousarray(tokens, dtype=np.int64)
     lay = program.meta["layout"]
     P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
@@ -122,9 +139,13 @@ def run_numerics(program: Program, cfg: GPTConfig, weights: GPTWeights, tokens: 
             kn.embed_tiled(tokens, W.wte, W.wpe, m, P, x)
             x = rnd(x)
         elif op in ("layernorm_1", "layernorm_2", "layernorm_f"):
-            g, b = ((lw["ln_1_g"], lw["ln_1_b"]) if op == "layernorm_1" else
-                    (lw["ln_2_g"], lw["ln_2_b"]) if op == "layernorm_2" else
-                    (W.ln_f_g, W.ln_f_b))
+            g, b = (
+                (lw["ln_1_g"], lw["ln_1_b"])
+                if op == "layernorm_1"
+                else (lw["ln_2_g"], lw["ln_2_b"])
+                if op == "layernorm_2"
+                else (W.ln_f_g, W.ln_f_b)
+            )
             kn.layernorm_tiled(x, g, b, cfg.layer_norm_eps, h, **seq)
             h = rnd(h)
         elif op == "qkv":

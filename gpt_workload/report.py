@@ -123,8 +123,9 @@ class Report:
                 continue
             np.save(d / f"{stem}.npy", arr)
             fig, ax = plt.subplots(figsize=(7, 7 * arr.shape[0] / max(arr.shape[1], 1) * 0.8))
-            im = ax.imshow(arr, origin="upper", interpolation="nearest", aspect="auto",
-                           cmap="viridis")
+            im = ax.imshow(
+                arr, origin="upper", interpolation="nearest", aspect="auto", cmap="viridis"
+            )
             ax.set_xlabel("PE column (x)")
             ax.set_ylabel("PE row (y)")
             ax.set_title(f"{self.model} on {self.arch} ({arr.shape[0]}x{arr.shape[1]} PEs)")
@@ -150,47 +151,90 @@ def format_console(r: Report) -> list[tuple[str, str]]:
     """(label, value) rows of the summary table the CLI prints."""
     ms = r.simulated_time_s * 1e3
     rows = [
-        ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} = "
-                         f"{r.grid[0] * r.grid[1]:,} PEs simulated, {r.fidelity})"),
-        ("workload", f"batch {r.batch} x seq {r.seq_len} = {r.tokens:,} tokens, {r.precision}, "
-                     f"{r.micro_batches} micro-batch(es), mapping {r.mapping}"),
-        ("layout", f"{r.layout['pes_per_segment']} PEs x {r.layout['tokens_per_segment']} "
-                   f"tokens per segment, {r.layout['active_pes']:,} active PEs"),
+        (
+            "model / arch",
+            f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} = "
+            f"{r.grid[0] * r.grid[1]:,} PEs simulated, {r.fidelity})",
+        ),
+        (
+            "workload",
+            f"batch {r.batch} x seq {r.seq_len} = {r.tokens:,} tokens, {r.precision}, "
+            f"{r.micro_batches} micro-batch(es), mapping {r.mapping}",
+        ),
+        (
+            "layout",
+            f"{r.layout['pes_per_segment']} PEs x {r.layout['tokens_per_segment']} "
+            f"tokens per segment, {r.layout['active_pes']:,} active PEs",
+        ),
         ("simulated time", f"{ms:.3f} ms"),
         ("throughput", f"{r.tokens_per_s:,.0f} tokens/s"),
-        ("achieved", f"{r.achieved_flops_per_s / 1e15:.3f} PFLOP/s of "
-                     f"{r.peak_flops_per_s / 1e15:.3f} peak (MFU {r.mfu:.1%})"),
-        ("PE utilisation", f"mean {r.pe_utilisation['mean']:.1%}, min "
-                           f"{r.pe_utilisation['min']:.1%}, max {r.pe_utilisation['max']:.1%}"),
-        ("SRAM peak / PE", f"{r.sram_peak_bytes['max']:,} B of "
-                           f"{r.sram_peak_bytes['capacity']:,} B"),
+        (
+            "achieved",
+            f"{r.achieved_flops_per_s / 1e15:.3f} PFLOP/s of "
+            f"{r.peak_flops_per_s / 1e15:.3f} peak (MFU {r.mfu:.1%})",
+        ),
+        (
+            "PE utilisation",
+            f"mean {r.pe_utilisation['mean']:.1%}, min "
+            f"{r.pe_utilisation['min']:.1%}, max {r.pe_utilisation['max']:.1%}",
+        ),
+        (
+            "SRAM peak / PE",
+            f"{r.sram_peak_bytes['max']:,} B of {r.sram_peak_bytes['capacity']:,} B",
+        ),
         ("I/O utilisation", f"{r.io_utilisation:.1%}"),
-        ("time split", "compute {:.1%}, fabric {:.1%}, weight-I/O stall {:.1%}, idle {:.1%}"
-         .format(*(r.totals[k] / r.simulated_time_s for k in
-                   ("compute_s", "fabric_s", "stall_s", "idle_s")))),
-        ("roofline bound", f"{r.roofline['bound_s'] * 1e3:.3f} ms "
-                           f"({r.roofline['bound_by']}-bound); simulated / bound = "
-                           f"{r.simulated_time_s / r.roofline['bound_s']:.2f}"),
+        (
+            "time split",
+            "compute {:.1%}, fabric {:.1%}, weight-I/O stall {:.1%}, idle {:.1%}".format(
+                *(
+                    r.totals[k] / r.simulated_time_s
+                    for k in ("compute_s", "fabric_s", "stall_s", "idle_s")
+                )
+            ),
+        ),
+        (
+            "roofline bound",
+            f"{r.roofline['bound_s'] * 1e3:.3f} ms "
+            f"({r.roofline['bound_by']}-bound); simulated / bound = "
+            f"{r.simulated_time_s / r.roofline['bound_s']:.2f}",
+        ),
     ]
     n = r.numerics
     if n.get("skipped"):
         rows.append(("numerics", f"skipped: {n['skipped']}"))
     else:
         rows += [
-            ("numerics", f"{n['check_sequences']} of {r.batch} sequence(s) through the "
-                         f"per-PE kernels, {n['precision']}"),
-            ("loss", f"{n['loss']:.6f}" + (f" (float64 reference {n['reference_loss']:.6f})"
-                                            if "reference_loss" in n else "")),
+            (
+                "numerics",
+                f"{n['check_sequences']} of {r.batch} sequence(s) through the "
+                f"per-PE kernels, {n['precision']}",
+            ),
+            (
+                "loss",
+                f"{n['loss']:.6f}"
+                + (
+                    f" (float64 reference {n['reference_loss']:.6f})"
+                    if "reference_loss" in n
+                    else ""
+                ),
+            ),
         ]
         if "max_abs_error_vs_reference" in n:
-            rows.append(("max |logit error|",
-                         f"{n['max_abs_error_vs_reference']:.3e} vs float64 reference "
-                         f"({n['max_rel_error_vs_reference']:.2e} of max |logit|; unit "
-                         f"roundoff {n['unit_roundoff']:.1e}; argmax agrees on "
-                         f"{n['reference_predictions_agree']:.1%})"))
+            rows.append(
+                (
+                    "max |logit error|",
+                    f"{n['max_abs_error_vs_reference']:.3e} vs float64 reference "
+                    f"({n['max_rel_error_vs_reference']:.2e} of max |logit|; unit "
+                    f"roundoff {n['unit_roundoff']:.1e}; argmax agrees on "
+                    f"{n['reference_predictions_agree']:.1%})",
+                )
+            )
         rows += [
-            ("next tokens", " ".join(str(t) for t in n["next_token_predictions"][0][-8:])
-             + "  (last 8 positions of sequence 0)"),
+            (
+                "next tokens",
+                " ".join(str(t) for t in n["next_token_predictions"][0][-8:])
+                + "  (last 8 positions of sequence 0)",
+            ),
         ]
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
     return rows
@@ -200,8 +244,17 @@ def breakdown_rows(r: Report, top: int = 12) -> list[dict]:
     """Breakdown aggregated by op over layers and micro-batches, largest first."""
     by_op: dict[str, dict] = {}
     for row in r.breakdown:
-        acc = by_op.setdefault(row["op"], {"op": row["op"], "compute_s": 0.0, "fabric_s": 0.0,
-                                           "stall_s": 0.0, "idle_s": 0.0, "total_s": 0.0})
+        acc = by_op.setdefault(
+            row["op"],
+            {
+                "op": row["op"],
+                "compute_s": 0.0,
+                "fabric_s": 0.0,
+                "stall_s": 0.0,
+                "idle_s": 0.0,
+                "total_s": 0.0,
+            },
+        )
         for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s"):
             acc[k] += row[k]
     return sorted(by_op.values(), key=lambda x: -x["total_s"])[:top]

@@ -36,10 +36,9 @@ MAPPINGS = ("weight_streaming",)
 NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
 
 
-def resolve_model_and_weights(model: str | GPTConfig, seed: int,
-                              weights: GPTWeights | None = None,
-                              need_weights: bool = True
-                              ) -> tuple[GPTConfig, GPTWeights | None, str]:
+def resolve_model_and_weights(
+    model: str | GPTConfig, seed: int, weights: GPTWeights | None = None, need_weights: bool = True
+) -> tuple[GPTConfig, GPTWeights | None, str]:
     """A model spec -> (config, weights, weight source).
 
     A checkpoint directory (with ``model.safetensors`` or ``pytorch_model.bin``) loads its
@@ -56,8 +55,15 @@ def resolve_model_and_weights(model: str | GPTConfig, seed: int,
     else:
         cfg = resolve_model(model)
         p = Path(model)
-        ckpt = p if p.is_dir() and any((p / f).exists() for f in (
-            "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")) else None
+        ckpt = (
+            p
+            if p.is_dir()
+            and any(
+                (p / f).exists()
+                for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+            )
+            else None
+        )
     if weights is not None:
         weights.validate(cfg)
         return cfg, weights, "given"
@@ -86,10 +92,11 @@ def _roofline(program: Program, arch: ArchConfig, timing: TimingResult) -> dict:
     peak = arch.peak_flops_per_s(program.precision)
     bw = arch.io.ingress_bytes_per_s
     n_links = n_directed_links(program.rows, program.cols)
-    per_op: dict[str, dict] = defaultdict(lambda: {"compute_s": 0.0, "io_s": 0.0,
-                                                   "fabric_s": 0.0, "simulated_s": 0.0})
+    per_op: dict[str, dict] = defaultdict(
+        lambda: {"compute_s": 0.0, "io_s": 0.0, "fabric_s": 0.0, "simulated_s": 0.0}
+    )
     worst_kernel = 1e300
-    for k, kt in zip(program.kernels, timing.kernels):
+    for k, kt in zip(program.kernels, timing.kernels, strict=True):
         c, i, f = k.flops / peak, k.weight_bytes / bw, fabric_bound_s(k, arch, n_links)
         row = per_op[k.op]
         row["compute_s"] += c
@@ -99,44 +106,85 @@ def _roofline(program: Program, arch: ArchConfig, timing: TimingResult) -> dict:
         bound = max(c, f)
         if bound > 0:
             worst_kernel = min(worst_kernel, kt.duration_s / bound)
-    tot = {key: sum(r[key] for r in per_op.values()) for key in ("compute_s", "io_s",
-                                                                  "fabric_s")}
+    tot = {key: sum(r[key] for r in per_op.values()) for key in ("compute_s", "io_s", "fabric_s")}
     by = max(tot, key=tot.get)
     rows = []
     for op, r in per_op.items():
         b = max(r["compute_s"], r["io_s"], r["fabric_s"])
-        rows.append({"op": op, **r, "bound_s": b,
-                     "simulated_over_bound": r["simulated_s"] / b if b > 0 else None})
-    return {"bound_s": tot[by], "bound_by": by.replace("_s", ""), **tot, "per_op": rows,
-            "min_kernel_simulated_over_bound": worst_kernel}
+        rows.append(
+            {
+                "op": op,
+                **r,
+                "bound_s": b,
+                "simulated_over_bound": r["simulated_s"] / b if b > 0 else None,
+            }
+        )
+    return {
+        "bound_s": tot[by],
+        "bound_by": by.replace("_s", ""),
+        **tot,
+        "per_op": rows,
+        "min_kernel_simulated_over_bound": worst_kernel,
+    }
 
 
 def _breakdown(timing: TimingResult) -> tuple[list[dict], dict]:
     agg: dict[tuple, dict] = {}
     for kt in timing.kernels:
         key = (kt.layer, kt.op)
-        r = agg.setdefault(key, {"layer": kt.layer, "op": kt.op, "compute_s": 0.0,
-                                 "fabric_s": 0.0, "stall_s": 0.0, "idle_s": 0.0,
-                                 "total_s": 0.0})
+        r = agg.setdefault(
+            key,
+            {
+                "layer": kt.layer,
+                "op": kt.op,
+                "compute_s": 0.0,
+                "fabric_s": 0.0,
+                "stall_s": 0.0,
+                "idle_s": 0.0,
+                "total_s": 0.0,
+            },
+        )
         r["compute_s"] += kt.compute_s
         r["fabric_s"] += kt.fabric_s
         r["stall_s"] += kt.stall_s
         r["total_s"] += kt.duration_s
     rows = list(agg.values())
     if timing.idle_s > 0:
-        rows.append({"layer": None, "op": "idle", "compute_s": 0.0, "fabric_s": 0.0,
-                     "stall_s": 0.0, "idle_s": timing.idle_s, "total_s": timing.idle_s})
-    totals = {k: sum(r[k] for r in rows) for k in ("compute_s", "fabric_s", "stall_s",
-                                                   "idle_s", "total_s")}
+        rows.append(
+            {
+                "layer": None,
+                "op": "idle",
+                "compute_s": 0.0,
+                "fabric_s": 0.0,
+                "stall_s": 0.0,
+                "idle_s": timing.idle_s,
+                "total_s": timing.idle_s,
+            }
+        )
+    totals = {
+        k: sum(r[k] for r in rows)
+        for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s")
+    }
     return rows, totals
 
 
-def simulate(model: str | GPTConfig = "cerebras-gpt-111m", arch: str | ArchConfig = "wse2", *,
-             mapping: str = "weight_streaming", fidelity: str = "event",
-             precision: str = "fp16", batch: int | None = None, seq_len: int | None = None,
-             check_sequences: int = 1, tokens: np.ndarray | None = None, seed: int = 0,
-             overrides: list[str] | tuple[str, ...] = (), weights: GPTWeights | None = None,
-             reference: bool = True, keep_logits: bool = False) -> Report:
+def simulate(
+    model: str | GPTConfig = "cerebras-gpt-111m",
+    arch: str | ArchConfig = "wse2",
+    *,
+    mapping: str = "weight_streaming",
+    fidelity: str = "event",
+    precision: str = "fp16",
+    batch: int | None = None,
+    seq_len: int | None = None,
+    check_sequences: int = 1,
+    tokens: np.ndarray | None = None,
+    seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (),
+    weights: GPTWeights | None = None,
+    reference: bool = True,
+    keep_logits: bool = False,
+) -> Report:
     """Simulate a GPT forward pass on a wafer and compute its real outputs.
 
     Args:
@@ -164,8 +212,11 @@ def simulate(model: str | GPTConfig = "cerebras-gpt-111m", arch: str | ArchConfi
     if mapping not in MAPPINGS:
         raise ConfigError(f"mapping={mapping!r} is unknown; allowed: {', '.join(MAPPINGS)}")
     check_precision(precision)
-    arch_cfg = load_arch(arch, overrides) if isinstance(arch, str) else (
-        arch.with_overrides(overrides) if overrides else arch)
+    arch_cfg = (
+        load_arch(arch, overrides)
+        if isinstance(arch, str)
+        else (arch.with_overrides(overrides) if overrides else arch)
+    )
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:
@@ -177,8 +228,10 @@ def simulate(model: str | GPTConfig = "cerebras-gpt-111m", arch: str | ArchConfi
     if seq_len is None:
         seq_len = tokens.shape[1] if tokens is not None else min(2048, cfg.n_positions)
     if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
-        raise ConfigError(f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} "
-                          f"(n_positions of {cfg.name})")
+        raise ConfigError(
+            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} "
+            f"(n_positions of {cfg.name})"
+        )
     if tokens is not None and tokens.shape[1] != seq_len:
         raise ConfigError(f"tokens have {tokens.shape[1]} positions but seq_len={seq_len}")
 
@@ -192,8 +245,9 @@ def simulate(model: str | GPTConfig = "cerebras-gpt-111m", arch: str | ArchConfi
     timing = FIDELITIES[fidelity](program, arch_cfg)
     wall["timing"] = time.perf_counter() - t0
 
-    numerics = _numerics(program, cfg, model, seed, weights, tokens, check_sequences,
-                         precision, reference, wall)
+    numerics = _numerics(
+        program, cfg, model, seed, weights, tokens, check_sequences, precision, reference, wall
+    )
     logits = numerics.pop("_logits", None)
 
     clk = arch_cfg.pe.clock_hz
@@ -206,42 +260,81 @@ def simulate(model: str | GPTConfig = "cerebras-gpt-111m", arch: str | ArchConfi
     active = timing.sram_peak_bytes[timing.sram_peak_bytes > 0]
     fpt = forward_flops_per_token(cfg, seq_len)
     return Report(
-        model=cfg.name, arch=arch_cfg.name, arch_config=arch_cfg.to_dict(),
-        grid=[program.rows, program.cols], fidelity=fidelity, precision=precision,
-        mapping=mapping, batch=batch, seq_len=seq_len, micro_batches=program.meta["micro_batches"],
-        tokens=tokens_n, simulated_time_s=total, tokens_per_s=tokens_n / total,
-        model_flops=flops, achieved_flops_per_s=flops / total, peak_flops_per_s=peak,
+        model=cfg.name,
+        arch=arch_cfg.name,
+        arch_config=arch_cfg.to_dict(),
+        grid=[program.rows, program.cols],
+        fidelity=fidelity,
+        precision=precision,
+        mapping=mapping,
+        batch=batch,
+        seq_len=seq_len,
+        micro_batches=program.meta["micro_batches"],
+        tokens=tokens_n,
+        simulated_time_s=total,
+        tokens_per_s=tokens_n / total,
+        model_flops=flops,
+        achieved_flops_per_s=flops / total,
+        peak_flops_per_s=peak,
         mfu=flops / (total * peak),
-        pe_utilisation={"mean": float(util.mean()), "min": float(util.min()),
-                        "max": float(util.max())},
-        sram_peak_bytes={"max": int(timing.sram_peak_bytes.max()),
-                         "mean_active": float(active.mean()) if active.size else 0.0,
-                         "capacity": arch_cfg.pe.sram_usable_bytes},
+        pe_utilisation={
+            "mean": float(util.mean()),
+            "min": float(util.min()),
+            "max": float(util.max()),
+        },
+        sram_peak_bytes={
+            "max": int(timing.sram_peak_bytes.max()),
+            "mean_active": float(active.mean()) if active.size else 0.0,
+            "capacity": arch_cfg.pe.sram_usable_bytes,
+        },
         io_utilisation=program.weight_bytes_streamed / (total * arch_cfg.io.ingress_bytes_per_s),
-        breakdown=rows, totals=totals, roofline=_roofline(program, arch_cfg, timing),
+        breakdown=rows,
+        totals=totals,
+        roofline=_roofline(program, arch_cfg, timing),
         numerics=numerics,
-        layout={**program.meta["layout"], "model_flops_per_token": flops / tokens_n,
-                "closed_form_flops_per_token": fpt["total"], "weights": wsrc if w else None,
-                "weight_bytes_streamed": program.weight_bytes_streamed},
-        wall_s=wall, events=timing.events, pe_utilisation_map=util,
-        sram_peak_map=timing.sram_peak_bytes, logits=logits if keep_logits else None,
+        layout={
+            **program.meta["layout"],
+            "model_flops_per_token": flops / tokens_n,
+            "closed_form_flops_per_token": fpt["total"],
+            "weights": wsrc if w else None,
+            "weight_bytes_streamed": program.weight_bytes_streamed,
+        },
+        wall_s=wall,
+        events=timing.events,
+        pe_utilisation_map=util,
+        sram_peak_map=timing.sram_peak_bytes,
+        logits=logits if keep_logits else None,
     )
 
 
-def _numerics(program: Program, cfg: GPTConfig, model, seed: int, weights, tokens,
-              k_seq: int, precision: str, reference: bool, wall: dict) -> dict:
+def _numerics(
+    program: Program,
+    cfg: GPTConfig,
+    model,
+    seed: int,
+    weights,
+    tokens,
+    k_seq: int,
+    precision: str,
+    reference: bool,
+    wall: dict,
+) -> dict:
     """Run the numerics and the reference; a dict for ``Report.numerics``."""
     if k_seq == 0:
         return {"skipped": "check_sequences=0", "precision": precision, "check_sequences": 0}
     fp32_bytes = 4 * cfg.n_params
     if fp32_bytes > NUMERICS_MAX_WEIGHT_BYTES and weights is None:
-        return {"skipped": f"fp32 weights of {cfg.name} need {fp32_bytes / 2**30:.1f} GiB of "
-                           f"host memory (limit {NUMERICS_MAX_WEIGHT_BYTES / 2**30:.0f} GiB); "
-                           "timing covers the full batch", "precision": precision,
-                "check_sequences": 0}
+        return {
+            "skipped": f"fp32 weights of {cfg.name} need {fp32_bytes / 2**30:.1f} GiB of "
+            f"host memory (limit {NUMERICS_MAX_WEIGHT_BYTES / 2**30:.0f} GiB); "
+            "timing covers the full batch",
+            "precision": precision,
+            "check_sequences": 0,
+        }
     t0 = time.perf_counter()
-    cfg, w, _ = resolve_model_and_weights(cfg if isinstance(model, GPTConfig) else model,
-                                          seed, weights)
+    cfg, w, _ = resolve_model_and_weights(
+        cfg if isinstance(model, GPTConfig) else model, seed, weights
+    )
     T = program.meta["seq_len"]
     if tokens is None:
         tokens = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, size=(k_seq, T))
@@ -249,10 +342,15 @@ def _numerics(program: Program, cfg: GPTConfig, model, seed: int, weights, token
     t0 = time.perf_counter()
     res = run_numerics(program, cfg, w, tokens, precision)
     wall["numerics"] = time.perf_counter() - t0
-    out = {"precision": precision, "check_sequences": int(tokens.shape[0]),
-           "unit_roundoff": unit_roundoff(precision), "loss": res.loss,
-           "next_token_predictions": res.predictions.tolist(),
-           "kernels_run": res.kernels_run, "_logits": res.logits}
+    out = {
+        "precision": precision,
+        "check_sequences": int(tokens.shape[0]),
+        "unit_roundoff": unit_roundoff(precision),
+        "loss": res.loss,
+        "next_token_predictions": res.predictions.tolist(),
+        "kernels_run": res.kernels_run,
+        "_logits": res.logits,
+    }
     if not np.all(np.isfinite(res.logits)):
         out["non_finite_logits"] = int((~np.isfinite(res.logits)).sum())
     if reference:
@@ -261,10 +359,13 @@ def _numerics(program: Program, cfg: GPTConfig, model, seed: int, weights, token
         wall["reference"] = time.perf_counter() - t0
         err = np.abs(res.logits.astype(np.float64) - ref)
         scale = float(np.abs(ref).max())
-        out.update({"reference_loss": cross_entropy(ref, tokens),
-                    "max_abs_error_vs_reference": float(err.max()),
-                    "max_abs_reference_logit": scale,
-                    "max_rel_error_vs_reference": float(err.max() / scale) if scale else 0.0,
-                    "reference_predictions_agree": float(
-                        (ref.argmax(-1) == res.predictions).mean())})
+        out.update(
+            {
+                "reference_loss": cross_entropy(ref, tokens),
+                "max_abs_error_vs_reference": float(err.max()),
+                "max_abs_reference_logit": scale,
+                "max_rel_error_vs_reference": float(err.max() / scale) if scale else 0.0,
+                "reference_predictions_agree": float((ref.argmax(-1) == res.predictions).mean()),
+            }
+        )
     return out

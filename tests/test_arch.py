@@ -18,9 +18,9 @@ def test_wse2_matches_published_figures():
     a = load_arch("wse2")
     # shared/reference/wse_hardware.md: user kernel region <= 750 x 994 [CSL]
     assert (a.wafer.cols, a.wafer.rows) == (750, 994)
-    assert a.pe.sram_bytes == 48 * 1024           # [HC34]
-    assert a.pe.clock_hz == 1.1e9                 # [HC34]
-    assert a.fabric.link_bits_per_cycle == 32     # [HPDC24]
+    assert a.pe.sram_bytes == 48 * 1024  # [HC34]
+    assert a.pe.clock_hz == 1.1e9  # [HC34]
+    assert a.fabric.link_bits_per_cycle == 32  # [HPDC24]
     assert a.io.ingress_bytes_per_s == 1.2e12 / 8  # [ALCF] 1.2 Tb/s
     # consistency check from the reference: 24 B/cycle x PEs x clock ~ 20 PB/s memory bw,
     # and peak fp16 = PEs x 4 FMAC x 2 FLOP x 1.1 GHz, within 15 % of the 7.5 PF of 850k cores
@@ -30,7 +30,7 @@ def test_wse2_matches_published_figures():
 
 def test_wse3_grid_and_simd():
     a = load_arch("wse3")
-    assert (a.wafer.cols, a.wafer.rows) == (755, 1170)   # [WL] kernel <= 755 x 1170
+    assert (a.wafer.cols, a.wafer.rows) == (755, 1170)  # [WL] kernel <= 755 x 1170
     assert a.pe.fmac_fp16_per_cycle == 2 * load_arch("wse2").pe.fmac_fp16_per_cycle
 
 
@@ -49,17 +49,20 @@ def test_override_applies_and_is_recorded():
     assert a.overrides == ("pe.sram_bytes=98304", "io.ingress_bytes_per_s=75e9")
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("pe.sram_bytes=-1", "pe.sram_bytes=-1"),
-    ("pe.sram_bytes=abc", "not a number"),
-    ("pe.nosuch=1", "unknown"),
-    ("nolevel.x=1", "unknown"),
-    ("pe.sram_bytes", "malformed"),
-    ("pe.clock_hz=0", "pe.clock_hz"),
-    ("pe.clock_hz=inf", "pe.clock_hz"),
-    ("wafer.rows=1.5", "integer"),
-    ("pe.sram_reserved_bytes=49152", "must be <"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("pe.sram_bytes=-1", "pe.sram_bytes=-1"),
+        ("pe.sram_bytes=abc", "not a number"),
+        ("pe.nosuch=1", "unknown"),
+        ("nolevel.x=1", "unknown"),
+        ("pe.sram_bytes", "malformed"),
+        ("pe.clock_hz=0", "pe.clock_hz"),
+        ("pe.clock_hz=inf", "pe.clock_hz"),
+        ("wafer.rows=1.5", "integer"),
+        ("pe.sram_reserved_bytes=49152", "must be <"),
+    ],
+)
 def test_bad_override_is_one_line(override, fragment):
     with pytest.raises(ConfigError) as ei:
         load_arch("wse2", [override])
@@ -90,9 +93,14 @@ FIELDS = [(lv, f.name) for lv, cls in LEVELS.items() for f in cls.__dataclass_fi
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(FIELDS), st.one_of(
-    st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8)))
+@given(
+    st.sampled_from(FIELDS),
+    st.one_of(
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+    ),
+)
 def test_overrides_never_crash(field, value):
     """Any override value either validates or raises ConfigError; nothing else escapes."""
     lv, name = field

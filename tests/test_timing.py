@@ -68,12 +68,13 @@ def _check_roofline(prog, arch, res):
     peak = arch.peak_flops_per_s(prog.precision)
     n_links = n_directed_links(prog.rows, prog.cols)
     comp = io = fab = 0.0
-    for k, kt in zip(prog.kernels, res.kernels):
+    for k, kt in zip(prog.kernels, res.kernels, strict=True):
         c, f = k.flops / peak, fabric_bound_s(k, arch, n_links)
         assert kt.duration_s >= max(c, f) * (1 - 1e-9), k.name
         assert kt.stall_s >= 0 and kt.compute_s >= 0 and kt.fabric_s >= 0
-        assert kt.stall_s + kt.compute_s + kt.fabric_s == pytest.approx(kt.duration_s,
-                                                                        rel=1e-6, abs=1e-12)
+        assert kt.stall_s + kt.compute_s + kt.fabric_s == pytest.approx(
+            kt.duration_s, rel=1e-6, abs=1e-12
+        )
         comp += c
         fab += f
         io += k.weight_bytes / arch.io.ingress_bytes_per_s
@@ -173,26 +174,43 @@ def test_faster_clock_is_faster_and_more_sram_allows_bigger_batch():
     fast = WSE2.with_overrides(["pe.clock_hz=2.2e9"])
     assert run_analytic(prog, fast).total_s < run_analytic(prog, WSE2).total_s
     big = WSE2.with_overrides(["pe.sram_bytes=98304"])
-    assert max_batch_single_micro(cfg, big, 2048, "fp16") > \
-        max_batch_single_micro(cfg, WSE2, 2048, "fp16")
+    assert max_batch_single_micro(cfg, big, 2048, "fp16") > max_batch_single_micro(
+        cfg, WSE2, 2048, "fp16"
+    )
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n_layer=st.integers(1, 3), n_head=st.sampled_from([1, 2, 3, 4, 6]),
-       d_head=st.sampled_from([8, 16]), ff_mult=st.integers(1, 4),
-       rows=st.integers(1, 24), cols=st.integers(1, 24), batch=st.integers(1, 40),
-       seq=st.integers(1, 64), precision=st.sampled_from(["fp32", "fp16", "bf16"]),
-       slots=st.integers(1, 3))
-def test_lowering_and_backends_are_sane(n_layer, n_head, d_head, ff_mult, rows, cols, batch,
-                                         seq, precision, slots):
+@given(
+    n_layer=st.integers(1, 3),
+    n_head=st.sampled_from([1, 2, 3, 4, 6]),
+    d_head=st.sampled_from([8, 16]),
+    ff_mult=st.integers(1, 4),
+    rows=st.integers(1, 24),
+    cols=st.integers(1, 24),
+    batch=st.integers(1, 40),
+    seq=st.integers(1, 64),
+    precision=st.sampled_from(["fp32", "fp16", "bf16"]),
+    slots=st.integers(1, 3),
+)
+def test_lowering_and_backends_are_sane(
+    n_layer, n_head, d_head, ff_mult, rows, cols, batch, seq, precision, slots
+):
     """Random small models on random grids: either a clean FitError, or a valid Program whose
     event and analytic times are finite, positive, above the roofline and whose PE
     utilisation lies in [0, 1]."""
     d = n_head * d_head
-    cfg = GPTConfig(name="rand", n_layer=n_layer, n_head=n_head, d_model=d,
-                    d_ff=d * ff_mult, vocab_size=97, n_positions=64)
-    arch = load_arch("grid8", [f"wafer.rows={rows}", f"wafer.cols={cols}",
-                               f"io.weight_buffer_slots={slots}"])
+    cfg = GPTConfig(
+        name="rand",
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d,
+        d_ff=d * ff_mult,
+        vocab_size=97,
+        n_positions=64,
+    )
+    arch = load_arch(
+        "grid8", [f"wafer.rows={rows}", f"wafer.cols={cols}", f"io.weight_buffer_slots={slots}"]
+    )
     try:
         prog = lower_weight_streaming(cfg, arch, batch, seq, precision)
     except FitError as exc:
@@ -211,5 +229,14 @@ def test_lowering_and_backends_are_sane(n_layer, n_head, d_head, ff_mult, rows, 
 def test_shrunk_single_pe_grid():
     """Hypothesis-shrunk failure: a 1 x 1 grid has no mesh links (fabric bound divided by 0)."""
     test_lowering_and_backends_are_sane.hypothesis.inner_test(
-        n_layer=1, n_head=1, d_head=8, ff_mult=1, rows=1, cols=1, batch=1, seq=1,
-        precision="fp32", slots=1)
+        n_layer=1,
+        n_head=1,
+        d_head=8,
+        ff_mult=1,
+        rows=1,
+        cols=1,
+        batch=1,
+        seq=1,
+        precision="fp32",
+        slots=1,
+    )

@@ -27,8 +27,11 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-PRECISION_FMAC_FIELD = {"fp16": "fmac_fp16_per_cycle", "bf16": "fmac_bf16_per_cycle",
-                        "fp32": "fmac_fp32_per_cycle"}
+PRECISION_FMAC_FIELD = {
+    "fp16": "fmac_fp16_per_cycle",
+    "bf16": "fmac_bf16_per_cycle",
+    "fp32": "fmac_fp32_per_cycle",
+}
 
 
 def _f(lo: float, hi: float, doc: str, *, lo_open: bool = False) -> Any:
@@ -143,8 +146,12 @@ class IOConfig:
         _check_range("io", self)
 
 
-LEVELS: dict[str, type] = {"wafer": WaferConfig, "pe": PEConfig, "fabric": FabricConfig,
-                           "io": IOConfig}
+LEVELS: dict[str, type] = {
+    "wafer": WaferConfig,
+    "pe": PEConfig,
+    "fabric": FabricConfig,
+    "io": IOConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -186,8 +193,13 @@ class ArchConfig:
         for ov in overrides:
             level, fname, value = _parse_override(ov)
             levels[level][fname] = value
-        return _build(self.name, self.description, levels, self.sources,
-                      tuple(self.overrides) + tuple(overrides))
+        return _build(
+            self.name,
+            self.description,
+            levels,
+            self.sources,
+            tuple(self.overrides) + tuple(overrides),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view: ``{"name", "description", "wafer": {...}, ...}`` (JSON-safe)."""
@@ -205,8 +217,9 @@ class ArchConfig:
             obj = getattr(self, lv)
             for f in fields(cls):
                 key = f"{lv}.{f.name}"
-                rows.append((key, getattr(obj, f.name), f.metadata["doc"],
-                             self.sources.get(key, "")))
+                rows.append(
+                    (key, getattr(obj, f.name), f.metadata["doc"], self.sources.get(key, ""))
+                )
         return rows
 
 
@@ -221,9 +234,7 @@ def _coerce(level: str, fname: str, raw: Any) -> Any:
         else:
             val = float(raw)
     except ValueError:
-        raise ConfigError(
-            f"arch field {level}.{fname}={raw!r} is not a number"
-        ) from None
+        raise ConfigError(f"arch field {level}.{fname}={raw!r} is not a number") from None
     if want_int:
         if not math.isfinite(val) or val != int(val):
             raise ConfigError(f"arch field {level}.{fname}={raw!r} must be an integer")
@@ -244,9 +255,7 @@ def _parse_override(ov: str) -> tuple[str, str, Any]:
 
 def _check_known(level: str, fname: str) -> None:
     if level not in LEVELS:
-        raise ConfigError(
-            f"arch level {level!r} is unknown; allowed: {', '.join(LEVELS)}"
-        )
+        raise ConfigError(f"arch level {level!r} is unknown; allowed: {', '.join(LEVELS)}")
     names = [f.name for f in fields(LEVELS[level])]
     if fname not in names:
         raise ConfigError(
@@ -255,8 +264,13 @@ def _check_known(level: str, fname: str) -> None:
         )
 
 
-def _build(name: str, description: str, levels: dict[str, dict[str, Any]],
-           sources: dict[str, str], overrides: tuple[str, ...]) -> ArchConfig:
+def _build(
+    name: str,
+    description: str,
+    levels: dict[str, dict[str, Any]],
+    sources: dict[str, str],
+    overrides: tuple[str, ...],
+) -> ArchConfig:
     built = {}
     for lv, cls in LEVELS.items():
         vals = levels.get(lv, {})
@@ -268,8 +282,9 @@ def _build(name: str, description: str, levels: dict[str, dict[str, Any]],
             _check_known(lv, k)
             kwargs[k] = _coerce(lv, k, v)
         built[lv] = cls(**kwargs)
-    return ArchConfig(name=name, description=description, sources=dict(sources),
-                      overrides=overrides, **built)
+    return ArchConfig(
+        name=name, description=description, sources=dict(sources), overrides=overrides, **built
+    )
 
 
 def _from_toml_dict(data: dict[str, Any], default_name: str) -> ArchConfig:
@@ -285,8 +300,9 @@ def _from_toml_dict(data: dict[str, Any], default_name: str) -> ArchConfig:
         levels[key] = {k: v for k, v in val.items() if k != "sources"}
         for sk, sv in val.get("sources", {}).items():
             sources[f"{key}.{sk}"] = str(sv)
-    return _build(str(data.get("name", default_name)), str(data.get("description", "")),
-                  levels, sources, ())
+    return _build(
+        str(data.get("name", default_name)), str(data.get("description", "")), levels, sources, ()
+    )
 
 
 def preset_names() -> list[str]:

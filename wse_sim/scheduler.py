@@ -40,8 +40,9 @@ class WeightStreamer:
         events: discrete events this process generated.
     """
 
-    def __init__(self, env: simpy.Environment, program: Program, arch: ArchConfig,
-                 chunks_per_block: int = 64):
+    def __init__(
+        self, env: simpy.Environment, program: Program, arch: ArchConfig, chunks_per_block: int = 64
+    ):
         self.env = env
         self.program = program
         self.bytes_per_cycle = arch.io.ingress_bytes_per_s / arch.pe.clock_hz
@@ -50,7 +51,8 @@ class WeightStreamer:
         self.chunks_per_block = chunks_per_block
         self.level = [0.0] * len(program.weight_blocks)
         self._waiters: list[list[tuple[float, int, simpy.Event]]] = [
-            [] for _ in program.weight_blocks]
+            [] for _ in program.weight_blocks
+        ]
         self._seq = itertools.count()
         self._held: dict[int, simpy.Request] = {}
         self._last_use = self._compute_last_use(program)
@@ -69,7 +71,7 @@ class WeightStreamer:
     def _run(self):
         for blk in self.program.weight_blocks:
             req = self.slots.request()
-            yield req                                  # backpressure: wait for a free slot
+            yield req  # backpressure: wait for a free slot
             self._held[blk.id] = req
             if blk.bytes == 0:
                 self._notify(blk.id, 0.0)

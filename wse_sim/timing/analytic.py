@@ -32,8 +32,10 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
     """
     clk = arch.pe.clock_hz
     io = arch.io
-    io_s = [io.ingress_latency_s + b.bytes / io.ingress_bytes_per_s if b.bytes else 0.0
-            for b in program.weight_blocks]
+    io_s = [
+        io.ingress_latency_s + b.bytes / io.ingress_bytes_per_s if b.bytes else 0.0
+        for b in program.weight_blocks
+    ]
     # group kernels by the block they belong to (a weightless kernel joins the previous block)
     groups: list[list[int]] = []
     group_block: list[int] = []
@@ -51,7 +53,7 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
     for g, members in enumerate(groups):
         b = group_block[g]
         if b >= 0 and (not double or g == 0):
-            stall = io_s[b]          # nothing hides this stream
+            stall = io_s[b]  # nothing hides this stream
         elif b >= 0 and double:
             prev_c = sum(times[i].duration_s - times[i].stall_s for i in groups[g - 1])
             stall = max(0.0, io_s[b] - prev_c)
@@ -62,13 +64,28 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
             act = active_cycles(k, arch) / clk
             comp = compute_cycles(k) / clk
             s = stall if j == 0 else 0.0
-            times.append(KernelTime(k.name, k.op, k.layer, k.micro_batch, t, t + s + act, s,
-                                    comp, max(act - comp, 0.0)))
+            times.append(
+                KernelTime(
+                    k.name,
+                    k.op,
+                    k.layer,
+                    k.micro_batch,
+                    t,
+                    t + s + act,
+                    s,
+                    comp,
+                    max(act - comp, 0.0),
+                )
+            )
             t += s + act
     busy, sram = per_pe_maps(program)
     return TimingResult(
-        backend="analytic", total_s=t, kernels=times,
+        backend="analytic",
+        total_s=t,
+        kernels=times,
         io_busy_s=sum(b.bytes for b in program.weight_blocks) / io.ingress_bytes_per_s,
-        idle_s=0.0, pe_busy_cycles=busy, sram_peak_bytes=sram,
+        idle_s=0.0,
+        pe_busy_cycles=busy,
+        sram_peak_bytes=sram,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
     )

@@ -40,8 +40,15 @@ def fabric_cycles(k: Kernel, arch: ArchConfig) -> float:
 def latency_cycles(k: Kernel, arch: ArchConfig) -> float:
     """Pipeline-fill latency of the kernel's longest transfer, cycles."""
     fab = arch.fabric
-    return max((t.hops * fab.hop_latency_cycles + t.turns * fab.turn_latency_cycles
-                + 2 * fab.ramp_latency_cycles for t in k.transfers), default=0.0)
+    return max(
+        (
+            t.hops * fab.hop_latency_cycles
+            + t.turns * fab.turn_latency_cycles
+            + 2 * fab.ramp_latency_cycles
+            for t in k.transfers
+        ),
+        default=0.0,
+    )
 
 
 def active_cycles(k: Kernel, arch: ArchConfig) -> float:

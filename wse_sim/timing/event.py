@@ -39,9 +39,14 @@ from wse_sim.timing.common import (
 )
 
 
-def _class_process(env: simpy.Environment, cls_cycles: float,
-                   transfers: list[tuple[str, float]], n: int, weights_at,
-                   wait_log: list[float] | None):
+def _class_process(
+    env: simpy.Environment,
+    cls_cycles: float,
+    transfers: list[tuple[str, float]],
+    n: int,
+    weights_at,
+    wait_log: list[float] | None,
+):
     """One PE class: ``n`` chunks of compute, each handed to one sender process per transfer.
 
     ``transfers`` is ``[(link_group, cycles), ...]``; senders of the same link group share one
@@ -59,7 +64,9 @@ def _class_process(env: simpy.Environment, cls_cycles: float,
                 yield req
                 yield env.timeout(cycles / n)
 
-    senders = [env.process(sender(st, g, cyc)) for st, (g, cyc) in zip(stores, transfers)]
+    senders = [
+        env.process(sender(st, g, cyc)) for st, (g, cyc) in zip(stores, transfers, strict=True)
+    ]
     for i in range(n):
         ev = weights_at(i)
         if ev is not None and not ev.triggered:
@@ -112,8 +119,9 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
             start = env.now
             n = max(k.n_chunks, 1)
             bpc = arch.fabric.link_bytes_per_cycle
-            flows = [(t.link_group, t.max_link_bytes / bpc) for t in k.transfers
-                     if t.max_link_bytes > 0]
+            flows = [
+                (t.link_group, t.max_link_bytes / bpc) for t in k.transfers if t.max_link_bytes > 0
+            ]
             blk = k.weight_block
             base = offset.get(blk, 0)
             if blk >= 0:
@@ -122,15 +130,22 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
                 def weights_at(i, blk=blk, base=base, wb=k.weight_bytes, n=n):
                     return streamer.arrived(blk, base + wb * (i + 1) / n)
             else:
+
                 def weights_at(i):
                     return None
+
             reps = _representatives(k, max_classes)
             crit = max(reps)
             waits: list[float] = []
             procs = []
             for cyc in reps:
-                procs.append(env.process(_class_process(
-                    env, cyc, flows, n, weights_at, waits if cyc == crit else None)))
+                procs.append(
+                    env.process(
+                        _class_process(
+                            env, cyc, flows, n, weights_at, waits if cyc == crit else None
+                        )
+                    )
+                )
                 crit = None if cyc == crit else crit
                 n_events[0] += (2 + 3 * len(flows)) * n
             yield simpy.AllOf(env, procs)
@@ -142,19 +157,32 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
             end = env.now
             stall = sum(waits)
             comp = compute_cycles(k)
-            times.append(KernelTime(k.name, k.op, k.layer, k.micro_batch, start / clk, end / clk,
-                                    stall / clk, comp / clk,
-                                    max(end - start - stall - comp, 0.0) / clk))
+            times.append(
+                KernelTime(
+                    k.name,
+                    k.op,
+                    k.layer,
+                    k.micro_batch,
+                    start / clk,
+                    end / clk,
+                    stall / clk,
+                    comp / clk,
+                    max(end - start - stall - comp, 0.0) / clk,
+                )
+            )
 
     done = env.process(kernel_sequence())
     env.run(until=done)
     busy, sram = per_pe_maps(program)
     total = env.now / clk
     return TimingResult(
-        backend="event", total_s=total, kernels=times,
+        backend="event",
+        total_s=total,
+        kernels=times,
         io_busy_s=streamer.busy_cycles / clk,
         idle_s=max(total - sum(t.duration_s for t in times), 0.0),
-        pe_busy_cycles=busy, sram_peak_bytes=sram,
+        pe_busy_cycles=busy,
+        sram_peak_bytes=sram,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
         events=n_events[0] + streamer.events,
     )

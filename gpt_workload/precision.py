@@ -1,0 +1,129 @@
+"""Storage precisions of activations and weights.
+
+The simulated wafer *stores* activations and weights in fp32, fp16 or bf16 but does every
+multiply and every accumulation in fp32. The numerical kernels (:mod:`gpt_workload.kernels`)
+therefore always compute in float32 on float32 arrays; the effect of 16-bit storage is
+modelled by the caller, which rounds each stored tensor with :func:`round_storage` between
+kernels.
+
+Unit roundoffs follow Higham, *Accuracy and Stability of Numerical Algorithms* (2nd ed.,
+SIAM 2002), §2.1: with ``t`` significand bits (implicit bit included) and round-to-nearest,
+``u = 2**-t``: fp32 t=24, fp16 t=11, bf16 t=8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wse_sim.errors import ConfigError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+_UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
+_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def check_precision(precision: str) -> str:
+    """Validate a storage-precision name.
+
+    Args:
+        precision: one of :data:`PRECISIONS` (``"fp32"``, ``"fp16"``, ``"bf16"``).
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ConfigError: the name is not one of :data:`PRECISIONS`, e.g.
+            ``precision='fp8' is not supported; allowed: fp32, fp16, bf16``.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}"
+        )
+    return precision
+
+
+def unit_roundoff(precision: str) -> float:
+    """Unit roundoff ``u`` of a storage format (round-to-nearest).
+
+    ``u = 2**-24`` for fp32, ``2**-11`` for fp16, ``2**-8`` for bf16 (Higham, *Accuracy and
+    Stability of Numerical Algorithms*, §2.1). For any real ``x`` in the normal range of the
+    format, ``fl(x) = x (1 + d)`` with ``|d| <= u``.
+
+    Args:
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        ``u`` as a Python float (dimensionless).
+
+    Raises:
+        ConfigError: unknown precision.
+    """
+    return _UNIT_ROUNDOFF[check_precision(precision)]
+
+
+def bytes_per_element(precision: str) -> int:
+    """Storage size of one element: 4 for fp32, 2 for fp16 and bf16.
+
+    Args:
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        Bytes per stored element (int).
+
+    Raises:
+        ConfigError: unknown precision.
+    """
+    return _BYTES[check_precision(precision)]
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bf16 (round-to-nearest-even) and widen back to float32."""
+    bits = x.view(np.uint32)
+    # Round to nearest, ties to even, on the upper 16 bits. Finite values that round past
+    # the largest bf16 carry into the exponent and become +-inf exactly as IEEE rounding does;
+    # +-inf maps to itself. No overflow of uint32: the largest non-NaN pattern is 0xFF800000.
+    lsb = (bits >> np.uint32(16)) & np.uint32(1)
+    rounded = (bits + (np.uint32(0x7FFF) + lsb)) & np.uint32(0xFFFF0000)
+    # NaN: keep sign and the upper payload bits, force the quiet bit so the result stays NaN
+    # even if the payload lived only in the discarded low half.
+    nan_bits = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x00400000)
+    out = np.where(np.isnan(x), nan_bits, rounded)
+    return out.view(np.float32)
+
+
+def round_storage(x: np.ndarray, precision: str) -> np.ndarray:
+    """Round values to a storage format and return them widened back to float32.
+
+    Models storing a tensor in ``precision`` and reading it back for fp32 arithmetic.
+
+    * ``fp32``: a float32 copy of ``x`` (no rounding).
+    * ``fp16``: IEEE binary16 round-to-nearest-even via NumPy's ``float16`` cast; magnitudes
+      that round past 65504 become +-inf, tiny values become fp16 subnormals or +-0, NaN
+      stays NaN.
+    * ``bf16``: round-to-nearest-even to 8 significand bits by integer manipulation of the
+      float32 bit pattern (same results as ``torch.Tensor.to(torch.bfloat16)``); overflow
+      gives +-inf, +-inf and NaN are preserved (NaN payload may change, the result is NaN).
+
+    For values in the normal range of the format the relative error is at most
+    :func:`unit_roundoff` ``(precision)``.
+
+    Args:
+        x: array of any shape, dtype float32 (other real dtypes are first cast to float32,
+            which is itself a rounding).
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        New float32 array of the same shape (never a view of ``x``).
+
+    Raises:
+        ConfigError: unknown precision.
+    """
+    check_precision(precision)
+    x32 = np.array(x, dtype=np.float32, copy=True, order="C")
+    if precision == "fp32":
+        return x32
+    if precision == "fp16":
+        with np.errstate(over="ignore"):
+            return x32.astype(np.float16).astype(np.float32)
+    return _round_bf16(x32)

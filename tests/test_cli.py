@@ -1,0 +1,167 @@
+"""The wse-sim command line, as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from gpt_workload.config import resolve_model
+from gpt_workload.weights import init_weights, save_safetensors
+
+
+def wse_sim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_workload.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("wse-sim: error:")
+    for f in fragments:
+        assert f in lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    cfg = resolve_model("gpt-tiny")
+    save_safetensors(cfg, init_weights(cfg, seed=0), d)
+    return d
+
+
+def test_arch_and_models_list():
+    p = wse_sim("arch", "list")
+    assert p.returncode == 0 and "wse2" in p.stdout and "wse3" in p.stdout
+    p = wse_sim("arch", "show", "wse2")
+    assert p.returncode == 0 and "pe.sram_bytes" in p.stdout and "HC34" in p.stdout
+    p = wse_sim("models", "list")
+    assert p.returncode == 0
+    for n in ("111m", "256m", "590m", "1.3b", "2.7b", "6.7b", "13b"):
+        assert f"cerebras-gpt-{n}" in p.stdout
+
+
+def test_run_writes_json_logits_and_plots(tmp_path, tiny_ckpt):
+    cfg = resolve_model("gpt-tiny")
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 32))
+    np.save(tmp_path / "tok.npy", tokens)
+    p = wse_sim(
+        "run",
+        "--model",
+        str(tiny_ckpt),
+        "--arch",
+        "grid32",
+        "--seq-len",
+        "32",
+        "--batch",
+        "8",
+        "--precision",
+        "fp32",
+        "--tokens",
+        str(tmp_path / "tok.npy"),
+        "--save-logits",
+        str(tmp_path / "logits.npy"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--plot",
+        str(tmp_path / "plots"),
+        "--set",
+        "pe.clock_hz=1e9",
+    )
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    for key in (
+        "simulated_time_s",
+        "tokens_per_s",
+        "achieved_flops_per_s",
+        "mfu",
+        "pe_utilisation",
+        "breakdown",
+        "sram_peak_bytes",
+        "io_utilisation",
+        "micro_batches",
+        "numerics",
+    ):
+        assert key in rep
+    assert rep["numerics"]["precision"] == "fp32"
+    assert rep["numerics"]["max_abs_error_vs_reference"] <= 1e-4
+    assert rep["arch_config"]["pe"]["clock_hz"] == 1e9
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (2, 32, cfg.vocab_size) and logits.dtype == np.float32
+    util = np.load(tmp_path / "plots" / "pe_utilisation.npy")
+    assert util.shape == (32, 32)
+    assert (tmp_path / "plots" / "pe_utilisation.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--model", "no-such-model"], ["unknown model", "cerebras-gpt-111m"]),
+        (["--arch", "wse9"], ["unknown arch", "wse2"]),
+        (["--set", "pe.sram_bytes=-1"], ["pe.sram_bytes=-1"]),
+        (
+            ["--model", "cerebras-gpt-13b", "--arch", "grid8"],
+            ["does not fit one sequence", "short by"],
+        ),
+        (["--precision", "fp8"], ["fp8", "fp16"]),
+        (["--fidelity", "exact"], ["fidelity"]),
+        (["--batch", "0"], ["batch=0"]),
+        (["--seq-len", "99999"], ["seq_len=99999"]),
+        (["--tokens", "/no/such/file.npy"], ["--tokens"]),
+    ],
+)
+def test_bad_input_is_one_line(args, fragments):
+    assert_one_line_error(wse_sim("run", "--check-sequences", "0", *args), *fragments)
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, tiny_ckpt):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert_one_line_error(
+        wse_sim("run", "--model", str(bad), "--arch", "grid32", "--seq-len", "16"),
+        "model.safetensors",
+    )
+
+
+def test_nan_weights_are_one_line(tmp_path):
+    cfg = resolve_model("gpt-tiny")
+    save_safetensors(cfg, init_weights(cfg, seed=0), tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    key = next(k for k in sd if k.endswith("h.1.mlp.c_fc.weight"))
+    sd[key][3, 5] = np.nan
+    save_file(sd, tmp_path / "model.safetensors")
+    assert_one_line_error(
+        wse_sim("run", "--model", str(tmp_path), "--arch", "grid32", "--seq-len", "16"),
+        "NaN",
+        "h.1.mlp.c_fc.weight",
+    )
+
+
+def test_malformed_tokens_file(tmp_path):
+    np.save(tmp_path / "t.npy", np.zeros((2, 3, 4)))
+    assert_one_line_error(
+        wse_sim(
+            "run", "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(tmp_path / "t.npy")
+        ),
+        "[K, T]",
+    )
+    np.save(tmp_path / "big.npy", np.full((1, 16), 10**6))
+    assert_one_line_error(
+        wse_sim(
+            "run", "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(tmp_path / "big.npy")
+        ),
+        "tokens",
+    )
