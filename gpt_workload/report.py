@@ -48,6 +48,10 @@ class Report:
             "max_abs_error_vs_reference", "next_token_predictions", ...}`` or a skip reason.
         layout: the lowering's layout facts.
         wall_s: host seconds per phase (lowering, timing, numerics, reference).
+        timeline: ``{"kernels": [{"name", "op", "layer", "micro_batch", "start_s", "end_s",
+            "stall_s", "compute_s", "fabric_s", "flops", "weight_bytes"}, ...],
+            "io_blocks": [{"name", "block", "start_s", "end_s", "bytes"}, ...]}``: every
+            kernel and weight-block stream of the run, for traces and timeline plots.
     """
 
     model: str
@@ -77,6 +81,7 @@ class Report:
     layout: dict
     wall_s: dict = field(default_factory=dict)
     events: int = 0
+    timeline: dict = field(default_factory=dict)
     pe_utilisation_map: np.ndarray | None = field(default=None, repr=False)
     sram_peak_map: np.ndarray | None = field(default=None, repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)

@@ -128,6 +128,30 @@ def _roofline(program: Program, arch: ArchConfig, timing: TimingResult) -> dict:
     }
 
 
+def _timeline(program: Program, timing: TimingResult) -> dict:
+    kernels = [
+        {
+            "name": kt.name,
+            "op": kt.op,
+            "layer": kt.layer,
+            "micro_batch": kt.micro_batch,
+            "start_s": kt.start_s,
+            "end_s": kt.end_s,
+            "stall_s": kt.stall_s,
+            "compute_s": kt.compute_s,
+            "fabric_s": kt.fabric_s,
+            "flops": k.flops,
+            "weight_bytes": k.weight_bytes,
+        }
+        for k, kt in zip(program.kernels, timing.kernels, strict=True)
+    ]
+    io = [
+        {"name": b.name, "block": b.block, "start_s": b.start_s, "end_s": b.end_s, "bytes": b.bytes}
+        for b in timing.io_blocks
+    ]
+    return {"kernels": kernels, "io_blocks": io}
+
+
 def _breakdown(timing: TimingResult) -> tuple[list[dict], dict]:
     agg: dict[tuple, dict] = {}
     for kt in timing.kernels:
@@ -301,6 +325,7 @@ def simulate(
         },
         wall_s=wall,
         events=timing.events,
+        timeline=_timeline(program, timing),
         pe_utilisation_map=util,
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,

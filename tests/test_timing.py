@@ -240,3 +240,32 @@ def test_shrunk_single_pe_grid():
         precision="fp32",
         slots=1,
     )
+
+
+def test_backpressure_bounds_buffered_blocks(default_program):
+    """Compute-bound: the stream runs ahead until every slot is full, then waits."""
+    for slots in (1, 2, 3):
+        arch = WSE2.with_overrides([f"io.weight_buffer_slots={slots}"])
+        res = run_event(default_program, arch)
+        assert res.extra["max_blocks_buffered"] == slots
+        assert res.extra["io_backpressure_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "override, slower",
+    [
+        ("io.ingress_bytes_per_s=15e9", True),
+        ("fabric.link_bits_per_cycle=8", True),
+        ("fabric.hop_latency_cycles=200", True),
+        ("pe.fmac_fp16_per_cycle=2", True),
+        ("pe.vector_op_overhead_cycles=64", True),
+        ("pe.clock_hz=2.2e9", False),
+    ],
+)
+def test_io_fabric_and_compute_all_shape_the_time(override, slower):
+    cfg = resolve_model("cerebras-gpt-111m")
+    base = lower_weight_streaming(cfg, WSE2, 8, 2048, "fp16")
+    arch = WSE2.with_overrides([override])
+    prog = lower_weight_streaming(cfg, arch, 8, 2048, "fp16")
+    t0, t1 = run_event(base, WSE2).total_s, run_event(prog, arch).total_s
+    assert (t1 > t0) if slower else (t1 < t0)

@@ -38,6 +38,9 @@ class WeightStreamer:
     Attributes:
         busy_cycles: cycles the ingress link spent transferring.
         events: discrete events this process generated.
+        max_held: most blocks on the wafer at once (never more than the slots).
+        block_times: ``[(block id, stream start, stream end), ...]`` in cycles.
+        blocked_cycles: cycles the stream waited for a free slot (backpressure).
     """
 
     def __init__(
@@ -58,6 +61,9 @@ class WeightStreamer:
         self._last_use = self._compute_last_use(program)
         self.busy_cycles = 0.0
         self.events = 0
+        self.max_held = 0
+        self.block_times: list[tuple[int, float, float]] = []
+        self.blocked_cycles = 0.0
         self.process = env.process(self._run())
 
     @staticmethod
@@ -71,11 +77,15 @@ class WeightStreamer:
     def _run(self):
         for blk in self.program.weight_blocks:
             req = self.slots.request()
+            t0 = self.env.now
             yield req  # backpressure: wait for a free slot
+            self.blocked_cycles += self.env.now - t0
             self._held[blk.id] = req
+            self.max_held = max(self.max_held, len(self._held))
             if blk.bytes == 0:
                 self._notify(blk.id, 0.0)
                 continue
+            start = self.env.now
             if self.latency_cycles:
                 yield self.env.timeout(self.latency_cycles)
             step = blk.bytes / self.chunks_per_block
@@ -85,6 +95,7 @@ class WeightStreamer:
                 self.busy_cycles += dt
                 self._notify(blk.id, step)
                 self.events += 1
+            self.block_times.append((blk.id, start, self.env.now))
 
     def _notify(self, blk: int, step: float) -> None:
         self.level[blk] += step

@@ -16,6 +16,7 @@ from __future__ import annotations
 from wse_sim.arch import ArchConfig
 from wse_sim.program import Program
 from wse_sim.timing.common import (
+    IOInterval,
     KernelTime,
     TimingResult,
     active_cycles,
@@ -48,6 +49,7 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
             cur = blk
         groups[-1].append(i)
     times: list[KernelTime] = []
+    io_blocks: list[IOInterval] = []
     t = 0.0
     double = io.weight_buffer_slots >= 2
     for g, members in enumerate(groups):
@@ -59,6 +61,10 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
             stall = max(0.0, io_s[b] - prev_c)
         else:
             stall = 0.0
+        if b >= 0 and io_s[b] > 0:
+            # the block's stream ends when its first kernel may start
+            blk = program.weight_blocks[b]
+            io_blocks.append(IOInterval(blk.name, b, t + stall - io_s[b], t + stall, blk.bytes))
         for j, i in enumerate(members):
             k = program.kernels[i]
             act = active_cycles(k, arch) / clk
@@ -88,4 +94,5 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         pe_busy_cycles=busy,
         sram_peak_bytes=sram,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
+        io_blocks=io_blocks,
     )

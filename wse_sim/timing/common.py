@@ -96,6 +96,17 @@ class KernelTime:
 
 
 @dataclass
+class IOInterval:
+    """One weight block's stream over the MemoryX ingress (seconds)."""
+
+    name: str
+    block: int
+    start_s: float
+    end_s: float
+    bytes: int
+
+
+@dataclass
 class TimingResult:
     """Output of a timing backend for one Program.
 
@@ -109,6 +120,7 @@ class TimingResult:
         sram_peak_bytes: per-PE SRAM high-water mark, int64 [rows, cols].
         link_bytes: total bytes x links moved over the fabric.
         events: number of discrete events processed (0 for analytic).
+        io_blocks: when each weight block streamed in, in stream order.
     """
 
     backend: str
@@ -120,6 +132,7 @@ class TimingResult:
     sram_peak_bytes: np.ndarray
     link_bytes: float
     events: int = 0
+    io_blocks: list[IOInterval] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 

@@ -31,6 +31,7 @@ from wse_sim.arch import ArchConfig
 from wse_sim.program import Kernel, Program
 from wse_sim.scheduler import WeightStreamer
 from wse_sim.timing.common import (
+    IOInterval,
     KernelTime,
     TimingResult,
     compute_cycles,
@@ -185,4 +186,14 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
         sram_peak_bytes=sram,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
         events=n_events[0] + streamer.events,
+        io_blocks=[
+            IOInterval(
+                program.weight_blocks[b].name, b, t0 / clk, t1 / clk, program.weight_blocks[b].bytes
+            )
+            for b, t0, t1 in streamer.block_times
+        ],
+        extra={
+            "max_blocks_buffered": streamer.max_held,
+            "io_backpressure_s": streamer.blocked_cycles / clk,
+        },
     )
