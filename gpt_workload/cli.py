@@ -1,4 +1,4 @@
-"""The ``wse-sim`` command line: ``run``, ``arch list|show``, ``models list``.
+"""The ``wse-sim`` command line: ``run``, ``sweep``, ``plot``, ``arch list|show``, ``models list``.
 
 Every user error (:class:`wse_sim.errors.WseSimError`, bad files) prints one line
 ``wse-sim: error: ...`` on stderr and exits with status 2; no traceback.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +23,37 @@ log = logging.getLogger("wse_sim")
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=140)
+    # the terminal's width, but never narrower than the report's table needs
+    return Console(
+        highlight=False,
+        soft_wrap=False,
+        width=max(shutil.get_terminal_size((140, 24)).columns, 120),
+    )
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Fail before a long run if an output path cannot be written.
+
+    Raises:
+        ConfigError: naming the flag and the path.
+    """
+    for flag in ("json", "save_logits", "trace"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        p = Path(path)
+        opt = "--" + flag.replace("_", "-")
+        if p.is_dir():
+            raise ConfigError(f"{opt} {path!r} is a directory; give a file path")
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ConfigError(
+                f"{opt} {path!r}: directory {str(parent)!r} does not exist or is not writable"
+            )
+    if getattr(args, "plot", None):
+        p = Path(args.plot)
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--plot {args.plot!r} exists and is not a directory")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -42,6 +75,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"--tokens must hold int token ids of shape [K, T], got "
                 f"{tokens.dtype} {tokens.shape}"
             )
+    _check_output_paths(args)
+    if args.save_logits and args.check_sequences == 0:
+        raise ConfigError("--save-logits needs the numerics, but --check-sequences is 0")
     con = _console()
     with con.status("simulating ..."):
         rep = simulate(
@@ -63,25 +99,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for k, v in format_console(rep):
         t.add_row(k, v)
     con.print(t)
-    b = Table(title="where the time goes (by op, summed over layers)", title_justify="left")
-    for col in ("op", "total ms", "compute ms", "fabric ms", "I/O stall ms", "share"):
+    b = Table(
+        title="where the time goes (by op, summed over layers and micro-batches)",
+        title_justify="left",
+    )
+    cols = ("total_s", "compute_s", "fabric_s", "stall_s", "idle_s")
+    for col in ("op", "total ms", "compute ms", "fabric ms", "I/O stall ms", "idle ms", "share"):
         b.add_column(col, justify="right" if col != "op" else "left")
     for row in breakdown_rows(rep):
         b.add_row(
             row["op"],
-            *(f"{row[k] * 1e3:.3f}" for k in ("total_s", "compute_s", "fabric_s", "stall_s")),
+            *(f"{row[k] * 1e3:.3f}" for k in cols),
             f"{row['total_s'] / rep.simulated_time_s:.1%}",
         )
+    b.add_row("total", *(f"{rep.totals[k] * 1e3:.3f}" for k in cols), "100.0%", style="bold")
     con.print(b)
     if args.json:
         rep.to_json(args.json)
         con.print(f"JSON report written to {args.json}")
     if args.save_logits:
+        if rep.logits is None:
+            raise ConfigError(
+                f"--save-logits: no logits, the numerics were skipped "
+                f"({rep.numerics.get('skipped')})"
+            )
         np.save(args.save_logits, rep.logits.astype(np.float32))
         con.print(f"logits {rep.logits.shape} written to {args.save_logits}")
     if args.plot:
         for p in rep.save_maps(args.plot):
             con.print(f"wrote {p}")
+    if args.trace:
+        from gpt_workload.trace import write_trace
+
+        con.print(f"Perfetto/Chrome trace written to {write_trace(rep, args.trace)}")
     return 0
 
 
@@ -130,15 +180,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
     )
     for c in ("name", "n_layer", "d_model", "n_head", "d_ff", "vocab", "params"):
         t.add_column(c)
-    for m in list_models():
+    from gpt_workload.config import TEST_PRESETS
+
+    for m in list_models(include_test=True):
         t.add_row(
-            m.name,
+            m.name + (" (test model)" if m.name in TEST_PRESETS else ""),
             str(m.n_layer),
             str(m.d_model),
             str(m.n_head),
             str(m.d_ff),
             str(m.vocab_size),
-            f"{m.n_params / 1e6:,.0f}M",
+            f"{m.n_params / 1e6:,.1f}M",
         )
     _console().print(t)
     _console().print(
@@ -176,11 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         "published training batch, capped at what fits one micro-batch)",
     )
     r.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
-    r.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
+    r.add_argument(
+        "--fidelity",
+        default="event",
+        help="event (SimPy, whole wafer), analytic (closed form) or packet (every router)",
+    )
     r.add_argument(
         "--check-sequences",
         type=int,
-        default=1,
+        default=None,
         help="sequences whose numerics run through the per-PE kernels (0 = none)",
     )
     r.add_argument("--tokens", help=".npy of int token ids [K, T] for the numerics")
@@ -194,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", help="write the full report as JSON")
     r.add_argument("--plot", help="write PE-utilisation / SRAM maps (.npy, .png) to this dir")
     r.add_argument("--seed", type=int, default=0, help="weight init and token seed")
+    r.add_argument("--trace", help="write the timeline as Chrome/Perfetto trace-event JSON")
     r.set_defaults(func=_cmd_run)
+    from gpt_workload import plots, sweep
+
+    sweep.add_parser(sub)
+    plots.add_parser(sub)
     a = sub.add_parser("arch", help="architecture presets")
     asub = a.add_subparsers(dest="arch_cmd", required=True)
     asub.add_parser("list", help="list presets")
@@ -225,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except WseSimError as exc:
         print(f"wse-sim: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except OSError as exc:
         print(f"wse-sim: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError:

@@ -48,6 +48,8 @@ from wse_sim.errors import ConfigError, FitError
 from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
 
 ACC_BYTES = 4  # fp32 accumulators and partial sums
+KERNELS_PER_LAYER = 10  # ln_1, qkv, attention, proj, residual, ln_2, fc, gelu, fc2, residual
+MAX_KERNELS = 50_000  # a larger Program takes minutes to lower and time: refused
 
 # colours used by the lowering (static routes); see wse_sim fabric docs
 COLOUR_WEIGHTS, COLOUR_PSUM, COLOUR_KV, COLOUR_LN = 0, 1, 2, 3
@@ -345,7 +347,11 @@ class _Builder:
         )
 
     def weight_multicast(self, K: int, N: int) -> Transfer:
-        """2-D multicast of W[K, N]: slice j down its columns, fan-out spread over the rows."""
+        """2-D multicast of W[K, N]: slice j down its columns, fan-out spread over the rows.
+
+        The path is a column: each column's slice enters at its north-edge port and descends
+        (``rows_used`` hops, no turn: the geometry the packet backend simulates); every PE
+        takes its slice in through its RAMP (``ramp_bytes``)."""
         L, s = self.L, self.s
         kt = K / L.P
         vertical = kt * N * s
@@ -356,16 +362,22 @@ class _Builder:
             "vertical",
             max(vertical, horizontal),
             L.n_active_pe * kt * N * s,
-            hops=self.rows_used + L.cols - 1,
-            turns=1,
+            hops=self.rows_used,
+            turns=0,
             colour=COLOUR_WEIGHTS,
+            ramp_bytes=vertical,
         )
 
     def reduce_scatter(self, N: int) -> Transfer:
-        """Partial sums m x N (fp32) reduce-scattered along each segment's bidirectional chain."""
+        """Partial sums m x N (fp32) reduce-scattered along each segment's bidirectional chain.
+
+        A middle PE of the chain takes in, through its RAMP, the running sums of every slice
+        passing it both ways: ``P + 1`` slices (``ramp_bytes``); ``P - 2`` PEs combine and
+        re-send on the longest path (``relays``)."""
         L = self.L
         nt = math.ceil(N / L.P)
-        max_link = (L.P - 1) * L.m * nt * ACC_BYTES
+        slice_bytes = L.m * nt * ACC_BYTES
+        max_link = (L.P - 1) * slice_bytes
         total = L.n_segments * L.P * (L.P - 1) * L.m * nt * ACC_BYTES
         return Transfer(
             "partial-sum reduce-scatter",
@@ -376,10 +388,13 @@ class _Builder:
             hops=L.P - 1,
             turns=0,
             colour=COLOUR_PSUM,
+            relays=max(L.P - 2, 0),
+            ramp_bytes=(L.P + 1 if L.P >= 3 else L.P - 1) * slice_bytes,
         )
 
     def row_allreduce(self, values_per_token: int) -> Transfer:
-        """Chain all-reduce of a few fp32 values per token along each segment."""
+        """Chain all-reduce of a few fp32 values per token along each segment (a middle PE
+        takes in the running sum and the broadcast result: twice through its RAMP)."""
         L = self.L
         per = 2 * values_per_token * L.m * ACC_BYTES  # reduce one way, broadcast back
         return Transfer(
@@ -391,6 +406,8 @@ class _Builder:
             hops=2 * (L.P - 1),
             turns=0,
             colour=COLOUR_LN,
+            relays=max(L.P - 1, 0),
+            ramp_bytes=per if L.P >= 3 else per / 2 * (L.P - 1),
         )
 
     # ------------------------------------------------------------------- ops
@@ -409,7 +426,9 @@ class _Builder:
         L, W, ov, s = self.L, self.W, self.ov, self.s
         kt = K // L.P
         budget = self.arch.pe.sram_usable_bytes - self.wbuf - live
-        n_c = _max_gemm_chunk(budget, L.m, N, s)
+        # no longer than needed for 98 % SIMD efficiency (n_c / W >= 49 x overhead), so the
+        # accumulator does not take SRAM it cannot use
+        n_c = min(_max_gemm_chunk(budget, L.m, N, s), max(int(49 * ov * W), int(16 * W), 1))
         if n_c < 1:
             raise FitError(
                 f"kernel {op} of {self.cfg.name}: no SRAM left for a GEMM "
@@ -491,6 +510,8 @@ class _Builder:
             hops=L.q - 1,
             turns=0,
             colour=COLOUR_KV,
+            relays=max(L.q - 2, 0),
+            ramp_bytes=(L.q - 1) * kv_block,
         )
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
         self.add(
@@ -511,9 +532,10 @@ class _Builder:
             "vertical",
             (wte_rows + T) * z.f * s,
             L.n_active_pe * (wte_rows + T) * z.f * s,
-            hops=self.rows_used + L.cols - 1,
-            turns=1,
+            hops=self.rows_used,
+            turns=0,
             colour=COLOUR_WEIGHTS,
+            ramp_bytes=(wte_rows + T) * z.f * s,
         )
         self.elementwise("embedding", -1, z.f, 2, z.x, (mc,), blk, (wte_rows * d + T * d) * s)
         for layer in range(cfg.n_layer):
@@ -562,6 +584,13 @@ def lower_weight_streaming(
     """
     check_precision(precision)
     L = plan_layout(cfg, arch, batch, seq_len, precision)
+    n_kernels = L.n_micro * (KERNELS_PER_LAYER * cfg.n_layer + 4)
+    if n_kernels > MAX_KERNELS:
+        raise ConfigError(
+            f"batch={batch} x n_layer={cfg.n_layer} needs {L.n_micro} micro-batch(es) x "
+            f"{KERNELS_PER_LAYER * cfg.n_layer + 4} kernels = {n_kernels:,} kernels; at most "
+            f"{MAX_KERNELS:,} are simulated: lower the batch (one micro-batch holds {L.b})"
+        )
     kernels: list[Kernel] = []
     blocks: list[WeightBlock] = []
     maps = _class_maps(L)

@@ -85,10 +85,13 @@ class Report:
     pe_utilisation_map: np.ndarray | None = field(default=None, repr=False)
     sram_peak_map: np.ndarray | None = field(default=None, repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
+    #: the lowered :class:`wse_sim.program.Program` (per-kernel PE classes and class maps, for
+    #: per-op heatmaps and traces); set by ``simulate()``, left out of :meth:`to_dict`
+    program: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-safe report (maps and logits left out; see :meth:`save_maps`)."""
-        skip = {"pe_utilisation_map", "sram_peak_map", "logits"}
+        """The JSON-safe report (maps, logits and program left out; see :meth:`save_maps`)."""
+        skip = {"pe_utilisation_map", "sram_peak_map", "logits", "program"}
         out = {k: v for k, v in self.__dict__.items() if k not in skip}
         return json.loads(json.dumps(out, default=_json_default))
 
@@ -152,9 +155,35 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+_PREFIXES = [
+    (1e18, "E"),
+    (1e15, "P"),
+    (1e12, "T"),
+    (1e9, "G"),
+    (1e6, "M"),
+    (1e3, "k"),
+    (1.0, ""),
+    (1e-3, "m"),
+    (1e-6, "u"),
+    (1e-9, "n"),
+    (1e-12, "p"),
+]
+
+
+def si(x: float, unit: str, digits: int = 4) -> str:
+    """``x`` with an SI prefix and ``digits`` significant digits: ``si(0.016792, "s")`` ->
+    ``"16.79 ms"``, ``si(3.662e15, "FLOP/s")`` -> ``"3.662 PFLOP/s"``."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g} {unit}"
+    for scale, p in _PREFIXES:
+        if abs(x) >= scale:
+            return f"{x / scale:.{digits}g} {p}{unit}"
+    scale, p = _PREFIXES[-1]
+    return f"{x / scale:.{digits}g} {p}{unit}"
+
+
 def format_console(r: Report) -> list[tuple[str, str]]:
     """(label, value) rows of the summary table the CLI prints."""
-    ms = r.simulated_time_s * 1e3
     rows = [
         (
             "model / arch",
@@ -171,12 +200,17 @@ def format_console(r: Report) -> list[tuple[str, str]]:
             f"{r.layout['pes_per_segment']} PEs x {r.layout['tokens_per_segment']} "
             f"tokens per segment, {r.layout['active_pes']:,} active PEs",
         ),
-        ("simulated time", f"{ms:.3f} ms"),
-        ("throughput", f"{r.tokens_per_s:,.0f} tokens/s"),
+        ("simulated time", si(r.simulated_time_s, "s")),
+        (
+            "throughput",
+            f"{r.tokens_per_s:,.0f} tokens/s"
+            if r.tokens_per_s >= 1
+            else si(r.tokens_per_s, "tokens/s"),
+        ),
         (
             "achieved",
-            f"{r.achieved_flops_per_s / 1e15:.3f} PFLOP/s of "
-            f"{r.peak_flops_per_s / 1e15:.3f} peak (MFU {r.mfu:.1%})",
+            f"{si(r.achieved_flops_per_s, 'FLOP/s')} of {si(r.peak_flops_per_s, 'FLOP/s')} "
+            f"peak (MFU {r.mfu:.1%})",
         ),
         (
             "PE utilisation",
@@ -199,7 +233,7 @@ def format_console(r: Report) -> list[tuple[str, str]]:
         ),
         (
             "roofline bound",
-            f"{r.roofline['bound_s'] * 1e3:.3f} ms "
+            f"{si(r.roofline['bound_s'], 's')} "
             f"({r.roofline['bound_by']}-bound); simulated / bound = "
             f"{r.simulated_time_s / r.roofline['bound_s']:.2f}",
         ),
@@ -214,6 +248,7 @@ def format_console(r: Report) -> list[tuple[str, str]]:
                 f"{n['check_sequences']} of {r.batch} sequence(s) through the "
                 f"per-PE kernels, {n['precision']}",
             ),
+            ("weights", n.get("weights", "")),
             (
                 "loss",
                 f"{n['loss']:.6f}"
@@ -245,8 +280,9 @@ def format_console(r: Report) -> list[tuple[str, str]]:
     return rows
 
 
-def breakdown_rows(r: Report, top: int = 12) -> list[dict]:
-    """Breakdown aggregated by op over layers and micro-batches, largest first."""
+def breakdown_rows(r: Report) -> list[dict]:
+    """Breakdown aggregated by op over layers and micro-batches, largest first; every op, so
+    the rows sum to the total."""
     by_op: dict[str, dict] = {}
     for row in r.breakdown:
         acc = by_op.setdefault(
@@ -262,4 +298,4 @@ def breakdown_rows(r: Report, top: int = 12) -> list[dict]:
         )
         for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s"):
             acc[k] += row[k]
-    return sorted(by_op.values(), key=lambda x: -x["total_s"])[:top]
+    return sorted(by_op.values(), key=lambda x: -x["total_s"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -27,10 +28,13 @@ from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, fabric_bound_s, n_directed_links
 from wse_sim.timing.event import run_event
+from wse_sim.timing.packet import run_packet
 
 log = logging.getLogger(__name__)
 
-FIDELITIES = {"event": run_event, "analytic": run_analytic}
+# the largest batch accepted; beyond it runs take minutes of lowering for no new insight
+MAX_BATCH = 1_000_000
+FIDELITIES = {"event": run_event, "analytic": run_analytic, "packet": run_packet}
 MAPPINGS = ("weight_streaming",)
 # numerics are skipped, with a note in the report, when fp32 weights exceed this
 NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
@@ -47,23 +51,12 @@ def resolve_model_and_weights(
     Raises:
         ConfigError: unknown model; CheckpointError: malformed checkpoint or NaN weights.
     """
-    from pathlib import Path
-
     if isinstance(model, GPTConfig):
         cfg = model
         ckpt = None
     else:
         cfg = resolve_model(model)
-        p = Path(model)
-        ckpt = (
-            p
-            if p.is_dir()
-            and any(
-                (p / f).exists()
-                for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-            )
-            else None
-        )
+        ckpt = checkpoint_dir(model)
     if weights is not None:
         weights.validate(cfg)
         return cfg, weights, "given"
@@ -73,6 +66,41 @@ def resolve_model_and_weights(
         cfg, w = load_checkpoint(ckpt)
         return cfg, w, f"checkpoint {ckpt}"
     return cfg, init_weights(cfg, seed), f"seeded init (seed {seed})"
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def checkpoint_dir(spec: str) -> Path | None:
+    """``spec`` as a checkpoint directory if it is a directory holding weight files (any of
+    :data:`WEIGHT_FILES`), else ``None`` (a preset name, a ``config.json``, or a directory
+    with only ``config.json``, which runs with seeded weights and says so)."""
+    p = Path(spec)
+    if p.is_dir() and any((p / f).exists() for f in WEIGHT_FILES):
+        return p
+    return None
+
+
+def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool = False):
+    """``value`` as an int in ``[lo, hi]`` (numpy ints accepted, bools and floats not).
+
+    Raises:
+        ConfigError: naming ``name``, the value and the allowed range.
+    """
+    if value is None and allow_none:
+        return None
+    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name}={value!r} must be {allowed}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        raise ConfigError(f"{name}={value!r} must be {allowed}")
+    return value
 
 
 def default_batch(cfg: GPTConfig, arch: ArchConfig, seq_len: int, precision: str) -> int:
@@ -86,6 +114,35 @@ def default_batch(cfg: GPTConfig, arch: ArchConfig, seq_len: int, precision: str
     if pub is not None:
         return min(int(pub["batch_sequences"]), cap)
     return cap
+
+
+def _available_memory_bytes() -> int:
+    """Host memory available now (Linux ``/proc/meminfo``; a large default elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 40
+
+
+def _check_host_memory(cfg: GPTConfig, k_seq: int, seq_len: int) -> None:
+    """Refuse numerics whose logits would not fit host memory (float32 result + float64
+    reference + temporaries: about 24 bytes per logit).
+
+    Raises:
+        ConfigError: naming check_sequences and the bytes needed and available.
+    """
+    need = 24 * k_seq * seq_len * cfg.vocab_size
+    avail = _available_memory_bytes()
+    if k_seq and need > 0.8 * avail:
+        raise ConfigError(
+            f"check_sequences={k_seq} needs about {need / 2**30:.1f} GiB of host memory for "
+            f"the logits ({k_seq} x {seq_len} x {cfg.vocab_size}); {avail / 2**30:.1f} GiB "
+            "available: lower check_sequences"
+        )
 
 
 def _roofline(program: Program, arch: ArchConfig, timing: TimingResult) -> dict:
@@ -201,7 +258,7 @@ def simulate(
     precision: str = "fp16",
     batch: int | None = None,
     seq_len: int | None = None,
-    check_sequences: int = 1,
+    check_sequences: int | None = None,
     tokens: np.ndarray | None = None,
     seed: int = 0,
     overrides: list[str] | tuple[str, ...] = (),
@@ -215,11 +272,13 @@ def simulate(
         model: preset name, ``config.json`` path, checkpoint directory, or a GPTConfig.
         arch: preset name, arch TOML path, or an ArchConfig.
         mapping: lowering strategy (``weight_streaming``).
-        fidelity: timing backend, ``event`` (SimPy, default) or ``analytic``.
+        fidelity: timing backend, ``event`` (SimPy, default), ``analytic`` or ``packet``
+            (every router; grids up to 64 x 64 PEs).
         precision: ``fp32``, ``fp16`` or ``bf16`` (16-bit storage, fp32 accumulation).
         batch: sequences timed; default :func:`default_batch`.
         seq_len: tokens per sequence; default ``min(2048, n_positions)``.
-        check_sequences: K sequences whose numerics run through the per-PE kernels (0 skips).
+        check_sequences: K sequences whose numerics run through the per-PE kernels (0 skips;
+            default 1, or the number of sequences in ``tokens``); at most ``batch``.
         tokens: int [K, T] token ids for the numerics; default seeded random tokens.
         seed: weight initialisation and default-token seed.
         overrides: ``level.field=value`` arch overrides.
@@ -241,14 +300,25 @@ def simulate(
         if isinstance(arch, str)
         else (arch.with_overrides(overrides) if overrides else arch)
     )
+    seed = _int_arg("seed", seed, 0, 2**63 - 1)
+    batch = _int_arg("batch", batch, 1, MAX_BATCH, allow_none=True)
+    seq_len = _int_arg("seq_len", seq_len, 1, allow_none=True)
+    check_sequences = _int_arg("check_sequences", check_sequences, 0, allow_none=True)
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None, :]
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ConfigError(f"tokens must have shape [K, T] with K, T >= 1, got {tokens.shape}")
+        if check_sequences is not None and check_sequences != tokens.shape[0]:
+            raise ConfigError(
+                f"check_sequences={check_sequences} disagrees with the {tokens.shape[0]} "
+                "sequence(s) in tokens; give one or the other"
+            )
         check_sequences = tokens.shape[0]
-    if not isinstance(check_sequences, int) or check_sequences < 0:
-        raise ConfigError(f"check_sequences={check_sequences!r} must be an integer >= 0")
-    cfg, w, wsrc = resolve_model_and_weights(model, seed, weights, need_weights=False)
+    if check_sequences is None:
+        check_sequences = 1
+    cfg, _, _ = resolve_model_and_weights(model, seed, weights, need_weights=False)
     if seq_len is None:
         seq_len = tokens.shape[1] if tokens is not None else min(2048, cfg.n_positions)
     if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
@@ -262,6 +332,12 @@ def simulate(
     t0 = time.perf_counter()
     if batch is None:
         batch = default_batch(cfg, arch_cfg, seq_len, precision)
+    if check_sequences > batch:
+        raise ConfigError(
+            f"check_sequences={check_sequences} exceeds batch={batch}: the numerics check "
+            "sequences of the simulated batch"
+        )
+    _check_host_memory(cfg, check_sequences, seq_len)
     program = lower_weight_streaming(cfg, arch_cfg, batch, seq_len, precision)
     wall["lowering"] = time.perf_counter() - t0
 
@@ -320,7 +396,7 @@ def simulate(
             **program.meta["layout"],
             "model_flops_per_token": flops / tokens_n,
             "closed_form_flops_per_token": fpt["total"],
-            "weights": wsrc if w else None,
+            "weights": numerics.get("weights", "not loaded (numerics skipped)"),
             "weight_bytes_streamed": program.weight_bytes_streamed,
         },
         wall_s=wall,
@@ -329,6 +405,7 @@ def simulate(
         pe_utilisation_map=util,
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,
+        program=program,
     )
 
 
@@ -357,7 +434,7 @@ def _numerics(
             "check_sequences": 0,
         }
     t0 = time.perf_counter()
-    cfg, w, _ = resolve_model_and_weights(
+    cfg, w, wsrc = resolve_model_and_weights(
         cfg if isinstance(model, GPTConfig) else model, seed, weights
     )
     T = program.meta["seq_len"]
@@ -374,6 +451,7 @@ def _numerics(
         "loss": res.loss,
         "next_token_predictions": res.predictions.tolist(),
         "kernels_run": res.kernels_run,
+        "weights": wsrc,
         "_logits": res.logits,
     }
     if not np.all(np.isfinite(res.logits)):

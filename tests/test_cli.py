@@ -165,3 +165,136 @@ def test_malformed_tokens_file(tmp_path):
         ),
         "tokens",
     )
+
+
+# ---- failures found by a fresh-user trial, pinned ---------------------------------------
+
+
+def test_sharded_pytorch_bin_checkpoint_uses_its_weights(tmp_path):
+    """A checkpoint saved as sharded pytorch_model-*.bin was once run with seeded weights."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    ).eval()
+    model.save_pretrained(tmp_path, safe_serialization=False, max_shard_size="20KB")
+    assert (tmp_path / "pytorch_model.bin.index.json").exists()
+    tokens = np.random.default_rng(0).integers(0, 300, size=(1, 16))
+    np.save(tmp_path / "tok.npy", tokens)
+    p = wse_sim(
+        "run",
+        "--model",
+        str(tmp_path),
+        "--arch",
+        "grid32",
+        "--precision",
+        "fp32",
+        "--tokens",
+        str(tmp_path / "tok.npy"),
+        "--save-logits",
+        str(tmp_path / "l.npy"),
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert p.returncode == 0, p.stderr
+    with torch.no_grad():
+        hf = model(torch.from_numpy(tokens)).logits.numpy()
+    assert np.abs(np.load(tmp_path / "l.npy") - hf).max() <= 1e-4
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["numerics"]["weights"].startswith("checkpoint")
+
+
+def test_config_only_directory_says_seeded_weights(tmp_path, tiny_ckpt):
+    (tmp_path / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    p = wse_sim(
+        "run",
+        "--model",
+        str(tmp_path),
+        "--arch",
+        "grid32",
+        "--seq-len",
+        "16",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert "seeded init" in json.loads((tmp_path / "r.json").read_text())["numerics"]["weights"]
+    assert "seeded init" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--check-sequences", "3", "--batch", "2"], "exceeds batch=2"),
+        (["--check-sequences", "0", "--save-logits", "x.npy"], "--save-logits"),
+        (["--seed", "-1"], "seed=-1"),
+        (["--json", "/no/such/dir/r.json"], "--json"),
+        (["--batch", "1000000000"], "batch=1000000000"),
+        (["--batch", "900000", "--arch", "grid8"], "kernels"),
+        (["--model", "cerebras-gpt-111m", "--arch", "wse2", "--check-sequences", "1000",
+      "--batch", "1000"], "GiB of host memory"),
+    ],
+)
+def test_more_bad_input_is_one_line(args, fragment):
+    assert_one_line_error(
+        wse_sim("run", "--model", "gpt-tiny", "--arch", "grid32", *args), fragment
+    )
+
+
+def test_plot_path_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    assert_one_line_error(
+        wse_sim(
+            "run",
+            "--model",
+            "gpt-tiny",
+            "--arch",
+            "grid32",
+            "--check-sequences",
+            "0",
+            "--plot",
+            str(f),
+        ),
+        "--plot",
+    )
+
+
+def test_tokens_disagreeing_with_check_sequences(tmp_path):
+    np.save(tmp_path / "t.npy", np.zeros((2, 16), dtype=np.int64))
+    assert_one_line_error(
+        wse_sim(
+            "run",
+            "--model",
+            "gpt-tiny",
+            "--arch",
+            "grid32",
+            "--tokens",
+            str(tmp_path / "t.npy"),
+            "--check-sequences",
+            "0",
+        ),
+        "check_sequences=0",
+    )
+    np.save(tmp_path / "e.npy", np.zeros((0, 16), dtype=np.int64))
+    assert_one_line_error(
+        wse_sim(
+            "run", "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(tmp_path / "e.npy")
+        ),
+        "tokens",
+    )
+
+
+@pytest.mark.parametrize("value", ["[994]", "{a = 1}", "1979-05-27"])
+def test_arch_toml_with_non_numbers(tmp_path, value):
+    from importlib import resources
+
+    text = resources.files("wse_sim").joinpath("presets", "grid8.toml").read_text()
+    p = tmp_path / "a.toml"
+    p.write_text(text.replace("rows = 8\n", f"rows = {value}\n", 1))
+    assert_one_line_error(
+        wse_sim("run", "--model", "gpt-tiny", "--arch", str(p), "--check-sequences", "0"),
+        "wafer.rows",
+    )

@@ -123,6 +123,13 @@ class FabricConfig:
     turn_latency_cycles: int = _f(0, 1000, "extra cycles when a route turns")
     ramp_latency_cycles: int = _f(0, 1000, "cycles to inject/eject through the RAMP port")
     colours: int = _f(1, 64, "routable colours (virtual channels)")
+    router_buffer_wavelets: int = _f(1, 1 << 20, "input buffer per colour per router, wavelets")
+    ramp_wavelets_per_cycle: float = _f(
+        0, 64, "PE <-> router RAMP rate, wavelets per cycle each way", lo_open=True
+    )
+    pe_forward_latency_cycles: int = _f(
+        0, 1000, "cycles a PE adds when it receives, combines and re-sends a wavelet"
+    )
 
     def __post_init__(self) -> None:
         _check_range("fabric", self)
@@ -190,14 +197,17 @@ class ArchConfig:
             ConfigError: malformed override, unknown level or field, bad type or range.
         """
         levels = {lv: dataclasses.asdict(getattr(self, lv)) for lv in LEVELS}
+        sources = dict(self.sources)
         for ov in overrides:
             level, fname, value = _parse_override(ov)
             levels[level][fname] = value
+            key = f"{level}.{fname}"
+            sources[key] = f"override --set {ov.strip()} (preset: {self.sources.get(key, '-')})"
         return _build(
             self.name,
             self.description,
             levels,
-            self.sources,
+            sources,
             tuple(self.overrides) + tuple(overrides),
         )
 
@@ -229,11 +239,11 @@ def _coerce(level: str, fname: str, raw: Any) -> Any:
     try:
         if isinstance(raw, str):
             val = float(raw.strip().replace("_", ""))
-        elif isinstance(raw, bool):
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise ValueError
         else:
             val = float(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"arch field {level}.{fname}={raw!r} is not a number") from None
     if want_int:
         if not math.isfinite(val) or val != int(val):

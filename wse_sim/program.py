@@ -57,6 +57,11 @@ class Transfer:
         hops: longest path in hops (pipeline fill latency).
         turns: turns on that path.
         colour: the colour (virtual channel) it is routed on.
+        relays: PEs on that path that receive, combine and re-send the data (store-and-forward
+            stages of a chain; each adds RAMP out + PE forward + RAMP in, the ``(2 T_R + 1) D``
+            term of [HPDC24]).
+        ramp_bytes: bytes the busiest PE receives through its RAMP (router -> PE) for this
+            transfer; every transfer of a kernel shares that one port (0: not modelled).
     """
 
     name: str
@@ -67,6 +72,8 @@ class Transfer:
     hops: int
     turns: int
     colour: int
+    relays: int = 0
+    ramp_bytes: float = 0.0
 
 
 @dataclass(frozen=True)

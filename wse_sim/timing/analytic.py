@@ -1,14 +1,25 @@
 """The ``analytic`` timing backend: a closed form per kernel and per weight block.
 
-Each kernel costs :func:`wse_sim.timing.common.active_cycles`. Weight streaming with
-``weight_buffer_slots >= 2`` (double buffering) is the classic two-stage pipeline: block
-``b + 1`` streams while the kernels of block ``b`` compute, so
+Each kernel costs ``A_k`` = :func:`wse_sim.timing.common.active_cycles` once its weights are
+there. Weights stream block by block (the Program's ``weight_blocks``, in order) through the
+MemoryX ingress at bandwidth ``B`` after a first-byte latency ``L``; a block may start
+streaming when the previous block has arrived and one of the ``S = weight_buffer_slots``
+buffers is free, i.e. when the last kernel of block ``b - S`` has finished:
 
-    T = io_0 + sum_b max(C_b, io_{b+1})
+    s_b = max(e_{b-1}^{io}, r_{b-S}),        e_b^{io} = s_b + L + bytes_b / B
 
-with ``C_b`` the kernel time of block ``b`` and ``io_b = latency + bytes_b / ingress_bw``.
-With one slot nothing overlaps: ``T = sum_b (io_b + C_b)``. Kernels that consume no weights
-belong to the block of the kernel before them. Microseconds per run; used for sweeps.
+Kernels consume their block's bytes in order and start on the first of their ``n`` pipeline
+chunks as soon as it has arrived (weights stream *through* the wafer); kernel ``k`` with
+bytes ``[o_0, o_1)`` of block ``b``, after kernel ``k - 1`` ends at ``e_{k-1}``:
+
+    start_k = max(e_{k-1}, s_b + L + (o_0 + w_k / n) / B)
+    e_k     = max(start_k + A_k, s_b + L + o_1 / B + A_k / n)
+
+so a kernel ends no earlier than its last weights arrive plus the compute of its last chunk.
+Kernels with no weights run back to back. The time the kernel could not run for want of
+weights, ``e_k - e_{k-1} - A_k``, is its weight-I/O stall. This is the event backend's model
+without its chunk-level interleaving of compute and fabric and without link sharing.
+Microseconds per run; used for sweeps.
 """
 
 from __future__ import annotations
@@ -26,70 +37,78 @@ from wse_sim.timing.common import (
 
 
 def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
-    """Time ``program`` on ``arch`` in closed form.
+    """Time ``program`` on ``arch`` in closed form (see the module docstring).
 
     Returns:
-        A :class:`TimingResult` whose kernel times sum (with stalls) to ``total_s``.
+        A :class:`TimingResult` whose kernel times (stall + compute + fabric) tile
+        ``[0, total_s]``.
     """
     clk = arch.pe.clock_hz
     io = arch.io
-    io_s = [
-        io.ingress_latency_s + b.bytes / io.ingress_bytes_per_s if b.bytes else 0.0
-        for b in program.weight_blocks
-    ]
-    # group kernels by the block they belong to (a weightless kernel joins the previous block)
-    groups: list[list[int]] = []
-    group_block: list[int] = []
-    cur = None
+    bw, lat, slots = io.ingress_bytes_per_s, io.ingress_latency_s, io.weight_buffer_slots
+    blocks = program.weight_blocks
+    last_use: dict[int, int] = {}
     for i, k in enumerate(program.kernels):
-        blk = k.weight_block if k.weight_block >= 0 else cur
-        if blk != cur or not groups:
-            groups.append([])
-            group_block.append(blk if blk is not None else -1)
-            cur = blk
-        groups[-1].append(i)
+        if k.weight_block >= 0:
+            last_use[k.weight_block] = i
+    stream_start = [0.0] * len(blocks)
+    stream_end = [0.0] * len(blocks)
+    release = [0.0] * len(blocks)
+    started = -1  # highest block whose stream start is known
+    offset = [0.0] * len(blocks)
     times: list[KernelTime] = []
     io_blocks: list[IOInterval] = []
     t = 0.0
-    double = io.weight_buffer_slots >= 2
-    for g, members in enumerate(groups):
-        b = group_block[g]
-        if b >= 0 and (not double or g == 0):
-            stall = io_s[b]  # nothing hides this stream
-        elif b >= 0 and double:
-            prev_c = sum(times[i].duration_s - times[i].stall_s for i in groups[g - 1])
-            stall = max(0.0, io_s[b] - prev_c)
-        else:
-            stall = 0.0
-        if b >= 0 and io_s[b] > 0:
-            # the block's stream ends when its first kernel may start
-            blk = program.weight_blocks[b]
-            io_blocks.append(IOInterval(blk.name, b, t + stall - io_s[b], t + stall, blk.bytes))
-        for j, i in enumerate(members):
-            k = program.kernels[i]
-            act = active_cycles(k, arch) / clk
-            comp = compute_cycles(k) / clk
-            s = stall if j == 0 else 0.0
-            times.append(
-                KernelTime(
-                    k.name,
-                    k.op,
-                    k.layer,
-                    k.micro_batch,
-                    t,
-                    t + s + act,
-                    s,
-                    comp,
-                    max(act - comp, 0.0),
+    for i, k in enumerate(program.kernels):
+        act = active_cycles(k, arch) / clk
+        b = k.weight_block
+        if b >= 0:
+            while started < b:  # schedule streams up to this block
+                started += 1
+                nb = blocks[started]
+                prev_end = stream_end[started - 1] if started else 0.0
+                free_at = release[started - slots] if started >= slots else 0.0
+                stream_start[started] = max(prev_end, free_at)
+                stream_end[started] = stream_start[started] + (
+                    lat + nb.bytes / bw if nb.bytes else 0.0
                 )
+                if nb.bytes:
+                    io_blocks.append(
+                        IOInterval(
+                            nb.name, nb.id, stream_start[started], stream_end[started], nb.bytes
+                        )
+                    )
+            n = max(k.n_chunks, 1)
+            base = stream_start[b] + (lat if blocks[b].bytes else 0.0)
+            o0, o1 = offset[b], offset[b] + k.weight_bytes
+            offset[b] = o1
+            start = max(t, base + (o0 + k.weight_bytes / n) / bw)
+            end = max(start + act, base + o1 / bw + act / n)
+        else:
+            end = t + act
+        comp = compute_cycles(k) / clk
+        times.append(
+            KernelTime(
+                k.name,
+                k.op,
+                k.layer,
+                k.micro_batch,
+                t,
+                end,
+                max(end - t - act, 0.0),
+                comp,
+                max(act - comp, 0.0),
             )
-            t += s + act
+        )
+        if b >= 0 and last_use[b] == i:
+            release[b] = end
+        t = end
     busy, sram = per_pe_maps(program)
     return TimingResult(
         backend="analytic",
         total_s=t,
         kernels=times,
-        io_busy_s=sum(b.bytes for b in program.weight_blocks) / io.ingress_bytes_per_s,
+        io_busy_s=sum(b.bytes for b in blocks) / bw,
         idle_s=0.0,
         pe_busy_cycles=busy,
         sram_peak_bytes=sram,

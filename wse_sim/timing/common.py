@@ -4,10 +4,14 @@ The per-kernel cost terms are closed forms over the Program (cycles of the PE cl
 
 * compute: cycles of the slowest PE class (busy + vector-op overhead);
 * fabric: per link group, the busiest link's bytes / link bytes per cycle, summed over the
-  kernel's transfers in that group (transfers in one group share the links); the kernel's
-  fabric term is the largest group;
+  kernel's transfers in that group (transfers in one group share the links); the PE's RAMP
+  is one more group (``ramp_bytes`` of every transfer pass through it at
+  ``fabric.ramp_wavelets_per_cycle``: a chain PE takes in the partial sums of both
+  directions, [HPDC24]'s contention term ``C``); the kernel's fabric term is the largest group;
 * latency: the longest transfer's path, ``hops * hop_latency + turns * turn_latency +
-  2 * ramp_latency`` (inject and eject);
+  2 * ramp_latency`` (inject and eject), plus ``relays * (2 * ramp_latency +
+  pe_forward_latency)`` for the PEs that combine and re-send on the way (the store-and-forward
+  depth term of [HPDC24]; the packet backend showed it is what chains cost at small sizes);
 * a kernel cut into ``n`` pipeline chunks overlaps compute and fabric as a two-stage
   pipeline: ``max(c, f) + min(c, f) / n + latency``.
 """
@@ -30,11 +34,21 @@ def compute_cycles(k: Kernel) -> float:
 def fabric_cycles(k: Kernel, arch: ArchConfig) -> float:
     """Cycles the busiest link group needs for the kernel's transfers (no overlap)."""
     per_group: dict[str, float] = {}
+    ramp = 0.0
     for t in k.transfers:
         per_group[t.link_group] = per_group.get(t.link_group, 0.0) + t.max_link_bytes
+        ramp += t.ramp_bytes
     if not per_group:
         return 0.0
-    return max(per_group.values()) / arch.fabric.link_bytes_per_cycle
+    return max(
+        max(per_group.values()) / arch.fabric.link_bytes_per_cycle,
+        ramp / ramp_bytes_per_cycle(arch),
+    )
+
+
+def ramp_bytes_per_cycle(arch: ArchConfig) -> float:
+    """Bytes a PE's RAMP moves per cycle: ``ramp_wavelets_per_cycle`` x 4-byte wavelets."""
+    return arch.fabric.ramp_wavelets_per_cycle * 4.0
 
 
 def latency_cycles(k: Kernel, arch: ArchConfig) -> float:
@@ -45,6 +59,7 @@ def latency_cycles(k: Kernel, arch: ArchConfig) -> float:
             t.hops * fab.hop_latency_cycles
             + t.turns * fab.turn_latency_cycles
             + 2 * fab.ramp_latency_cycles
+            + t.relays * (2 * fab.ramp_latency_cycles + fab.pe_forward_latency_cycles)
             for t in k.transfers
         ),
         default=0.0,

@@ -37,6 +37,7 @@ from wse_sim.timing.common import (
     compute_cycles,
     latency_cycles,
     per_pe_maps,
+    ramp_bytes_per_cycle,
 )
 
 
@@ -120,9 +121,12 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
             start = env.now
             n = max(k.n_chunks, 1)
             bpc = arch.fabric.link_bytes_per_cycle
+            rbpc = ramp_bytes_per_cycle(arch)
             flows = [
                 (t.link_group, t.max_link_bytes / bpc) for t in k.transfers if t.max_link_bytes > 0
             ]
+            # every transfer of a PE also passes its one RAMP: a shared "ramp" group
+            flows += [("ramp", t.ramp_bytes / rbpc) for t in k.transfers if t.ramp_bytes > 0]
             blk = k.weight_block
             base = offset.get(blk, 0)
             if blk >= 0:

@@ -1,0 +1,333 @@
+"""What-if: MemoryX I/O bandwidth (0.25x - 8x) vs batch - where weight streaming turns from
+I/O-bound to compute-bound.
+
+Closed form. Weight streaming double-buffers per layer: layer l+1's weights (``W`` bytes)
+stream from MemoryX while layer l computes, so a layer is I/O-bound while ``W / BW`` exceeds
+its compute time and compute-bound after. With the wafer computing at its peak, a layer of a
+batch of ``B`` sequences of ``T`` tokens takes ``B T f / peak`` (``f`` = FLOPs per token of
+one layer: ``2 N / n_layer`` plus causal attention, :func:`forward_flops_per_token`), so the
+crossover batch is
+
+    B* = peak x W / (BW x T x f).
+
+Simulated. For each bandwidth the batch runs over the batches that fill the wafer at each
+tokens-per-segment ``m`` (the largest batch with ``m`` tokens per segment: in between, the
+layer time is a staircase in ``m``), each simulated; per run, the median over layers of a
+layer's compute time (its kernels' time less the weight-I/O stall) ``C(B)`` and of its block's
+stream time ``io``. The simulated crossover is where ``C(B)`` reaches ``io``, linearly
+interpolated between the two batches that bracket it.
+
+Assumptions, and why this model and range (defaults: Cerebras-GPT-13B on the WSE-2, 256-token
+sequences, fp16, analytic timing):
+
+* The fabric must not be the bottleneck. Each column of a segment receives its ``K/P x N``
+  weight slice over one link (and one RAMP port into each PE), so the fabric multicasts
+  weights at most ``P x 4 B x clock`` (P = PEs per segment = n_head): 176 GB/s for 13B
+  (P = 40) on the WSE-2, only 53 GB/s for 111M (P = 12). Above that bandwidth weight
+  streaming is never I/O-bound: small batches are fabric-bound, large ones compute-bound,
+  and no crossover is reported ("never I/O-bound"). 13B is the preset whose fabric rate
+  exceeds the WSE-2's 150 GB/s.
+* The closed form assumes compute at peak. The simulated layer reaches ``eta`` of peak
+  (reported per bandwidth, at the first batch past the crossover): the 16-cycle setup of
+  every vector op, idle columns (750 is not a multiple of 40), the weight multicast's
+  pipeline fill, and causal attention's imbalance (the last segment of a sequence does the
+  most work). The simulated crossover is about ``eta x B*``. Short sequences keep attention
+  small; fp32 (0.5 FMAC per cycle) makes the per-op overheads small, so ``eta`` is about
+  0.9 - 0.93 there and the two crossovers agree within 10 % at 0.125x - 0.25x; in fp16
+  (4-wide SIMD) ``eta`` is about 0.8 - 0.87 and the simulated crossover is that much below
+  the closed form.
+
+Writes ``points.csv`` (every simulated run), ``crossover.csv`` (per bandwidth: closed form,
+simulated, ratio, eta, regime) and ``whatif_io_bandwidth.png`` into ``--out``. Runs the points
+as a resumable sweep (:mod:`gpt_workload.sweep`): on a local Dask cluster by default, on an
+existing one with ``--scheduler``, in this process with ``--workers 0``.
+
+Example::
+
+    python experiments/whatif_io_bandwidth.py --out results/io
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.plots import save
+from gpt_workload.precision import bytes_per_element
+from gpt_workload.simulate import simulate
+from gpt_workload.sweep import SweepSpec, run_sweep
+from wse_sim.arch import load_arch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (``--help``)."""
+    p = argparse.ArgumentParser(
+        description="Sweep MemoryX I/O bandwidth x batch; find where weight streaming turns "
+        "from I/O-bound to compute-bound and compare with the closed form "
+        "B* = peak W / (BW T f). Writes points.csv, crossover.csv and a PNG."
+    )
+    p.add_argument("--model", default="cerebras-gpt-13b", help="model preset or config.json")
+    p.add_argument("--arch", default="wse2", help="arch preset or TOML")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32")
+    p.add_argument("--fidelity", default="analytic", help="analytic or event")
+    p.add_argument(
+        "--scales",
+        default="0.25,0.5,1,2,4,8",
+        help="I/O bandwidths as multiples of the arch's io.ingress_bytes_per_s",
+    )
+    p.add_argument("--out", default="results/whatif_io_bandwidth", help="output directory")
+    p.add_argument("--workers", type=int, default=None, help="local Dask workers (0 = serial)")
+    p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
+    return p.parse_args(argv)
+
+
+def fill_batches(args) -> list[int]:
+    """Batches that fill the wafer at m = 1, 2, ... tokens per segment, up to the largest
+    batch that runs as one micro-batch."""
+    cfg = resolve_model(args.model)
+    arch = load_arch(args.arch)
+    probe = simulate(
+        cfg,
+        arch,
+        fidelity="analytic",
+        precision=args.precision,
+        batch=1,
+        seq_len=args.seq_len,
+        check_sequences=0,
+    )
+    p = probe.layout["pes_per_segment"]
+    n_segments = arch.wafer.rows * (arch.wafer.cols // p)  # segments the grid holds
+    cap = max_batch_single_micro(cfg, arch, args.seq_len, args.precision)
+    out = set()
+    for m in range(1, args.seq_len + 1):
+        b = n_segments // math.ceil(args.seq_len / m)
+        if b > cap:
+            break
+        if b >= 1:
+            out.add(b)
+    return sorted(out | {cap})
+
+
+def closed_form(args, bw_bytes_per_s: float) -> dict:
+    """``B* = peak W / (BW T f)`` for one bandwidth, with its ingredients."""
+    cfg = resolve_model(args.model)
+    arch = load_arch(args.arch)
+    peak = arch.peak_flops_per_s(args.precision)
+    layer_params = (cfg.n_non_embedding_params - 2 * cfg.d_model) / cfg.n_layer
+    w_bytes = layer_params * bytes_per_element(args.precision)
+    # 2 FLOP per weight per token, plus causal attention (Kaplan et al. 2020)
+    f_layer = 2 * layer_params + forward_flops_per_token(cfg, args.seq_len)["attention"] / (
+        cfg.n_layer
+    )
+    return {
+        "peak_flops_per_s": peak,
+        "layer_weight_bytes": w_bytes,
+        "layer_flops_per_token": f_layer,
+        "closed_form_batch": peak * w_bytes / (bw_bytes_per_s * args.seq_len * f_layer),
+    }
+
+
+def weight_bytes_per_pe_cycle(arch) -> float:
+    """Bytes of weights one PE column can take in per cycle: one link, and the PE's RAMP
+    (router -> PE port) where the arch models it."""
+    link = arch.fabric.link_bits_per_cycle / 8
+    ramp = getattr(arch.fabric, "ramp_wavelets_per_cycle", None)
+    return min(link, 4 * ramp) if ramp else link
+
+
+def crossover(rows: list[dict], cf: dict, seq_len: int) -> dict:
+    """The simulated crossover of one bandwidth from its rows (sorted by batch)."""
+    rows = sorted(rows, key=lambda r: r["batch_used"])
+    io = rows[0]["layer_io_s"]
+    peak, f = cf["peak_flops_per_s"], cf["layer_flops_per_token"]
+
+    def eta(r):
+        return r["batch_used"] * seq_len * f / (r["layer_compute_s"] * peak)
+
+    j = next((i for i, r in enumerate(rows) if r["layer_compute_s"] >= io), None)
+    if j == 0:
+        return {"regime": "never I/O-bound", "simulated_batch": None, "eta": eta(rows[0])}
+    if j is None:
+        return {
+            "regime": "I/O-bound up to max batch",
+            "simulated_batch": None,
+            "eta": eta(rows[-1]),
+        }
+    a, b = rows[j - 1], rows[j]
+    ca, cb = a["layer_compute_s"], b["layer_compute_s"]
+    batch = a["batch_used"] + (io - ca) * (b["batch_used"] - a["batch_used"]) / (cb - ca)
+    return {"regime": "crossover", "simulated_batch": batch, "eta": eta(b)}
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], object]:
+    """Sweep, find the crossovers, write the CSVs and the PNG; returns (the crossover rows,
+    the figure)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = load_arch(args.arch)
+    base_bw = arch.io.ingress_bytes_per_s
+    scales = [float(s) for s in args.scales.split(",")]
+    batches = fill_batches(args)
+    spec = SweepSpec.from_dict(
+        {
+            "base": {
+                "model": args.model,
+                "arch": args.arch,
+                "seq_len": args.seq_len,
+                "precision": args.precision,
+                "fidelity": args.fidelity,
+            },
+            "grid": {
+                "io.ingress_bytes_per_s": [s * base_bw for s in scales],
+                "batch": batches,
+            },
+        },
+        name="whatif_io_bandwidth",
+    )
+    res = run_sweep(
+        spec,
+        output=out / "points.csv",
+        fmt="csv",
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    rows = [r for r in res.table.to_pylist() if r["status"] == "ok"]
+    fabric_bw = rows[0]["pes_per_segment"] * weight_bytes_per_pe_cycle(arch) * arch.pe.clock_hz
+    table = []
+    for s in scales:
+        bw = s * base_bw
+        mine = [r for r in rows if r["io.ingress_bytes_per_s"] == bw]
+        cf = closed_form(args, bw)
+        sim = crossover(mine, cf, args.seq_len)
+        ratio = sim["simulated_batch"] / cf["closed_form_batch"] if sim["simulated_batch"] else None
+        table.append(
+            {
+                "io_scale": s,
+                "io_bytes_per_s": bw,
+                "fabric_weight_bytes_per_s": fabric_bw,
+                "closed_form_batch": cf["closed_form_batch"],
+                "simulated_batch": sim["simulated_batch"],
+                "simulated_over_closed_form": ratio,
+                "eta_compute_over_peak": sim["eta"],
+                "regime": sim["regime"],
+                "layer_io_s": mine[0]["layer_io_s"],
+                "layer_weight_bytes": cf["layer_weight_bytes"],
+                "layer_flops_per_token": cf["layer_flops_per_token"],
+                "peak_flops_per_s": cf["peak_flops_per_s"],
+            }
+        )
+    with open(out / "crossover.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    fig = figure(args, rows, table, scales, base_bw)
+    save(fig, out / "whatif_io_bandwidth.png")
+    return table, fig
+
+
+def main(argv=None) -> int:
+    """Run the experiment and print the crossovers; returns the exit status."""
+    args = parse_args(argv)
+    table, _ = run(args)
+    out = Path(args.out)
+    for t in table:
+        sim = f"{t['simulated_batch']:.1f}" if t["simulated_batch"] else t["regime"]
+        r = f" (x{t['simulated_over_closed_form']:.3f})" if t["simulated_batch"] else ""
+        print(
+            f"I/O {t['io_bytes_per_s'] / 1e9:7.1f} GB/s: closed form B* = "
+            f"{t['closed_form_batch']:8.1f}, simulated {sim}{r}, "
+            f"eta {t['eta_compute_over_peak']:.3f}"
+        )
+    print(f"wrote {out / 'points.csv'}, {out / 'crossover.csv'}, {out / 'whatif_io_bandwidth.png'}")
+    return 0
+
+
+def figure(args, rows, table, scales, base_bw):
+    """Three panels: per-layer time vs batch with each bandwidth's stream time; crossover
+    batch vs bandwidth; throughput vs batch."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(17, 5), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    one = sorted(
+        (r for r in rows if r["io.ingress_bytes_per_s"] == scales[0] * base_bw),
+        key=lambda r: r["batch_used"],
+    )
+    bs = [r["batch_used"] for r in one]
+    ax1.plot(
+        bs, [r["layer_compute_s"] * 1e3 for r in one], "k-o", ms=3, label="simulated layer compute"
+    )
+    cf = table[0]
+    ax1.plot(
+        bs,
+        [b * args.seq_len * cf["layer_flops_per_token"] / cf["peak_flops_per_s"] * 1e3 for b in bs],
+        "k--",
+        label="closed form: B T f / peak",
+    )
+    colours = [f"C{i}" for i in range(len(table))]
+    for t, c in zip(table, colours, strict=True):
+        ax1.axhline(
+            t["layer_io_s"] * 1e3, lw=1, color=c, label=f"weight stream, {t['io_scale']:g}x I/O"
+        )
+        if t["simulated_batch"]:
+            ax1.plot(
+                [t["simulated_batch"]], [t["layer_io_s"] * 1e3], "o", color=c, mfc="none", ms=8
+            )
+    ax1.set_yscale("log")
+    ax1.set_xlabel("batch (sequences)")
+    ax1.set_ylabel("per-layer time (ms)")
+    ax1.set_title("layer compute vs layer weight stream (circles: crossovers)")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+
+    bw = [t["io_bytes_per_s"] / 1e9 for t in table]
+    ax2.plot(bw, [t["closed_form_batch"] for t in table], "k--", label="closed form B*")
+    pts = [(t["io_bytes_per_s"] / 1e9, t["simulated_batch"]) for t in table if t["simulated_batch"]]
+    if pts:
+        ax2.plot(*zip(*pts, strict=True), "o-", label="simulated crossover")
+    ax2.axvline(
+        table[0]["fabric_weight_bytes_per_s"] / 1e9,
+        color="r",
+        ls=":",
+        label="fabric weight-multicast rate",
+    )
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("MemoryX ingress bandwidth (GB/s)")
+    ax2.set_ylabel("crossover batch (sequences)")
+    ax2.set_title("I/O-bound below the line, compute-bound above")
+    ax2.legend(fontsize=8)
+    ax2.grid(which="both", alpha=0.3)
+
+    for s, c in zip(scales, colours, strict=True):
+        mine = sorted(
+            (r for r in rows if r["io.ingress_bytes_per_s"] == s * base_bw),
+            key=lambda r: r["batch_used"],
+        )
+        ax3.plot(
+            [r["batch_used"] for r in mine],
+            [r["tokens_per_s"] / 1e6 for r in mine],
+            "-o",
+            ms=3,
+            color=c,
+            label=f"{s:g}x I/O ({s * base_bw / 1e9:.0f} GB/s)",
+        )
+    ax3.set_xlabel("batch (sequences)")
+    ax3.set_ylabel("throughput (million tokens/s)")
+    ax3.set_title("whole forward pass")
+    ax3.legend(fontsize=7)
+    ax3.grid(alpha=0.3)
+    fig.suptitle(
+        f"{args.model} on {args.arch}, {args.seq_len}-token sequences, {args.precision}, "
+        f"{args.fidelity} timing"
+    )
+    return fig
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""Sweeps: spec expansion and hashing, resumable part files, SIGKILL mid-write, a failing
+point, and the same table from a local Dask cluster, an external one (separate ``dask
+scheduler`` / ``dask worker`` processes on loopback) and a plain in-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from gpt_workload.sweep import (
+    METRICS,
+    PartStore,
+    SweepSpec,
+    load_spec,
+    point_key,
+    read_table,
+    run_sweep,
+)
+from wse_sim.errors import ConfigError
+
+# 2 x 4 x 2 = 16 points; pe.sram_bytes=1000 is below the runtime's reservation -> error rows
+SPEC = """
+[sweep]
+name = "t"
+
+[base]
+model = "cerebras-gpt-111m"
+arch = "wse2"
+fidelity = "analytic"
+
+[grid]
+batch = [8, 120]
+"pe.sram_bytes" = [24576, 49152, 98304, 1000]
+
+[[zip]]
+precision = ["fp16", "fp32"]
+seq_len = [2048, 1024]
+"""
+N_POINTS = 16
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("spec") / "t.toml"
+    p.write_text(SPEC)
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference(spec_file, tmp_path_factory) -> Path:
+    """The uninterrupted table, run in this process without Dask."""
+    out = tmp_path_factory.mktemp("ref") / "ref.parquet"
+    res = run_sweep(spec_file, output=out, workers=0)
+    assert (res.total, res.computed, res.skipped) == (N_POINTS, N_POINTS, 0)
+    return out
+
+
+def wse_sim(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_workload.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------ the spec
+def test_expansion_order_columns_and_swept_fields(spec_file):
+    spec = load_spec(spec_file)
+    assert len(spec.points) == N_POINTS and len(set(spec.keys)) == N_POINTS
+    # grid fields in spec order (first slowest), then the zip group
+    first = [(p["batch"], p["pe.sram_bytes"], p["precision"], p["seq_len"]) for p in spec.points]
+    assert first[:3] == [
+        (8, 24576, "fp16", 2048),
+        (8, 24576, "fp32", 1024),
+        (8, 49152, "fp16", 2048),
+    ]
+    assert first[-1] == (120, 1000, "fp32", 1024)
+    assert spec.columns[:7] == (
+        "model",
+        "arch",
+        "mapping",
+        "precision",
+        "fidelity",
+        "batch",
+        "seq_len",
+    )
+    assert "pe.sram_bytes" in spec.columns
+    assert set(spec.swept) == {"batch", "pe.sram_bytes", "precision", "seq_len"}
+    assert spec.points[0]["mapping"] == "weight_streaming"  # defaults filled in
+
+
+def test_key_covers_full_configuration():
+    a = SweepSpec.from_dict({"base": {"batch": 8}})
+    # the same point spelled with explicit defaults and the arch. prefix hashes the same
+    b = SweepSpec.from_dict(
+        {"base": {"batch": 8, "fidelity": "analytic", "mapping": "weight_streaming"}}
+    )
+    assert a.keys == b.keys
+    c = SweepSpec.from_dict({"base": {"batch": 8, "arch.pe.sram_bytes": 49152}})
+    d = SweepSpec.from_dict({"base": {"batch": 8}, "grid": {"pe": {"sram_bytes": [49152.0]}}})
+    assert c.keys == d.keys and c.keys != a.keys  # int field: 49152.0 -> 49152
+    e = SweepSpec.from_dict({"base": {"batch": 8, "io.ingress_bytes_per_s": 150e9}})
+    assert e.points[0]["io.ingress_bytes_per_s"] == 150e9 and e.keys != a.keys
+    assert point_key(dict(a.points[0])) == a.keys[0]
+    # a duplicate point is dropped
+    f = SweepSpec.from_dict({"grid": {"batch": [8, 8, 16]}})
+    assert len(f.points) == 2 and f.duplicates == 1
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"grid": {"pe.sram_byte": [1]}}, "pe.sram_byte"),
+        ({"grid": {"colour": [1]}}, "'colour' is unknown"),
+        ({"base": {"batch": 8}, "grid": {"batch": [1, 2]}}, "both [base] and [grid]"),
+        ({"grid": {"batch": 8}}, "non-empty list"),
+        ({"zip": [{"batch": [1, 2], "seq_len": [3]}]}, "same length"),
+        ({"base": {"batch": 0}}, "batch=0"),
+        ({"base": {"pe.sram_bytes": "big"}}, "must be a number"),
+        ({"base": {"pe.sram_bytes": 1.5}}, "must be an integer"),
+        ({"base": {"model.n_layers": 2}}, "model.n_layer"),
+        ({"bogus": {}}, "[bogus] is unknown"),
+        ({"sweep": {"format": "xlsx"}}, "xlsx"),
+    ],
+)
+def test_bad_spec_names_the_field(data, fragment):
+    with pytest.raises(ConfigError) as exc:
+        SweepSpec.from_dict(data)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cli_bad_spec_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[grid]\n"pe.sram_byte" = [1, 2]\n')
+    p = wse_sim("sweep", str(bad), "--workers", "0")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("wse-sim: error: sweep field 'pe.sram_byte'")
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = wse_sim("sweep", str(tmp_path / "missing.toml"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[base]\nmodel = "gpt-5"\n')
+    p = wse_sim("sweep", str(unknown), "--workers", "0")
+    assert p.returncode == 2 and "unknown model 'gpt-5'" in p.stderr
+    good = tmp_path / "good.toml"
+    good.write_text("[grid]\nbatch = [1, 2]\n")
+    p = wse_sim("sweep", str(good), "-o", str(tmp_path / "g.parquet"), "--scheduler", "bogus://x")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("wse-sim: error: --scheduler 'bogus://x' cannot be reached")
+
+
+# ------------------------------------------------------------------ running in-process
+def test_table_rows_failures_and_resume(reference, spec_file, tmp_path):
+    table = read_table(reference)
+    assert table.num_rows == N_POINTS
+    assert table.column("point").to_pylist() == list(range(N_POINTS))
+    spec = load_spec(spec_file)
+    assert table.column("config_hash").to_pylist() == list(spec.keys)
+    rows = table.to_pylist()
+    bad = [r for r in rows if r["pe.sram_bytes"] == 1000]
+    good = [r for r in rows if r["pe.sram_bytes"] != 1000]
+    assert len(bad) == 4 and all(r["status"] == "error" for r in bad)
+    assert all("pe.sram_reserved_bytes" in r["error"] and r["tokens_per_s"] is None for r in bad)
+    assert all(r["status"] == "ok" and r["error"] is None for r in good)
+    for r in good:  # the row is the report of that configuration
+        assert r["batch_used"] == r["batch"] and r["seq_len_used"] == r["seq_len"]
+        assert r["simulated_time_s"] >= r["roofline_bound_s"] > 0
+        assert 0 < r["mfu"] <= 1 and r["tokens"] == r["batch"] * r["seq_len"]
+        assert r["layer_compute_s"] > 0 and r["layer_io_s"] > 0
+    # a rerun runs nothing and rewrites the same table; progress starts at the finished rows
+    calls = []
+    res = run_sweep(spec_file, output=reference, workers=0, progress=lambda d, t: calls.append(d))
+    assert (res.skipped, res.computed) == (N_POINTS, 0) and calls == [N_POINTS]
+    assert read_table(reference).equals(table)
+    # a damaged part is dropped and recomputed
+    part = PartStore(reference.with_name(reference.name + ".parts")).path(spec.keys[3])
+    part.write_bytes(b"PAR1 not really parquet")
+    res = run_sweep(spec_file, output=reference, workers=0)
+    assert res.computed == 1 and read_table(reference).equals(table)
+
+
+def test_csv_on_request_and_extended_grid_reuses_rows(spec_file, reference, tmp_path):
+    out = tmp_path / "t.csv"
+    calls: list[int] = []
+    res = run_sweep(
+        spec_file, output=out, fmt="csv", workers=0, progress=lambda d, t: calls.append(d)
+    )
+    assert calls == list(range(N_POINTS + 1))
+    csv = read_table(out)
+    ref = read_table(reference)
+    assert csv.num_rows == N_POINTS and csv.column_names == ref.column_names
+    assert csv.column("tokens_per_s").to_pylist() == ref.column("tokens_per_s").to_pylist()
+    # extending the grid computes only the new points
+    data = {
+        "base": {"model": "cerebras-gpt-111m", "fidelity": "analytic"},
+        "grid": {"batch": [8, 120, 30], "pe.sram_bytes": [24576, 49152, 98304, 1000]},
+        "zip": [{"precision": ["fp16", "fp32"], "seq_len": [2048, 1024]}],
+    }
+    bigger = run_sweep(SweepSpec.from_dict(data, "t"), output=out, fmt="csv", workers=0)
+    assert (bigger.total, bigger.skipped, bigger.computed) == (24, N_POINTS, 8)
+    assert res.failed == 4 and bigger.failed == 6
+
+
+# ------------------------------------------------------------------ SIGKILL
+DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import gpt_workload.sweep as sw
+    from gpt_workload.cli import main
+
+    stage, n = sys.argv[1], int(sys.argv[2])
+    seen = [0]
+    write_all = sw._write_all
+
+    def dying_write(fh, data):
+        part = ".parts" in fh.name
+        if (stage == "part") == part:
+            seen[0] += 1
+            if seen[0] == n:  # half the bytes on disk, then kill -9 in the middle of writing
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+        write_all(fh, data)
+
+    sw._write_all = dying_write
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+@pytest.mark.parametrize("stage", ["part", "table"])
+def test_sigkill_in_the_middle_of_writing(stage, spec_file, reference, tmp_path):
+    out = tmp_path / "killed.parquet"
+    n = random.Random(6).randint(2, N_POINTS - 1) if stage == "part" else 1
+    args = ["sweep", str(spec_file), "-o", str(out), "--workers", "0", "--no-progress"]
+    p = subprocess.run(
+        [sys.executable, "-c", DRIVER, stage, str(n), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    parts = out.with_name(out.name + ".parts")
+    done = sorted(parts.glob("*.parquet"))
+    assert len(done) == (n - 1 if stage == "part" else N_POINTS)
+    for f in done:  # every visible part is complete
+        assert pq.read_table(f).num_rows == 1
+    tmp_dir = parts if stage == "part" else out.parent
+    assert len(list(tmp_dir.glob(".*.tmp"))) == 1  # the half-written file, never visible
+    assert not out.exists()
+    res = run_sweep(spec_file, output=out, workers=0)
+    assert res.skipped == len(done) and res.computed == N_POINTS - len(done)
+    assert read_table(out).equals(read_table(reference))
+    assert not list(tmp_dir.glob(".*.tmp"))  # the dead writer's temporary file is gone
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigkill_at_a_random_point_of_a_dask_sweep(spec_file, reference, tmp_path):
+    """kill -9 the whole sweep (driver and its local Dask cluster) once a random number of
+    points has finished, rerun it, get the uninterrupted table."""
+    out = tmp_path / "dask.parquet"
+    parts = out.with_name(out.name + ".parts")
+    k = random.Random(61).randint(1, N_POINTS - 2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt_workload.cli", "sweep", str(spec_file), "-o", str(out)]
+        + ["--workers", "2", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if parts.is_dir() and len(list(parts.glob("*.parquet"))) >= k:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    for _ in range(500):  # the cluster's worker processes died with the group
+        if not _alive(proc.pid):
+            break
+        time.sleep(0.01)
+    assert not _alive(proc.pid)
+    n_done = len(list(parts.glob("*.parquet")))
+    assert k <= n_done < N_POINTS
+    p = wse_sim("sweep", str(spec_file), "-o", str(out), "--workers", "2", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert f"{n_done} already done" in p.stdout
+    assert read_table(out).equals(read_table(reference))
+
+
+# ------------------------------------------------------------------ an external cluster
+@pytest.fixture()
+def external_scheduler(tmp_path):
+    """A ``dask scheduler`` and a ``dask worker`` (2 processes) on loopback; yields the
+    scheduler's address."""
+    sched_file = tmp_path / "scheduler.json"
+    common = dict(
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    dask = [sys.executable, "-m", "dask"]
+    procs = [
+        subprocess.Popen(
+            dask
+            + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+            + ["--scheduler-file", str(sched_file)],
+            **common,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(
+            subprocess.Popen(
+                dask
+                + ["worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
+                + ["--local-directory", str(tmp_path / "workers")],
+                **common,
+            )
+        )
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_external_scheduler_gives_the_local_table(
+    spec_file, reference, tmp_path, external_scheduler
+):
+    local = tmp_path / "local.parquet"
+    p = wse_sim("sweep", str(spec_file), "-o", str(local), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "dask local cluster" in p.stdout
+    remote = tmp_path / "remote.parquet"
+    p = wse_sim("sweep", str(spec_file), "-o", str(remote), "--scheduler", external_scheduler)
+    assert p.returncode == 0, p.stderr
+    assert f"dask {external_scheduler}" in p.stdout
+    assert "ETA" in p.stderr  # the progress bar
+    assert read_table(remote).equals(read_table(local))
+    assert read_table(local).equals(read_table(reference))
+
+
+def test_metrics_schema_is_stable():
+    # every row has the same columns whatever happened to the point
+    assert list(METRICS)[:2] == ["status", "error"]
+    assert all(
+        k.endswith(("_s", "_bytes", "_flops", "_per_s"))
+        or k
+        in {
+            "status",
+            "error",
+            "mfu",
+            "batch_used",
+            "seq_len_used",
+            "tokens",
+            "micro_batches",
+            "pes_per_segment",
+            "tokens_per_segment",
+            "active_pes",
+            "pe_utilisation_mean",
+            "pe_utilisation_min",
+            "pe_utilisation_max",
+            "io_utilisation",
+            "roofline_bound_by",
+            "model_flops",
+            "weight_bytes_streamed",
+        }
+        for k in METRICS
+    )
