@@ -233,8 +233,19 @@ def test_config_only_directory_says_seeded_weights(tmp_path, tiny_ckpt):
         (["--json", "/no/such/dir/r.json"], "--json"),
         (["--batch", "1000000000"], "batch=1000000000"),
         (["--batch", "900000", "--arch", "grid8"], "kernels"),
-        (["--model", "cerebras-gpt-111m", "--arch", "wse2", "--check-sequences", "1000",
-      "--batch", "1000"], "GiB of host memory"),
+        (
+            [
+                "--model",
+                "cerebras-gpt-111m",
+                "--arch",
+                "wse2",
+                "--check-sequences",
+                "1000",
+                "--batch",
+                "1000",
+            ],
+            "GiB of host memory",
+        ),
     ],
 )
 def test_more_bad_input_is_one_line(args, fragment):

@@ -240,6 +240,7 @@ class PacketFabric:
         self._mode = [_STATIC] * C
         self._rules: list[dict[int, tuple[int, tuple[int, ...]]]] = [{} for _ in range(C)]
         self._vtx: dict[int, tuple[int, ...]] = {}  # cache: static transmit ports per buffer
+        self._dorc: dict[tuple[int, int], tuple[int, ...]] = {}  # (buffer, dst) -> ports
         self._relay: dict[int, tuple[int, float]] = {}  # n * C + colour -> (colour out, cap)
         # shortcut for speed: a buffer whose head has left on every port and that nobody waits
         # on is released lazily (buffer -> cycle its tail left) instead of by a POP event; it
@@ -305,6 +306,7 @@ class PacketFabric:
             self._rules[colour] = conv
             self._mode[colour] = _STATIC
         self._vtx.clear()
+        self._dorc.clear()
         self._dest_cache.clear()
 
     def clear_routes(self) -> None:
@@ -318,6 +320,7 @@ class PacketFabric:
         self._rules = [{} for _ in range(self.C)]
         self._mode = [_STATIC] * self.C
         self._vtx.clear()
+        self._dorc.clear()
         self._relay.clear()
         self._dest_cache.clear()
 
@@ -326,6 +329,7 @@ class PacketFabric:
         or back to ``"static"`` rules."""
         self._mode[colour] = _MODES[mode]
         self._vtx.clear()
+        self._dorc.clear()
         self._dest_cache.clear()
 
     def set_relay(self, node, colour_in: int, colour_out: int, capacity_wavelets: float) -> None:
@@ -511,14 +515,19 @@ class PacketFabric:
                 f"packet for {self.mesh.node(pkt.dst)} on colour {pkt.colour} would leave "
                 f"{self.mesh.node(n)} going {SLOT_NAMES[p]} across a fault or the grid edge"
             )
-        return (n * SLOTS + p,)
+        ports = self._dorc[(v, pkt.dst)] = (n * SLOTS + p,)
+        return ports
 
     def _head_ready(self, v: int, t: float) -> None:
         e = self._vq[v][0]
         pkt = e[0]
+        # shortcut for speed: transmit ports are cached per buffer (static rules) or per
+        # (buffer, destination) (per-packet routing), so the routing decision is a dict lookup
         ports = self._vtx.get(v)
         if ports is None:
-            ports = self._tx(v, pkt)
+            ports = self._dorc.get((v, pkt.dst))
+            if ports is None:
+                ports = self._tx(v, pkt)
         e[2] = len(ports)
         e[3] = t
         preq, pfree, pwake = self._preq, self._pfree, self._pwake
@@ -609,14 +618,16 @@ class PacketFabric:
             tail = e[1]  # cut-through: the tail cannot leave before it has arrived
         self._pfree[o] = tail
         self._pwav[o] += size
-        lat = self._lat[((v // self.C) % SLOTS) * SLOTS + o % SLOTS]
+        C = self.C
+        lat = self._lat[((v // C) % SLOTS) * SLOTS + o % SLOTS]
         heap, nxt_seq = self._heap, self._next
         if dv >= 0:
             self._vocc[dv] += size
             if relay is None:
-                nd = dv // (SLOTS * self.C)
-                occ = self._node_occ[nd] + size
-                self._node_occ[nd] = occ
+                nd = dv // (SLOTS * C)
+                node_occ = self._node_occ
+                occ = node_occ[nd] + size
+                node_occ[nd] = occ
                 if occ > self._node_peak[nd]:
                     self._node_peak[nd] = occ
                 nxt = pkt
