@@ -394,14 +394,15 @@ class _Builder:
 
     def row_allreduce(self, values_per_token: int) -> Transfer:
         """Chain all-reduce of a few fp32 values per token along each segment (a middle PE
-        takes in the running sum and the broadcast result: twice through its RAMP)."""
+        takes in the running sum and the broadcast result: twice through its RAMP; each link
+        carries them once per direction, the sum east and the result west)."""
         L = self.L
         per = 2 * values_per_token * L.m * ACC_BYTES  # reduce one way, broadcast back
         return Transfer(
             "segment all-reduce",
             "allreduce_row",
             "horizontal",
-            per,
+            per / 2,
             L.n_segments * 2 * (L.P - 1) * values_per_token * L.m * ACC_BYTES,
             hops=2 * (L.P - 1),
             turns=0,

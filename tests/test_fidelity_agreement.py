@@ -68,7 +68,7 @@ MICRO = [
 
 
 @pytest.mark.parametrize("pattern, rows, cols, P", MICRO)
-@pytest.mark.parametrize("message_bytes", [1024, 16384])
+@pytest.mark.parametrize("message_bytes", [256, 1024, 16384])
 def test_collective_micro_benchmarks(pattern, rows, cols, P, message_bytes):
     arch = load_arch("grid32")
     prog = collective_program(pattern, rows, cols, message_bytes, pes_per_segment=P)

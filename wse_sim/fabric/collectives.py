@@ -418,8 +418,8 @@ def collective_program(
     * ``reduce_scatter_row``: segments of ``P`` PEs; each PE holds ``message_bytes`` of partial
       sums per output slice; the busiest link carries ``(P - 1) x message_bytes``;
     * ``allreduce_row``: segments of ``P``; ``message_bytes`` per PE reduced along the segment
-      and broadcast back (``2 x message_bytes`` through every PE's RAMP, as the lowering
-      counts it);
+      and broadcast back (``message_bytes`` each way on the busiest link, ``2 x
+      message_bytes`` through every PE's RAMP, as the lowering counts them);
     * ``multicast_chain``: each column of ``rows`` segments (P = 1) is a sequence; each
       segment sends its ``message_bytes`` block to every later one (``(rows - 1) x`` on the
       busiest link).
@@ -454,7 +454,7 @@ def collective_program(
             "segment all-reduce",
             pattern,
             "horizontal",
-            2 * m,  # reduce, then the broadcast back through the same RAMPs
+            m,  # per direction: the sum east, the result back west
             (n_pe // P) * 2 * (P - 1) * m,
             2 * (P - 1),
             0,

@@ -14,6 +14,21 @@ The per-kernel cost terms are closed forms over the Program (cycles of the PE cl
   depth term of [HPDC24]; the packet backend showed it is what chains cost at small sizes);
 * a kernel cut into ``n`` pipeline chunks overlaps compute and fabric as a two-stage
   pipeline: ``max(c, f) + min(c, f) / n + latency``.
+
+Two corrections the packet backend showed at small messages, where a few cycles matter:
+
+* **credit gap between chunks**: each chunk of a transfer is its own packet (or packets) on
+  the transfer's colour; when a chunk fills a router's input buffer for that colour
+  (``router_buffer_wavelets``), the next chunk may enter that router only once the previous
+  chunk's tail has left it, ``hop_latency`` after it entered: the busiest link idles one hop
+  latency between consecutive chunks, ``(n - 1) * hop_latency`` per transfer on its link
+  group (not on the RAMP: a PE takes its input without waiting for a downstream credit);
+* **round trip** (``allreduce_row``: a chain reduce out, then a broadcast back through the
+  same RAMPs): the busiest RAMP takes the last chunk's outbound half (``ramp_bytes / 2 /
+  n``) while that chunk's sum is still travelling to the end of the segment, so the return
+  trip overlaps it: the exposed latency is the round trip less that half, and no less than
+  the outbound chain alone (the fill of the RAMPs farthest along, which the broadcast
+  reaches last but which only start once the reduce reaches them).
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wse_sim.arch import ArchConfig
-from wse_sim.program import Kernel, Program
+from wse_sim.program import Kernel, Program, Transfer
 
 
 def compute_cycles(k: Kernel) -> float:
@@ -31,19 +46,29 @@ def compute_cycles(k: Kernel) -> float:
     return k.critical_cycles
 
 
+def link_cycles(t: Transfer, n_chunks: int, arch: ArchConfig) -> float:
+    """Cycles ``t`` holds its busiest link: its bytes at the link rate plus the credit gap of
+    one hop latency between consecutive chunks that each fill a router's input buffer (see
+    the module docstring)."""
+    fab = arch.fabric
+    n = max(n_chunks, 1)
+    cyc = t.max_link_bytes / fab.link_bytes_per_cycle
+    if n > 1 and t.max_link_bytes / 4.0 / n >= fab.router_buffer_wavelets:
+        cyc += (n - 1) * fab.hop_latency_cycles
+    return cyc
+
+
 def fabric_cycles(k: Kernel, arch: ArchConfig) -> float:
     """Cycles the busiest link group needs for the kernel's transfers (no overlap)."""
     per_group: dict[str, float] = {}
     ramp = 0.0
     for t in k.transfers:
-        per_group[t.link_group] = per_group.get(t.link_group, 0.0) + t.max_link_bytes
+        cyc = link_cycles(t, k.n_chunks, arch) if t.max_link_bytes > 0 else 0.0
+        per_group[t.link_group] = per_group.get(t.link_group, 0.0) + cyc
         ramp += t.ramp_bytes
     if not per_group:
         return 0.0
-    return max(
-        max(per_group.values()) / arch.fabric.link_bytes_per_cycle,
-        ramp / ramp_bytes_per_cycle(arch),
-    )
+    return max(max(per_group.values()), ramp / ramp_bytes_per_cycle(arch))
 
 
 def ramp_bytes_per_cycle(arch: ArchConfig) -> float:
@@ -51,17 +76,32 @@ def ramp_bytes_per_cycle(arch: ArchConfig) -> float:
     return arch.fabric.ramp_wavelets_per_cycle * 4.0
 
 
+def path_latency_cycles(hops: float, turns: float, relays: float, arch: ArchConfig) -> float:
+    """Zero-load latency of a path: hops, turns, RAMP in and out, and the relay PEs."""
+    fab = arch.fabric
+    return (
+        hops * fab.hop_latency_cycles
+        + turns * fab.turn_latency_cycles
+        + 2 * fab.ramp_latency_cycles
+        + relays * (2 * fab.ramp_latency_cycles + fab.pe_forward_latency_cycles)
+    )
+
+
+def transfer_latency_cycles(t: Transfer, n_chunks: int, arch: ArchConfig) -> float:
+    """Latency ``t`` adds after its serialisation; a round trip (``allreduce_row``)
+    overlaps its last chunk's outbound half at the busiest RAMP (see the module docstring)."""
+    lat = path_latency_cycles(t.hops, t.turns, t.relays, arch)
+    if t.pattern == "allreduce_row" and t.hops > 0:
+        half = t.ramp_bytes / 2 / max(n_chunks, 1) / ramp_bytes_per_cycle(arch)
+        out = path_latency_cycles(t.hops / 2, t.turns, max(t.relays - 1, 0), arch)
+        lat = max(lat - half, out)
+    return lat
+
+
 def latency_cycles(k: Kernel, arch: ArchConfig) -> float:
     """Pipeline-fill latency of the kernel's longest transfer, cycles."""
-    fab = arch.fabric
     return max(
-        (
-            t.hops * fab.hop_latency_cycles
-            + t.turns * fab.turn_latency_cycles
-            + 2 * fab.ramp_latency_cycles
-            + t.relays * (2 * fab.ramp_latency_cycles + fab.pe_forward_latency_cycles)
-            for t in k.transfers
-        ),
+        (transfer_latency_cycles(t, k.n_chunks, arch) for t in k.transfers),
         default=0.0,
     )
 

@@ -36,6 +36,7 @@ from wse_sim.timing.common import (
     TimingResult,
     compute_cycles,
     latency_cycles,
+    link_cycles,
     per_pe_maps,
     ramp_bytes_per_cycle,
 )
@@ -120,10 +121,9 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
         for k in program.kernels:
             start = env.now
             n = max(k.n_chunks, 1)
-            bpc = arch.fabric.link_bytes_per_cycle
             rbpc = ramp_bytes_per_cycle(arch)
             flows = [
-                (t.link_group, t.max_link_bytes / bpc) for t in k.transfers if t.max_link_bytes > 0
+                (t.link_group, link_cycles(t, n, arch)) for t in k.transfers if t.max_link_bytes > 0
             ]
             # every transfer of a PE also passes its one RAMP: a shared "ramp" group
             flows += [("ramp", t.ramp_bytes / rbpc) for t in k.transfers if t.ramp_bytes > 0]

@@ -20,7 +20,7 @@ lowering's geometry (``gpt_workload/lowering.py``), run by the packet engine
   bytes = ``max_link_bytes / (P - 1)``. Alternating colours; cut-through through each PE.
   (Nearest-first order would hold every hop back by one slice.)
 * **Segment all-reduce** (``allreduce_row``): chain reduce to the segment's east end, then a
-  multicast back west; ``max_link_bytes / 2`` each way.
+  multicast back west; ``max_link_bytes`` each way (the busiest link, per direction).
 * **K/V** (``multicast_chain``): down each sequence's chain of segments, PE ``j`` of segment
   ``p`` sends its own block followed by every earlier block it received to PE ``j`` of segment
   ``p + 1`` (block bytes = ``max_link_bytes / hops``); attention chunk ``i`` of a segment waits
@@ -307,7 +307,7 @@ class _KernelRun:
                     )
 
     def _allreduce_row(self, t: Transfer, msgs: list, has_weights: bool) -> None:
-        x = t.max_link_bytes / 2 / WAVELET_BYTES / self.n  # reduce one way, broadcast back
+        x = t.max_link_bytes / WAVELET_BYTES / self.n  # per direction: reduce east, result west
         pw = self.unit_packet(x)
         for seg in self.segments():
             m = len(seg)
