@@ -149,6 +149,26 @@ class KernelTime:
         """``end_s - start_s``."""
         return self.end_s - self.start_s
 
+    @classmethod
+    def of(
+        cls, k: Kernel, start_cycles: float, end_cycles: float, stall_cycles: float, clock_hz: float
+    ) -> KernelTime:
+        """The time of kernel ``k`` from cycle counts: compute is the slowest class's work,
+        fabric whatever of the duration is neither stall nor compute (never negative)."""
+        comp = compute_cycles(k)
+        fab = max(end_cycles - start_cycles - stall_cycles - comp, 0.0)
+        return cls(
+            k.name,
+            k.op,
+            k.layer,
+            k.micro_batch,
+            start_cycles / clock_hz,
+            end_cycles / clock_hz,
+            stall_cycles / clock_hz,
+            comp / clock_hz,
+            fab / clock_hz,
+        )
+
 
 @dataclass
 class IOInterval:

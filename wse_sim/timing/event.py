@@ -34,7 +34,6 @@ from wse_sim.timing.common import (
     IOInterval,
     KernelTime,
     TimingResult,
-    compute_cycles,
     latency_cycles,
     link_cycles,
     per_pe_maps,
@@ -160,21 +159,7 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
             if blk >= 0 and streamer.is_last_use(blk, k):
                 streamer.release(blk)
             end = env.now
-            stall = sum(waits)
-            comp = compute_cycles(k)
-            times.append(
-                KernelTime(
-                    k.name,
-                    k.op,
-                    k.layer,
-                    k.micro_batch,
-                    start / clk,
-                    end / clk,
-                    stall / clk,
-                    comp / clk,
-                    max(end - start - stall - comp, 0.0) / clk,
-                )
-            )
+            times.append(KernelTime.of(k, start, end, sum(waits), clk))
 
     done = env.process(kernel_sequence())
     env.run(until=done)

@@ -487,19 +487,7 @@ def run_packet(
             comp = compute_cycles(k)
             dur = end - start
             stall = min(kr.stall, max(dur - comp, 0.0))
-            times.append(
-                KernelTime(
-                    k.name,
-                    k.op,
-                    k.layer,
-                    k.micro_batch,
-                    start / clk,
-                    end / clk,
-                    stall / clk,
-                    comp / clk,
-                    max(dur - stall - comp, 0.0) / clk,
-                )
-            )
+            times.append(KernelTime.of(k, start, end, stall, clk))
 
     done = env.process(kernel_sequence())
     env.run(until=done)
