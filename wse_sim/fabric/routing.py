@@ -200,30 +200,27 @@ class RouteTable:
 
 
 # ----------------------------------------------------------------------------- path helpers
+def _dimension_order_path(a: Node, b: Node, axes: tuple[int, int]) -> list[Node]:
+    """Path from ``a`` to ``b`` moving along ``axes[0]`` first, then ``axes[1]`` (axis 0 is
+    the row index, Y; axis 1 the column index, X). One loop serves both orders, so XY and YX
+    cannot drift apart."""
+    path = [tuple(a)]
+    cur = list(a)
+    for ax in axes:
+        while cur[ax] != b[ax]:
+            cur[ax] += 1 if b[ax] > cur[ax] else -1
+            path.append((cur[0], cur[1]))
+    return path
+
+
 def xy_path(a: Node, b: Node) -> list[Node]:
     """Dimension-order path: along the row (X, east/west) first, then the column (Y)."""
-    path = [tuple(a)]
-    r, c = a
-    while c != b[1]:
-        c += 1 if b[1] > c else -1
-        path.append((r, c))
-    while r != b[0]:
-        r += 1 if b[0] > r else -1
-        path.append((r, c))
-    return path
+    return _dimension_order_path(a, b, (1, 0))
 
 
 def yx_path(a: Node, b: Node) -> list[Node]:
     """Dimension-order path: along the column (Y) first, then the row (X)."""
-    path = [tuple(a)]
-    r, c = a
-    while r != b[0]:
-        r += 1 if b[0] > r else -1
-        path.append((r, c))
-    while c != b[1]:
-        c += 1 if b[1] > c else -1
-        path.append((r, c))
-    return path
+    return _dimension_order_path(a, b, (0, 1))
 
 
 def turns(path: Sequence[Node]) -> int:
