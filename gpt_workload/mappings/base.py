@@ -142,6 +142,21 @@ class Mapping:
         """
         raise NotImplementedError
 
+    def numerics(self, program, cfg, weights, tokens, precision: str):
+        """Compute the logits of ``tokens`` [K, T] on this mapping's per-PE layout and in its
+        reduction order; returns a :class:`gpt_workload.numerics.NumericsResult`.
+
+        The default runs the Program's first micro-batch kernels with
+        :func:`gpt_workload.numerics.run_numerics`; a mapping whose kernels differ from the
+        weight-streaming op kernels overrides it.
+
+        Raises:
+            ConfigError: tokens of the wrong shape, dtype or range.
+        """
+        from gpt_workload.numerics import run_numerics
+
+        return run_numerics(program, cfg, weights, tokens, precision)
+
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:
         """Largest batch (sequences) that runs as one micro-batch on ``arch``.
 
