@@ -142,12 +142,24 @@ class FabricConfig:
 
 @dataclass(frozen=True)
 class IOConfig:
-    """Off-wafer I/O: MemoryX weight ingress and gradient egress at the wafer edge."""
+    """Off-wafer I/O: MemoryX weight ingress and gradient egress at the wafer edge; the
+    MemoryX optimizer update rate and the SwarmX interconnect of data-parallel systems
+    (used by training only)."""
 
     ingress_bytes_per_s: float = _f(0, 1e16, "MemoryX -> wafer bandwidth, bytes/s", lo_open=True)
     egress_bytes_per_s: float = _f(0, 1e16, "wafer -> MemoryX bandwidth, bytes/s", lo_open=True)
     ingress_latency_s: float = _f(0, 1.0, "first-byte latency of a weight stream, s")
     weight_buffer_slots: int = _f(1, 64, "layers of weights buffered on wafer (2 = double)")
+    gradient_buffer_slots: int = _f(
+        1, 64, "weight-gradient blocks held on wafer awaiting egress (training)"
+    )
+    optimizer_params_per_s: float = _f(
+        0, 1e16, "parameters MemoryX updates per second (AdamW, training)", lo_open=True
+    )
+    swarmx_bytes_per_s: float = _f(
+        0, 1e16, "SwarmX bandwidth per system link, bytes/s (data parallel)", lo_open=True
+    )
+    swarmx_latency_s: float = _f(0, 1.0, "SwarmX latency per tree level, s")
 
     def __post_init__(self) -> None:
         _check_range("io", self)

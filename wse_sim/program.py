@@ -92,6 +92,29 @@ class WeightBlock:
 
 
 @dataclass(frozen=True)
+class GradientBlock:
+    """A unit of weight gradients streamed out to MemoryX (training programs only).
+
+    Its bytes are produced by the kernels naming it in ``Kernel.grad_block`` and leave the
+    wafer over ``io.egress_bytes_per_s`` (through SwarmX when the program is data parallel);
+    once all of them have arrived MemoryX updates ``optimizer_params`` parameters (AdamW at
+    ``io.optimizer_params_per_s``; 0 when the block is only accumulated, e.g. an earlier
+    micro-batch of a step).
+
+    Attributes:
+        id: index into ``Program.gradient_blocks``.
+        name: e.g. ``"mb0.grad.layer3"``.
+        bytes: gradient bytes egressed for the block.
+        optimizer_params: parameters updated once the block has arrived (0: none).
+    """
+
+    id: int
+    name: str
+    bytes: int
+    optimizer_params: int = 0
+
+
+@dataclass(frozen=True)
 class Kernel:
     """One op lowered onto the wafer.
 
@@ -108,6 +131,9 @@ class Kernel:
         sram_bytes: peak SRAM per PE while the kernel runs (resident + scratch), bytes.
         flops: model FLOPs of the kernel, whole wafer.
         n_chunks: pipeline chunks for compute/fabric overlap.
+        grad_block: id of the gradient block it produces (training), or -1.
+        grad_bytes: weight-gradient bytes it hands to the egress when it ends; it holds one
+            of ``io.gradient_buffer_slots`` from its start until they have left the wafer.
     """
 
     name: str
@@ -122,6 +148,8 @@ class Kernel:
     sram_bytes: int = 0
     flops: float = 0.0
     n_chunks: int = 8
+    grad_block: int = -1
+    grad_bytes: int = 0
 
     @property
     def critical_cycles(self) -> float:
@@ -145,7 +173,10 @@ class Program:
         kernels: in execution order (kernels run one after another on the whole wafer).
         weight_blocks: in streaming order of first use.
         class_maps: ``{key: int16 array [rows, cols]}``, class index per PE, -1 = idle.
-        meta: lowering facts for the report (layout, micro-batches, tokens).
+        meta: lowering facts for the report (layout, micro-batches, tokens); a training
+            program sets ``meta["systems"]`` (data-parallel systems, default 1).
+        gradient_blocks: weight-gradient blocks streamed out (training only; empty for a
+            forward pass, whose timing then ignores egress and the optimizer entirely).
     """
 
     name: str
@@ -156,6 +187,7 @@ class Program:
     weight_blocks: list[WeightBlock]
     class_maps: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    gradient_blocks: list[GradientBlock] = field(default_factory=list)
 
     @property
     def flops(self) -> float:
@@ -166,6 +198,11 @@ class Program:
     def weight_bytes_streamed(self) -> int:
         """Bytes moved over MemoryX ingress: each kernel's consumed bytes."""
         return sum(k.weight_bytes for k in self.kernels)
+
+    @property
+    def grad_bytes_streamed(self) -> int:
+        """Weight-gradient bytes moved over the egress: each kernel's produced bytes."""
+        return sum(k.grad_bytes for k in self.kernels)
 
     def validate(self) -> None:
         """Check internal consistency (class maps cover the grid, classes are in range).

@@ -20,6 +20,17 @@ Kernels with no weights run back to back. The time the kernel could not run for 
 weights, ``e_k - e_{k-1} - A_k``, is its weight-I/O stall. This is the event backend's model
 without its chunk-level interleaving of compute and fabric and without link sharing.
 Microseconds per run; used for sweeps.
+
+Training programs (with ``gradient_blocks``) add the gradient egress, the same model as the
+event backend's egress process: a kernel producing ``g`` gradient bytes (the ``j``-th such
+kernel) first needs one of ``G = io.gradient_buffer_slots`` gradient buffers, free once the
+egress of gradient ``j - G`` has finished, and hands its bytes to the egress when it ends:
+
+    start_k >= x_{j-G},        x_j = max(e_k, x_{j-1}) + g / B_out
+
+with ``B_out`` from :func:`wse_sim.timing.common.gradient_path`; waiting for the buffer is
+stall. MemoryX's optimizer updates follow in closed form
+(:func:`wse_sim.timing.common.optimizer_schedule`); the step ends after the last update.
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ from wse_sim.timing.common import (
     TimingResult,
     active_cycles,
     compute_cycles,
+    gradient_path,
     per_pe_maps,
+    training_extra,
 )
 
 
@@ -59,9 +72,20 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
     times: list[KernelTime] = []
     io_blocks: list[IOInterval] = []
     t = 0.0
+    grad = gradient_path(program, arch)
+    g_slots = io.gradient_buffer_slots
+    egress: list[tuple[int, float, float]] = []  # (gradient block, start, end)
+    g_stall = 0.0
     for i, k in enumerate(program.kernels):
         act = active_cycles(k, arch) / clk
         b = k.weight_block
+        t_prev = t
+        if grad is not None and k.grad_bytes > 0 and len(egress) >= g_slots:
+            # wait for a free gradient buffer: the egress of gradient j - G has finished
+            free = egress[len(egress) - g_slots][2]
+            if free > t:
+                g_stall += free - t
+                t = free
         if b >= 0:
             while started < b:  # schedule streams up to this block
                 started += 1
@@ -87,6 +111,10 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         else:
             end = t + act
         comp = compute_cycles(k) / clk
+        if grad is not None and k.grad_bytes > 0:
+            x0 = max(end, egress[-1][2] if egress else 0.0)
+            egress.append((k.grad_block, x0, x0 + k.grad_bytes / grad[0]))
+        t = t_prev
         times.append(
             KernelTime(
                 k.name,
@@ -104,14 +132,18 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
             release[b] = end
         t = end
     busy, sram = per_pe_maps(program)
+    total, extra = t, {}
+    if grad is not None:
+        total, extra = training_extra(program, arch, t, egress, g_stall)
     return TimingResult(
         backend="analytic",
-        total_s=t,
+        total_s=total,
         kernels=times,
         io_busy_s=sum(b.bytes for b in blocks) / bw,
-        idle_s=0.0,
+        idle_s=total - t,
         pe_busy_cycles=busy,
         sram_peak_bytes=sram,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
         io_blocks=io_blocks,
+        extra=extra,
     )

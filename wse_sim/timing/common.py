@@ -33,6 +33,7 @@ Two corrections the packet backend showed at small messages, where a few cycles 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,3 +236,106 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
         busy[on] += acc[cmap[on]]
         sram[on] = np.maximum(sram[on], sram_map[key])
     return busy, sram
+
+
+def swarmx_depth(systems: int) -> int:
+    """Levels of the SwarmX reduce/broadcast tree over ``systems`` systems: ``ceil(log2 S)``
+    (a binary tree; 0 for one system, which needs no SwarmX hop)."""
+    return math.ceil(math.log2(systems)) if systems > 1 else 0
+
+
+def gradient_path(program: Program, arch: ArchConfig) -> tuple[float, float] | None:
+    """``(bytes_per_s, latency_s)`` of the weight-gradient path wafer -> MemoryX, or ``None``
+    for a program without gradient blocks (a forward pass: no egress is modelled at all).
+
+    One system: the egress link, ``io.egress_bytes_per_s``, no extra latency. ``S > 1``
+    systems (``program.meta["systems"]``): the gradients are summed on their way through
+    the SwarmX tree, pipelined (cut-through) level by level, so a block leaves at
+    ``min(io.egress_bytes_per_s, io.swarmx_bytes_per_s)`` and arrives ``ceil(log2 S) x
+    io.swarmx_latency_s`` after its last byte left the wafer. Closed form of one block's
+    reduce: ``bytes / min(egress, swarmx) + ceil(log2 S) x swarmx_latency``.
+    """
+    if not program.gradient_blocks:
+        return None
+    s = int(program.meta.get("systems", 1))
+    io = arch.io
+    if s <= 1:
+        return io.egress_bytes_per_s, 0.0
+    return min(io.egress_bytes_per_s, io.swarmx_bytes_per_s), swarmx_depth(s) * io.swarmx_latency_s
+
+
+def optimizer_schedule(
+    program: Program, arch: ArchConfig, arrivals: dict[int, float]
+) -> list[tuple[str, float, float]]:
+    """MemoryX AdamW updates as one serial server, in order of gradient arrival: block ``b``
+    (with ``optimizer_params > 0``) starts at ``max(arrival_b, end of the previous update)``
+    and takes ``optimizer_params / io.optimizer_params_per_s`` seconds.
+
+    Args:
+        arrivals: ``{gradient block id: time its last byte reached MemoryX, s}``.
+
+    Returns:
+        ``[(block name, start_s, end_s), ...]`` in update order.
+    """
+    rate = arch.io.optimizer_params_per_s
+    out: list[tuple[str, float, float]] = []
+    t = 0.0
+    for b in sorted(arrivals, key=lambda i: (arrivals[i], i)):
+        blk = program.gradient_blocks[b]
+        if blk.optimizer_params <= 0:
+            continue
+        start = max(arrivals[b], t)
+        t = start + blk.optimizer_params / rate
+        out.append((blk.name, start, t))
+    return out
+
+
+def training_extra(
+    program: Program,
+    arch: ArchConfig,
+    kernels_end_s: float,
+    egress_intervals: list[tuple[int, float, float]],
+    gradient_stall_s: float,
+) -> tuple[float, dict]:
+    """The end of a training step and its egress/optimizer facts for ``TimingResult.extra``.
+
+    Args:
+        kernels_end_s: when the last kernel ended.
+        egress_intervals: ``[(kernel's gradient block, start_s, end_s), ...]`` of every
+            gradient transfer over the egress, in order.
+        gradient_stall_s: time kernels waited for a free gradient buffer slot.
+
+    Returns:
+        ``(total_s, extra)``: the step ends when the last kernel, the last gradient arrival
+        and the last optimizer update are all done.
+    """
+    _, lat = gradient_path(program, arch)
+    remaining = {b.id: b.bytes for b in program.gradient_blocks}
+    arrivals: dict[int, float] = {}
+    for (b, _, end), k in zip(
+        egress_intervals, (k for k in program.kernels if k.grad_bytes > 0), strict=True
+    ):
+        remaining[b] -= k.grad_bytes
+        if remaining[b] <= 0:
+            arrivals[b] = end + lat
+    opt = optimizer_schedule(program, arch, arrivals)
+    egress_end = max((e for _, _, e in egress_intervals), default=0.0)
+    last_arrival = max(arrivals.values(), default=0.0)
+    opt_end = max((e for _, _, e in opt), default=0.0)
+    total = max(kernels_end_s, last_arrival, opt_end)
+    extra = {
+        "kernels_end_s": kernels_end_s,
+        "egress_busy_s": sum(e - s for _, s, e in egress_intervals),
+        "egress_end_s": egress_end,
+        "gradient_arrival_end_s": last_arrival,
+        "gradient_stall_s": gradient_stall_s,
+        "optimizer_busy_s": sum(e - s for _, s, e in opt),
+        "optimizer_end_s": opt_end,
+        "optimizer_updates": [{"name": n, "start_s": s, "end_s": e} for n, s, e in opt],
+        "gradient_arrivals": [
+            {"name": program.gradient_blocks[b].name, "arrival_s": t}
+            for b, t in sorted(arrivals.items(), key=lambda x: x[1])
+        ],
+        "tail_s": total - kernels_end_s,
+    }
+    return total, extra

@@ -18,6 +18,15 @@ What runs as SimPy processes:
 * Kernels run in program order with a barrier: kernel ``k + 1`` starts when every class of
   kernel ``k`` has computed, sent, and its last wavelet has crossed the path latency.
 
+* **Gradient egress** (training programs only, those with ``gradient_blocks``): a process
+  that moves each gradient-producing kernel's bytes off the wafer, FIFO, at the gradient
+  path's bandwidth (:func:`wse_sim.timing.common.gradient_path`: the egress link, or SwarmX
+  for several systems). Such a kernel first takes one of ``io.gradient_buffer_slots``
+  gradient buffers (waiting for it is stall: egress backpressure) and frees it when its bytes
+  have left, so stream-out overlaps the backward kernels that follow and stalls them when the
+  egress is the bottleneck. MemoryX's optimizer updates follow in closed form
+  (:func:`wse_sim.timing.common.optimizer_schedule`, no feedback to the wafer within a step).
+
 Ties in the event queue break by SimPy's insertion sequence number, so runs are
 deterministic.
 """
@@ -34,10 +43,12 @@ from wse_sim.timing.common import (
     IOInterval,
     KernelTime,
     TimingResult,
+    gradient_path,
     latency_cycles,
     link_cycles,
     per_pe_maps,
     ramp_bytes_per_cycle,
+    training_extra,
 )
 
 
@@ -113,12 +124,38 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
     streamer = WeightStreamer(env, program, arch)
     times: list[KernelTime] = []
     n_events = [0]
+    grad = gradient_path(program, arch)
+    egress_log: list[tuple[int, float, float]] = []  # (gradient block, start, end), cycles
+    g_stall = [0.0]
+    if grad is not None:
+        g_slots = simpy.Resource(env, capacity=arch.io.gradient_buffer_slots)
+        g_queue = simpy.Store(env)
+        n_grads = sum(1 for k in program.kernels if k.grad_bytes > 0)
+        g_bpc = grad[0] / clk
+
+        def egress():
+            for _ in range(n_grads):
+                blk, nbytes, req = yield g_queue.get()
+                t0 = env.now
+                yield env.timeout(nbytes / g_bpc)
+                egress_log.append((blk, t0, env.now))
+                g_slots.release(req)
+                n_events[0] += 2
+
+        egress_done = env.process(egress())
 
     def kernel_sequence():
         # per block: bytes already consumed by earlier kernels of the same block
         offset = {}
         for k in program.kernels:
             start = env.now
+            g_req = None
+            g_wait = 0.0
+            if grad is not None and k.grad_bytes > 0:
+                g_req = g_slots.request()
+                yield g_req  # egress backpressure: a free gradient buffer
+                g_wait = env.now - start
+                g_stall[0] += g_wait
             n = max(k.n_chunks, 1)
             rbpc = ramp_bytes_per_cycle(arch)
             flows = [
@@ -159,12 +196,26 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
             if blk >= 0 and streamer.is_last_use(blk, k):
                 streamer.release(blk)
             end = env.now
-            times.append(KernelTime.of(k, start, end, sum(waits), clk))
+            if g_req is not None:
+                g_queue.put((k.grad_block, k.grad_bytes, g_req))
+            times.append(KernelTime.of(k, start, end, sum(waits) + g_wait, clk))
 
     done = env.process(kernel_sequence())
     env.run(until=done)
+    kernels_end = env.now
+    extra: dict = {}
+    if grad is not None:
+        env.run(until=egress_done)
     busy, sram = per_pe_maps(program)
     total = env.now / clk
+    if grad is not None:
+        total, extra = training_extra(
+            program,
+            arch,
+            kernels_end / clk,
+            [(b, t0 / clk, t1 / clk) for b, t0, t1 in egress_log],
+            g_stall[0] / clk,
+        )
     return TimingResult(
         backend="event",
         total_s=total,
@@ -184,5 +235,6 @@ def run_event(program: Program, arch: ArchConfig, max_classes: int = 32) -> Timi
         extra={
             "max_blocks_buffered": streamer.max_held,
             "io_backpressure_s": streamer.blocked_cycles / clk,
+            **extra,
         },
     )

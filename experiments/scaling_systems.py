@@ -1,0 +1,114 @@
+"""Data-parallel scaling over SwarmX: training throughput vs number of systems.
+
+For ``S = 1, 2, 4, 8, 16`` systems (``--systems``) a training step of ``--model`` (default
+Cerebras-GPT-1.3B with its published global batch of 528 sequences of 2,048 tokens) is timed
+on ``--arch`` (analytic fidelity, for speed) at the preset SwarmX bandwidth and at that
+bandwidth divided by ``--cut`` (default 10). The global batch is split over the systems
+(``ceil(batch / S)`` each); weights are broadcast and gradients reduced through a pipelined
+binary SwarmX tree (:mod:`gpt_workload.training.train` states the formula and the assumed
+SwarmX figures). With a cut SwarmX, the per-step weight broadcast and gradient reduce no
+longer shrink with ``S`` while the compute does, so throughput scales sub-linearly and
+approaches ``batch / (weight bytes streamed per step / min(ingress, swarmx))``.
+
+Writes ``scaling_systems.csv`` (one row per (bandwidth, S): step time, samples/s, tokens/s,
+speed-up over S = 1, MFU, micro-batches) and ``scaling_systems.png`` into ``--out``.
+
+Example::
+
+    python experiments/scaling_systems.py --out results/scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
+from gpt_workload.plots import save
+from gpt_workload.training.train import time_training_step
+from wse_sim.arch import load_arch
+
+
+def run(model: str, arch: str, systems: list[int], cut: float, seq_len: int, batch: int | None):
+    """Rows ``{"swarmx_bytes_per_s", "systems", "step_time_s", "samples_per_s", ...}``."""
+    cfg = resolve_model(model)
+    base = load_arch(arch)
+    if batch is None:
+        batch = int(PUBLISHED_TRAINING.get(cfg.name, {"batch_sequences": 64})["batch_sequences"])
+    fpt = forward_flops_per_token(cfg, seq_len)["total"]
+    rows = []
+    for label, factor in (("preset", 1.0), (f"preset / {cut:g}", 1.0 / cut)):
+        bw = base.io.swarmx_bytes_per_s * factor
+        a = base.with_overrides([f"io.swarmx_bytes_per_s={bw!r}"])
+        for s in systems:
+            st = time_training_step(cfg, a, batch, seq_len, "fp16", s, "analytic")
+            rows.append(
+                {
+                    "swarmx": label,
+                    "swarmx_bytes_per_s": bw,
+                    "systems": s,
+                    "batch": batch,
+                    "step_time_s": st.step_time_s,
+                    "samples_per_s": batch / st.step_time_s,
+                    "tokens_per_s": batch * seq_len / st.step_time_s,
+                    "mfu": 3
+                    * fpt
+                    * batch
+                    * seq_len
+                    / (st.step_time_s * s * a.peak_flops_per_s("fp16")),
+                    "micro_batches_per_system": st.micro_batches,
+                }
+            )
+        first = rows[-len(systems)]["samples_per_s"]
+        for r in rows[-len(systems) :]:
+            r["speedup"] = r["samples_per_s"] / first
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; writes the CSV and the PNG."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="cerebras-gpt-1.3b")
+    p.add_argument("--arch", default="wse2")
+    p.add_argument("--systems", default="1,2,4,8,16", help="comma-separated system counts")
+    p.add_argument("--cut", type=float, default=10.0, help="SwarmX bandwidth divisor")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=None, help="global batch (default published)")
+    p.add_argument("--out", default="results/scaling_systems")
+    a = p.parse_args(argv)
+    systems = [int(x) for x in a.systems.split(",")]
+    rows = run(a.model, a.arch, systems, a.cut, a.seq_len, a.batch)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scaling_systems.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in dict.fromkeys(r["swarmx"] for r in rows):
+        rs = [r for r in rows if r["swarmx"] == label]
+        bw = rs[0]["swarmx_bytes_per_s"] / 1e9
+        ax.plot([r["systems"] for r in rs], [r["samples_per_s"] for r in rs], "o-",
+                label=f"SwarmX {bw:g} GB/s ({label})")  # fmt: skip
+    r0 = rows[0]
+    ax.plot(systems, [r0["samples_per_s"] * s / systems[0] for s in systems], "k:",
+            label="linear scaling")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("systems S (data parallel)")
+    ax.set_ylabel("training throughput (samples/s)")
+    ax.set_title(f"{a.model} on {a.arch}, batch {r0['batch']} x {a.seq_len} tokens")
+    ax.legend()
+    fig.tight_layout()
+    print(f"wrote {out / 'scaling_systems.csv'} and {save(fig, out / 'scaling_systems.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

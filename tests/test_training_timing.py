@@ -1,0 +1,145 @@
+"""Training-step timing: roofline bounds, SwarmX data parallelism, fidelity agreement.
+
+Every expected value is a closed form over the config and the arch (FLOP counts, bytes over
+bandwidths, the SwarmX tree formula), never a number copied from a run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.training.lowering import layer_params, lower_training, plan_training
+from gpt_workload.training.train import swarmx_reduce_s, time_training_step
+from wse_sim.arch import load_arch
+from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing.event import run_event
+
+TINY = resolve_model("gpt-tiny")
+GRID32 = load_arch("grid32")
+S16 = 2  # bytes per fp16 element
+
+
+def _bounds(cfg, arch, batch, T, systems, n_micro):
+    """Independent lower bounds of one system's step (seconds): compute of 3 x forward FLOPs
+    of its share at peak; every layer's weights streamed twice per micro-batch over the
+    ingress; every layer's gradients streamed out once per micro-batch."""
+    per = math.ceil(batch / systems)
+    flops = 3 * forward_flops_per_token(cfg, T)["total"] * per * T
+    compute = flops / arch.peak_flops_per_s("fp16")
+    io = arch.io
+    bw_in = io.ingress_bytes_per_s if systems == 1 else min(io.ingress_bytes_per_s,
+                                                            io.swarmx_bytes_per_s)  # fmt: skip
+    layers = cfg.n_layer * layer_params(cfg) * S16
+    ingress = n_micro * 2 * layers / bw_in
+    egress = swarmx_reduce_s(arch, n_micro * layers, systems)
+    return compute, ingress, egress
+
+
+@pytest.mark.parametrize(
+    "model,arch,batch,T",
+    [
+        ("gpt-tiny", "grid32", 2, 128),  # I/O bound: two sequences
+        ("gpt-tiny", "grid32", 96, 128),  # several micro-batches
+        ("gpt-tiny", "grid8", 4, 64),
+    ],
+)
+def test_step_time_above_roofline(model, arch, batch, T):
+    cfg, a = resolve_model(model), load_arch(arch)
+    st = time_training_step(cfg, a, batch, T, "fp16", 1, "analytic")
+    compute, ingress, egress = _bounds(cfg, a, batch, T, 1, st.micro_batches)
+    assert st.step_time_s >= max(compute, ingress, egress) * (1 - 1e-9)
+    assert sum(st.breakdown.values()) == pytest.approx(st.step_time_s, rel=1e-9)
+    assert all(v >= 0 for v in st.breakdown.values())
+    if batch == 2:  # the I/O-bound case: I/O, not the kernels' work, takes most of the step
+        b = st.breakdown
+        assert b["forward"] + b["recompute"] + b["backward"] < 0.5 * st.step_time_s
+
+
+def test_program_consistency():
+    """Weight blocks are consumed exactly; gradient blocks get exactly their bytes; the
+    optimizer updates every parameter once per step (the last micro-batch's blocks)."""
+    p = lower_training(TINY, GRID32, 96, 128, "fp16")
+    p.validate()
+    used = [0] * len(p.weight_blocks)
+    for k in p.kernels:
+        if k.weight_block >= 0:
+            used[k.weight_block] += k.weight_bytes
+    assert used == [b.bytes for b in p.weight_blocks]
+    produced = [0] * len(p.gradient_blocks)
+    for k in p.kernels:
+        if k.grad_block >= 0:
+            produced[k.grad_block] += k.grad_bytes
+    assert produced == [b.bytes for b in p.gradient_blocks]
+    updated = sum(b.optimizer_params for b in p.gradient_blocks)
+    assert updated == TINY.n_params
+
+
+def test_activation_policy_follows_sram():
+    """Plenty of SRAM stores the activations; a tight PE recomputes them; the chosen
+    policy's need fits."""
+    big = GRID32.with_overrides(["pe.sram_bytes=1048576"])
+    assert plan_training(TINY, big, 8, 128, "fp16").policy == "store"
+    small = plan_training(TINY, GRID32, 128, 128, "fp16")
+    assert small.policy == "recompute"
+    assert small.sram_need_store_bytes > small.sram_usable_bytes >= small.sram_need_bytes
+
+
+def test_event_and_analytic_agree():
+    for systems, batch in ((1, 96), (4, 32)):
+        from gpt_workload.training.train import swarmx_arch
+
+        a = swarmx_arch(GRID32, systems)
+        p = lower_training(TINY, a, math.ceil(batch / systems), 128, "fp16", systems=systems)
+        te, ta = run_event(p, a).total_s, run_analytic(p, a).total_s
+        assert te == pytest.approx(ta, rel=0.03)
+
+
+def test_gradient_egress_bottleneck_stalls():
+    """Cutting the egress bandwidth makes gradient stream-out the bottleneck: the step
+    stretches to at least the gradients' egress time, and kernels stall for buffers."""
+    slow = GRID32.with_overrides([f"io.egress_bytes_per_s={GRID32.io.egress_bytes_per_s / 20}"])
+    st = time_training_step(TINY, slow, 8, 128, "fp16", 1, "event")
+    grads = sum(b.bytes for b in st.program.gradient_blocks)
+    assert st.step_time_s >= grads / slow.io.egress_bytes_per_s
+    assert st.breakdown["gradient_egress_stall"] > 0
+
+
+@pytest.mark.parametrize("systems", [2, 8])
+def test_systems_bound(systems):
+    """With S systems the step is at least the compute of 1/S of the batch plus the SwarmX
+    reduce of the last gradient (the embedding's, produced after all compute: at least its
+    wpe part, T x d elements), and at least the reduce of all gradients."""
+    batch, T = 64, 128
+    st = time_training_step(TINY, GRID32, batch, T, "fp16", systems, "analytic")
+    compute, _, egress = _bounds(TINY, GRID32, batch, T, systems, st.micro_batches)
+    last = swarmx_reduce_s(GRID32, T * TINY.d_model * S16, systems)
+    assert st.step_time_s >= compute + last
+    assert st.step_time_s >= egress
+
+
+def _throughputs(arch, batch, T, systems):
+    return [batch / time_training_step(TINY, arch, batch, T, "fp16", s, "analytic").step_time_s
+            for s in systems]  # fmt: skip
+
+
+def test_scaling_direction_and_limit():
+    """Cut SwarmX bandwidth: lower throughput at S=16, sub-linear scaling, and throughput
+    approaching (never exceeding) the I/O limit of one micro-batch per system."""
+    batch, T, systems = 128, 128, [1, 2, 4, 8, 16]
+    cut = GRID32.with_overrides([f"io.swarmx_bytes_per_s={GRID32.io.swarmx_bytes_per_s / 10}"])
+    full = _throughputs(GRID32, batch, T, systems)
+    low = _throughputs(cut, batch, T, systems)
+    assert low[-1] < full[-1]
+    assert low[-1] / low[0] < 0.5 * systems[-1]
+    # limit at large S: one micro-batch per system streams the embedding rows it uses, every
+    # layer twice and the head once over min(ingress, swarmx)
+    d, V, s = TINY.d_model, TINY.vocab_size, S16
+    per = batch // systems[-1]
+    w_in = ((min(V, per * T) + T) * d + 2 * TINY.n_layer * layer_params(TINY) + (2 * d + V * d)) * s
+    bw = min(cut.io.ingress_bytes_per_s, cut.io.swarmx_bytes_per_s)
+    limit = batch / (w_in / bw)
+    assert low[-1] <= limit
+    assert low[-1] >= 0.6 * limit
