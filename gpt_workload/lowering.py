@@ -115,11 +115,11 @@ def choose_P(cfg: GPTConfig, cols: int) -> int:
     raise FitError(f"grid of {cols} columns cannot hold a segment")  # pragma: no cover
 
 
-def _segments_for(b: int, T: int, n_avail: int) -> tuple[int, int, int]:
+def _segments_for(b: int, T: int, n_avail: int, m_fixed: int | None = None) -> tuple[int, int, int]:
     """(m, q, m_last) spreading ``b`` sequences of ``T`` tokens over at most ``n_avail``
-    segments, as wide as possible."""
+    segments, as wide as possible (or in segments of ``m_fixed`` tokens when given)."""
     q_max = max(n_avail // b, 1)
-    m = math.ceil(T / min(q_max, T))
+    m = math.ceil(T / min(q_max, T)) if m_fixed is None else min(m_fixed, T)
     q = math.ceil(T / m)
     return m, q, T - (q - 1) * m
 
@@ -178,12 +178,21 @@ def _sram_need(
 
 
 def plan_layout(
-    cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int, precision: str, min_chunk: int = 64
+    cfg: GPTConfig,
+    arch: ArchConfig,
+    batch: int,
+    seq_len: int,
+    precision: str,
+    min_chunk: int = 64,
+    P: int | None = None,
+    m: int | None = None,
 ) -> WSLayout:
     """Choose P, m and the micro-batch split for ``batch`` sequences of ``seq_len`` tokens.
 
     The fewest micro-batches whose per-PE SRAM need (at the GEMM chunk ``min_chunk``) fits
-    ``pe.sram_bytes - pe.sram_reserved_bytes``.
+    ``pe.sram_bytes - pe.sram_reserved_bytes``. ``P`` (PEs per segment, a divisor of
+    ``n_head`` no wider than the grid) and ``m`` (tokens per segment) override the automatic
+    choices (:func:`choose_P`; as wide a spread as the grid allows).
 
     Raises:
         ConfigError: batch or seq_len out of range.
@@ -197,14 +206,20 @@ def plan_layout(
         )
     s = bytes_per_element(precision)
     rows, cols = arch.wafer.rows, arch.wafer.cols
-    P = choose_P(cfg, cols)
+    if P is None:
+        P = choose_P(cfg, cols)
+    elif cfg.n_head % P or P > cols:
+        raise ConfigError(
+            f"pes_per_segment={P} must divide n_head={cfg.n_head} and be <= {cols} (grid cols)"
+        )
+    m_fixed = m
     spr = cols // P
     n_avail = rows * spr
     usable = arch.pe.sram_usable_bytes
     n_micro = 1
     while True:
         b = math.ceil(batch / n_micro)
-        m, q, m_last = _segments_for(b, seq_len, n_avail)
+        m, q, m_last = _segments_for(b, seq_len, n_avail, m_fixed)
         fits_grid = b * q <= n_avail
         need, op = _sram_need(cfg, arch, P, m, s, min(min_chunk, cfg.d_model))
         if fits_grid and need <= usable:
@@ -241,16 +256,28 @@ def plan_layout(
     )
 
 
-def max_batch_single_micro(cfg: GPTConfig, arch: ArchConfig, seq_len: int, precision: str) -> int:
-    """Largest batch that runs as one micro-batch (binary search over ``plan_layout``)."""
+def max_batch_single_micro(
+    cfg: GPTConfig,
+    arch: ArchConfig,
+    seq_len: int,
+    precision: str,
+    P: int | None = None,
+    m: int | None = None,
+) -> int:
+    """Largest batch that runs as one micro-batch (binary search over ``plan_layout``;
+    ``P``, ``m`` as there)."""
+
+    def one(b: int) -> bool:
+        return plan_layout(cfg, arch, b, seq_len, precision, P=P, m=m).n_micro == 1
+
     lo, hi = 1, 1
-    plan_layout(cfg, arch, 1, seq_len, precision)  # raises FitError if nothing fits
-    while plan_layout(cfg, arch, hi * 2, seq_len, precision).n_micro == 1 and hi < 1 << 20:
+    plan_layout(cfg, arch, 1, seq_len, precision, P=P, m=m)  # raises FitError if nothing fits
+    while one(hi * 2) and hi < 1 << 20:
         hi *= 2
     lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if plan_layout(cfg, arch, mid, seq_len, precision).n_micro == 1:
+        if one(mid):
             lo = mid
         else:
             hi = mid
@@ -284,8 +311,11 @@ class _Builder:
         kernels: list[Kernel],
         blocks: list[WeightBlock],
         map_suffix: str = "",
+        strategy=None,
     ):
         self.cfg, self.arch, self.L, self.precision = cfg, arch, L, precision
+        # a mapping's replacement of :meth:`gemm` / :meth:`attention` (None: these)
+        self.strategy = strategy
         self.sfx = map_suffix
         self.s = bytes_per_element(precision)
         self.W = arch.pe.fmac_per_cycle(precision)
@@ -423,7 +453,11 @@ class _Builder:
         bias: bool = True,
         extra_ops_per_chunk: int = 0,
     ) -> None:
-        """Weight-streaming GEMM [M, K] x [K, N] (+ bias) -> [M, N] in the segment layout."""
+        """Weight-streaming GEMM [M, K] x [K, N] (+ bias) -> [M, N] in the segment layout.
+
+        A mapping's strategy with a ``gemm`` method lowers it instead (same arguments)."""
+        if getattr(self.strategy, "gemm", None) is not None:
+            return self.strategy.gemm(self, op, layer, K, N, blk, live, bias, extra_ops_per_chunk)
         L, W, ov, s = self.L, self.W, self.ov, self.s
         kt = K // L.P
         budget = self.arch.pe.sram_usable_bytes - self.wbuf - live
@@ -490,7 +524,11 @@ class _Builder:
         )
 
     def attention(self, layer: int, live: int) -> None:
-        """Head-parallel causal attention; class = segment position in its sequence."""
+        """Head-parallel causal attention; class = segment position in its sequence.
+
+        A mapping's strategy with an ``attention`` method lowers it instead."""
+        if getattr(self.strategy, "attention", None) is not None:
+            return self.strategy.attention(self, layer, live)
         L, W, ov, s, z = self.L, self.W, self.ov, self.s, self.z
         dh, hp = z.dh, L.hp
         classes = []
@@ -571,7 +609,16 @@ class _Builder:
 
 
 def lower_weight_streaming(
-    cfg: GPTConfig, arch: ArchConfig, batch: int, seq_len: int, precision: str = "fp16"
+    cfg: GPTConfig,
+    arch: ArchConfig,
+    batch: int,
+    seq_len: int,
+    precision: str = "fp16",
+    *,
+    P: int | None = None,
+    m: int | None = None,
+    strategy=None,
+    spec: str = "weight_streaming",
 ) -> Program:
     """Lower a GPT forward pass over ``batch`` x ``seq_len`` tokens to a :class:`Program`.
 
@@ -579,12 +626,17 @@ def lower_weight_streaming(
     smaller micro-batch (``batch`` not a multiple of the micro-batch) gets its own layout,
     spread as wide as the grid allows.
 
+    ``P``, ``m``: layout overrides (:func:`plan_layout`); ``strategy``: an object whose
+    ``gemm`` / ``attention`` methods (either may be None) replace :meth:`_Builder.gemm` /
+    :meth:`_Builder.attention` (see :mod:`gpt_workload.mappings.weight_streaming`);
+    ``spec``: the mapping spec stored in ``meta['mapping']``.
+
     Raises:
         ConfigError: bad batch, seq_len or precision.
         FitError: the model does not fit even one sequence per micro-batch.
     """
     check_precision(precision)
-    L = plan_layout(cfg, arch, batch, seq_len, precision)
+    L = plan_layout(cfg, arch, batch, seq_len, precision, P=P, m=m)
     n_kernels = L.n_micro * (KERNELS_PER_LAYER * cfg.n_layer + 4)
     if n_kernels > MAX_KERNELS:
         raise ConfigError(
@@ -596,14 +648,14 @@ def lower_weight_streaming(
     blocks: list[WeightBlock] = []
     maps = _class_maps(L)
     b_last = batch - (L.n_micro - 1) * L.b
-    main = _Builder(cfg, arch, L, precision, kernels, blocks)
+    main = _Builder(cfg, arch, L, precision, kernels, blocks, strategy=strategy)
     last = main
     if b_last != L.b:
-        m, q, m_last = _segments_for(b_last, seq_len, L.rows * L.segs_per_row)
+        m_l, q, m_last = _segments_for(b_last, seq_len, L.rows * L.segs_per_row, m)
         L_last = WSLayout(
             P=L.P,
             hp=L.hp,
-            m=m,
+            m=m_l,
             q=q,
             m_last=m_last,
             b=b_last,
@@ -614,7 +666,7 @@ def lower_weight_streaming(
             cols=L.cols,
             segs_per_row=L.segs_per_row,
         )
-        last = _Builder(cfg, arch, L_last, precision, kernels, blocks, "_last")
+        last = _Builder(cfg, arch, L_last, precision, kernels, blocks, "_last", strategy)
         maps.update(_class_maps(L_last, "_last"))
     for mb in range(L.n_micro):
         bld = last if mb == L.n_micro - 1 else main
@@ -626,11 +678,11 @@ def lower_weight_streaming(
         "batch": batch,
         "seq_len": seq_len,
         "micro_batches": L.n_micro,
-        "mapping": "weight_streaming",
+        "mapping": spec,
         "sequences_in_last_micro_batch": b_last,
     }
     return Program(
-        f"{cfg.name}/weight_streaming",
+        f"{cfg.name}/{spec}",
         arch.wafer.rows,
         arch.wafer.cols,
         precision,

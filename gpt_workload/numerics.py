@@ -84,11 +84,18 @@ def run_numerics(
     weights: GPTWeights,
     tokens: np.ndarray,
     precision: str | None = None,
+    *,
+    gemm=None,
+    attention=None,
 ) -> NumericsResult:
     """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
 
     The per-PE layout is the Program's (``P`` and ``m`` from ``program.meta['layout']``) with
     ``K`` sequences instead of the micro-batch's ``b``.
+
+    ``gemm`` and ``attention`` replace :func:`kernels.gemm_ws` and
+    :func:`kernels.attention_tiled` (same signatures) with a mapping's own reduction order
+    (:mod:`gpt_workload.mappings.weight_streaming`); None keeps the weight-streaming kernels.
 
     Raises:
         ConfigError: tokens of the wrong shape, dtype or range.
@@ -130,6 +137,8 @@ def run_numerics(
     logits_t = None
     loss_tok = pred = None
     n_run = 0
+    gemm_fn = gemm or kn.gemm_ws
+    attention_fn = attention or kn.attention_tiled
     for k in program.kernels:
         if k.micro_batch != 0:
             break
@@ -149,30 +158,30 @@ def run_numerics(
             kn.layernorm_tiled(x, g, b, cfg.layer_norm_eps, h, **seq)
             h = rnd(h)
         elif op == "qkv":
-            kn.gemm_ws(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
+            gemm_fn(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
             qkv = rnd(qkv)
         elif op == "attention":
-            kn.attention_tiled(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
+            attention_fn(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
             att = rnd(att)
             assert att.shape[-1] == hp_dh
         elif op == "attn_proj":
-            kn.gemm_ws(att, lw["proj_w"], lw["proj_b"], y, **seq)
+            gemm_fn(att, lw["proj_w"], lw["proj_b"], y, **seq)
             y = rnd(y)
         elif op in ("residual_1", "residual_2"):
             kn.add_tiled(x, y, x)
             x = rnd(x)
         elif op == "ffn_up":
-            kn.gemm_ws(h, lw["fc_w"], lw["fc_b"], hid, **seq)
+            gemm_fn(h, lw["fc_w"], lw["fc_b"], hid, **seq)
             hid = rnd(hid)
         elif op == "gelu":
             kn.gelu_tiled(hid, approx, hid)
             hid = rnd(hid)
         elif op == "ffn_down":
-            kn.gemm_ws(hid, lw["fc2_w"], lw["fc2_b"], y, **seq)
+            gemm_fn(hid, lw["fc2_w"], lw["fc2_b"], y, **seq)
             y = rnd(y)
         elif op == "lm_head":
             logits_t = tl.empty_tiles(V, pad_to=tl.padded_width(V))
-            kn.gemm_ws(h, W.wte_t, no_bias, logits_t, **seq)
+            gemm_fn(h, W.wte_t, no_bias, logits_t, **seq)
         elif op == "cross_entropy":
             loss_tok, pred = kn.cross_entropy_tiled(logits_t, V, tokens, tl.segs_per_seq, m)
         else:  # pragma: no cover - a lowering added an op without numerics

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import GPTConfig, forward_flops_per_token, resolve_model
-from gpt_workload.lowering import lower_weight_streaming, max_batch_single_micro
-from gpt_workload.numerics import run_numerics
+from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 # the largest batch accepted; beyond it runs take minutes of lowering for no new insight
 MAX_BATCH = 1_000_000
 FIDELITIES = {"event": run_event, "analytic": run_analytic, "packet": run_packet}
-MAPPINGS = ("weight_streaming",)
 # numerics are skipped, with a note in the report, when fp32 weights exceed this
 NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
 
@@ -103,13 +101,20 @@ def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool 
     return value
 
 
-def default_batch(cfg: GPTConfig, arch: ArchConfig, seq_len: int, precision: str) -> int:
+def default_batch(
+    cfg: GPTConfig,
+    arch: ArchConfig,
+    seq_len: int,
+    precision: str,
+    mapping: str | Mapping = "weight_streaming",
+) -> int:
     """The batch ``wse-sim run`` uses when none is given: the published Cerebras-GPT training
     batch for the presets (``shared/reference/cerebras_gpt.md``), capped at the largest
-    batch the wafer holds as one micro-batch; other models get that largest batch."""
+    batch the wafer holds as one micro-batch under ``mapping``
+    (:meth:`Mapping.max_batch_single_micro`); other models get that largest batch."""
     from gpt_workload.config import PUBLISHED_TRAINING
 
-    cap = max_batch_single_micro(cfg, arch, seq_len, precision)
+    cap = parse_mapping(mapping).max_batch_single_micro(cfg, arch, seq_len, precision)
     pub = PUBLISHED_TRAINING.get(cfg.name)
     if pub is not None:
         return min(int(pub["batch_sequences"]), cap)
@@ -253,7 +258,7 @@ def simulate(
     model: str | GPTConfig = "cerebras-gpt-111m",
     arch: str | ArchConfig = "wse2",
     *,
-    mapping: str = "weight_streaming",
+    mapping: str | Mapping = "weight_streaming",
     fidelity: str = "event",
     precision: str = "fp16",
     batch: int | None = None,
@@ -271,7 +276,9 @@ def simulate(
     Args:
         model: preset name, ``config.json`` path, checkpoint directory, or a GPTConfig.
         arch: preset name, arch TOML path, or an ArchConfig.
-        mapping: lowering strategy (``weight_streaming``).
+        mapping: a :class:`gpt_workload.mappings.Mapping` or its spec
+            ``NAME[:knob=value,...]`` (``wse-sim mappings list``; default
+            ``weight_streaming``).
         fidelity: timing backend, ``event`` (SimPy, default), ``analytic`` or ``packet``
             (every router; grids up to 64 x 64 PEs).
         precision: ``fp32``, ``fp16`` or ``bf16`` (16-bit storage, fp32 accumulation).
@@ -292,8 +299,12 @@ def simulate(
     wall: dict[str, float] = {}
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
-    if mapping not in MAPPINGS:
-        raise ConfigError(f"mapping={mapping!r} is unknown; allowed: {', '.join(MAPPINGS)}")
+    mapping = parse_mapping(mapping)
+    if fidelity == "packet" and not getattr(mapping, "packet_ok", True):
+        raise ConfigError(
+            f"fidelity=packet cannot time mapping={mapping.spec}: its transfer patterns have "
+            "no packet-level expansion; use fidelity=event or analytic"
+        )
     check_precision(precision)
     arch_cfg = (
         load_arch(arch, overrides)
@@ -331,14 +342,14 @@ def simulate(
 
     t0 = time.perf_counter()
     if batch is None:
-        batch = default_batch(cfg, arch_cfg, seq_len, precision)
+        batch = default_batch(cfg, arch_cfg, seq_len, precision, mapping)
     if check_sequences > batch:
         raise ConfigError(
             f"check_sequences={check_sequences} exceeds batch={batch}: the numerics check "
             "sequences of the simulated batch"
         )
     _check_host_memory(cfg, check_sequences, seq_len)
-    program = lower_weight_streaming(cfg, arch_cfg, batch, seq_len, precision)
+    program = mapping.lower(cfg, arch_cfg, batch, seq_len, precision)
     wall["lowering"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -346,7 +357,17 @@ def simulate(
     wall["timing"] = time.perf_counter() - t0
 
     numerics = _numerics(
-        program, cfg, model, seed, weights, tokens, check_sequences, precision, reference, wall
+        program,
+        cfg,
+        model,
+        seed,
+        weights,
+        tokens,
+        check_sequences,
+        precision,
+        reference,
+        wall,
+        mapping,
     )
     logits = numerics.pop("_logits", None)
 
@@ -366,7 +387,7 @@ def simulate(
         grid=[program.rows, program.cols],
         fidelity=fidelity,
         precision=precision,
-        mapping=mapping,
+        mapping=mapping.spec,
         batch=batch,
         seq_len=seq_len,
         micro_batches=program.meta["micro_batches"],
@@ -420,8 +441,10 @@ def _numerics(
     precision: str,
     reference: bool,
     wall: dict,
+    mapping: Mapping | None = None,
 ) -> dict:
-    """Run the numerics and the reference; a dict for ``Report.numerics``."""
+    """Run the numerics (through ``mapping.numerics``: its own GEMM and attention order) and
+    the reference; a dict for ``Report.numerics``."""
     if k_seq == 0:
         return {"skipped": "check_sequences=0", "precision": precision, "check_sequences": 0}
     fp32_bytes = 4 * cfg.n_params
@@ -442,7 +465,9 @@ def _numerics(
         tokens = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, size=(k_seq, T))
     wall["weights"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = run_numerics(program, cfg, w, tokens, precision)
+    res = (mapping or parse_mapping("weight_streaming")).numerics(
+        program, cfg, w, tokens, precision
+    )
     wall["numerics"] = time.perf_counter() - t0
     out = {
         "precision": precision,

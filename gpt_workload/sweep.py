@@ -398,8 +398,9 @@ def check_values(spec: SweepSpec) -> None:
         ConfigError: an unknown model, arch, mapping, precision or fidelity.
     """
     from gpt_workload.config import resolve_model
+    from gpt_workload.mappings import parse_mapping
     from gpt_workload.precision import check_precision
-    from gpt_workload.simulate import FIDELITIES, MAPPINGS
+    from gpt_workload.simulate import FIDELITIES
     from wse_sim.arch import load_arch
 
     for m in {p["model"] for p in spec.points}:
@@ -414,10 +415,10 @@ def check_values(spec: SweepSpec) -> None:
                 f"sweep field fidelity={f!r} is unknown; allowed: {', '.join(FIDELITIES)}"
             )
     for m in {p["mapping"] for p in spec.points}:
-        if m not in MAPPINGS:
-            raise ConfigError(
-                f"sweep field mapping={m!r} is unknown; allowed: {', '.join(MAPPINGS)}"
-            )
+        try:
+            parse_mapping(m)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep field {exc}") from None
 
 
 # ------------------------------------------------------------------------ one point
@@ -496,7 +497,7 @@ def simulate_point(config: PointConfig):
         ConfigError, FitError: as :func:`gpt_workload.simulate.simulate`.
     """
     from gpt_workload.config import resolve_model
-    from gpt_workload.lowering import max_batch_single_micro
+    from gpt_workload.mappings import parse_mapping
     from gpt_workload.simulate import simulate
     from wse_sim.arch import load_arch
 
@@ -517,7 +518,8 @@ def simulate_point(config: PointConfig):
         cfg = model if not isinstance(model, str) else resolve_model(model)
         arch = load_arch(config["arch"], overrides)
         t = seq_len if seq_len is not None else min(2048, cfg.n_positions)
-        batch = max_batch_single_micro(cfg, arch, t, config["precision"])
+        mapping = parse_mapping(config["mapping"])
+        batch = mapping.max_batch_single_micro(cfg, arch, t, config["precision"])
     return simulate(
         model,
         config["arch"],

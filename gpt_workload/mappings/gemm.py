@@ -1,0 +1,618 @@
+"""GEMM algorithms on a block of PEs: per-PE cost, fabric transfers, traffic and numerics.
+
+One GEMM ``C[M, N] = A[M, K] B[K, N]`` (A's rows are tokens, B is the weight) runs on a
+logical ``pr x pc`` block of PEs of a 2-D mesh without wrap-around links. PE ``(i, j)`` is in
+block row ``i`` (``0 .. pr-1``, north to south) and block column ``j`` (west to east). A
+dimension of ``n`` split into ``q`` parts gives part ``x`` the range ``bounds[x] ..
+bounds[x+1]`` of :func:`split` (the first ``n % q`` parts one longer). Element sizes: ``s`` =
+storage bytes of the precision for A and B, 4 bytes (fp32) for partial sums. A wavelet is
+32 bits (``shared/reference/wse_hardware.md``), so ``wavelet_hops = sum(link_bytes) / 4``.
+
+**Weights.** ``weights="stream"``: B arrives from MemoryX at the north edge and descends
+every block column that needs any of it (a multicast: each element crosses the column's
+edge-ingress link and its ``pr - 1`` vertical links, ``pr`` crossings, whichever PE keeps
+it; the same count as :meth:`gpt_workload.lowering._Builder.weight_multicast`); each PE
+keeps what its algorithm needs, in the order it needs it. ``weights="resident"``: B is
+already distributed block-wise on the PEs (layer-pipelined mode) and moves only as the
+algorithm moves it.
+
+Algorithms (distributions, and the textbook volume in element x link crossings, derived
+here and checked independently in ``tests/test_gemm_traffic.py``):
+
+* ``ws`` -- weight-streaming broadcast/reduce, A stationary. PE ``(i, j)`` holds
+  ``A[M_i, K_j]``; column ``j`` needs ``B[K_j, :]``; each PE forms the fp32 partial
+  ``A[M_i, K_j] B[K_j, :]`` (``M_i x N``), reduce-scattered along its row so PE ``(i, j)``
+  owns ``C[M_i, N_j]``. ``reduce="chain"``: a bidirectional chain; slice ``N_o`` flows from
+  both ends towards its owner ``o``, one running sum per link: ``pc - 1`` crossings per
+  slice, **volume M N (pc - 1)** fp32 elements. ``reduce="tree"`` (``pc`` a power of two):
+  recursive halving with distance doubling; at step ``t`` (distance ``2^t``) each PE sends
+  half of its remaining ``pc / 2^t`` slices to its partner: ``pc / 2`` slice-hops per PE per
+  step, **volume M N pc log2(pc) / 2** (equal to the chain for ``pc = 2``, more above), in
+  ``log2 pc`` store-and-forward stages instead of ``pc - 1``. B: stream ``K N pr``;
+  resident (``B[K_j, N_i]`` on ``(i, j)``, multicast down the column) ``K N (pr - 1)``.
+* ``summa`` -- van de Geijn & Watts 1997. ``A[M_i, K_j]`` and ``B[K_i, N_j]`` on
+  ``(i, j)``; for each of the ``pc`` K-panels of A, the panel is multicast along the rows
+  and the matching B rows down the columns; one fp32 accumulator per PE (panel order).
+  **Volume M K (pc - 1) + K N (pr - 1)** (a 1-D multicast over ``q`` PEs crosses ``q - 1``
+  links per element); stream: ``M K (pc - 1) + K N pr``.
+* ``cannon`` -- Cannon 1969, on a **square** ``p x p`` block (a non-square block is refused
+  with a ConfigError). ``A_ij = A[M_i, K_j]``, ``B_ij = B[K_i, N_j]``. Initial skew: row
+  ``i`` of A moves left by ``i`` (block ``j -> (j - i) mod p``, routed directly on the line,
+  ``|j - ((j - i) mod p)|`` hops); column ``j`` of B up by ``j``. Row ``i``'s skew costs
+  ``sum_j`` of those distances ``= 2 i (p - i)`` block-hops, all rows ``(p^3 - p) / 3``. Then
+  ``p - 1`` cyclic shifts by one; the mesh has no wrap-around link, so a shift moves ``p - 1``
+  blocks one hop and one block ``p - 1`` hops back: ``2 (p - 1)`` block-hops per row per
+  step. **Volume (M K + K N) ((p^3 - p) / 3 + 2 p (p - 1)^2) / p^2** (divisible shapes).
+  Stream: the column stream drops ``B_(i+j mod p), j`` on ``(i, j)`` (pre-aligned, no B
+  skew) and B still shifts: ``K N p + K N 2 (p - 1)^2 / p``, plus A's skew and shifts.
+  PE ``(i, j)`` accumulates k-blocks ``(i + j + t) mod p``, ``t = 0 .. p - 1``.
+* ``meshgemm`` -- the 2-hop cyclic MeshGEMM of WaferLLM (He et al., OSDI 2025, arXiv
+  2502.04563): Cannon's logical ring is placed on each physical line interleaved, logical
+  ``l`` at position ``2 l`` for ``l < ceil(p / 2)`` and ``2 (p - 1 - l) + 1`` after, so
+  every ring step (``l -> l - 1``, and ``0 -> p - 1``) is at most 2 hops. A shift costs
+  ``sum_l |pos(l) - pos(l - 1)| = 2 (p - 1)`` block-hops per line (every cut of a line is
+  crossed twice by a ring, the minimum; the same as Cannon's), but no message travels more
+  than 2 hops, so a step's latency does not grow with ``p``. The skew is routed between the
+  interleaved positions (its exact total is computed by :func:`interleave` positions).
+  Numerics are Cannon's (the same logical order; only the placement differs).
+* ``row_1d`` -- 1-D row partition: tokens split over all ``P = pr pc`` PEs (row-major,
+  ``A[M_p, :]`` and ``C[M_p, :]`` on PE ``p``); every PE needs all of B. Resident
+  (``B[K_p, :]`` on ``p``): all-gathered by a 2-D multicast tree (along the row, then down
+  and up every column: ``pc - 1 + pc (pr - 1) = P - 1`` links), **volume K N (P - 1)**;
+  stream: every column gets all of B, ``K N pr pc``. No A traffic.
+* ``col_1d`` -- 1-D column partition: ``B[:, N_p]`` and ``C[:, N_p]`` on PE ``p``; A starts
+  feature-split (``A[:, K_p]``) and is all-gathered the same way: **volume M K (P - 1)**;
+  B stream ``K N pr``, resident 0. A's panels pass by in k order (double-buffered), so a PE
+  never holds all of A.
+
+Per-PE cost: one SIMD vector op of length (the PE's output columns) per (row, k) of its
+work, ``L / fmac_per_cycle`` busy cycles plus ``pe.vector_op_overhead_cycles``; combining
+adds of partial sums are not charged (they ride on the arriving wavelets, as in the
+weight-streaming lowering). Latency (``Transfer.hops``/``relays``) follows the synchronous
+critical path: for a stepped algorithm ``hops`` is the sum over steps of the step's longest
+message and ``relays`` the store-and-forward stages between steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from gpt_workload.precision import bytes_per_element, check_precision
+from wse_sim.errors import ConfigError
+from wse_sim.program import Transfer
+
+GEMM_ALGORITHMS = ("ws", "summa", "cannon", "meshgemm", "row_1d", "col_1d")
+REDUCTIONS = ("chain", "tree")
+WEIGHT_MODES = ("stream", "resident")
+ACC_BYTES = 4  # fp32 partial sums
+WAVELET_BYTES = 4  # a wavelet is 32 bits
+# colours (static routes) of the GEMM transfers; 0-3 are the weight-streaming lowering's
+COLOUR_WEIGHTS, COLOUR_PSUM, COLOUR_A, COLOUR_B = 0, 1, 4, 5
+
+
+def split(n: int, q: int) -> np.ndarray:
+    """Bounds of ``n`` split into ``q`` contiguous parts, the first ``n % q`` one longer.
+
+    Returns:
+        int64 array ``[q + 1]``: part ``x`` is ``bounds[x] .. bounds[x+1]``.
+    """
+    base, extra = divmod(n, q)
+    sizes = np.full(q, base, dtype=np.int64)
+    sizes[:extra] += 1
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def interleave(p: int) -> np.ndarray:
+    """MeshGEMM's 2-hop ring placement: ``pos[l]`` = physical position of logical ``l``.
+
+    Logical ``l < ceil(p / 2)`` sits at ``2 l``, the rest at ``2 (p - 1 - l) + 1``, so ring
+    neighbours ``l, l + 1 (mod p)`` are at most 2 positions apart (WaferLLM, arXiv
+    2502.04563, Sec. MeshGEMM).
+    """
+    half = (p + 1) // 2
+    return np.array([2 * ll if ll < half else 2 * (p - 1 - ll) + 1 for ll in range(p)], np.int64)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """One GEMM ``C[M, N] = A[M, K] B[K, N]`` on a ``pr x pc`` block, as an algorithm runs it.
+
+    Attributes:
+        algorithm, M, K, N, pr, pc, weights, reduce: the inputs of :func:`gemm_plan`.
+        busy_cycles: arithmetic cycles of the busiest PE.
+        overhead_cycles: vector-op setup cycles of the busiest PE.
+        flops: model FLOPs of the busiest PE (``2 x`` its MACs).
+        flops_min: model FLOPs of the least busy PE (equal to ``flops`` on divisible shapes).
+        flops_total: FLOPs of the whole block, ``2 M K N``.
+        sram_bytes: peak SRAM per PE for operands, in-flight buffers and accumulators, bytes.
+        transfers: the fabric transfers (:class:`wse_sim.program.Transfer`), block-wide
+            (``link_bytes`` summed over the block, ``max_link_bytes`` its busiest link).
+        n_steps: algorithm steps (panels, shifts + 1, reduction stages).
+    """
+
+    algorithm: str
+    M: int
+    K: int
+    N: int
+    pr: int
+    pc: int
+    weights: str
+    reduce: str
+    busy_cycles: float
+    overhead_cycles: float
+    flops: float
+    flops_min: float
+    flops_total: float
+    sram_bytes: int
+    transfers: tuple[Transfer, ...]
+    n_steps: int
+
+    @property
+    def link_bytes(self) -> float:
+        """Bytes x links traversed by every transfer of the block."""
+        return float(sum(t.link_bytes for t in self.transfers))
+
+    @property
+    def wavelet_hops(self) -> float:
+        """Wavelets moved x links traversed: ``link_bytes / 4`` (32-bit wavelets)."""
+        return self.link_bytes / WAVELET_BYTES
+
+    @property
+    def cycles(self) -> float:
+        """Busy + overhead cycles of the busiest PE."""
+        return self.busy_cycles + self.overhead_cycles
+
+
+class _Lines:
+    """Traffic of one transfer on the block's rows (``horizontal``) or columns (``vertical``).
+
+    Every row (column) is a line of ``pc`` (``pr``) positions; loads are bytes per directed
+    link; ``recv`` counts the bytes each PE takes in through its RAMP."""
+
+    def __init__(self, name, pattern, group, pr, pc, colour):
+        self.name, self.pattern, self.group, self.colour = name, pattern, group, colour
+        self.pr, self.pc = pr, pc
+        self.horizontal = group == "horizontal"
+        n_lines, n = (pr, pc) if self.horizontal else (pc, pr)
+        self.fwd = np.zeros((n_lines, max(n - 1, 0)))  # east / south
+        self.back = np.zeros((n_lines, max(n - 1, 0)))  # west / north
+        self.ingress = np.zeros(n_lines)  # edge-ingress link into position 0 (vertical)
+        self.recv = np.zeros((pr, pc))
+        self.hops = 0
+        self.relays = 0
+
+    def _pe(self, line, pos):
+        return (line, pos) if self.horizontal else (pos, line)
+
+    def unicast(self, line: int, src: int, dst: int, nbytes: float) -> None:
+        """``nbytes`` from ``src`` to ``dst`` on ``line`` (direct route)."""
+        if src == dst or nbytes == 0:
+            return
+        if dst > src:
+            self.fwd[line, src:dst] += nbytes
+        else:
+            self.back[line, dst:src] += nbytes
+        self.recv[self._pe(line, dst)] += nbytes
+        self.hops = max(self.hops, abs(dst - src))
+
+    def multicast(self, line: int, src: int, nbytes: float) -> None:
+        """``nbytes`` from ``src`` to every other position of ``line`` (both ways)."""
+        n = self.fwd.shape[1] + 1
+        if n == 1 or nbytes == 0:
+            return
+        self.fwd[line, src:] += nbytes
+        self.back[line, :src] += nbytes
+        for pos in range(n):
+            if pos != src:
+                self.recv[self._pe(line, pos)] += nbytes
+        self.hops = max(self.hops, src, n - 1 - src)
+
+    def edge_multicast(self, line: int, nbytes: float) -> None:
+        """``nbytes`` entering ``line`` (a column) at the north edge, descending all of it."""
+        self.ingress[line] += nbytes
+        self.fwd[line, :] += nbytes
+        for pos in range(self.fwd.shape[1] + 1):
+            self.recv[self._pe(line, pos)] += nbytes
+        self.hops = max(self.hops, self.fwd.shape[1] + 1)
+
+    def transfer(self, hops: int | None = None, relays: int | None = None) -> Transfer:
+        total = float(self.fwd.sum() + self.back.sum() + self.ingress.sum())
+        busiest = max(
+            float(self.fwd.max(initial=0.0)),
+            float(self.back.max(initial=0.0)),
+            float(self.ingress.max(initial=0.0)),
+        )
+        return Transfer(
+            self.name,
+            self.pattern,
+            self.group,
+            busiest,
+            total,
+            hops=int(self.hops if hops is None else hops),
+            turns=0,
+            colour=self.colour,
+            relays=int(self.relays if relays is None else relays),
+            ramp_bytes=float(self.recv.max()),
+        )
+
+
+def _check(algorithm, M, K, N, pr, pc, weights, reduce) -> None:
+    if algorithm not in GEMM_ALGORITHMS:
+        raise ConfigError(f"gemm algorithm={algorithm!r} is unknown; allowed: {GEMM_ALGORITHMS}")
+    for name, v in (("M", M), ("K", K), ("N", N), ("pr", pr), ("pc", pc)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"gemm {name}={v!r} must be an integer >= 1")
+    if weights not in WEIGHT_MODES:
+        raise ConfigError(f"gemm weights={weights!r} must be one of {', '.join(WEIGHT_MODES)}")
+    if reduce not in REDUCTIONS:
+        raise ConfigError(f"gemm reduce={reduce!r} must be one of {', '.join(REDUCTIONS)}")
+    if algorithm in ("cannon", "meshgemm") and pr != pc:
+        raise ConfigError(f"gemm {algorithm} needs a square block, got {pr} x {pc}")
+    if algorithm == "ws" and reduce == "tree" and pc & (pc - 1):
+        raise ConfigError(f"gemm ws reduce=tree needs pc a power of two, got pc={pc}")
+
+
+def gemm_plan(
+    algorithm: str,
+    *,
+    M: int,
+    K: int,
+    N: int,
+    pr: int,
+    pc: int,
+    precision: str,
+    arch,
+    weights: str = "stream",
+    reduce: str = "chain",
+) -> GemmPlan:
+    """Cost, transfers and traffic of ``C[M, N] = A[M, K] B[K, N]`` on a ``pr x pc`` block.
+
+    Args:
+        algorithm: one of :data:`GEMM_ALGORITHMS` (see the module docstring).
+        M, K, N: GEMM shape (M = tokens).
+        pr, pc: block rows and columns (PEs).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (storage of A and B).
+        arch: :class:`wse_sim.arch.ArchConfig` (FMAC width, vector-op overhead).
+        weights: ``stream`` (B from MemoryX down the columns) or ``resident``.
+        reduce: ``chain`` or ``tree``: the partial-sum reduction of ``ws``.
+
+    Raises:
+        ConfigError: unknown algorithm or mode, a dimension smaller than the block, a
+            non-square block for cannon/meshgemm, a tree reduction over a non-power-of-two.
+    """
+    check_precision(precision)
+    _check(algorithm, M, K, N, pr, pc, weights, reduce)
+    s = bytes_per_element(precision)
+    W = arch.pe.fmac_per_cycle(precision)
+    ov = arch.pe.vector_op_overhead_cycles
+    return _PLANNERS[algorithm](M, K, N, pr, pc, s, W, ov, weights, reduce)
+
+
+def _mk(alg, M, K, N, pr, pc, weights, reduce, work, W, ov, sram, transfers, steps):
+    """GemmPlan from per-PE work ``[(rows, k, cols), ...]`` (one SIMD op of length ``cols``
+    per (row, k))."""
+    macs = [r * k * c for r, k, c in work]
+    hi = int(np.argmax(macs))
+    r, k, c = work[hi]
+    return GemmPlan(
+        alg,
+        M,
+        K,
+        N,
+        pr,
+        pc,
+        weights,
+        reduce,
+        busy_cycles=r * k * c / W,
+        overhead_cycles=float(r * k * ov),
+        flops=2.0 * macs[hi],
+        flops_min=2.0 * min(macs),
+        flops_total=2.0 * M * K * N,
+        sram_bytes=int(sram),
+        transfers=tuple(t for t in transfers if t.link_bytes > 0),
+        n_steps=int(steps),
+    )
+
+
+def _b_stream(pr, pc, s, need_per_col) -> _Lines:
+    """Weights from MemoryX: column ``j`` carries ``need_per_col[j]`` elements of B down."""
+    t = _Lines("weight multicast", "multicast_2d", "vertical", pr, pc, COLOUR_WEIGHTS)
+    for j in range(pc):
+        t.edge_multicast(j, need_per_col[j] * s)
+    return t
+
+
+def _plan_ws(M, K, N, pr, pc, s, W, ov, weights, reduce):
+    mb, kb, nb = split(M, pr), split(K, pc), split(N, pc)
+    if weights == "stream":
+        b = _b_stream(pr, pc, s, [(kb[j + 1] - kb[j]) * N for j in range(pc)])
+    else:
+        b = _Lines("weight multicast", "multicast_col", "vertical", pr, pc, COLOUR_B)
+        nbr = split(N, pr)
+        for j in range(pc):
+            for i in range(pr):
+                b.multicast(j, i, (kb[j + 1] - kb[j]) * (nbr[i + 1] - nbr[i]) * s)
+    pattern = "reduce_scatter_row" if reduce == "chain" else "reduce_scatter_tree"
+    ps = _Lines("partial-sum reduce-scatter", pattern, "horizontal", pr, pc, COLOUR_PSUM)
+    for i in range(pr):
+        rows = mb[i + 1] - mb[i]
+        for o in range(pc):
+            sl = rows * (nb[o + 1] - nb[o]) * ACC_BYTES
+            if reduce == "chain":
+                ps.fwd[i, :o] += sl
+                ps.back[i, o:] += sl
+                for x in range(pc):
+                    if x != o and (1 <= x <= o or o <= x <= pc - 2):
+                        ps.recv[i, x] += sl
+                if 1 <= o:
+                    ps.recv[i, o] += sl
+                if o <= pc - 2:
+                    ps.recv[i, o] += sl
+            else:
+                # recursive halving, distance doubling: the slice of owner o is held, after
+                # step t, by the PEs agreeing with o on bits 0..t; at step t each holder x
+                # with bit t != o's sends it to x ^ 2^t
+                d = 1
+                while d < pc:
+                    for x in range(pc):
+                        if (x & (d - 1)) == (o & (d - 1)) and (x & d) != (o & d):
+                            ps.unicast(i, x, x ^ d, sl)
+                    d *= 2
+    stages = pc - 1 if reduce == "chain" else int(math.log2(pc))
+    psum = ps.transfer(hops=pc - 1, relays=max(stages - 1, 0))
+    work = [(mb[i + 1] - mb[i], kb[j + 1] - kb[j], N) for i in range(pr) for j in range(pc)]
+    sram = (mb[1] * kb[1]) * s + mb[1] * N * ACC_BYTES
+    return _mk(
+        "ws", M, K, N, pr, pc, weights, reduce, work, W, ov, sram, (b.transfer(), psum), stages
+    )
+
+
+def _plan_summa(M, K, N, pr, pc, s, W, ov, weights, reduce):
+    mb, ka, nb, kr = split(M, pr), split(K, pc), split(N, pc), split(K, pr)
+    a = _Lines("A panel multicast", "multicast_row", "horizontal", pr, pc, COLOUR_A)
+    for i in range(pr):
+        for q in range(pc):
+            a.multicast(i, q, (mb[i + 1] - mb[i]) * (ka[q + 1] - ka[q]) * s)
+    if weights == "stream":
+        b = _b_stream(pr, pc, s, [K * (nb[j + 1] - nb[j]) for j in range(pc)])
+    else:
+        b = _Lines("B panel multicast", "multicast_col", "vertical", pr, pc, COLOUR_B)
+        for j in range(pc):
+            for i in range(pr):
+                b.multicast(j, i, (kr[i + 1] - kr[i]) * (nb[j + 1] - nb[j]) * s)
+    work = [(mb[i + 1] - mb[i], K, nb[j + 1] - nb[j]) for i in range(pr) for j in range(pc)]
+    kp = int(ka[1])
+    sram = 2 * mb[1] * kp * s + 2 * kp * nb[1] * s + mb[1] * nb[1] * ACC_BYTES
+    return _mk(
+        "summa",
+        M,
+        K,
+        N,
+        pr,
+        pc,
+        weights,
+        reduce,
+        work,
+        W,
+        ov,
+        sram,
+        (a.transfer(), b.transfer()),
+        pc,
+    )
+
+
+def _plan_cyclic(alg, M, K, N, pr, pc, s, W, ov, weights, reduce):
+    """Cannon (``pos`` = identity) and MeshGEMM (``pos`` = :func:`interleave`)."""
+    p = pr
+    pos = interleave(p) if alg == "meshgemm" else np.arange(p)
+    mb, kb, nb = split(M, p), split(K, p), split(N, p)
+    a_sk = _Lines("A skew", "skew_row", "horizontal", p, p, COLOUR_A)
+    a_sh = _Lines("A cyclic shifts", "shift_row", "horizontal", p, p, COLOUR_A)
+    b_sk = _Lines("B skew", "skew_col", "vertical", p, p, COLOUR_B)
+    b_sh = _Lines("B cyclic shifts", "shift_col", "vertical", p, p, COLOUR_B)
+    ablk = lambda i, k: (mb[i + 1] - mb[i]) * (kb[k + 1] - kb[k]) * s  # noqa: E731
+    bblk = lambda k, j: (kb[k + 1] - kb[k]) * (nb[j + 1] - nb[j]) * s  # noqa: E731
+    # logical PE (i, l) sits at physical (pos[i], pos[l]); lines are physical rows/columns
+    for i in range(p):
+        for l_ in range(p):
+            # skew: A_{i,l} -> logical column (l - i) mod p; B_{l,j=i} -> row (l - i) mod p
+            a_sk.unicast(pos[i], pos[l_], pos[(l_ - i) % p], ablk(i, l_))
+            if weights == "resident":
+                b_sk.unicast(pos[i], pos[l_], pos[(l_ - i) % p], bblk(l_, i))
+    max_shift = 0
+    for t in range(1, p):
+        for i in range(p):
+            for l_ in range(p):
+                # before step t, logical (i, l) holds A_{i,k} with k = (i + l + t - 1) mod p
+                k = (i + l_ + t - 1) % p
+                a_sh.unicast(pos[i], pos[l_], pos[(l_ - 1) % p], ablk(i, k))
+                b_sh.unicast(pos[i], pos[l_], pos[(l_ - 1) % p], bblk(k, i))
+                max_shift = max(max_shift, abs(int(pos[l_]) - int(pos[(l_ - 1) % p])))
+    out = [a_sk.transfer(), b_sk.transfer()]
+    sh_hops = (p - 1) * max_shift
+    rl = max(p - 2, 0)
+    out += [a_sh.transfer(hops=sh_hops, relays=rl), b_sh.transfer(hops=sh_hops, relays=rl)]
+    if weights == "stream":
+        out.append(_b_stream(p, p, s, [K * (nb[j + 1] - nb[j]) for j in range(p)]).transfer())
+    work = [(mb[i + 1] - mb[i], K, nb[j + 1] - nb[j]) for i in range(p) for j in range(p)]
+    sram = 2 * (mb[1] * kb[1] + kb[1] * nb[1]) * s + mb[1] * nb[1] * ACC_BYTES
+    return _mk(alg, M, K, N, p, p, weights, reduce, work, W, ov, sram, out, p)
+
+
+def _multicast_2d_tree(h: _Lines, v: _Lines, i: int, j: int, nbytes: float) -> None:
+    """From PE ``(i, j)`` to every PE of the block: along row ``i``, then every column."""
+    h.multicast(i, j, nbytes)
+    for c in range(h.pc):
+        v.multicast(c, i, nbytes)
+
+
+def _plan_1d(alg, M, K, N, pr, pc, s, W, ov, weights, reduce):
+    P = pr * pc
+    colour = COLOUR_B if alg == "row_1d" else COLOUR_A
+    what = "B" if alg == "row_1d" else "A"
+    h = _Lines(f"{what} all-gather (rows)", "allgather_row", "horizontal", pr, pc, colour)
+    v = _Lines(f"{what} all-gather (columns)", "allgather_col", "vertical", pr, pc, colour)
+    out = []
+    if alg == "row_1d":
+        mp = split(M, P)
+        work = [(mp[x + 1] - mp[x], K, N) for x in range(P)]
+        if weights == "stream":
+            out.append(_b_stream(pr, pc, s, [K * N] * pc).transfer())
+        else:
+            kp = split(K, P)
+            for x in range(P):
+                _multicast_2d_tree(h, v, x // pc, x % pc, (kp[x + 1] - kp[x]) * N * s)
+        sram = mp[1] * K * s + 2 * N * s + mp[1] * N * ACC_BYTES
+    else:
+        npp, kp = split(N, P), split(K, P)
+        work = [(M, K, npp[x + 1] - npp[x]) for x in range(P)]
+        for x in range(P):
+            _multicast_2d_tree(h, v, x // pc, x % pc, M * (kp[x + 1] - kp[x]) * s)
+        if weights == "stream":
+            need = [K * sum(npp[x + 1] - npp[x] for x in range(j, P, pc)) for j in range(pc)]
+            out.append(_b_stream(pr, pc, s, need).transfer())
+        # A panels (all-gathered in k order) and B rows pass by: double-buffered panels
+        kb = int(kp[1])
+        b_held = 2 * kb * npp[1] * s if weights == "stream" else K * npp[1] * s
+        sram = 2 * M * kb * s + b_held + M * npp[1] * ACC_BYTES
+    out += [h.transfer(), v.transfer(hops=pr - 1 + pc - 1)]
+    return _mk(alg, M, K, N, pr, pc, weights, reduce, work, W, ov, sram, out, 1)
+
+
+_PLANNERS = {
+    "ws": _plan_ws,
+    "summa": _plan_summa,
+    "cannon": lambda *a: _plan_cyclic("cannon", *a),
+    "meshgemm": lambda *a: _plan_cyclic("meshgemm", *a),
+    "row_1d": lambda *a: _plan_1d("row_1d", *a),
+    "col_1d": lambda *a: _plan_1d("col_1d", *a),
+}
+
+
+# ------------------------------------------------------------------------------ numerics
+@numba.njit(parallel=True, cache=True)
+def _ordered_blocks_kernel(A, B, rb, cb, kb, order, C):  # pragma: no cover - jit
+    """``C[r, c]`` of output block ``(i, j)``: one fp32 accumulator from 0, k-blocks in
+    ``order[i, j, :]``, ``k`` ascending inside a block (product rounded, then the sum)."""
+    pr = rb.shape[0] - 1
+    pc = cb.shape[0] - 1
+    for r in numba.prange(A.shape[0]):
+        i = 0
+        while rb[i + 1] <= r:
+            i += 1
+        for j in range(pc):
+            c0, c1 = cb[j], cb[j + 1]
+            acc = np.zeros(c1 - c0, np.float32)
+            for t in range(order.shape[2]):
+                q = order[i, j, t]
+                for k in range(kb[q], kb[q + 1]):
+                    a = A[r, k]
+                    for c in range(c1 - c0):
+                        acc[c] = acc[c] + a * B[k, c0 + c]
+            for c in range(c1 - c0):
+                C[r, c0 + c] = acc[c]
+    _ = pr
+
+
+@numba.njit(parallel=True, cache=True)
+def _ws_kernel(A, B, kb, tree, C):  # pragma: no cover - jit
+    """Weight-streaming order: partial ``p_j = sum_{k in K_j}`` (k ascending from 0) per
+    block column ``j``, then ``acc = p_0; acc = acc + p_1; ...`` (chain) or the balanced
+    pairwise tree ``((p_0 + p_1) + (p_2 + p_3)) + ...`` (tree)."""
+    pc = kb.shape[0] - 1
+    N = B.shape[1]
+    for r in numba.prange(A.shape[0]):
+        parts = np.zeros((pc, N), np.float32)
+        for j in range(pc):
+            for k in range(kb[j], kb[j + 1]):
+                a = A[r, k]
+                for c in range(N):
+                    parts[j, c] = parts[j, c] + a * B[k, c]
+        if tree:
+            d = 1
+            while d < pc:
+                for x in range(0, pc, 2 * d):
+                    for c in range(N):
+                        parts[x, c] = parts[x, c] + parts[x + d, c]
+                d *= 2
+            for c in range(N):
+                C[r, c] = parts[0, c]
+        else:
+            for c in range(N):
+                acc = parts[0, c]
+                for j in range(1, pc):
+                    acc = acc + parts[j, c]
+                C[r, c] = acc
+
+
+def gemm_order(algorithm: str, pr: int, pc: int) -> np.ndarray:
+    """k-block order per output block: int64 ``[pr, pc, n_k]`` (k-blocks of K split into
+    ``n_k`` parts). ``summa``/``row_1d``/``col_1d``: ``0 .. n_k - 1`` with ``n_k = 1`` (one
+    running sum, k ascending); ``cannon``/``meshgemm``: ``(i + j + t) mod pc``.
+
+    Raises:
+        ConfigError: ``ws`` (not a single-accumulator order) or an unknown algorithm.
+    """
+    if algorithm in ("cannon", "meshgemm"):
+        i, j, t = np.meshgrid(np.arange(pr), np.arange(pc), np.arange(pc), indexing="ij")
+        return np.ascontiguousarray((i + j + t) % pc, dtype=np.int64)
+    if algorithm in ("summa", "row_1d", "col_1d"):
+        return np.zeros((pr, pc, 1), np.int64)
+    raise ConfigError(f"gemm algorithm={algorithm!r} has no single-accumulator order")
+
+
+def gemm_numerics(
+    algorithm: str, A: np.ndarray, B: np.ndarray, pr: int, pc: int, reduce: str = "chain"
+) -> np.ndarray:
+    """``C = A @ B`` in float32, accumulated in ``algorithm``'s order on a ``pr x pc`` block.
+
+    ``ws``: per block column partials then the chain or tree reduction (the chain is
+    :func:`gpt_workload.kernels.gemm_ws`'s order exactly). ``cannon``/``meshgemm``: PE
+    ``(i, j)`` (rows ``M_i``, columns ``N_j``, K split into ``pc`` blocks) sums k-blocks
+    starting at ``(i + j) mod pc``. ``summa``/``row_1d``/``col_1d``: one accumulator, k
+    ascending from 0 (SUMMA's panels arrive in k order). Every product is rounded to fp32,
+    then added (no FMA).
+
+    Args:
+        algorithm: one of :data:`GEMM_ALGORITHMS`.
+        A: float32 ``[M, K]``; B: float32 ``[K, N]``.
+        pr, pc: block shape (Cannon and MeshGEMM accept ``pr != pc`` here: rows beyond
+            ``pc`` continue the ``(i + j) mod pc`` rotation).
+        reduce: ``chain`` or ``tree`` (``ws`` only; tree needs ``pc`` a power of two).
+
+    Returns:
+        float32 ``[M, N]``.
+
+    Raises:
+        ConfigError: bad algorithm, shapes, dtypes or reduction.
+    """
+    if algorithm not in GEMM_ALGORITHMS:
+        raise ConfigError(f"gemm algorithm={algorithm!r} is unknown; allowed: {GEMM_ALGORITHMS}")
+    A = np.asarray(A)
+    B = np.asarray(B)
+    if A.dtype != np.float32 or B.dtype != np.float32 or A.ndim != 2 or B.ndim != 2:
+        raise ConfigError("gemm_numerics needs float32 A [M, K] and B [K, N]")
+    if A.shape[1] != B.shape[0]:
+        raise ConfigError(f"gemm_numerics: A {A.shape} and B {B.shape} do not chain")
+    if reduce not in REDUCTIONS:
+        raise ConfigError(f"gemm reduce={reduce!r} must be one of {', '.join(REDUCTIONS)}")
+    M, K = A.shape
+    N = B.shape[1]
+    if min(pr, pc) < 1 or pr > max(M, 1) or pc > K or pc > N:
+        raise ConfigError(f"gemm_numerics: block {pr} x {pc} does not fit A {A.shape} B {B.shape}")
+    A = np.ascontiguousarray(A)
+    B = np.ascontiguousarray(B)
+    C = np.empty((M, N), np.float32)
+    if algorithm == "ws":
+        if reduce == "tree" and pc & (pc - 1):
+            raise ConfigError(f"gemm ws reduce=tree needs pc a power of two, got pc={pc}")
+        _ws_kernel(A, B, split(K, pc), reduce == "tree", C)
+        return C
+    order = gemm_order(algorithm, pr, pc)
+    kb = split(K, order.shape[2])
+    _ordered_blocks_kernel(A, B, split(M, pr), split(N, pc), kb, order, C)
+    return C
