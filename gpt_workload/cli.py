@@ -1,4 +1,5 @@
-"""The ``wse-sim`` command line: ``run``, ``sweep``, ``plot``, ``arch list|show``, ``models list``.
+"""The ``wse-sim`` command line: ``run``, ``train``, ``sweep``, ``plot``, ``arch list|show``,
+``models list``.
 
 Every user error (:class:`wse_sim.errors.WseSimError`, bad files) prints one line
 ``wse-sim: error: ...`` on stderr and exits with status 2; no traceback.
@@ -83,6 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rep = simulate(
             args.model,
             args.arch,
+            mapping=args.mapping,
             fidelity=args.fidelity,
             precision=args.precision,
             batch=args.batch,
@@ -99,6 +101,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for k, v in format_console(rep):
         t.add_row(k, v)
     con.print(t)
+    if "mapping_search" in rep.layout:  # --mapping auto: the ranking it chose from
+        from gpt_workload.mappings.auto import search_table
+
+        con.print(search_table(rep.layout["mapping_search"]), markup=False)
     b = Table(
         title="where the time goes (by op, summed over layers and micro-batches)",
         title_justify="left",
@@ -132,6 +138,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from gpt_workload.trace import write_trace
 
         con.print(f"Perfetto/Chrome trace written to {write_trace(rep, args.trace)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """``wse-sim train``: time training steps on the wafer and run them numerically."""
+    from rich.table import Table
+
+    from gpt_workload.training.train import train
+
+    _check_output_paths(args)
+    con = _console()
+    with con.status("simulating training ..."):
+        rep = train(
+            args.model,
+            args.arch,
+            steps=args.steps,
+            systems=args.systems,
+            batch=args.batch,
+            seq_len=args.seq_len,
+            precision=args.precision,
+            fidelity=args.fidelity,
+            text=args.tokens,
+            lr=args.lr,
+            seed=args.seed,
+            check_sequences=args.check_sequences,
+            overrides=args.set or (),
+        )
+    t = Table(title="wse-sim train", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rep.console_rows():
+        t.add_row(k, v)
+    con.print(t)
+    b = Table(title="where a step's time goes", title_justify="left")
+    for col in ("part", "ms per step", "share"):
+        b.add_column(col, justify="right" if col != "part" else "left")
+    for k, v in rep.breakdown_s.items():
+        b.add_row(k.replace("_", " "), f"{v * 1e3:.3f}", f"{v / rep.step_time_s:.1%}")
+    b.add_row("total", f"{rep.step_time_s * 1e3:.3f}", "100.0%", style="bold")
+    con.print(b)
+    steps = rep.numerics.get("steps")
+    if steps:
+        n = Table(
+            title=f"numerics on a {rep.numerics['check_batch'][0]} x "
+            f"{rep.numerics['check_batch'][1]}-token check batch",
+            title_justify="left",
+        )
+        for col in ("step", "loss", "grad norm", "loss scale", "lr", "skipped"):
+            n.add_column(col, justify="right")
+        for s in steps:
+            n.add_row(
+                str(s["step"]),
+                f"{s['loss']:.4f}",
+                f"{s['grad_norm']:.4f}",
+                f"{s['loss_scale']:g}",
+                f"{s['lr']:.3e}",
+                "yes" if s["skipped"] else "no",
+            )
+        con.print(n)
+    if args.json:
+        rep.to_json(args.json)
+        con.print(f"JSON report written to {args.json}")
     return 0
 
 
@@ -199,6 +267,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mappings(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from gpt_workload.mappings import list_mappings
+
+    t = Table(title="mappings (--mapping NAME[:knob=value,...])", title_justify="left")
+    for c in ("name", "mode", "description", "source", "knobs (default; allowed)"):
+        t.add_column(c, overflow="fold")
+    for m in list_mappings():
+        knobs = "\n".join(
+            f"{k['name']}={'auto' if k['default'] is None else k['default']} ({k['allowed']})"
+            for k in m["knobs"]
+        )
+        t.add_row(m["name"], m["mode"], m["description"], m["source"], knobs or "-")
+    _console().print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``wse-sim``."""
     p = argparse.ArgumentParser(
@@ -228,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
         "published training batch, capped at what fits one micro-batch)",
     )
     r.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    from gpt_workload.mappings import MAPPINGS
+
+    r.add_argument(
+        "--mapping",
+        default="weight_streaming",
+        metavar="NAME[:knob=value,...]",
+        help=f"lowering strategy: {', '.join(MAPPINGS)} (knobs: wse-sim mappings list)",
+    )
     r.add_argument(
         "--fidelity",
         default="event",
@@ -252,6 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="weight init and token seed")
     r.add_argument("--trace", help="write the timeline as Chrome/Perfetto trace-event JSON")
     r.set_defaults(func=_cmd_run)
+    tr = sub.add_parser("train", help="simulate training steps (timing + numerics)")
+    tr.add_argument("--model", default="cerebras-gpt-111m", help="preset name or config.json")
+    tr.add_argument("--arch", default="wse2", help="preset name or arch TOML file (one system)")
+    tr.add_argument("--steps", type=int, default=1, help="optimizer steps (>= 1)")
+    tr.add_argument("--systems", type=int, default=1, help="data-parallel systems through SwarmX")
+    tr.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="global sequences per step (default: the published training batch)",
+    )
+    tr.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
+    tr.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    tr.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
+    tr.add_argument("--tokens", help="UTF-8 text file for the numerics' check batch (byte tokens)")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    tr.add_argument(
+        "--check-sequences",
+        type=int,
+        default=4,
+        help="sequences of the numerics' check batch (0 = no numerics)",
+    )
+    tr.add_argument("--seed", type=int, default=0, help="weight init and data seed")
+    tr.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE")
+    tr.add_argument("--json", help="write the training report as JSON")
+    tr.set_defaults(func=_cmd_train)
     from gpt_workload import plots, sweep
 
     sweep.add_parser(sub)
@@ -267,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="list model presets")
     m.set_defaults(func=_cmd_models)
+    mp = sub.add_parser("mappings", help="mappings (lowering strategies) and their knobs")
+    mpsub = mp.add_subparsers(dest="mappings_cmd", required=True)
+    mpsub.add_parser("list", help="list mappings: mode, description, source, knobs")
+    mp.set_defaults(func=_cmd_mappings)
     return p
 
 

@@ -3,6 +3,9 @@
 Importing this package registers every mapping.
 """
 
+# ruff: noqa: I001 (registration order is the import order)
+# importing the modules registers their mappings (order = ``wse-sim mappings list`` order)
+from gpt_workload.mappings import weight_streaming  # noqa: F401, E402
 from gpt_workload.mappings.base import (  # noqa: F401
     MAPPINGS,
     Knob,
@@ -11,3 +14,7 @@ from gpt_workload.mappings.base import (  # noqa: F401
     parse_mapping,
     register,
 )
+
+# helper D: layer_pipelined, auto
+from gpt_workload.mappings import layer_pipelined  # noqa: F401, E402
+from gpt_workload.mappings import auto  # noqa: F401, E402

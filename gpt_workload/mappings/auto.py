@@ -1,0 +1,252 @@
+"""``auto``: pick the fastest mapping for one model x arch x workload.
+
+:func:`choose_mapping` enumerates the registered mappings and a small grid of their knobs
+(:func:`candidate_specs`: each mapping's defaults, then every other choice of each of its
+choice knobs, one knob at a time), lowers each, and times it with the ``analytic`` backend;
+candidates that do not fit or are refused (``FitError``, ``ConfigError``) are recorded with
+their one-line reason. The ``top`` fastest are re-timed with ``event`` and the winner is the
+fastest of those by event time, so ``auto`` never returns a mapping slower, by the event
+backend, than another it re-timed.
+
+As a registered mapping, ``auto`` (``simulate(mapping="auto")``, ``wse-sim run --mapping
+auto``) runs the search in :meth:`AutoMapping.lower`, lowers with the winner, and records
+the ranking in ``Program.meta["layout"]["mapping_search"]`` (so ``Report.layout`` carries
+it); its spec becomes the winner's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from gpt_workload.mappings.base import MAPPINGS, Knob, Mapping, parse_mapping, register
+from wse_sim.errors import ConfigError, FitError
+
+
+@dataclass
+class Candidate:
+    """One evaluated mapping.
+
+    Attributes:
+        spec: ``NAME[:knob=value,...]``.
+        analytic_s: simulated time by ``analytic``, seconds.
+        event_s: by ``event`` (``None`` if not re-timed).
+        mfu: model FLOPs / (time x peak), by the best backend run.
+        bound_by: the roofline's largest lower bound, ``compute``, ``io`` or ``fabric``.
+        dominant: where the simulated time mostly went: ``compute``, ``fabric`` or ``io``
+            (weight-I/O stall).
+    """
+
+    spec: str
+    analytic_s: float
+    event_s: float | None = None
+    mfu: float = 0.0
+    bound_by: str = ""
+    dominant: str = ""
+
+    @property
+    def time_s(self) -> float:
+        """Event time if re-timed, else analytic."""
+        return self.event_s if self.event_s is not None else self.analytic_s
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`choose_mapping`.
+
+    Attributes:
+        winner: spec of the chosen mapping.
+        reason: one line: why it won.
+        ranking: evaluated candidates, re-timed ones first by event time, then the rest by
+            analytic time.
+        rejected: ``[(spec, reason)]`` of those that did not fit or were refused.
+    """
+
+    winner: str
+    reason: str
+    ranking: list[Candidate]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict."""
+        return {
+            "winner": self.winner,
+            "reason": self.reason,
+            "ranking": [asdict(c) for c in self.ranking],
+            "rejected": [{"spec": s, "reason": r} for s, r in self.rejected],
+        }
+
+    def table(self) -> str:
+        """The ranking as aligned text lines (for the CLI)."""
+        return search_table(self.to_dict())
+
+
+def search_table(d: dict) -> str:
+    """A :meth:`SearchResult.to_dict` as aligned text lines (for the CLI)."""
+    self = SearchResult(
+        d["winner"],
+        d["reason"],
+        [Candidate(**c) for c in d["ranking"]],
+        [(r["spec"], r["reason"]) for r in d["rejected"]],
+    )
+    if True:
+        lines = [f"{'mapping':40s} {'analytic_s':>12s} {'event_s':>12s} {'mfu':>7s}  bound_by"]
+        for c in self.ranking:
+            ev = f"{c.event_s:12.6g}" if c.event_s is not None else f"{'-':>12s}"
+            lines.append(
+                f"{c.spec:40s} {c.analytic_s:12.6g} {ev} {c.mfu:7.2%}  {c.bound_by} "
+                f"(time mostly {c.dominant})"
+            )
+        for s, r in self.rejected:
+            lines.append(f"{s:40s} rejected: {r}")
+        lines.append(f"winner: {self.winner}: {self.reason}")
+        return "\n".join(lines)
+
+
+def candidate_specs(names=None) -> list[str]:
+    """Specs to evaluate: for each mapping (``names`` or every registered one but ``auto``),
+    its defaults and each other choice of each choice knob, one knob at a time."""
+    out = []
+    for name in names or [n for n in MAPPINGS if n != "auto"]:
+        if name not in MAPPINGS or name == "auto":
+            raise ConfigError(
+                f"auto candidates: {name!r} is not a mapping; allowed: "
+                + ", ".join(n for n in MAPPINGS if n != "auto")
+            )
+        cls = MAPPINGS[name]
+        out.append(name)
+        for k in cls.knobs:
+            for c in k.choices:
+                if c != k.default:
+                    out.append(f"{name}:{k.name}={c}")
+    return out
+
+
+def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
+    """(seconds, mfu, roofline bound_by, dominant phase) of one mapping on one backend."""
+    from gpt_workload.simulate import _breakdown, _roofline
+    from wse_sim.timing.analytic import run_analytic
+    from wse_sim.timing.event import run_event
+
+    program = mapping.lower(cfg, arch, batch, seq_len, precision)
+    timing = (run_analytic if backend == "analytic" else run_event)(program, arch)
+    total = timing.total_s
+    mfu = program.flops / (total * arch.peak_flops_per_s(precision))
+    _, totals = _breakdown(timing)
+    phases = {"compute": totals["compute_s"], "fabric": totals["fabric_s"], "io": totals["stall_s"]}
+    bound = _roofline(program, arch, timing)["bound_by"]
+    return float(total), float(mfu), bound, max(phases, key=phases.get)
+
+
+def choose_mapping(
+    cfg, arch, batch: int, seq_len: int, precision: str, candidates=None, top: int = 3
+) -> SearchResult:
+    """Rank the candidate mappings for ``batch`` x ``seq_len`` tokens (module docstring).
+
+    Args:
+        cfg, arch: model and arch (a GPTConfig and an ArchConfig).
+        candidates: specs or mapping names to evaluate (default :func:`candidate_specs`);
+            a bare name expands to its knob grid.
+        top: how many of the analytic-fastest to re-time with ``event`` (>= 1).
+
+    Raises:
+        ConfigError: bad candidates or top; FitError: no candidate fits (every reason given).
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigError(f"top={top!r} must be an integer >= 1")
+    specs: list[str] = []
+    for c in candidates or candidate_specs():
+        specs += candidate_specs([c]) if c in MAPPINGS else [c]
+    evaluated: list[Candidate] = []
+    rejected: list[tuple[str, str]] = []
+    seen = set()
+    for spec in specs:
+        m = parse_mapping(spec)
+        if m.spec in seen:
+            continue
+        seen.add(m.spec)
+        try:
+            t, mfu, bound, dom = _evaluate(m, cfg, arch, batch, seq_len, precision, "analytic")
+        except (FitError, ConfigError) as e:
+            rejected.append((m.spec, str(e)))
+            continue
+        evaluated.append(Candidate(m.spec, t, None, mfu, bound, dom))
+    if not evaluated:
+        raise FitError(
+            "mapping=auto: no candidate mapping fits: "
+            + "; ".join(f"{s}: {r}" for s, r in rejected)
+        )
+    evaluated.sort(key=lambda c: c.analytic_s)
+    for c in evaluated[:top]:
+        c.event_s, c.mfu, c.bound_by, c.dominant = _evaluate(
+            parse_mapping(c.spec), cfg, arch, batch, seq_len, precision, "event"
+        )
+    rechecked = sorted(evaluated[:top], key=lambda c: c.event_s)
+    ranking = rechecked + evaluated[top:]
+    win = ranking[0]
+    reason = (
+        f"fastest by event time of the {len(rechecked)} analytic-fastest of "
+        f"{len(evaluated)} evaluated ({len(rejected)} rejected): {win.event_s:.4g} s at "
+        f"{win.mfu:.1%} MFU, time mostly {win.dominant}"
+    )
+    if len(ranking) > 1:
+        r = ranking[1]
+        reason += f"; runner-up {r.spec} {r.time_s / win.event_s:.2f}x slower ({r.dominant})"
+    return SearchResult(win.spec, reason, ranking, rejected)
+
+
+@register
+class AutoMapping(Mapping):
+    """Search the registered mappings and run the fastest (module docstring)."""
+
+    name = "auto"
+    mode = "search"
+    description = (
+        "time every registered mapping and knob choice (analytic), re-time the fastest "
+        "with event, run the winner"
+    )
+    source = "this simulator's analytic and event backends"
+    packet_ok = False
+    knobs = (
+        Knob("top", "int", 3, "analytic-fastest candidates re-timed with event", lo=1),
+        Knob(
+            "candidates",
+            "str",
+            "all",
+            "mappings to search, joined by '+' (all: every registered one)",
+        ),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.chosen: Mapping | None = None
+        self.search: SearchResult | None = None
+
+    @property
+    def spec(self) -> str:
+        """The winner's spec once the search ran, else ``auto[:knobs]``."""
+        return self.chosen.spec if self.chosen is not None else super().spec
+
+    def lower(self, cfg, arch, batch: int, seq_len: int, precision: str):
+        """Search (:func:`choose_mapping`), then lower with the winner; the ranking goes in
+        ``meta["layout"]["mapping_search"]``."""
+        cands = None if self["candidates"] == "all" else self["candidates"].split("+")
+        self.search = choose_mapping(cfg, arch, batch, seq_len, precision, cands, self["top"])
+        self.chosen = parse_mapping(self.search.winner)
+        program = self.chosen.lower(cfg, arch, batch, seq_len, precision)
+        program.meta["layout"] = {
+            **program.meta["layout"],
+            "mapping_search": self.search.to_dict(),
+        }
+        return program
+
+    def numerics(self, program, cfg, weights, tokens, precision: str):
+        """The winner's numerics."""
+        return (self.chosen or parse_mapping("weight_streaming")).numerics(
+            program, cfg, weights, tokens, precision
+        )
+
+    def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:
+        """The default mapping's (``weight_streaming``): the batch the search runs at."""
+        return parse_mapping("weight_streaming").max_batch_single_micro(
+            cfg, arch, seq_len, precision
+        )
