@@ -299,6 +299,24 @@ def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
     return {"tokens" + suffix: tok, "position" + suffix: posm}
 
 
+def kv_multicast(L: WSLayout, kv_block: float) -> Transfer:
+    """K/V blocks (``kv_block`` bytes per PE per segment) multicast down each sequence's chain
+    of ``q`` segments: a PE of segment ``p`` receives the ``p`` earlier blocks, the busiest
+    link (and RAMP) carries ``q - 1`` of them; ``q - 2`` PEs relay on the longest path."""
+    return Transfer(
+        "K/V multicast",
+        "multicast_chain",
+        "vertical",
+        (L.q - 1) * kv_block,
+        L.b * L.P * kv_block * (L.q - 1) * L.q / 2,
+        hops=L.q - 1,
+        turns=0,
+        colour=COLOUR_KV,
+        relays=max(L.q - 2, 0),
+        ramp_bytes=(L.q - 1) * kv_block,
+    )
+
+
 class _Builder:
     """Accumulates kernels and weight blocks for one lowering."""
 
@@ -540,18 +558,7 @@ class _Builder:
             ops = hp * (2 * pairs + 3 * blocks)
             classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
         kv_block = L.m * 2 * hp * dh * s
-        kv = Transfer(
-            "K/V multicast",
-            "multicast_chain",
-            "vertical",
-            (L.q - 1) * kv_block,
-            L.b * L.P * kv_block * (L.q - 1) * L.q / 2,
-            hops=L.q - 1,
-            turns=0,
-            colour=COLOUR_KV,
-            relays=max(L.q - 2, 0),
-            ramp_bytes=(L.q - 1) * kv_block,
-        )
+        kv = kv_multicast(L, kv_block)
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
         self.add(
             "attention", layer, classes, "position", (kv,), sram=sram, n_chunks=max(min(L.q, 16), 1)

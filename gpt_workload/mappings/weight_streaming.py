@@ -47,13 +47,14 @@ from gpt_workload.lowering import (
     ACC_BYTES,
     COLOUR_KV,
     COLOUR_PSUM,
+    kv_multicast,
     lower_weight_streaming,
     max_batch_single_micro,
 )
 from gpt_workload.mappings.base import Knob, Mapping, register
 from gpt_workload.mappings.gemm import _Lines, gemm_numerics, gemm_plan, split
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import PEClass, Transfer
+from wse_sim.program import PEClass
 
 _P = Knob(
     "pes_per_segment",
@@ -333,18 +334,7 @@ class _SequenceAttention:
                     line.recv[0, o] += sl
             links += L.b * sum(x.transfer().link_bytes for x in seg)
         kv_block = L.m * 2 * d * s / P
-        kv = Transfer(
-            "K/V multicast",
-            "multicast_chain",
-            "vertical",
-            (L.q - 1) * kv_block,
-            L.b * L.P * kv_block * (L.q - 1) * L.q / 2,
-            hops=L.q - 1,
-            turns=0,
-            colour=COLOUR_KV,
-            relays=max(L.q - 2, 0),
-            ramp_bytes=(L.q - 1) * kv_block,
-        )
+        kv = kv_multicast(L, kv_block)
         row = [qg.transfer(), rs.transfer(), st.transfer(hops=P - 1, relays=max(P - 2, 0))]
         # the row transfers were accumulated over segment positions: busiest link = the
         # largest position's; wafer link bytes = every sequence's segments

@@ -56,6 +56,7 @@ import numba
 import numpy as np
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.kernels import _gelu_kernel
 from gpt_workload.precision import check_precision, round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
 from wse_sim.errors import ConfigError
@@ -271,24 +272,6 @@ def _attention_bwd_kernel(
 
 
 @numba.njit(parallel=True, cache=True)
-def _gelu_fwd_kernel(x, approximate, out):  # pragma: no cover - jit
-    """GELU element-wise on flat arrays (same formulas as :mod:`gpt_workload.kernels`)."""
-    half = np.float32(0.5)
-    one = np.float32(1.0)
-    inv_sqrt2 = np.float32(1.0 / math.sqrt(2.0))
-    k0 = np.float32(math.sqrt(2.0 / math.pi))
-    k1 = np.float32(0.044715)
-    for i in numba.prange(x.shape[0]):
-        v = x[i]
-        if approximate:
-            inner = np.float32(k0 * np.float32(v + np.float32(k1 * np.float32(v * v * v))))
-            out[i] = np.float32(half * v) * np.float32(one + np.float32(math.tanh(inner)))
-        else:
-            er = np.float32(math.erf(np.float32(v * inv_sqrt2)))
-            out[i] = np.float32(v * half) * np.float32(one + er)
-
-
-@numba.njit(parallel=True, cache=True)
 def _gelu_bwd_kernel(x, dy, approximate, dx):  # pragma: no cover - jit
     """``dx = dy * GELU'(x)`` element-wise on flat arrays (formulas in the module docstring)."""
     half = np.float32(0.5)
@@ -431,7 +414,7 @@ def _layernorm_bwd(dy, x, g, mean, rstd):
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     """GELU of ``x`` (any shape, float32 C-contiguous)."""
     out = np.empty_like(x)
-    _gelu_fwd_kernel(x.reshape(-1), approximate, out.reshape(-1))
+    _gelu_kernel(x.reshape(-1), approximate, out.reshape(-1))
     return out
 
 
