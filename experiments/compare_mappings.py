@@ -6,7 +6,9 @@ tokens is simulated (``--fidelity``, analytic by default; no numerics) and the r
 breakdown (``Report.breakdown``: per layer and op; ``Report.totals``) written to
 ``compare_mappings.csv``: one ``layer = "all"`` row per run with its totals, tokens/s and
 MFU, then one row per (layer, op). A mapping that does not fit or is refused is one row with
-``status = "error"`` and its one-line message. ``compare_mappings.png``: per model x arch,
+``status = "error"`` and its one-line message. ``compare_mappings_totals.csv``: the
+``layer = "all"`` rows of this run only (small: the README's figure folder keeps this one).
+``compare_mappings.png``: per model x arch,
 one stacked bar per mapping (compute, fabric not hidden, weight-I/O stall, idle; ms).
 
 Resumable: runs already in the CSV (same model, arch, mapping, batch, seq_len, fidelity) are
@@ -14,7 +16,8 @@ not run again; delete the CSV to start over.
 
 Example (the README's figure)::
 
-    python experiments/compare_mappings.py --out experiments/figures
+    python experiments/compare_mappings.py --out results/compare_mappings
+    cp results/compare_mappings/compare_mappings{.png,_totals.csv} experiments/figures/
 """
 
 from __future__ import annotations
@@ -69,7 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="model presets or config.json paths, comma-separated",
     )
     p.add_argument("--arch", default="wse2,wse3", help="arch presets, comma-separated")
-    p.add_argument("--batch", type=int, default=8, help="sequences per run")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=120,
+        help="sequences per run (default 120: Cerebras-GPT-111M's published training batch)",
+    )
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32")
     p.add_argument("--fidelity", default="analytic", help="analytic or event")
@@ -186,6 +194,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
         and r["seq_len"] == str(args.seq_len)
         and r["fidelity"] == args.fidelity
     ]
+    with open(out / "compare_mappings_totals.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(totals)
     fig = figure(args, totals, specs)
     save(fig, out / "compare_mappings.png")
     return totals, fig

@@ -227,3 +227,47 @@ def test_orders_differ_and_tree_runs():
 def test_numerics_hypothesis(alg, pr, pc, M, K, N, seed, tree):
     pr = min(pr, M)
     _run(alg, M, K, N, pr, pc, seed, "tree" if tree and alg == "ws" else "chain")
+
+
+# ------------------------------------------------------------------ fast plan == reference
+def _plans_equal(alg, M, K, N, pr, pc, weights, reduce):
+    """The vectorised ``gemm_plan`` and the original loops (``tests/_gemm_reference.py``)
+    give equal GemmPlans, or both refuse the input."""
+    from _gemm_reference import reference_plan
+
+    kw = dict(M=M, K=K, N=N, pr=pr, pc=pc, precision="fp16", arch=ARCH)
+    kw |= dict(weights=weights, reduce=reduce)
+    try:
+        ref = reference_plan(alg, **kw)
+    except ConfigError as e:
+        with pytest.raises(ConfigError, match=str(e)[:20]):
+            gemm_plan(alg, **kw)
+        return
+    assert gemm_plan(alg, **kw) == ref
+
+
+@pytest.mark.parametrize("reduce", ["chain", "tree"])
+@pytest.mark.parametrize("weights", ["stream", "resident"])
+@pytest.mark.parametrize("alg", GEMM_ALGORITHMS)
+@pytest.mark.parametrize("block", [(1, 1), (1, 4), (4, 1), (3, 3), (6, 6), (2, 8), (3, 5), (5, 3)])
+def test_fast_plan_equals_reference(alg, block, weights, reduce):
+    pr, pc = block
+    for M, K, N in ((37, 29, 41), (2, 3, 5), _shape(pr, pc)):  # (2, 3, 5): empty parts
+        _plans_equal(alg, M, K, N, pr, pc, weights, reduce)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    alg=st.sampled_from(GEMM_ALGORITHMS),
+    pr=st.integers(1, 7),
+    pc=st.integers(1, 8),
+    M=st.integers(1, 40),
+    K=st.integers(1, 40),
+    N=st.integers(1, 40),
+    weights=st.sampled_from(["stream", "resident"]),
+    reduce=st.sampled_from(["chain", "tree"]),
+)
+def test_fast_plan_equals_reference_hypothesis(alg, pr, pc, M, K, N, weights, reduce):
+    if alg in ("cannon", "meshgemm") and pc % 2:
+        pc = pr  # square blocks half of the time
+    _plans_equal(alg, M, K, N, pr, pc, weights, reduce)

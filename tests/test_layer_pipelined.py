@@ -147,3 +147,69 @@ def test_logits_match_the_reference_fp32(cfg, gemm):
     ref = reference_forward(cfg, w, tokens)
     err = np.abs(rep.logits.astype(np.float64) - ref).max() / np.abs(ref).max()
     assert err <= 1e-4
+
+
+@pytest.mark.parametrize("rows,nseg,P", [(3, 3, 4), (1, 4, 2), (4, 1, 3), (2, 2, 1)])
+def test_folded_column_multicast_equals_a_per_link_count(rows, nseg, P):
+    """Route every source of every logical column explicitly on the physical band (along its
+    physical row to the other segment columns, then down and up each physical column) and
+    count bytes per directed link and per RAMP."""
+    from collections import defaultdict
+
+    from gpt_workload.mappings.layer_pipelined import folded_column_multicast
+
+    rng = np.random.default_rng(rows * 100 + nseg * 10 + P)
+    nb = rng.integers(0, 50, size=(rows * nseg, P)).astype(float)
+    link, recv = defaultdict(float), defaultdict(float)
+    hops = 0
+    for i in range(rows * nseg):
+        g0, r0 = divmod(i, rows)
+        for j in range(P):
+            x = nb[i, j]
+            if x == 0:
+                continue
+            c0 = g0 * P + j
+            for a in range(c0, (nseg - 1) * P + j):  # a multicast crosses each link once
+                link["h", r0, a, a + 1] += x
+            for a in range(c0, j, -1):
+                link["h", r0, a, a - 1] += x
+            for g in range(nseg):
+                c = g * P + j
+                for r in range(rows):
+                    if (g, r) != (g0, r0):
+                        recv[r, c] += x
+                for r in range(r0, rows - 1):
+                    link["v", c, r, r + 1] += x
+                for r in range(r0, 0, -1):
+                    link["v", c, r, r - 1] += x
+                hops = max(hops, abs(c - c0) + max(r0, rows - 1 - r0))
+    vert, horiz = folded_column_multicast("B", nb, rows, nseg, P, 7)
+    for t, kind in ((vert, "v"), (horiz, "h")):
+        loads = [v for k, v in link.items() if k[0] == kind]
+        assert t.max_link_bytes == max(loads, default=0.0)
+        assert t.link_bytes == pytest.approx(sum(loads))
+    assert vert.ramp_bytes == max(recv.values(), default=0.0)
+    assert vert.hops == hops
+
+
+def test_fold_changes_the_gemm_grid_and_off_keeps_the_band():
+    """fold=on: GEMMs on a rows (cols // P) x P grid, cols % P columns idle; fold=off: the
+    full band; both lower and validate."""
+    from gpt_workload.lowering import choose_P
+
+    cfg, arch = resolve_model("gpt-tiny"), load_arch("grid32")
+    P = choose_P(cfg, arch.wafer.cols)
+    on = parse_mapping("layer_pipelined").lower(cfg, arch, 4, 32, "fp16")
+    off = parse_mapping("layer_pipelined:fold=off").lower(cfg, arch, 4, 32, "fp16")
+    for prog in (on, off):
+        prog.validate()
+    assert on.meta["layout"]["gemm_grid_cols"] == P
+    assert on.meta["layout"]["segment_columns"] == arch.wafer.cols // P
+    assert on.meta["layout"]["active_pes"] == sum(on.meta["layout"]["rows_per_stage"]) * (
+        arch.wafer.cols // P * P
+    )
+    assert off.meta["layout"]["gemm_grid_cols"] == arch.wafer.cols
+    # the weights are held once either way
+    for prog in (on, off):
+        for st in prog.meta["stages"]:
+            assert st["sram_parts"]["weights"] * st["pes"] >= st["weight_bytes"]

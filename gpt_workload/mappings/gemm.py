@@ -171,55 +171,98 @@ class _Lines:
     """Traffic of one transfer on the block's rows (``horizontal``) or columns (``vertical``).
 
     Every row (column) is a line of ``pc`` (``pr``) positions; loads are bytes per directed
-    link; ``recv`` counts the bytes each PE takes in through its RAMP."""
+    link (``fwd[line, x]``: link ``x -> x + 1``, east / south; ``back[line, x]``: ``x + 1 ->
+    x``); ``ingress[line]`` is the edge-ingress link into position 0 of a column; ``recv``
+    counts the bytes each PE takes in through its RAMP. Every method adds a whole batch of
+    messages with NumPy (prefix sums and ``bincount`` over all lines at once); all byte
+    counts are integers held in float64, exact below 2^53, so the order of the adds does not
+    change a value."""
 
     def __init__(self, name, pattern, group, pr, pc, colour):
         self.name, self.pattern, self.group, self.colour = name, pattern, group, colour
         self.pr, self.pc = pr, pc
         self.horizontal = group == "horizontal"
-        n_lines, n = (pr, pc) if self.horizontal else (pc, pr)
-        self.fwd = np.zeros((n_lines, max(n - 1, 0)))  # east / south
-        self.back = np.zeros((n_lines, max(n - 1, 0)))  # west / north
-        self.ingress = np.zeros(n_lines)  # edge-ingress link into position 0 (vertical)
-        self.recv = np.zeros((pr, pc))
+        self.n_lines, self.n = (pr, pc) if self.horizontal else (pc, pr)
+        self.fwd = np.zeros((self.n_lines, max(self.n - 1, 0)))  # east / south
+        self.back = np.zeros((self.n_lines, max(self.n - 1, 0)))  # west / north
+        self.ingress = np.zeros(self.n_lines)  # edge-ingress link into position 0 (vertical)
+        self.recv_lp = np.zeros((self.n_lines, self.n))  # RAMP bytes by (line, position)
         self.hops = 0
         self.relays = 0
 
-    def _pe(self, line, pos):
-        return (line, pos) if self.horizontal else (pos, line)
+    @property
+    def recv(self) -> np.ndarray:
+        """RAMP bytes per PE, ``[pr, pc]``."""
+        return self.recv_lp if self.horizontal else self.recv_lp.T
+
+    def unicasts(self, line, src, dst, nbytes) -> None:
+        """Messages ``nbytes[m]`` from ``src[m]`` to ``dst[m]`` on ``line[m]`` (direct routes;
+        arrays broadcast together). A link ``x`` of a line carries every message with
+        ``src <= x < dst`` (east) or ``dst <= x < src`` (west): difference arrays and a
+        cumulative sum per line."""
+        line, src, dst, nb = (a.ravel() for a in np.broadcast_arrays(line, src, dst, nbytes))
+        live = (src != dst) & (nb != 0)
+        line, src, dst, nb = line[live], src[live], dst[live], nb[live].astype(np.float64)
+        if nb.size == 0:
+            return
+        n, L = self.n, self.n_lines
+        for arr, lo, hi, m in (
+            (self.fwd, src, dst, dst > src),
+            (self.back, dst, src, dst < src),
+        ):
+            if not m.any():
+                continue
+            d = np.bincount(line[m] * n + lo[m], nb[m], L * n)
+            d -= np.bincount(line[m] * n + hi[m], nb[m], L * n)
+            arr += np.cumsum(d.reshape(L, n), axis=1)[:, : n - 1]
+        self.recv_lp += np.bincount(line * n + dst, nb, L * n).reshape(L, n)
+        self.hops = max(self.hops, int(np.abs(dst - src).max()))
+
+    def multicasts(self, nbytes) -> None:
+        """From every position of every line to the rest of its line (both ways):
+        ``nbytes[line, src]`` bytes from ``src``. Link ``x -> x + 1`` carries the sources
+        ``<= x`` (a prefix sum), ``x + 1 -> x`` those ``> x``; a PE receives every source of
+        its line but its own."""
+        nb = np.broadcast_to(np.asarray(nbytes, np.float64), (self.n_lines, self.n))
+        if self.n == 1 or not nb.any():
+            return
+        pre = np.cumsum(nb, axis=1)
+        self.fwd += pre[:, :-1]
+        self.back += pre[:, -1:] - pre[:, :-1]
+        self.recv_lp += pre[:, -1:] - nb
+        src = np.nonzero(nb.any(axis=0))[0]
+        self.hops = max(self.hops, int(np.maximum(src, self.n - 1 - src).max()))
+
+    def edge_multicasts(self, nbytes) -> None:
+        """``nbytes[line]`` entering each line (a column) at the north edge, descending all
+        of it (edge-ingress link, ``n - 1`` links, every PE's RAMP)."""
+        nb = np.broadcast_to(np.asarray(nbytes, np.float64), (self.n_lines,))
+        self.ingress += nb
+        self.fwd += nb[:, None]
+        self.recv_lp += nb[:, None]
+        self.hops = max(self.hops, self.n)
 
     def unicast(self, line: int, src: int, dst: int, nbytes: float) -> None:
-        """``nbytes`` from ``src`` to ``dst`` on ``line`` (direct route)."""
-        if src == dst or nbytes == 0:
-            return
-        if dst > src:
-            self.fwd[line, src:dst] += nbytes
-        else:
-            self.back[line, dst:src] += nbytes
-        self.recv[self._pe(line, dst)] += nbytes
-        self.hops = max(self.hops, abs(dst - src))
+        """One message: ``nbytes`` from ``src`` to ``dst`` on ``line`` (direct route)."""
+        self.unicasts(np.int64(line), np.int64(src), np.int64(dst), np.float64(nbytes))
 
     def multicast(self, line: int, src: int, nbytes: float) -> None:
         """``nbytes`` from ``src`` to every other position of ``line`` (both ways)."""
-        n = self.fwd.shape[1] + 1
-        if n == 1 or nbytes == 0:
+        if self.n == 1 or nbytes == 0:
             return
-        self.fwd[line, src:] += nbytes
-        self.back[line, :src] += nbytes
-        for pos in range(n):
-            if pos != src:
-                self.recv[self._pe(line, pos)] += nbytes
-        self.hops = max(self.hops, src, n - 1 - src)
+        nb = np.zeros((self.n_lines, self.n))
+        nb[line, src] = nbytes
+        self.multicasts(nb)
 
     def edge_multicast(self, line: int, nbytes: float) -> None:
         """``nbytes`` entering ``line`` (a column) at the north edge, descending all of it."""
-        self.ingress[line] += nbytes
-        self.fwd[line, :] += nbytes
-        for pos in range(self.fwd.shape[1] + 1):
-            self.recv[self._pe(line, pos)] += nbytes
-        self.hops = max(self.hops, self.fwd.shape[1] + 1)
+        nb = np.zeros(self.n_lines)
+        nb[line] = nbytes
+        self.edge_multicasts(nb)
 
     def transfer(self, hops: int | None = None, relays: int | None = None) -> Transfer:
+        """The :class:`Transfer`: link-bytes summed, the busiest directed link, the busiest
+        RAMP."""
         total = float(self.fwd.sum() + self.back.sum() + self.ingress.sum())
         busiest = max(
             float(self.fwd.max(initial=0.0)),
@@ -236,7 +279,7 @@ class _Lines:
             turns=0,
             colour=self.colour,
             relays=int(self.relays if relays is None else relays),
-            ramp_bytes=float(self.recv.max()),
+            ramp_bytes=float(self.recv_lp.max()),
         )
 
 
@@ -271,6 +314,11 @@ def gemm_plan(
 ) -> GemmPlan:
     """Cost, transfers and traffic of ``C[M, N] = A[M, K] B[K, N]`` on a ``pr x pc`` block.
 
+    Vectorised over PEs and lines (NumPy; about O(pr pc) work, O(p^2) for Cannon and
+    MeshGEMM, whose ``p - 1`` shift steps are summed per message route in closed form), so
+    blocks of ~1000 x 1000 PEs plan in well under a second. ``tests/_gemm_reference.py``
+    keeps the original per-PE loops and ``tests/test_gemm_traffic.py`` holds the two equal.
+
     Args:
         algorithm: one of :data:`GEMM_ALGORITHMS` (see the module docstring).
         M, K, N: GEMM shape (M = tokens).
@@ -281,8 +329,8 @@ def gemm_plan(
         reduce: ``chain`` or ``tree``: the partial-sum reduction of ``ws``.
 
     Raises:
-        ConfigError: unknown algorithm or mode, a dimension smaller than the block, a
-            non-square block for cannon/meshgemm, a tree reduction over a non-power-of-two.
+        ConfigError: unknown algorithm or mode, a dimension smaller than 1, a non-square
+            block for cannon/meshgemm, a tree reduction over a non-power-of-two.
     """
     check_precision(precision)
     _check(algorithm, M, K, N, pr, pc, weights, reduce)
@@ -292,12 +340,19 @@ def gemm_plan(
     return _PLANNERS[algorithm](M, K, N, pr, pc, s, W, ov, weights, reduce)
 
 
+def _sizes(b: np.ndarray) -> np.ndarray:
+    """Part sizes of :func:`split` bounds."""
+    return np.diff(b)
+
+
 def _mk(alg, M, K, N, pr, pc, weights, reduce, work, W, ov, sram, transfers, steps):
-    """GemmPlan from per-PE work ``[(rows, k, cols), ...]`` (one SIMD op of length ``cols``
-    per (row, k))."""
-    macs = [r * k * c for r, k, c in work]
+    """GemmPlan from per-PE work ``(rows, k, cols)`` (arrays broadcast to one entry per PE
+    in row-major order; one SIMD op of length ``cols`` per (row, k)). The busiest PE is the
+    first with the most MACs."""
+    r, k, c = (a.ravel() for a in np.broadcast_arrays(*work))
+    macs = r * k * c
     hi = int(np.argmax(macs))
-    r, k, c = work[hi]
+    r, k, c = r[hi], k[hi], c[hi]
     return GemmPlan(
         alg,
         M,
@@ -310,7 +365,7 @@ def _mk(alg, M, K, N, pr, pc, weights, reduce, work, W, ov, sram, transfers, ste
         busy_cycles=r * k * c / W,
         overhead_cycles=float(r * k * ov),
         flops=2.0 * macs[hi],
-        flops_min=2.0 * min(macs),
+        flops_min=2.0 * macs.min(),
         flops_total=2.0 * M * K * N,
         sram_bytes=int(sram),
         transfers=tuple(t for t in transfers if t.link_bytes > 0),
@@ -321,50 +376,63 @@ def _mk(alg, M, K, N, pr, pc, weights, reduce, work, W, ov, sram, transfers, ste
 def _b_stream(pr, pc, s, need_per_col) -> _Lines:
     """Weights from MemoryX: column ``j`` carries ``need_per_col[j]`` elements of B down."""
     t = _Lines("weight multicast", "multicast_2d", "vertical", pr, pc, COLOUR_WEIGHTS)
-    for j in range(pc):
-        t.edge_multicast(j, need_per_col[j] * s)
+    t.edge_multicasts(np.asarray(need_per_col) * s)
     return t
+
+
+def _ws_reduce_pattern(nb: np.ndarray, tree: bool):
+    """Per unit of row height, the reduce-scatter's ``(fwd, back, recv)`` loads on one row
+    (fp32 slices of ``nb[o] * 4`` bytes per owner ``o``).
+
+    Chain: slice ``o`` flows east over links ``x < o`` and west over ``x >= o``, so
+    ``fwd[x] = sum_{o > x}``, ``back[x] = sum_{o <= x}``; PE ``x`` receives the slices of
+    owners ``>= x`` from the west (if ``x >= 1``) and ``<= x`` from the east (if
+    ``x <= pc - 2``). Tree (recursive halving, distance doubling): at distance ``d`` every
+    holder ``x`` of owner ``o``'s slice (``x = o mod d``) whose bit ``d`` differs from
+    ``o``'s sends it to ``x ^ d``."""
+    pc = nb.size
+    sl = nb.astype(np.float64) * ACC_BYTES
+    if not tree:
+        pre = np.cumsum(sl)
+        fwd = pre[-1] - pre[:-1]
+        back = pre[:-1].copy()
+        x = np.arange(pc)
+        suffix = pre[-1] - np.concatenate([[0.0], pre[:-1]])  # sum_{o >= x}
+        recv = np.where(x >= 1, suffix, 0.0) + np.where(x <= pc - 2, pre, 0.0)
+        return fwd, back, recv
+    lines = _Lines("tree", "tree", "horizontal", 1, pc, 0)
+    o = np.arange(pc)
+    d = 1
+    while d < pc:
+        # holders x = o (mod d) with bit d opposite to o's: x = (o mod d) + d * m, m odd/even
+        m = np.arange(pc // d)
+        x = (o[:, None] % d) + d * m[None, :]
+        keep = (x & d) != (o[:, None] & d)
+        oo = np.broadcast_to(o[:, None], x.shape)[keep]
+        xs = x[keep]
+        lines.unicasts(0, xs, xs ^ d, sl[oo])
+        d *= 2
+    return lines.fwd[0], lines.back[0], lines.recv_lp[0]
 
 
 def _plan_ws(M, K, N, pr, pc, s, W, ov, weights, reduce):
     mb, kb, nb = split(M, pr), split(K, pc), split(N, pc)
+    rows, ks = _sizes(mb), _sizes(kb)
     if weights == "stream":
-        b = _b_stream(pr, pc, s, [(kb[j + 1] - kb[j]) * N for j in range(pc)])
+        b = _b_stream(pr, pc, s, ks * N)
     else:
         b = _Lines("weight multicast", "multicast_col", "vertical", pr, pc, COLOUR_B)
-        nbr = split(N, pr)
-        for j in range(pc):
-            for i in range(pr):
-                b.multicast(j, i, (kb[j + 1] - kb[j]) * (nbr[i + 1] - nbr[i]) * s)
+        b.multicasts(np.outer(ks, _sizes(split(N, pr))) * s)  # [column j, source row i]
     pattern = "reduce_scatter_row" if reduce == "chain" else "reduce_scatter_tree"
     ps = _Lines("partial-sum reduce-scatter", pattern, "horizontal", pr, pc, COLOUR_PSUM)
-    for i in range(pr):
-        rows = mb[i + 1] - mb[i]
-        for o in range(pc):
-            sl = rows * (nb[o + 1] - nb[o]) * ACC_BYTES
-            if reduce == "chain":
-                ps.fwd[i, :o] += sl
-                ps.back[i, o:] += sl
-                for x in range(pc):
-                    if x != o and (1 <= x <= o or o <= x <= pc - 2):
-                        ps.recv[i, x] += sl
-                if 1 <= o:
-                    ps.recv[i, o] += sl
-                if o <= pc - 2:
-                    ps.recv[i, o] += sl
-            else:
-                # recursive halving, distance doubling: the slice of owner o is held, after
-                # step t, by the PEs agreeing with o on bits 0..t; at step t each holder x
-                # with bit t != o's sends it to x ^ 2^t
-                d = 1
-                while d < pc:
-                    for x in range(pc):
-                        if (x & (d - 1)) == (o & (d - 1)) and (x & d) != (o & d):
-                            ps.unicast(i, x, x ^ d, sl)
-                    d *= 2
+    fwd, back, recv = _ws_reduce_pattern(_sizes(nb), reduce == "tree")
+    r = rows.astype(np.float64)[:, None]
+    ps.fwd += r * fwd[None, :]
+    ps.back += r * back[None, :]
+    ps.recv_lp += r * recv[None, :]
     stages = pc - 1 if reduce == "chain" else int(math.log2(pc))
     psum = ps.transfer(hops=pc - 1, relays=max(stages - 1, 0))
-    work = [(mb[i + 1] - mb[i], kb[j + 1] - kb[j], N) for i in range(pr) for j in range(pc)]
+    work = (rows[:, None], ks[None, :], np.int64(N))
     sram = (mb[1] * kb[1]) * s + mb[1] * N * ACC_BYTES
     return _mk(
         "ws", M, K, N, pr, pc, weights, reduce, work, W, ov, sram, (b.transfer(), psum), stages
@@ -374,17 +442,13 @@ def _plan_ws(M, K, N, pr, pc, s, W, ov, weights, reduce):
 def _plan_summa(M, K, N, pr, pc, s, W, ov, weights, reduce):
     mb, ka, nb, kr = split(M, pr), split(K, pc), split(N, pc), split(K, pr)
     a = _Lines("A panel multicast", "multicast_row", "horizontal", pr, pc, COLOUR_A)
-    for i in range(pr):
-        for q in range(pc):
-            a.multicast(i, q, (mb[i + 1] - mb[i]) * (ka[q + 1] - ka[q]) * s)
+    a.multicasts(np.outer(_sizes(mb), _sizes(ka)) * s)  # [row i, source column q]
     if weights == "stream":
-        b = _b_stream(pr, pc, s, [K * (nb[j + 1] - nb[j]) for j in range(pc)])
+        b = _b_stream(pr, pc, s, K * _sizes(nb))
     else:
         b = _Lines("B panel multicast", "multicast_col", "vertical", pr, pc, COLOUR_B)
-        for j in range(pc):
-            for i in range(pr):
-                b.multicast(j, i, (kr[i + 1] - kr[i]) * (nb[j + 1] - nb[j]) * s)
-    work = [(mb[i + 1] - mb[i], K, nb[j + 1] - nb[j]) for i in range(pr) for j in range(pc)]
+        b.multicasts(np.outer(_sizes(nb), _sizes(kr)) * s)  # [column j, source row i]
+    work = (_sizes(mb)[:, None], np.int64(K), _sizes(nb)[None, :])
     kp = int(ka[1])
     sram = 2 * mb[1] * kp * s + 2 * kp * nb[1] * s + mb[1] * nb[1] * ACC_BYTES
     return _mk(
@@ -406,48 +470,56 @@ def _plan_summa(M, K, N, pr, pc, s, W, ov, weights, reduce):
 
 
 def _plan_cyclic(alg, M, K, N, pr, pc, s, W, ov, weights, reduce):
-    """Cannon (``pos`` = identity) and MeshGEMM (``pos`` = :func:`interleave`)."""
+    """Cannon (``pos`` = identity) and MeshGEMM (``pos`` = :func:`interleave`).
+
+    Logical PE ``(i, l)`` sits at physical ``(pos[i], pos[l])``. Before shift ``t`` (``1 ..
+    p - 1``) it holds ``A_{i,k}`` (and ``B_{k,i}`` on the transposed line) with ``k = (i + l
+    + t - 1) mod p`` and sends it to logical ``l - 1``: the route ``pos[l] -> pos[l - 1]`` is
+    the same every step, so the ``p - 1`` steps add ``sum_t A_{i,k}`` = (row ``i``'s blocks)
+    minus the one block never sent from ``l``, ``k = (i + l - 1) mod p``: one batch of
+    ``p^2`` messages instead of ``p^3``."""
     p = pr
     pos = interleave(p) if alg == "meshgemm" else np.arange(p)
     mb, kb, nb = split(M, p), split(K, p), split(N, p)
+    msz, ksz, nsz = _sizes(mb), _sizes(kb), _sizes(nb)
     a_sk = _Lines("A skew", "skew_row", "horizontal", p, p, COLOUR_A)
     a_sh = _Lines("A cyclic shifts", "shift_row", "horizontal", p, p, COLOUR_A)
     b_sk = _Lines("B skew", "skew_col", "vertical", p, p, COLOUR_B)
     b_sh = _Lines("B cyclic shifts", "shift_col", "vertical", p, p, COLOUR_B)
-    ablk = lambda i, k: (mb[i + 1] - mb[i]) * (kb[k + 1] - kb[k]) * s  # noqa: E731
-    bblk = lambda k, j: (kb[k + 1] - kb[k]) * (nb[j + 1] - nb[j]) * s  # noqa: E731
-    # logical PE (i, l) sits at physical (pos[i], pos[l]); lines are physical rows/columns
-    for i in range(p):
-        for l_ in range(p):
-            # skew: A_{i,l} -> logical column (l - i) mod p; B_{l,j=i} -> row (l - i) mod p
-            a_sk.unicast(pos[i], pos[l_], pos[(l_ - i) % p], ablk(i, l_))
-            if weights == "resident":
-                b_sk.unicast(pos[i], pos[l_], pos[(l_ - i) % p], bblk(l_, i))
-    max_shift = 0
-    for t in range(1, p):
-        for i in range(p):
-            for l_ in range(p):
-                # before step t, logical (i, l) holds A_{i,k} with k = (i + l + t - 1) mod p
-                k = (i + l_ + t - 1) % p
-                a_sh.unicast(pos[i], pos[l_], pos[(l_ - 1) % p], ablk(i, k))
-                b_sh.unicast(pos[i], pos[l_], pos[(l_ - 1) % p], bblk(k, i))
-                max_shift = max(max_shift, abs(int(pos[l_]) - int(pos[(l_ - 1) % p])))
+    ablk = np.outer(msz, ksz) * s  # A_{i,k}, bytes
+    bblk = np.outer(ksz, nsz) * s  # B_{k,j}, bytes
+    i = np.arange(p)[:, None]
+    ll = np.arange(p)[None, :]
+    # skew: A_{i,l} -> logical column (l - i) mod p; B_{l,j=i} -> row (l - i) mod p
+    a_sk.unicasts(pos[i], pos[ll], pos[(ll - i) % p], ablk)
+    if weights == "resident":
+        b_sk.unicasts(pos[i], pos[ll], pos[(ll - i) % p], bblk.T)
+    if p > 1:
+        never = (i + ll - 1) % p
+        a_sent = ablk.sum(axis=1)[:, None] - np.take_along_axis(ablk, never, axis=1)
+        b_sent = bblk.sum(axis=0)[:, None] - bblk.T[np.arange(p)[:, None], never]
+        a_sh.unicasts(pos[i], pos[ll], pos[(ll - 1) % p], a_sent)
+        b_sh.unicasts(pos[i], pos[ll], pos[(ll - 1) % p], b_sent)
+        max_shift = int(np.abs(pos - pos[(np.arange(p) - 1) % p]).max())
+    else:
+        max_shift = 0
     out = [a_sk.transfer(), b_sk.transfer()]
     sh_hops = (p - 1) * max_shift
     rl = max(p - 2, 0)
     out += [a_sh.transfer(hops=sh_hops, relays=rl), b_sh.transfer(hops=sh_hops, relays=rl)]
     if weights == "stream":
-        out.append(_b_stream(p, p, s, [K * (nb[j + 1] - nb[j]) for j in range(p)]).transfer())
-    work = [(mb[i + 1] - mb[i], K, nb[j + 1] - nb[j]) for i in range(p) for j in range(p)]
+        out.append(_b_stream(p, p, s, K * nsz).transfer())
+    work = (msz[:, None], np.int64(K), nsz[None, :])
     sram = 2 * (mb[1] * kb[1] + kb[1] * nb[1]) * s + mb[1] * nb[1] * ACC_BYTES
     return _mk(alg, M, K, N, p, p, weights, reduce, work, W, ov, sram, out, p)
 
 
-def _multicast_2d_tree(h: _Lines, v: _Lines, i: int, j: int, nbytes: float) -> None:
-    """From PE ``(i, j)`` to every PE of the block: along row ``i``, then every column."""
-    h.multicast(i, j, nbytes)
-    for c in range(h.pc):
-        v.multicast(c, i, nbytes)
+def _multicast_2d_trees(h: _Lines, v: _Lines, nbytes: np.ndarray) -> None:
+    """From every PE ``(i, j)``, ``nbytes[i, j]`` to every PE of the block: along row ``i``,
+    then down and up every column from row ``i`` (each column carries the sum of row ``i``'s
+    sources)."""
+    h.multicasts(nbytes)
+    v.multicasts(np.broadcast_to(nbytes.sum(axis=1)[None, :], (h.pc, h.pr)))
 
 
 def _plan_1d(alg, M, K, N, pr, pc, s, W, ov, weights, reduce):
@@ -459,21 +531,19 @@ def _plan_1d(alg, M, K, N, pr, pc, s, W, ov, weights, reduce):
     out = []
     if alg == "row_1d":
         mp = split(M, P)
-        work = [(mp[x + 1] - mp[x], K, N) for x in range(P)]
+        work = (_sizes(mp), np.int64(K), np.int64(N))
         if weights == "stream":
-            out.append(_b_stream(pr, pc, s, [K * N] * pc).transfer())
+            out.append(_b_stream(pr, pc, s, np.full(pc, K * N)).transfer())
         else:
             kp = split(K, P)
-            for x in range(P):
-                _multicast_2d_tree(h, v, x // pc, x % pc, (kp[x + 1] - kp[x]) * N * s)
+            _multicast_2d_trees(h, v, (_sizes(kp) * N * s).reshape(pr, pc))
         sram = mp[1] * K * s + 2 * N * s + mp[1] * N * ACC_BYTES
     else:
         npp, kp = split(N, P), split(K, P)
-        work = [(M, K, npp[x + 1] - npp[x]) for x in range(P)]
-        for x in range(P):
-            _multicast_2d_tree(h, v, x // pc, x % pc, M * (kp[x + 1] - kp[x]) * s)
+        work = (np.int64(M), np.int64(K), _sizes(npp))
+        _multicast_2d_trees(h, v, (M * _sizes(kp) * s).reshape(pr, pc))
         if weights == "stream":
-            need = [K * sum(npp[x + 1] - npp[x] for x in range(j, P, pc)) for j in range(pc)]
+            need = K * _sizes(npp).reshape(pr, pc).sum(axis=0)
             out.append(_b_stream(pr, pc, s, need).transfer())
         # A panels (all-gathered in k order) and B rows pass by: double-buffered panels
         kb = int(kp[1])

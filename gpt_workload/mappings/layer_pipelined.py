@@ -88,37 +88,172 @@ class _GemmCost:
 _PLANS: dict = {}
 
 
-def _gemm(alg: str, M: int, K: int, N: int, pr: int, pc: int, precision: str, arch) -> _GemmCost:
-    """``gemm_plan`` of :mod:`gpt_workload.mappings.gemm` for ``[M, K] x [K, N]`` with the
-    weights resident, as a :class:`_GemmCost` (cached). ``summa`` uses
-    :func:`summa_resident_closed_form`, the same counts in closed form (``gemm_plan`` walks
-    every PE: seconds on a band of the wafer; ``tests/test_layer_pipelined.py`` holds the two
-    equal on small blocks)."""
-    key = (alg, M, K, N, pr, pc, precision, arch.pe)
-    if key not in _PLANS:
-        if alg == "summa":
-            _PLANS[key] = summa_resident_closed_form(M, K, N, pr, pc, precision, arch)
-        else:
-            from gpt_workload.mappings.gemm import gemm_plan
+@dataclass(frozen=True)
+class _PlanView:
+    """The fields of a :class:`gpt_workload.mappings.gemm.GemmPlan` that :func:`_gemm` reads."""
 
+    busy_cycles: float
+    overhead_cycles: float
+    flops_total: float
+    sram_bytes: int
+    transfers: tuple
+
+
+def column_sources(alg: str, M: int, K: int, N: int, pr: int, pc: int, s: int) -> np.ndarray:
+    """Bytes each logical PE ``(i, j)`` multicasts down its logical column in ``alg``'s
+    resident-weight GEMM (``[pr, pc]``), as :mod:`gpt_workload.mappings.gemm` distributes
+    them: ``ws`` ``B[K_j, N_i]`` (``split(K, pc)`` x ``split(N, pr)``); ``summa`` the B panel
+    ``B[K_i, N_j]`` (``split(K, pr)`` x ``split(N, pc)``); ``row_1d``/``col_1d`` the whole of
+    row ``i``'s B (A) parts, forwarded down every column by the 2-D all-gather tree.
+
+    Raises:
+        ConfigError: ``cannon``/``meshgemm`` (their column traffic is unicast shifts).
+    """
+    from gpt_workload.mappings.gemm import split
+
+    sz = lambda n, q: np.diff(split(n, q))  # noqa: E731
+    if alg == "ws":
+        return np.outer(sz(N, pr), sz(K, pc)) * s
+    if alg == "summa":
+        return np.outer(sz(K, pr), sz(N, pc)) * s
+    if alg in ("row_1d", "col_1d"):
+        per = sz(K, pr * pc) * (N if alg == "row_1d" else M) * s
+        return np.repeat(per.reshape(pr, pc).sum(axis=1, keepdims=True), pc, axis=1)
+    raise ConfigError(f"gemm {alg} needs a square block: use fold=off for {alg}")
+
+
+def folded_column_multicast(
+    name: str, nb: np.ndarray, rows: int, nseg: int, P: int, colour: int
+) -> tuple[Transfer, Transfer]:
+    """Physical traffic of multicasts down the logical columns of a folded band.
+
+    The band is ``rows x (nseg P)`` PEs (idle columns beyond ``nseg P`` not counted); logical
+    PE ``(g rows + r, j)`` sits at physical ``(r, g P + j)``: the ``nseg`` segment columns of
+    width ``P`` are stacked as extra logical rows. ``nb[g rows + r, j]`` bytes go from that PE
+    to every other PE of logical column ``j``: along physical row ``r`` to the same position
+    ``j`` of every other segment column (``P`` links per segment step, passing through the
+    routers of the PEs in between), then down and up physical column ``g' P + j`` of every
+    segment column ``g'`` (a 2-D multicast tree, as the module's other multicasts).
+
+    With ``T_j = sum_i nb[i, j]``, ``V[r, j] = sum_g nb[g rows + r, j]`` and the coarse prefix
+    ``E[g, r, j] = sum_{g0 <= g} nb[g0 rows + r, j]`` (``W = T_rj - E`` westward):
+
+    * vertical: each physical column of logical column ``j`` is a line of ``rows`` PEs fed
+      ``V[r, j]`` at row ``r``: link ``r -> r + 1`` carries ``sum_{r0 <= r} V``, ``r + 1 ->
+      r`` the rest; link-bytes ``nseg (rows - 1) sum_j T_j``;
+    * horizontal: physical link ``c -> c + 1`` of row ``r`` carries ``E[g, r, j]`` for every
+      ``(g, j)`` with ``g P + j <= c < (g + 1) P + j`` (the logical columns' segment steps
+      overlap: about ``P`` of them cross every link), ``W`` westward likewise; link-bytes
+      ``P (nseg - 1) sum_j T_j``;
+    * RAMP: PE ``(g rows + r, j)`` takes in ``T_j - nb[g rows + r, j]``;
+    * hops: horizontal ``P max(g0, nseg - 1 - g0)``, vertical ``max(r0, rows - 1 - r0)`` over
+      the sources with bytes; the vertical transfer carries the whole path (one turn).
+
+    Returns:
+        ``(vertical, horizontal)`` :class:`Transfer` (bytes; the busiest directed link of
+        each group; ``tests/test_layer_pipelined.py`` checks them against a per-link count).
+    """
+    nb = np.asarray(nb, np.float64).reshape(nseg, rows, P)  # [g, r, j]
+    T = nb.sum(axis=(0, 1))  # [j]
+    V = nb.sum(axis=0)  # [r, j]
+    pre_v = np.cumsum(V, axis=0)
+    v_fwd, v_back = pre_v[:-1], pre_v[-1:] - pre_v[:-1]
+    E = np.cumsum(nb, axis=0)  # [g, r, j]
+    Wb = E[-1:] - E
+    n_links = nseg * P
+    g = np.arange(nseg - 1)[:, None]
+    j = np.arange(P)[None, :]
+    lo = (g * P + j).ravel()  # first physical link of segment step g of logical column j
+    h_fwd = np.zeros((rows, n_links + 1))
+    h_back = np.zeros((rows, n_links + 1))
+    for arr, load in ((h_fwd, E[:-1]), (h_back, Wb[:-1])):
+        # lo = g P + j runs over 0 .. (nseg - 1) P - 1 once each: plain slice adds
+        ld = load.transpose(1, 0, 2).reshape(rows, -1)  # [r, (g, j)]
+        arr[:, : lo.size] += ld
+        arr[:, P : P + lo.size] -= ld
+    h_fwd, h_back = np.cumsum(h_fwd, axis=1), np.cumsum(h_back, axis=1)
+    recv = T[None, None, :] - nb
+    live = nb != 0
+    gg, rr, _ = np.nonzero(live)
+    h_hops = int(P * np.maximum(gg, nseg - 1 - gg).max(initial=0))
+    v_hops = int(np.maximum(rr, rows - 1 - rr).max(initial=0))
+    tot = float(T.sum())
+    vert = Transfer(
+        name,
+        "multicast_col_folded",
+        "vertical",
+        float(max(v_fwd.max(initial=0.0), v_back.max(initial=0.0))),
+        nseg * (rows - 1) * tot,
+        hops=h_hops + v_hops,
+        turns=1 if h_hops and v_hops else 0,
+        colour=colour,
+        ramp_bytes=float(recv.max(initial=0.0)),
+    )
+    horiz = Transfer(
+        f"{name} (between segment columns)",
+        "multicast_row_folded",
+        "horizontal",
+        float(max(h_fwd.max(initial=0.0), h_back.max(initial=0.0))),
+        P * (nseg - 1) * tot,
+        hops=h_hops,
+        turns=0,
+        colour=colour,
+        ramp_bytes=0.0,
+    )
+    return vert, horiz
+
+
+def _gemm(
+    alg: str, M: int, K: int, N: int, pr: int, pc: int, precision: str, arch, fold=None
+) -> _GemmCost:
+    """``gemm_plan`` of :mod:`gpt_workload.mappings.gemm` for ``[M, K] x [K, N]`` with the
+    weights resident on a logical ``pr x pc`` grid, as a :class:`_GemmCost` (cached).
+
+    ``fold = (rows, nseg)``: the grid is a folded band (``pr = rows nseg``, ``pc = P``,
+    :func:`folded_column_multicast`): the plan's transfers along logical rows stay inside a
+    segment (physically contiguous, unchanged), and its multicasts down logical columns are
+    replaced by their physical vertical and horizontal traffic."""
+    key = (alg, M, K, N, pr, pc, precision, arch.pe, fold)
+    if key not in _PLANS:
+        from gpt_workload.mappings.gemm import gemm_plan
+
+        if fold is not None and alg in ("cannon", "meshgemm") and pr != pc:
+            column_sources(alg, M, K, N, pr, pc, 1)  # raises: needs a square block
+        if alg == "summa":  # the same counts in closed form (held equal by the tests)
+            p = summa_resident_closed_form(M, K, N, pr, pc, precision, arch)
+            p = _PlanView(p.busy, p.overhead, p.flops, p.sram, p.transfers)
+        else:
             p = gemm_plan(
-                alg,
-                M=M,
-                K=K,
-                N=N,
-                pr=pr,
-                pc=pc,
-                precision=precision,
-                arch=arch,
-                weights="resident",
+                alg, M=M, K=K, N=N, pr=pr, pc=pc, precision=precision, arch=arch, weights="resident"
             )
-            _PLANS[key] = _GemmCost(
-                float(p.busy_cycles),
-                float(p.overhead_cycles),
-                float(p.flops_total),
-                int(p.sram_bytes),
-                tuple(p.transfers),
-            )
+        trs = tuple(p.transfers)
+        if fold is not None and fold[1] > 1:
+            rows, nseg = fold
+            s = bytes_per_element(precision)
+            nb = column_sources(alg, M, K, N, pr, pc, s)
+            out = []
+            for t in trs:
+                if t.link_group == "vertical":
+                    out += folded_column_multicast(t.name, nb, rows, nseg, pc, t.colour)
+                else:
+                    out.append(t)
+            trs = tuple(x for x in out if x.link_bytes > 0)
+        sram = int(p.sram_bytes)
+        if fold is not None and alg == "summa":
+            # SUMMA's panel width is free (van de Geijn & Watts 1997): on the narrow folded
+            # grid, panels of K / pc rows would need 2 (K / P) (N / P) s bytes of B buffers,
+            # so the panels are each PE's own B block, kq = ceil(K / pr) rows (same bytes
+            # moved, more steps): double-buffered A and B sub-panels and the fp32 tile
+            s = bytes_per_element(precision)
+            mt, nt, kq = -(-M // pr), -(-N // pc), -(-K // pr)
+            sram = 2 * mt * kq * s + 2 * kq * nt * s + mt * nt * ACC_BYTES
+        _PLANS[key] = _GemmCost(
+            float(p.busy_cycles),
+            float(p.overhead_cycles),
+            float(p.flops_total),
+            sram,
+            trs,
+        )
     return _PLANS[key]
 
 
@@ -265,10 +400,14 @@ class StageCost:
 
 
 class _Region:
-    """A stage's band: ``pr x pc`` PEs, tokens over rows, features over columns."""
+    """A stage's band as a logical ``pr x pc`` grid, tokens over rows, features over
+    columns; ``fold = (rows, nseg)`` when the grid is a folded band (``pr = rows nseg``,
+    ``pc = P``; :func:`stage_cost`), ``None`` for the full-width band."""
 
-    def __init__(self, cfg, arch, precision, pr: int, pc: int, alg: str, M: int, b: int, T: int):
-        self.cfg, self.arch, self.precision = cfg, arch, precision
+    def __init__(
+        self, cfg, arch, precision, pr: int, pc: int, alg: str, M: int, b: int, T: int, fold=None
+    ):
+        self.cfg, self.arch, self.precision, self.fold = cfg, arch, precision, fold
         self.pr, self.pc, self.alg, self.M, self.b, self.T = pr, pc, alg, M, b, T
         self.s = bytes_per_element(precision)
         self.W = arch.pe.fmac_per_cycle(precision)
@@ -312,7 +451,7 @@ class _Region:
 
     def gemm(self, c: StageCost, K: int, N: int) -> _GemmCost:
         """A resident-weight GEMM ``[M, K] x [K, N]`` plus its bias pass."""
-        g = _gemm(self.alg, self.M, K, N, self.pr, self.pc, self.precision, self.arch)
+        g = _gemm(self.alg, self.M, K, N, self.pr, self.pc, self.precision, self.arch, self.fold)
         c.busy += g.busy
         c.overhead += g.overhead
         c.flops += g.flops
@@ -385,15 +524,29 @@ def stage_cost(
     pr: int,
     b: int,
     T: int,
+    fold: bool = True,
 ) -> StageCost:
     """Work and SRAM per PE of ``stage`` on a band of ``pr`` rows for ``b`` sequences of ``T``
-    tokens (one micro-batch)."""
-    pc = arch.wafer.cols
+    tokens (one micro-batch).
+
+    ``fold``: the band's ``cols`` columns are cut into ``nseg = cols // P`` segment columns of
+    ``P = choose_P(cfg, cols)`` PEs (the weight-streaming lowering's segments; ``cols % P``
+    columns idle) stacked as logical rows: every op runs on a ``pr nseg x P`` logical grid,
+    so per-PE output tiles are ``~N / P`` features wide instead of ``N / cols`` and the
+    vector-op setup is amortised. Weights are spread once over the ``pr nseg P`` active PEs.
+    Without ``fold``: the ``pr x cols`` band as is."""
+    C = arch.wafer.cols
+    if fold:
+        P = choose_P(cfg, C)
+        nseg = C // P
+        lpr, pc, fold_t = pr * nseg, P, (pr, nseg)
+    else:
+        lpr, pc, fold_t = pr, C, None
     M = b * T
-    r = _Region(cfg, arch, precision, pr, pc, alg, M, b, T)
+    r = _Region(cfg, arch, precision, lpr, pc, alg, M, b, T, fold_t)
     c = StageCost()
     s, d, ff, V = r.s, cfg.d_model, cfg.d_ff, cfg.vocab_size
-    n = pr * pc
+    n = lpr * pc
     x = r.tile(d) * s
     gemm_extra = 0
     live = 0
@@ -406,10 +559,10 @@ def stage_cost(
                 Transfer(
                     "table gather",
                     "gather",
-                    "horizontal" if pc <= pr else "vertical",
-                    tb / 4 / min(pr, pc),
-                    tb * (pr + pc) / 2,
-                    hops=pr + pc,
+                    "horizontal" if C <= pr else "vertical",
+                    tb / 4 / min(pr, C),
+                    tb * (pr + C) / 2,
+                    hops=pr + C,
                     turns=1,
                     colour=0,
                     ramp_bytes=x,
@@ -467,6 +620,7 @@ class PipelinePlan:
         stages: the stages; rows: band rows per stage; row0: first row of each band.
         b: sequences per micro-batch; n_micro: micro-batches; b_last: sequences in the last.
         costs: ``{b: [StageCost per stage]}`` for the micro-batch sizes used.
+        fold: whether each band runs as a folded ``rows nseg x P`` grid (:func:`stage_cost`).
     """
 
     stages: list[Stage]
@@ -479,6 +633,7 @@ class PipelinePlan:
     seq_len: int
     algorithm: str
     costs: dict
+    fold: bool = True
 
     @property
     def n_stages(self) -> int:
@@ -490,18 +645,18 @@ class PipelinePlan:
         return self.b_last if i == self.n_micro - 1 else self.b
 
 
-def _min_rows(stage, cfg, arch, precision, alg, b, T, usable) -> tuple[int, StageCost]:
+def _min_rows(stage, cfg, arch, precision, alg, b, T, usable, fold) -> tuple[int, StageCost]:
     """Fewest band rows whose per-PE SRAM need fits ``usable`` (binary search; the need
     falls with the rows)."""
     R = arch.wafer.rows
-    c = stage_cost(stage, cfg, arch, precision, alg, R, b, T)
+    c = stage_cost(stage, cfg, arch, precision, alg, R, b, T, fold)
     if c.sram > usable:
         return R + 1, c
     lo, hi = 0, R  # need(lo) > usable (or lo = 0), need(hi) <= usable
     best = c
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        cm = stage_cost(stage, cfg, arch, precision, alg, mid, b, T)
+        cm = stage_cost(stage, cfg, arch, precision, alg, mid, b, T, fold)
         if cm.sram <= usable:
             hi, best = mid, cm
         else:
@@ -543,6 +698,7 @@ def plan_pipeline(
     algorithm: str,
     micro_batch: int = MICRO_BATCH_AUTO,
     layers_per_stage: int = 1,
+    fold: bool = True,
 ) -> PipelinePlan:
     """Stages, bands and micro-batches for ``batch`` sequences of ``seq_len`` tokens.
 
@@ -573,7 +729,7 @@ def plan_pipeline(
     best, err = None, None
     for b in cands:
         try:
-            plan = _plan_for(cfg, arch, stages, batch, seq_len, precision, algorithm, b)
+            plan = _plan_for(cfg, arch, stages, batch, seq_len, precision, algorithm, b, fold)
         except FitError as e:
             err = err or e
             if micro_batch:
@@ -587,12 +743,12 @@ def plan_pipeline(
     return best[1]
 
 
-def _plan_for(cfg, arch, stages, batch, T, precision, alg, b) -> PipelinePlan:
+def _plan_for(cfg, arch, stages, batch, T, precision, alg, b, fold=True) -> PipelinePlan:
     usable = arch.pe.sram_usable_bytes
     R, C = arch.wafer.rows, arch.wafer.cols
     mins, costs = [], []
     for st in stages:
-        r, c = _min_rows(st, cfg, arch, precision, alg, b, T, usable)
+        r, c = _min_rows(st, cfg, arch, precision, alg, b, T, usable, fold)
         mins.append(r)
         costs.append(c)
     if sum(mins) > R:
@@ -618,7 +774,7 @@ def _plan_for(cfg, arch, stages, batch, T, precision, alg, b) -> PipelinePlan:
     # terms scale as 1 / rows), so the bands' ticks come out alike
     ref = max(R // len(stages), 1)
     work = [
-        max(stage_cost(st, cfg, arch, precision, alg, ref, b, T).compute, 1.0) * ref
+        max(stage_cost(st, cfg, arch, precision, alg, ref, b, T, fold).compute, 1.0) * ref
         for st in stages
     ]
     rows = _balance(work, mins, R)
@@ -633,11 +789,11 @@ def _plan_for(cfg, arch, stages, batch, T, precision, alg, b) -> PipelinePlan:
     costs = {}
     for bb in {b, b_last}:
         costs[bb] = [
-            stage_cost(st, cfg, arch, precision, alg, r, bb, T)
+            stage_cost(st, cfg, arch, precision, alg, r, bb, T, fold)
             for st, r in zip(stages, rows, strict=True)
         ]
     plan = PipelinePlan(
-        stages, rows, [int(r) for r in row0], b, n_micro, b_last, batch, T, alg, costs
+        stages, rows, [int(r) for r in row0], b, n_micro, b_last, batch, T, alg, costs, fold
     )
     for i, c in enumerate(costs[b]):
         if c.sram > usable:  # pragma: no cover - rows >= mins
@@ -708,6 +864,13 @@ def stage_tick_terms(
     return c.compute, fab, transfer_latency_cycles(lat, TICK_CHUNKS, arch)
 
 
+def cols_used(fold: bool, cfg, arch) -> int:
+    """Columns of a band that hold work: ``(cols // P) P`` folded (``cols % P`` idle, as in
+    the weight-streaming lowering), all ``cols`` otherwise."""
+    C = arch.wafer.cols
+    return (C // choose_P(cfg, C)) * choose_P(cfg, C) if fold else C
+
+
 def tick_kernel(plan: PipelinePlan, t: int, cfg, arch, precision) -> Kernel:
     """The kernel of pipeline tick ``t``: every region a class (idle ones without work), the
     busiest active region's bytes per link group and RAMP, and the slowest region's latency
@@ -718,7 +881,7 @@ def tick_kernel(plan: PipelinePlan, t: int, cfg, arch, precision) -> Kernel:
     worst_lat, worst_cyc, worst_ramp, link_bytes = None, -1.0, 0.0, 0.0
     for s_idx in range(S):
         i = t - s_idx
-        count = plan.rows[s_idx] * arch.wafer.cols
+        count = plan.rows[s_idx] * cols_used(plan.fold, cfg, arch)
         if not 0 <= i < plan.n_micro:
             classes.append(PEClass(s_idx, count, 0.0, 0.0, 0.0))
             continue
@@ -820,20 +983,24 @@ def lower_layer_pipelined(
     micro_batch: int = MICRO_BATCH_AUTO,
     layers_per_stage: int = 1,
     spec: str = "layer_pipelined",
+    fold: bool = True,
 ) -> Program:
     """Lower a layer-pipelined forward pass to a :class:`Program` (one kernel per tick).
+
+    ``fold``: run each band as a folded ``rows nseg x P`` GEMM grid (:func:`stage_cost`).
 
     Raises:
         ConfigError: bad batch, seq_len or precision; FitError: does not fit in SRAM.
     """
     check_precision(precision)
     plan = plan_pipeline(
-        cfg, arch, batch, seq_len, precision, algorithm, micro_batch, layers_per_stage
+        cfg, arch, batch, seq_len, precision, algorithm, micro_batch, layers_per_stage, fold
     )
     R, C = arch.wafer.rows, arch.wafer.cols
+    used = cols_used(fold, cfg, arch)
     cmap = np.full((R, C), -1, dtype=np.int16)
     for s_idx, (r0, r) in enumerate(zip(plan.row0, plan.rows, strict=True)):
-        cmap[r0 : r0 + r, :] = s_idx
+        cmap[r0 : r0 + r, :used] = s_idx
     kernels = [
         tick_kernel(plan, t, cfg, arch, precision) for t in range(plan.n_micro + plan.n_stages - 1)
     ]
@@ -852,7 +1019,7 @@ def lower_layer_pipelined(
                 "stage": st.name,
                 "rows": plan.rows[s_idx],
                 "first_row": plan.row0[s_idx],
-                "pes": plan.rows[s_idx] * C,
+                "pes": plan.rows[s_idx] * used,
                 "weight_bytes": st.weight_bytes,
                 "flops_per_micro_batch": c.flops,
                 "compute_cycles": comp,
@@ -872,6 +1039,9 @@ def lower_layer_pipelined(
             "stages": plan.n_stages,
             "layers_per_stage": layers_per_stage,
             "gemm": algorithm,
+            "fold": fold,
+            "gemm_grid_cols": P if fold else C,
+            "segment_columns": C // P if fold else 1,
             "sequences_per_micro_batch": plan.b,
             "micro_batches": plan.n_micro,
             "pipeline_ticks": len(kernels),
@@ -913,7 +1083,9 @@ class LayerPipelined(Mapping):
     Knobs: ``gemm`` (the GEMM algorithm of every stage; default ``summa``: it runs on any
     ``rows_s x cols`` band, its weight tiles never move off their PE, and it only broadcasts
     panels along rows and columns, van de Geijn & Watts 1997), ``micro_batch`` (sequences per
-    micro-batch; 0 = the fastest by the closed form), ``layers_per_stage``.
+    micro-batch; 0 = the fastest by the closed form), ``layers_per_stage``, ``fold`` (``on``:
+    each band's GEMMs run on a ``rows (cols // P) x P`` logical grid, :func:`stage_cost`;
+    ``off``: on the full ``rows x cols`` band, for comparison).
     """
 
     name = "layer_pipelined"
@@ -939,6 +1111,14 @@ class LayerPipelined(Mapping):
             lo=0,
         ),
         Knob("layers_per_stage", "int", 1, "transformer layers per pipeline stage", lo=1),
+        Knob(
+            "fold",
+            "str",
+            "on",
+            "on: each band's segment columns of P PEs stacked as logical rows (a rows x "
+            "cols//P by P GEMM grid); off: the full-width rows x cols band",
+            choices=("on", "off"),
+        ),
     )
 
     def lower(self, cfg, arch, batch: int, seq_len: int, precision: str) -> Program:
@@ -953,6 +1133,7 @@ class LayerPipelined(Mapping):
             self["micro_batch"],
             self["layers_per_stage"],
             spec=self.spec,
+            fold=self["fold"] == "on",
         )
 
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:
@@ -962,7 +1143,15 @@ class LayerPipelined(Mapping):
         def fits(b: int) -> bool:
             try:
                 plan_pipeline(
-                    cfg, arch, b, seq_len, precision, self["gemm"], b, self["layers_per_stage"]
+                    cfg,
+                    arch,
+                    b,
+                    seq_len,
+                    precision,
+                    self["gemm"],
+                    b,
+                    self["layers_per_stage"],
+                    self["fold"] == "on",
                 )
             except FitError:
                 return False
@@ -970,7 +1159,15 @@ class LayerPipelined(Mapping):
 
         if not fits(1):
             plan_pipeline(
-                cfg, arch, 1, seq_len, precision, self["gemm"], 1, self["layers_per_stage"]
+                cfg,
+                arch,
+                1,
+                seq_len,
+                precision,
+                self["gemm"],
+                1,
+                self["layers_per_stage"],
+                self["fold"] == "on",
             )
         lo, hi = 1, 2
         while fits(hi) and hi < 1 << 16:
@@ -1017,12 +1214,13 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         return round_storage(np.ascontiguousarray(a, dtype=f32), precision)
 
     rows = program.meta["layout"]["rows_per_stage"]
-    pc = program.cols
+    pc = program.meta["layout"].get("gemm_grid_cols", program.cols)
+    nseg = program.meta["layout"].get("segment_columns", 1)
     lps = program.meta["layout"]["layers_per_stage"]
     M = K * T
 
     def gemm(a, w, stage):
-        pr = min(rows[stage], M)
+        pr = min(rows[stage] * nseg, M)
         return np.asarray(
             gemm_numerics(algorithm, a, rnd(w), pr, min(pc, a.shape[1]), "chain"), dtype=f32
         )

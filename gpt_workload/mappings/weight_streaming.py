@@ -20,10 +20,12 @@ ffn_up, ffn_down, lm_head) and attention run:
   all-to-all that turns the feature-split activations into token-split ones and back.
   Blocks run side by side; the weight stream is the column multicast of the default
   mapping (each column carries what its PEs need; ``row_1d``'s columns need all of B).
-  A GEMM whose operand buffers and fp32 accumulators do not fit SRAM is cut into ``c``
-  column chunks of ``N / c`` (each a full run of the algorithm: ``c`` x its steps and its
-  A traffic). A last block with fewer segments than ``block_rows`` is costed pro rata
-  (its share of a full block's link bytes).
+  A GEMM whose operand buffers and fp32 accumulators do not fit SRAM is cut into
+  ``c_k x c_n`` sub-GEMMs of ``K / c_k`` x ``N / c_n``, each a full run of the algorithm, the
+  pair costing the fewest PE cycles: K chunks (SUMMA's panel width) move the same bytes and
+  issue the same vector ops in more steps; N chunks repeat A's traffic and shorten the
+  vector ops (:meth:`_BlockGemm.chunked_plan`). A last block with fewer segments than
+  ``block_rows`` is costed pro rata (its share of a full block's link bytes).
 
 Numerics: every mapping computes the model's logits with its own GEMM order
 (:func:`gpt_workload.mappings.gemm.gemm_numerics`, bias added after the sum as in
@@ -404,6 +406,48 @@ class _BlockGemm:
             return 1
         return min(self.block_rows or L.P, L.rows)
 
+    def chunked_plan(self, bld, op, M, K, N, pr, budget):
+        """``(c, plan)``: the GEMM cut into ``c = c_k x c_n`` sub-GEMMs of ``K / c_k`` x
+        ``N / c_n`` whose buffers fit ``budget`` bytes per PE, the cheapest in PE cycles.
+
+        K chunks (the panel width of SUMMA, van de Geijn & Watts 1997) move the same bytes
+        and issue the same vector ops as the whole GEMM, only in more steps; N chunks repeat
+        the algorithm's A traffic and issue ``c_n`` times the vector ops of shorter length.
+        ``plan`` is one sub-GEMM's.
+
+        Raises:
+            FitError: not even the smallest chunks fit, naming the kernel and the bytes.
+        """
+        P = bld.L.P
+        best, smallest = None, None
+        c_n = 1
+        while True:
+            Nc = math.ceil(N / c_n)
+            c_k = 1
+            while True:
+                Kc = math.ceil(K / c_k)
+                plan = self.plan(bld, M, Kc, Nc, pr)
+                if smallest is None or plan.sram_bytes < smallest:
+                    smallest = plan.sram_bytes
+                if plan.sram_bytes <= budget:
+                    cost = c_n * c_k * plan.cycles
+                    if best is None or cost < best[0]:
+                        best = (cost, c_n * c_k, plan)
+                    break
+                if Kc <= P:
+                    break
+                c_k *= 2
+            if Nc <= P:
+                break
+            c_n *= 2
+        if best is None:
+            raise FitError(
+                f"kernel {op} of {bld.cfg.name} under mapping {self.algorithm}: its operand "
+                f"buffers need {smallest} B per PE even in the smallest K x N chunks; "
+                f"{budget} B free: lower tokens_per_segment"
+            )
+        return best[1], best[2]
+
     def plan(self, bld, M, K, Nc, pr):
         key = (M, K, Nc, pr, bld.L.P)
         if key not in self.cache:
@@ -426,19 +470,7 @@ class _BlockGemm:
         pr = self.rows_of(L)
         M = pr * L.m
         budget = bld.arch.pe.sram_usable_bytes - bld.wbuf - live
-        c = 1
-        while True:
-            Nc = math.ceil(N / c)
-            plan = self.plan(bld, M, K, Nc, pr)
-            if plan.sram_bytes <= budget:
-                break
-            if Nc <= P:
-                raise FitError(
-                    f"kernel {op} of {bld.cfg.name} under mapping {self.algorithm}: its "
-                    f"operand buffers need {plan.sram_bytes} B per PE even for {Nc} output "
-                    f"columns at a time; {budget} B free: lower tokens_per_segment"
-                )
-            c *= 2
+        c, plan = self.chunked_plan(bld, op, M, K, N, pr, budget)
         n_blocks = L.n_segments / pr
         nt = N / P
 
