@@ -175,3 +175,53 @@ def test_cli_mapping_flag_and_list(capsys):
         assert name in out
     args = ["run", "--model", "gpt-tiny", "--arch", "grid32", "--seq-len", "32"]
     assert main([*args, "--mapping", "meshgemm", "--fidelity", "analytic"]) == 0
+
+
+@pytest.mark.parametrize("algorithm", ["summa", "cannon", "meshgemm"])
+def test_block_gemm_chunks_fit_and_cost_no_more_than_column_chunks(algorithm):
+    """A block GEMM whose buffers overflow SRAM is cut into c_k x c_n sub-GEMMs: the chosen
+    cut fits the budget, its PE cycles (c x one sub-GEMM's) are no more than the cheapest
+    column-only cut's, and its link bytes (c x one sub-GEMM's) are no more either (K chunks
+    move disjoint parts of A and B; N chunks move A again)."""
+    from types import SimpleNamespace
+
+    from gpt_workload.mappings.gemm import gemm_plan
+    from gpt_workload.mappings.weight_streaming import _BlockGemm
+
+    arch = load_arch("wse2")
+    P, pr, M, K, N = 8, 8, 48, 2048, 1024
+    bld = SimpleNamespace(L=SimpleNamespace(P=P), cfg=TINY, precision="fp16", arch=arch)
+    strat = _BlockGemm(algorithm, pr)
+
+    def plan(k, n):
+        return gemm_plan(
+            algorithm, M=M, K=k, N=n, pr=pr, pc=P, precision="fp16", arch=arch, weights="stream"
+        )
+
+    budget = plan(K, N).sram_bytes // 4  # the whole GEMM does not fit
+    c, chosen = strat.chunked_plan(bld, "ffn_down", M, K, N, pr, budget)
+    assert c > 1 and chosen.sram_bytes <= budget
+    col_only = []
+    c_n = 1
+    while N // c_n >= P:
+        p = plan(K, -(-N // c_n))
+        if p.sram_bytes <= budget:
+            col_only.append((c_n * p.cycles, c_n * p.link_bytes))
+        c_n *= 2
+    assert col_only, "the column-only cut should fit at some c_n for this shape"
+    assert c * chosen.cycles <= min(x[0] for x in col_only) * (1 + 1e-12)
+    assert c * chosen.link_bytes <= min(x[1] for x in col_only) * (1 + 1e-12)
+
+
+def test_block_gemm_refuses_when_no_chunk_fits():
+    """No cut fits a 1-byte budget: a one-line FitError naming the kernel and the bytes."""
+    from types import SimpleNamespace
+
+    from gpt_workload.mappings.weight_streaming import _BlockGemm
+
+    bld = SimpleNamespace(
+        L=SimpleNamespace(P=4), cfg=TINY, precision="fp16", arch=load_arch("wse2")
+    )
+    with pytest.raises(FitError, match=r"kernel qkv .* B per PE .* 1 B free") as e:
+        _BlockGemm("summa", 4).chunked_plan(bld, "qkv", 16, 256, 256, 4, 1)
+    assert "\n" not in str(e.value)
