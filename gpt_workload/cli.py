@@ -143,13 +143,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """``wse-sim train``: time training steps on the wafer and run them numerically."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
     from gpt_workload.training.train import train
 
     _check_output_paths(args)
     con = _console()
-    with con.status("simulating training ..."):
+    err = Console(stderr=True, highlight=False)
+    # progress on stderr, only on a terminal (nothing at all when piped or redirected)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    tasks: dict[str, int] = {}
+
+    def on_numerics_step(done: int, total: int) -> None:
+        if "numerics" not in tasks:
+            bar.update(tasks["timing"], visible=False)
+            tasks["numerics"] = bar.add_task("numerics: optimizer steps", total=total)
+        bar.update(tasks["numerics"], completed=done)
+
+    with bar:
+        tasks["timing"] = bar.add_task("timing a training step", total=None)
         rep = train(
             args.model,
             args.arch,
@@ -163,7 +196,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             check_sequences=args.check_sequences,
+            numerics_steps=args.numerics_steps,
             overrides=args.set or (),
+            progress=on_numerics_step,
         )
     t = Table(title="wse-sim train", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -181,7 +216,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     steps = rep.numerics.get("steps")
     if steps:
         n = Table(
-            title=f"numerics on a {rep.numerics['check_batch'][0]} x "
+            title=f"numerics: {rep.numerics['steps_run']:,} of {rep.numerics['steps_total']:,} "
+            f"step(s), {rep.numerics['check_batch'][0]} x "
             f"{rep.numerics['check_batch'][1]}-token check batch",
             title_justify="left",
         )
@@ -357,16 +393,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="global sequences per step (default: the published training batch)",
     )
-    tr.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
+    tr.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence, 2..n_positions (default min(2048, n_positions))",
+    )
     tr.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
     tr.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
-    tr.add_argument("--tokens", help="UTF-8 text file for the numerics' check batch (byte tokens)")
+    tr.add_argument(
+        "--tokens",
+        help="UTF-8 text file for the numerics' check batch (byte tokens; at least "
+        "min(--seq-len, 64) bytes)",
+    )
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate")
     tr.add_argument(
         "--check-sequences",
         type=int,
         default=4,
         help="sequences of the numerics' check batch (0 = no numerics)",
+    )
+    tr.add_argument(
+        "--numerics-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run only the first N of the --steps numerically (0..--steps; default "
+        "min(--steps, 20)); the timing covers all --steps, as every step has the same time; "
+        "a progress bar with ETA shows on stderr when it is a terminal",
     )
     tr.add_argument("--seed", type=int, default=0, help="weight init and data seed")
     tr.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE")

@@ -216,15 +216,20 @@ def plan_layout(
     spr = cols // P
     n_avail = rows * spr
     usable = arch.pe.sram_usable_bytes
-    n_micro = 1
-    while True:
+
+    def attempt(n_micro: int):
         b = math.ceil(batch / n_micro)
         m, q, m_last = _segments_for(b, seq_len, n_avail, m_fixed)
-        fits_grid = b * q <= n_avail
         need, op = _sram_need(cfg, arch, P, m, s, min(min_chunk, cfg.d_model))
-        if fits_grid and need <= usable:
-            break
-        if b == 1:
+        return b * q <= n_avail and need <= usable, (b, m, q, m_last, need, op)
+
+    # the fewest micro-batches that fit: fitting is monotone in their number (fewer
+    # sequences per micro-batch -> fewer segments and shorter ones -> less SRAM)
+    ok, got = attempt(1)
+    if not ok:
+        ok, got = attempt(batch)
+        if not ok:
+            b, m, q, m_last, need, op = got
             why = (
                 f"needs {need} B per PE at kernel {op} (tokens per segment m={m}, "
                 f"weight buffers {arch.io.weight_buffer_slots} x "
@@ -232,13 +237,21 @@ def plan_layout(
                 f"but a PE has {usable} B usable (pe.sram_bytes - pe.sram_reserved_bytes); "
                 f"short by {need - usable} B"
             )
-            if not fits_grid:
+            if b * q > n_avail:
                 why = f"needs {q} segments of {P} PEs but the grid holds {n_avail}"
             raise FitError(
                 f"model {cfg.name} does not fit one sequence of {seq_len} tokens on "
                 f"{arch.name} ({rows}x{cols} PEs, {precision}): {why}"
             )
-        n_micro = min(batch, max(n_micro + 1, math.ceil(n_micro * 1.25)))
+        lo, hi = 1, batch  # attempt(lo) fails, attempt(hi) fits
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ok_mid, got_mid = attempt(mid)
+            if ok_mid:
+                hi, got = mid, got_mid
+            else:
+                lo = mid
+    b, m, q, m_last, _, _ = got
     n_micro = math.ceil(batch / b)
     return WSLayout(
         P=P,

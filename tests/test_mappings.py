@@ -24,7 +24,6 @@ WS_SPECS = [
     "weight_streaming:reduce=tree,pes_per_segment=2",
     "weight_streaming:attention=sequence",
     "summa",
-    "summa:block_rows=2",
     "cannon",
     "meshgemm",
     "row_1d",
@@ -58,7 +57,7 @@ def test_registry_has_the_gemm_mappings():
         ("summa:foo=1", "unknown knob"),
         ("weight_streaming:reduce=ring", "reduce"),
         ("weight_streaming:pes_per_segment=0", "pes_per_segment"),
-        ("summa:block_rows=x", "block_rows"),
+        ("summa:block_rows=2", "unknown knob"),
         ("cannon:pes_per_segment", "knob=value"),
     ],
 )
@@ -191,7 +190,7 @@ def test_block_gemm_chunks_fit_and_cost_no_more_than_column_chunks(algorithm):
     arch = load_arch("wse2")
     P, pr, M, K, N = 8, 8, 48, 2048, 1024
     bld = SimpleNamespace(L=SimpleNamespace(P=P), cfg=TINY, precision="fp16", arch=arch)
-    strat = _BlockGemm(algorithm, pr)
+    strat = _BlockGemm(algorithm)
 
     def plan(k, n):
         return gemm_plan(
@@ -223,5 +222,5 @@ def test_block_gemm_refuses_when_no_chunk_fits():
         L=SimpleNamespace(P=4), cfg=TINY, precision="fp16", arch=load_arch("wse2")
     )
     with pytest.raises(FitError, match=r"kernel qkv .* B per PE .* 1 B free") as e:
-        _BlockGemm("summa", 4).chunked_plan(bld, "qkv", 16, 256, 256, 4, 1)
+        _BlockGemm("summa").chunked_plan(bld, "qkv", 16, 256, 256, 4, 1)
     assert "\n" not in str(e.value)

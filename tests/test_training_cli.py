@@ -50,6 +50,8 @@ def test_train_text_and_systems(tmp_path, capsys):
         (["--precision", "fp8"], "fp8"),
         (["--fidelity", "packet"], "fidelity"),
         (["--tokens", "/no/such/file.txt"], "--tokens"),
+        (["--numerics-steps", "5", "--steps", "3"], "numerics_steps"),
+        (["--numerics-steps", "-1"], "numerics_steps"),
     ],
 )
 def test_bad_input_one_line(args, word, capsys):
@@ -58,3 +60,49 @@ def test_bad_input_one_line(args, word, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("wse-sim: error:") and "\n" not in err and word in err
+
+
+@pytest.mark.parametrize("text", ["", "short"])
+def test_tokens_too_short_names_file_and_counts(tmp_path, capsys, text):
+    txt = tmp_path / "t.txt"
+    txt.write_text(text)
+    rc = main(["train", "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(txt)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert "--tokens" in err and str(txt) in err and f"has {len(text)} byte token" in err, err
+    assert "at least 64" in err and "check_seq_len 64" in err, err
+
+
+@pytest.mark.parametrize("seq_len", ["0", "1", "129", "999999"])
+def test_seq_len_errors_state_one_range(capsys, seq_len):
+    rc = main(["train", "--model", "gpt-tiny", "--arch", "grid32", "--seq-len", seq_len])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert f"seq_len={seq_len} must be an integer in 2..128" in err, err
+
+
+def test_numerics_steps_bounds_the_numerics(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    rc = main(
+        ["train", "--model", "gpt-tiny", "--arch", "grid32", "--steps", "50", "--numerics-steps",
+         "2", "--fidelity", "analytic", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "2 of 50 step(s) run numerically" in cap.out
+    assert cap.err == ""  # no progress bar when stderr is not a terminal
+    rep = json.loads(out.read_text())
+    assert [s["step"] for s in rep["numerics"]["steps"]] == [1, 2]
+    assert rep["numerics"]["steps_run"] == 2 and rep["numerics"]["steps_total"] == 50
+    assert rep["steps"] == 50
+    assert rep["total_time_s"] == pytest.approx(50 * rep["step_time_s"])
+    assert rep["numerics"]["steps"][1]["lr"] < rep["numerics"]["peak_lr"]  # schedule of 50
+
+
+def test_numerics_steps_default_and_zero():
+    from gpt_workload.training.train import train
+
+    rep = train("gpt-tiny", "grid32", steps=30, fidelity="analytic", check_sequences=1)
+    assert rep.numerics["steps_run"] == 20 and len(rep.numerics["steps"]) == 20
+    rep = train("gpt-tiny", "grid32", steps=30, fidelity="analytic", numerics_steps=0)
+    assert "skipped" in rep.numerics

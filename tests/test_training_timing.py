@@ -143,3 +143,35 @@ def test_scaling_direction_and_limit():
     limit = batch / (w_in / bw)
     assert low[-1] <= limit
     assert low[-1] >= 0.6 * limit
+
+
+def test_micro_batch_count_is_exact():
+    """plan_training takes the fewest micro-batches that fit: one more sequence per
+    micro-batch does not fit, and n - 1 micro-batches would need a bigger one."""
+    cfg, arch = resolve_model("cerebras-gpt-1.3b"), load_arch("wse2")
+    b_max = plan_training(cfg, arch, 528, 2048, "fp16").layout.b
+    assert plan_training(cfg, arch, b_max, 2048, "fp16").n_micro == 1
+    assert plan_training(cfg, arch, b_max + 1, 2048, "fp16").n_micro == 2
+    for batch in (1, 65, 66, 67, 200, 528, 1000):
+        p = plan_training(cfg, arch, batch, 2048, "fp16")
+        assert p.n_micro == math.ceil(batch / b_max), (batch, p.n_micro)
+        assert (p.n_micro - 1) * p.layout.b + p.b_last == batch and 1 <= p.b_last <= p.layout.b
+
+
+def test_scaling_systems_experiment_is_never_superlinear():
+    """experiments/scaling_systems.py at the preset SwarmX: speed-up(S) <= S for S = 1..16
+    (the per-system work never shrinks faster than 1/S)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "scaling_systems.py"
+    spec = importlib.util.spec_from_file_location("scaling_systems", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    systems = list(range(1, 17))
+    rows = mod.run("cerebras-gpt-1.3b", "wse2", systems, 10.0, 2048, None)
+    for r in rows:
+        assert r["speedup"] <= r["systems"] * (1 + 1e-3), (r["swarmx"], r["systems"], r["speedup"])
+    preset = [r for r in rows if r["swarmx"] == "preset"]
+    assert [r["systems"] for r in preset] == systems
+    assert preset[1]["speedup"] > 1.9  # two systems still nearly halve the step

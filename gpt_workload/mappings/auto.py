@@ -218,6 +218,14 @@ class AutoMapping(Mapping):
 
     def __init__(self, **values):
         super().__init__(**values)
+        if self["candidates"] != "all":
+            allowed = [n for n in MAPPINGS if n != "auto"]
+            for name in self["candidates"].split("+"):
+                if name not in allowed:
+                    raise ConfigError(
+                        f"mapping auto: candidates={self['candidates']!r}: {name!r} is not a "
+                        f"mapping; allowed: all, or names joined by '+' from {', '.join(allowed)}"
+                    )
         self.chosen: Mapping | None = None
         self.search: SearchResult | None = None
 

@@ -46,6 +46,8 @@ class Knob:
         """The allowed values, in words, for error messages and ``mappings list``."""
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.kind == "str":
+            return "a string"
         lo = "" if self.lo is None else f" >= {self.lo:g}"
         hi = "" if self.hi is None else f" <= {self.hi:g}"
         what = "an integer" if self.kind == "int" else "a number"

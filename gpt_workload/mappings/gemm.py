@@ -567,25 +567,30 @@ _PLANNERS = {
 @numba.njit(parallel=True, cache=True)
 def _ordered_blocks_kernel(A, B, rb, cb, kb, order, C):  # pragma: no cover - jit
     """``C[r, c]`` of output block ``(i, j)``: one fp32 accumulator from 0, k-blocks in
-    ``order[i, j, :]``, ``k`` ascending inside a block (product rounded, then the sum)."""
-    pr = rb.shape[0] - 1
+    ``order[i, j, :]``, ``k`` ascending inside a block (product rounded, then the sum).
+    One accumulator buffer per row, reused across blocks, and a contiguous view of each B
+    row slice, so the inner loop vectorises."""
     pc = cb.shape[0] - 1
+    wmax = 0
+    for j in range(pc):
+        wmax = max(wmax, cb[j + 1] - cb[j])
     for r in numba.prange(A.shape[0]):
         i = 0
         while rb[i + 1] <= r:
             i += 1
+        acc = np.empty(wmax, np.float32)
         for j in range(pc):
-            c0, c1 = cb[j], cb[j + 1]
-            acc = np.zeros(c1 - c0, np.float32)
+            c0 = cb[j]
+            w = cb[j + 1] - c0
+            acc[:w] = 0
             for t in range(order.shape[2]):
                 q = order[i, j, t]
                 for k in range(kb[q], kb[q + 1]):
                     a = A[r, k]
-                    for c in range(c1 - c0):
-                        acc[c] = acc[c] + a * B[k, c0 + c]
-            for c in range(c1 - c0):
-                C[r, c0 + c] = acc[c]
-    _ = pr
+                    Bk = B[k, c0 : c0 + w]
+                    for c in range(w):
+                        acc[c] += a * Bk[c]
+            C[r, c0 : c0 + w] = acc[:w]
 
 
 @numba.njit(parallel=True, cache=True)

@@ -13,10 +13,13 @@ ffn_up, ffn_down, lm_head) and attention run:
   ``ws``) and the attention layout (``head`` or ``sequence``).
 * ``summa``, ``cannon``, ``meshgemm``, ``row_1d``, ``col_1d``: every GEMM runs that
   algorithm (:mod:`gpt_workload.mappings.gemm`, ``weights="stream"``) on *blocks* of
-  ``block_rows`` consecutive segments (grid rows) x ``P`` columns, so a block row is a
-  segment and its feature split is the algorithm's column split (``A[M_i, K_j]`` on PE
-  ``(i, j)`` is the segment layout). ``cannon`` and ``meshgemm`` use square ``P x P``
-  blocks; ``row_1d`` and ``col_1d`` one segment row (``1 x P``); ``row_1d`` also pays the
+  consecutive segments (grid rows) x ``P`` columns, so a block row is a segment and its
+  feature split is the algorithm's column split (``A[M_i, K_j]`` on PE ``(i, j)`` is the
+  segment layout). ``cannon`` and ``meshgemm`` use square ``P x P`` blocks; ``summa``,
+  ``row_1d`` and ``col_1d`` one segment (``1 x P``): with B streamed, SUMMA's B panels are
+  the column multicast whatever the block height, and each PE's A panels and k order are
+  those of its own row, so taller SUMMA blocks change neither traffic, time nor numerics
+  (the knob that set them was dropped for that reason); ``row_1d`` also pays the
   all-to-all that turns the feature-split activations into token-split ones and back.
   Blocks run side by side; the weight stream is the column multicast of the default
   mapping (each column carries what its PEs need; ``row_1d``'s columns need all of B).
@@ -25,7 +28,7 @@ ffn_up, ffn_down, lm_head) and attention run:
   pair costing the fewest PE cycles: K chunks (SUMMA's panel width) move the same bytes and
   issue the same vector ops in more steps; N chunks repeat A's traffic and shorten the
   vector ops (:meth:`_BlockGemm.chunked_plan`). A last block with fewer segments than
-  ``block_rows`` is costed pro rata (its share of a full block's link bytes).
+  the block's rows is costed pro rata (its share of a full block's link bytes).
 
 Numerics: every mapping computes the model's logits with its own GEMM order
 (:func:`gpt_workload.mappings.gemm.gemm_numerics`, bias added after the sum as in
@@ -49,6 +52,7 @@ from gpt_workload.lowering import (
     ACC_BYTES,
     COLOUR_KV,
     COLOUR_PSUM,
+    choose_P,
     kv_multicast,
     lower_weight_streaming,
     max_batch_single_micro,
@@ -148,13 +152,9 @@ def tile_gemm(algorithm: str, block_rows: int, reduce: str = "chain"):
             nb = math.ceil(S / block_rows)
             Ap = np.zeros((nb * block_rows * m, P * kt), np.float32)
             Ap[: S * m] = A
-            rows = block_rows * m
-            C = np.concatenate(
-                [
-                    gemm_numerics(algorithm, Ap[b * rows : (b + 1) * rows], B, block_rows, P)
-                    for b in range(nb)
-                ]
-            )[: S * m]
+            # one call for all blocks: row-block i of the stacked blocks rotates by
+            # (i + j) mod P, the same as row i mod P of its own block (block_rows = P)
+            C = gemm_numerics(algorithm, Ap, B, nb * block_rows, P)[: S * m]
         else:
             C = gemm_numerics(algorithm, A, B, 1, P, reduce)
         if bias is not None and bias.shape[0]:
@@ -387,11 +387,10 @@ class _TreeReduce:
 
 
 class _BlockGemm:
-    """Every GEMM runs ``algorithm`` on blocks of ``block_rows`` segments x ``P`` PEs."""
+    """Every GEMM runs ``algorithm`` on blocks of segments x ``P`` PEs (:meth:`rows_of`)."""
 
-    def __init__(self, algorithm: str, block_rows: int | None):
+    def __init__(self, algorithm: str):
         self.algorithm = algorithm
-        self.block_rows = block_rows
         self.cache: dict = {}
 
     def rows_of(self, L) -> int:
@@ -404,7 +403,7 @@ class _BlockGemm:
             return L.P
         if self.algorithm in ("row_1d", "col_1d"):
             return 1
-        return min(self.block_rows or L.P, L.rows)
+        return 1  # summa: one segment (see the module docstring)
 
     def chunked_plan(self, bld, op, M, K, N, pr, budget):
         """``(c, plan)``: the GEMM cut into ``c = c_k x c_n`` sub-GEMMs of ``K / c_k`` x
@@ -581,11 +580,18 @@ class WeightStreaming(_WSMode):
         if self["reduce"] == "chain" and self["attention"] == "head":
             return None
         if self["reduce"] == "tree":
-            P = self["pes_per_segment"]
-            if P is not None and P & (P - 1):
+            P = self["pes_per_segment"] or choose_P(cfg, arch.wafer.cols)
+            if P & (P - 1):
+                ok = [
+                    p
+                    for p in range(1, min(cfg.n_head, arch.wafer.cols) + 1)
+                    if cfg.n_head % p == 0 and not p & (p - 1)
+                ]
+                how = "" if self["pes_per_segment"] else " (the layout's choice)"
                 raise ConfigError(
-                    f"mapping {self.name}: reduce=tree needs pes_per_segment a power of two, "
-                    f"got {P}"
+                    f"mapping {self.name}: reduce=tree needs pes_per_segment a power of two "
+                    f"dividing n_head={cfg.n_head}, got {P}{how}; allowed: "
+                    f"{', '.join(map(str, ok))}"
                 )
         return _Strategy(
             gemm=_TreeReduce() if self["reduce"] == "tree" else None,
@@ -627,11 +633,8 @@ class _BlockMapping(_WSMode):
                     raise
                 b = max(1, b * 3 // 4)
 
-    def _block_rows(self):
-        return self.values.get("block_rows")
-
     def strategy(self, cfg, arch, precision):
-        return _Strategy(gemm=_BlockGemm(self.algorithm, self._block_rows()))
+        return _Strategy(gemm=_BlockGemm(self.algorithm))
 
     def numerics(self, program, cfg, weights, tokens, precision):
         from gpt_workload.numerics import run_numerics
@@ -641,25 +644,15 @@ class _BlockMapping(_WSMode):
         return run_numerics(program, cfg, weights, tokens, precision, gemm=fn)
 
 
-_BR = Knob(
-    "block_rows",
-    "int",
-    None,
-    "segments (grid rows) per SUMMA block; block = block_rows x P PEs (default P, capped "
-    "by the grid rows)",
-    lo=1,
-)
-
-
 @register
 class Summa(_BlockMapping):
     """SUMMA GEMMs."""
 
     name = "summa"
     algorithm = "summa"
-    description = "every GEMM as SUMMA on block_rows x P blocks: A along rows, B down columns"
+    description = "every GEMM as SUMMA on each segment: A panels along the row, B down columns"
     source = "van de Geijn & Watts, SUMMA, Concurrency: Pract. Exper. 9(4), 1997"
-    knobs = (_P, _M, _BR)
+    knobs = (_P, _M)
 
 
 @register

@@ -176,34 +176,49 @@ def plan_training(
 ) -> TrainingPlan:
     """Micro-batch size and activation policy for ``batch`` sequences on one system.
 
-    Starts from the forward's plan (:func:`gpt_workload.lowering.plan_layout`) and takes
-    more micro-batches until ``recompute`` fits; picks ``store`` when it fits.
+    The fewest micro-batches ``n`` whose micro-batch of ``ceil(batch / n)`` sequences fits
+    one forward layout (:func:`gpt_workload.lowering.plan_layout` with one micro-batch) and
+    whose training SRAM need fits with ``recompute``; picks ``store`` when it fits. ``n`` is
+    found by bisection over ``1 .. batch`` (the need grows with the micro-batch), so no count
+    is skipped; the micro-batches are then balanced (``ceil(batch / n)`` each, the last
+    one the rest).
 
     Raises:
         ConfigError: bad batch or seq_len. FitError: not even one sequence fits.
     """
     usable = arch.pe.sram_usable_bytes
     s = bytes_per_element(precision)
-    L = plan_layout(cfg, arch, batch, seq_len, precision)
-    n_micro = L.n_micro
-    while True:
-        b = math.ceil(batch / n_micro)
+    plan_layout(cfg, arch, batch, seq_len, precision)  # validates batch and seq_len
+
+    def need(n: int):
+        """(fits, layout, store, recompute, per_layer, ckpt, peak, grad) at ``n``."""
+        b = math.ceil(batch / n)
         Lb = plan_layout(cfg, arch, b, seq_len, precision)
         per_layer, ckpt, grad = _act_sizes(cfg, Lb, s)
         peak = _fwd_peak(cfg, arch, Lb, seq_len, s)
         store = peak + cfg.n_layer * per_layer + grad
         recompute = peak + (cfg.n_layer + 1) * ckpt + per_layer + grad
-        if store <= usable or recompute <= usable:
-            break
-        if b == 1:
-            raise FitError(
-                f"training {cfg.name} does not fit one sequence of {seq_len} tokens per "
-                f"micro-batch on {arch.name} ({precision}): even with recomputation a PE needs "
-                f"{recompute} B (forward peak {peak} B + {cfg.n_layer + 1} layer-input "
-                f"checkpoints of {ckpt} B + one layer's activations {per_layer} B + gradient "
-                f"{grad} B) but has {usable} B usable"
-            )
-        n_micro = min(batch, max(n_micro + 1, math.ceil(n_micro * 1.25)))
+        ok = Lb.n_micro == 1 and min(store, recompute) <= usable
+        return ok, Lb, store, recompute, per_layer, ckpt, peak, grad
+
+    ok, Lb, store, recompute, per_layer, ckpt, peak, grad = need(batch)
+    if not ok:
+        raise FitError(
+            f"training {cfg.name} does not fit one sequence of {seq_len} tokens per "
+            f"micro-batch on {arch.name} ({precision}): even with recomputation a PE needs "
+            f"{recompute} B (forward peak {peak} B + {cfg.n_layer + 1} layer-input "
+            f"checkpoints of {ckpt} B + one layer's activations {per_layer} B + gradient "
+            f"{grad} B) but has {usable} B usable"
+        )
+    lo, hi = 0, batch  # need(lo) does not fit (or lo = 0), need(hi) fits
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if need(mid)[0]:
+            hi = mid
+        else:
+            lo = mid
+    ok, Lb, store, recompute, per_layer, ckpt, peak, grad = need(hi)
+    b = Lb.b
     n_micro = math.ceil(batch / b)
     policy = "store" if store <= usable else "recompute"
     return TrainingPlan(

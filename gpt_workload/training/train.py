@@ -6,10 +6,12 @@ Timing: one system's share of the global batch is lowered to a training-step Pro
 shapes, so one step is timed and ``steps`` x that is the run's time.
 
 Numerics: helper module :mod:`gpt_workload.training.trainer` (``TrainNumerics``: fp32 master
-weights, AdamW, dynamic loss scaling) runs ``steps`` real optimizer steps on a small *check
-batch* (``check_sequences`` x ``check_seq_len`` tokens of the given text, byte-tokenized),
-printing loss, gradient norm and loss scale per step. The timing always covers the full
-batch. Models whose fp32 weights, gradients and two Adam moments exceed
+weights, AdamW, dynamic loss scaling) runs the first ``numerics_steps`` (default
+``min(steps, 20)``) of the run's real optimizer steps on a small *check batch*
+(``check_sequences`` x ``check_seq_len`` tokens of the given text, byte-tokenized),
+printing loss, gradient norm and loss scale per step (the learning-rate schedule is the
+one of all ``steps``). The timing always covers the full batch and all ``steps`` (every step
+has the same timing). Models whose fp32 weights, gradients and two Adam moments exceed
 :data:`gpt_workload.simulate.NUMERICS_MAX_WEIGHT_BYTES` skip the numerics and say so.
 
 **Data parallel through SwarmX** (``systems = S``): the global batch is split over ``S``
@@ -43,6 +45,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +66,10 @@ from wse_sim.timing.event import run_event
 FIDELITIES = {"event": run_event, "analytic": run_analytic}
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
-#: most steps of a run (the numerics run every one)
+#: most steps of a run
 MAX_STEPS = 100_000
+#: default cap on the steps run numerically (``numerics_steps``)
+DEFAULT_NUMERICS_STEPS = 20
 
 
 def max_systems(arch: ArchConfig) -> int:
@@ -221,7 +226,7 @@ class TrainReport:
     Attributes:
         model, arch, fidelity, precision: the run's choices; ``systems`` data-parallel CS-x.
         batch: global sequences per step; seq_len; tokens_per_step = batch x seq_len.
-        steps: optimizer steps run.
+        steps: optimizer steps timed (the numerics run the first ``numerics["steps_run"]``).
         step_time_s, total_time_s (= steps x step_time_s), samples_per_s, tokens_per_s.
         model_flops_per_step: ``{"dense_6N", "lm_head", "attention", "total"}`` (3 x forward).
         hardware_flops_per_step: FLOPs the Program executes (recompute included), all systems.
@@ -229,7 +234,8 @@ class TrainReport:
         breakdown_s, overlapped_s: see :class:`StepTiming`.
         training: the lowering's plan (micro-batches, activations stored or recomputed ...).
         numerics: ``{"steps": [{"step", "loss", "grad_norm", "loss_scale", "lr",
-            "skipped"}, ...], "check_batch": [K, T], ...}`` or ``{"skipped": reason}``.
+            "skipped"}, ...], "steps_run", "steps_total", "check_batch": [K, T], ...}`` or
+            ``{"skipped": reason}``.
         swarmx: the SwarmX model and its closed-form gradient-reduce time per step.
         wall_s: host seconds per phase.
     """
@@ -305,7 +311,8 @@ class TrainReport:
                 "numerics",
                 f"skipped: {num['skipped']}"
                 if "skipped" in num
-                else f"check batch {num['check_batch'][0]} x {num['check_batch'][1]} tokens "
+                else f"{num['steps_run']:,} of {num['steps_total']:,} step(s) run numerically on a "
+                f"check batch of {num['check_batch'][0]} x {num['check_batch'][1]} tokens "
                 f"of {num['text']}",
             )
         )
@@ -340,7 +347,9 @@ def train(
     check_sequences: int = 4,
     check_seq_len: int | None = None,
     numerics: bool = True,
+    numerics_steps: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainReport:
     """Time ``steps`` training steps of ``model`` on ``systems`` x ``arch`` and run them.
 
@@ -360,7 +369,11 @@ def train(
             over ``steps``, no warm-up.
         check_sequences, check_seq_len: the numerics' check batch (default 4 x
             ``min(seq_len, 64)``); 0 sequences or ``numerics=False`` skips the numerics.
+        numerics_steps: how many of the ``steps`` run numerically (0 .. ``steps``; default
+            ``min(steps, 20)``); the timing covers all ``steps`` either way.
         overrides: ``level.field=value`` arch overrides.
+        progress: called as ``progress(done, total)`` before the first numerics step and
+            after each one (e.g. for a progress bar).
 
     Raises:
         ConfigError, FitError: bad input (one-line messages).
@@ -379,19 +392,26 @@ def train(
     )
     systems = _check_int("systems", systems, 1, max_systems(arch_cfg))
     batch = _check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
-    seq_len = _check_int("seq_len", seq_len, 1, allow_none=True)
+    seq_len_arg = seq_len
+    if seq_len is not None and (
+        isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, (int, np.integer))
+    ):
+        seq_len = -1  # reported with the allowed range below
     seed = _check_int("seed", seed, 0, 2**63 - 1)
     check_sequences = _check_int("check_sequences", check_sequences, 0, 64)
     check_seq_len = _check_int("check_seq_len", check_seq_len, 2, allow_none=True)
+    if numerics_steps is None:
+        numerics_steps = min(steps, DEFAULT_NUMERICS_STEPS)
+    numerics_steps = _check_int("numerics_steps", numerics_steps, 0, steps)
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr={lr!r} must be a finite number > 0")
     cfg, _, _ = resolve_model_and_weights(model, seed, None, need_weights=False)
     if seq_len is None:
         seq_len = min(2048, cfg.n_positions)
-    if seq_len > cfg.n_positions:
+    elif not 2 <= seq_len <= cfg.n_positions:
         raise ConfigError(
-            f"seq_len={seq_len} must be an integer in 1..{cfg.n_positions} "
-            f"(n_positions of {cfg.name})"
+            f"seq_len={seq_len_arg!r} must be an integer in 2..{cfg.n_positions} (n_positions "
+            f"of {cfg.name}; a next-token loss needs at least 2 tokens)"
         )
     pub = PUBLISHED_TRAINING.get(cfg.name)
     if batch is None:
@@ -444,8 +464,8 @@ def train(
         "binary tree); weights broadcast at min(ingress, swarmx)",
     }
     num: dict
-    if not numerics or check_sequences == 0:
-        num = {"skipped": "numerics off (check_sequences=0)"}
+    if not numerics or check_sequences == 0 or numerics_steps == 0:
+        num = {"skipped": "numerics off (check_sequences=0 or numerics_steps=0)"}
     elif 16 * cfg.n_params > NUMERICS_MAX_WEIGHT_BYTES:
         num = {
             "skipped": f"fp32 weights, gradients and two Adam moments of {cfg.name} need "
@@ -454,8 +474,9 @@ def train(
         }
     else:
         num = _run_numerics(
-            cfg, model, precision, steps, seed, text, lr, pub, check_sequences,
+            cfg, model, precision, steps, numerics_steps, seed, text, lr, pub, check_sequences,
             check_seq_len or min(seq_len, 64), prog.meta["training"]["activations"], wall,
+            progress,
         )  # fmt: skip
     return TrainReport(
         model=cfg.name,
@@ -485,8 +506,11 @@ def train(
     )
 
 
-def _run_numerics(cfg, model, precision, steps, seed, text, lr, pub, k, T, policy, wall) -> dict:
-    """Run ``steps`` real optimizer steps on a ``k x T`` check batch (helper A's trainer)."""
+def _run_numerics(
+    cfg, model, precision, steps, n_run, seed, text, lr, pub, k, T, policy, wall, progress
+) -> dict:
+    """Run the first ``n_run`` of ``steps`` real optimizer steps (the schedule of all
+    ``steps``) on a ``k x T`` check batch (helper A's trainer)."""
     from gpt_workload.simulate import resolve_model_and_weights
     from gpt_workload.training.optim import AdamWConfig
     from gpt_workload.training.tokenizer import ByteTokenizer, load_text_batches
@@ -509,13 +533,23 @@ def _run_numerics(cfg, model, precision, steps, seed, text, lr, pub, k, T, polic
                 f"--tokens {str(text)!r} is not a readable UTF-8 text: {exc}"
             ) from None
         src = str(text)
-    batches = load_text_batches(ByteTokenizer(), k, T, seed, text=body)
+    tok = ByteTokenizer()
+    n_tok = tok.encode(body).size if body is not None else None
+    if n_tok is not None and n_tok < T:
+        raise ConfigError(
+            f"--tokens {str(text)!r} has {n_tok} byte token(s); the numerics' check batch "
+            f"needs at least {T} (check_seq_len {T}, by default min(seq_len, 64); "
+            "--check-sequences 0 skips the numerics)"
+        )
+    batches = load_text_batches(tok, k, T, seed, text=body)
     _, w, wsrc = resolve_model_and_weights(model, seed)
     peak_lr = lr if lr is not None else (float(pub["peak_lr"]) if pub else 6.0e-4)
     adamw = AdamWConfig(lr=peak_lr, warmup_steps=0, total_steps=steps)
     tn = TrainNumerics(cfg, w, precision, adamw, None, recompute=policy == "recompute")
     out = []
-    for _ in range(steps):
+    if progress is not None:
+        progress(0, n_run)
+    for i in range(n_run):
         s = tn.step(next(batches))
         out.append(
             {
@@ -527,6 +561,8 @@ def _run_numerics(cfg, model, precision, steps, seed, text, lr, pub, k, T, polic
                 "skipped": bool(s.skipped),
             }
         )
+        if progress is not None:
+            progress(i + 1, n_run)
     wall["numerics"] = time.perf_counter() - t0
     return {
         "check_batch": [k, T],
@@ -534,5 +570,7 @@ def _run_numerics(cfg, model, precision, steps, seed, text, lr, pub, k, T, polic
         "weights": wsrc,
         "precision": precision,
         "peak_lr": peak_lr,
+        "steps_run": n_run,
+        "steps_total": steps,
         "steps": out,
     }
