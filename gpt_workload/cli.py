@@ -313,7 +313,8 @@ def _cmd_mappings(args: argparse.Namespace) -> int:
         t.add_column(c, overflow="fold")
     for m in list_mappings():
         knobs = "\n".join(
-            f"{k['name']}={'auto' if k['default'] is None else k['default']} ({k['allowed']})"
+            f"{k['name']}={'auto' if k['default'] is None else k['default']} ({k['allowed']}): "
+            f"{k['doc']}"
             for k in m["knobs"]
         )
         t.add_row(m["name"], m["mode"], m["description"], m["source"], knobs or "-")

@@ -209,9 +209,13 @@ def plan_layout(
     if P is None:
         P = choose_P(cfg, cols)
     elif cfg.n_head % P or P > cols:
+        ok = [p for p in range(1, min(cfg.n_head, cols) + 1) if cfg.n_head % p == 0]
         raise ConfigError(
-            f"pes_per_segment={P} must divide n_head={cfg.n_head} and be <= {cols} (grid cols)"
+            f"pes_per_segment={P} must divide n_head={cfg.n_head} and fit the grid's {cols} "
+            f"columns; allowed: {', '.join(map(str, ok))}"
         )
+    if m is not None and not 1 <= m <= seq_len:
+        raise ConfigError(f"tokens_per_segment={m} must be in 1..{seq_len} (seq_len)")
     m_fixed = m
     spr = cols // P
     n_avail = rows * spr

@@ -224,3 +224,23 @@ def test_block_gemm_refuses_when_no_chunk_fits():
     with pytest.raises(FitError, match=r"kernel qkv .* B per PE .* 1 B free") as e:
         _BlockGemm("summa").chunked_plan(bld, "qkv", 16, 256, 256, 4, 1)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("layer_pipelined:layers_per_stage=1000", r"layers_per_stage=1000 .* 1\.\.2 \(n_layer"),
+        ("layer_pipelined:micro_batch=1000", r"micro_batch=1000 .* 0\.\.4 \(the batch"),
+        ("layer_pipelined:gemm=cannon,fold=off", r"gemm=cannon needs a square block .*gemm=summa"),
+        ("weight_streaming:pes_per_segment=3", r"pes_per_segment=3 .* allowed: 1, 2, 4"),
+        ("weight_streaming:tokens_per_segment=999", r"tokens_per_segment=999 .* 1\.\.16"),
+    ],
+)
+def test_out_of_range_knobs_refused_in_one_line(spec, match):
+    """Knob values the model or workload cannot take (found by a user trial: they were
+    silently capped, or the advice in the message led to another error) are refused with the
+    allowed range, derived here from gpt-tiny (2 layers, 4 heads) at batch 4 x 16 tokens."""
+    assert TINY.n_layer == 2 and TINY.n_head == 4
+    with pytest.raises((ConfigError, FitError), match=match) as e:
+        parse_mapping(spec).lower(TINY, load_arch("grid32"), 4, 16, "fp16")
+    assert "\n" not in str(e.value)

@@ -201,8 +201,8 @@ class AutoMapping(Mapping):
     name = "auto"
     mode = "search"
     description = (
-        "time every registered mapping and knob choice (analytic), re-time the fastest "
-        "with event, run the winner"
+        "time every registered mapping at its defaults and at each other choice of its "
+        "choice knobs, one at a time (analytic), re-time the fastest with event, run the winner"
     )
     source = "this simulator's analytic and event backends"
     packet_ok = False
@@ -212,7 +212,7 @@ class AutoMapping(Mapping):
             "candidates",
             "str",
             "all",
-            "mappings to search, joined by '+' (all: every registered one)",
+            "all (every registered mapping) or mapping names joined by '+', e.g. summa+cannon",
         ),
     )
 

@@ -119,7 +119,11 @@ def column_sources(alg: str, M: int, K: int, N: int, pr: int, pc: int, s: int) -
     if alg in ("row_1d", "col_1d"):
         per = sz(K, pr * pc) * (N if alg == "row_1d" else M) * s
         return np.repeat(per.reshape(pr, pc).sum(axis=1, keepdims=True), pc, axis=1)
-    raise ConfigError(f"gemm {alg} needs a square block: use fold=off for {alg}")
+    raise ConfigError(
+        f"mapping layer_pipelined: gemm={alg} needs a square block and a layer-pipelined band "
+        f"never is one (folded: rows x (cols // P) by P; fold=off: rows x cols); use gemm=summa, "
+        f"ws, row_1d or col_1d"
+    )
 
 
 def folded_column_multicast(
@@ -223,6 +227,8 @@ def _gemm(
             p = summa_resident_closed_form(M, K, N, pr, pc, precision, arch)
             p = _PlanView(p.busy, p.overhead, p.flops, p.sram, p.transfers)
         else:
+            if alg in ("cannon", "meshgemm") and pr != pc:
+                column_sources(alg, M, K, N, pr, pc, 1)  # raises: bands are never square
             p = gemm_plan(
                 alg, M=M, K=K, N=N, pr=pr, pc=pc, precision=precision, arch=arch, weights="resident"
             )
@@ -717,6 +723,16 @@ def plan_pipeline(
             f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
         )
     s = bytes_per_element(precision)
+    if not isinstance(layers_per_stage, int) or not 1 <= layers_per_stage <= cfg.n_layer:
+        raise ConfigError(
+            f"mapping layer_pipelined: layers_per_stage={layers_per_stage!r} must be an integer "
+            f"in 1..{cfg.n_layer} (n_layer of {cfg.name})"
+        )
+    if not isinstance(micro_batch, int) or not 0 <= micro_batch <= batch:
+        raise ConfigError(
+            f"mapping layer_pipelined: micro_batch={micro_batch!r} must be an integer in "
+            f"0..{batch} (the batch; 0 = the fastest by the closed form)"
+        )
     stages = make_stages(cfg, layers_per_stage, s)
     R = arch.wafer.rows
     if len(stages) > R:
