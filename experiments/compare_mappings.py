@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
-from gpt_workload.mappings import MAPPINGS
+from gpt_workload.config import resolve_model
+from gpt_workload.mappings import MAPPINGS, parse_mapping
 from gpt_workload.plots import save
-from gpt_workload.simulate import simulate
-from wse_sim.errors import ConfigError, FitError
+from gpt_workload.precision import check_precision
+from gpt_workload.simulate import FIDELITIES, MAX_BATCH, simulate
+from wse_sim.arch import load_arch
+from wse_sim.errors import ConfigError, FitError, WseSimError
+
+PROG = Path(__file__).name
 
 FIELDS = [
     "model",
@@ -62,9 +68,10 @@ PHASES = (
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
     p = argparse.ArgumentParser(
+        prog=PROG,
         description="Time every registered mapping on each model x arch and break the time "
         "into compute / fabric / weight-I/O stall / idle, in total and per layer. Writes "
-        "compare_mappings.csv and compare_mappings.png."
+        "compare_mappings.csv and compare_mappings.png.",
     )
     p.add_argument(
         "--model",
@@ -78,16 +85,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=120,
         help="sequences per run (default 120: Cerebras-GPT-111M's published training batch)",
     )
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32")
-    p.add_argument("--fidelity", default="analytic", help="analytic or event")
+    p.add_argument(
+        "--seq-len", type=int, default=2048, help="tokens per sequence (default: %(default)s)"
+    )
+    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 (default: %(default)s)")
+    p.add_argument(
+        "--fidelity", default="analytic", help="analytic, event or packet (default: %(default)s)"
+    )
     p.add_argument(
         "--mappings",
         default="",
         help="mapping specs, comma-separated, NAME[:knob=value;...] (';' between knobs); "
         "default every registered mapping but auto",
     )
-    p.add_argument("--out", default="results/compare_mappings", help="output directory")
+    p.add_argument(
+        "--out", default="results/compare_mappings", help="output directory (default: %(default)s)"
+    )
     return p.parse_args(argv)
 
 
@@ -96,6 +109,61 @@ def mapping_specs(arg: str) -> list[str]:
     if not arg:
         return [n for n in MAPPINGS if n != "auto"]
     return [s.strip().replace(";", ",") for s in arg.split(",") if s.strip()]
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written.
+
+    A mapping that is valid but does not fit a model x arch is not an error here: it becomes an
+    error row of the run.
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    n_positions = []
+    for model in args.model.split(","):
+        try:
+            n_positions.append(resolve_model(model).n_positions)
+        except ConfigError as exc:
+            raise ConfigError(f"--model: {exc}") from None
+    for arch in args.arch.split(","):
+        try:
+            load_arch(arch)
+        except ConfigError as exc:
+            raise ConfigError(f"--arch: {exc}") from None
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ConfigError(
+            f"--batch {args.batch} is not allowed: expected an integer in 1..{MAX_BATCH}"
+        )
+    if not 1 <= args.seq_len <= min(n_positions):
+        raise ConfigError(
+            f"--seq-len {args.seq_len} is not allowed: expected an integer in "
+            f"1..{min(n_positions)} (the smallest n_positions of --model)"
+        )
+    try:
+        check_precision(args.precision)
+    except ConfigError as exc:
+        raise ConfigError(f"--precision: {exc}") from None
+    if args.fidelity not in FIDELITIES:
+        raise ConfigError(
+            f"--fidelity {args.fidelity!r} is not allowed: expected one of {', '.join(FIDELITIES)}"
+        )
+    if args.mappings and not mapping_specs(args.mappings):
+        raise ConfigError(f"--mappings {args.mappings!r} names no mapping")
+    for typed in filter(None, (s.strip() for s in args.mappings.split(","))):
+        name = typed.partition(":")[0].strip()
+        if name not in MAPPINGS:
+            raise ConfigError(
+                f"--mappings {typed!r}: unknown mapping {name!r}; allowed: {', '.join(MAPPINGS)} "
+                "(NAME[:knob=value;...], ',' between mappings, ';' between knobs)"
+            )
+        try:
+            parse_mapping(typed.replace(";", ","))
+        except ConfigError as exc:
+            raise ConfigError(f"--mappings {typed!r}: {exc}") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
 
 
 def _key(row: dict) -> tuple:
@@ -154,7 +222,12 @@ def run_one(model, arch, spec, args) -> list[dict]:
 
 def run(args: argparse.Namespace) -> tuple[list[dict], object]:
     """Run (resuming from the CSV), write the CSV and the PNG; returns (the per-run total
-    rows, the figure)."""
+    rows, the figure).
+
+    Raises:
+        ConfigError: a bad option (:func:`validate`), before anything is run or written.
+    """
+    validate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "compare_mappings.csv"
@@ -261,7 +334,11 @@ def main(argv=None) -> int:
     """Run the experiment, print one line per run; returns the exit status."""
     args = parse_args(argv)
     t0 = time.perf_counter()
-    totals, _ = run(args)
+    try:
+        totals, _ = run(args)
+    except (WseSimError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     for r in totals:
         if r["status"] == "ok":
             print(

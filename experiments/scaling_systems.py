@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import sys
 from pathlib import Path
 
 from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
 from gpt_workload.plots import save
 from gpt_workload.training.train import time_training_step
 from wse_sim.arch import load_arch
+from wse_sim.errors import ConfigError, WseSimError
+
+PROG = Path(__file__).name
 
 
 def run(model: str, arch: str, systems: list[int], cut: float, seq_len: int, batch: int | None):
@@ -35,7 +40,7 @@ def run(model: str, arch: str, systems: list[int], cut: float, seq_len: int, bat
     cfg = resolve_model(model)
     base = load_arch(arch)
     if batch is None:
-        batch = int(PUBLISHED_TRAINING.get(cfg.name, {"batch_sequences": 64})["batch_sequences"])
+        batch = default_batch(cfg.name)
     fpt = forward_flops_per_token(cfg, seq_len)["total"]
     rows = []
     for label, factor in (("preset", 1.0), (f"preset / {cut:g}", 1.0 / cut)):
@@ -66,25 +71,126 @@ def run(model: str, arch: str, systems: list[int], cut: float, seq_len: int, bat
     return rows
 
 
+def default_batch(name: str) -> int:
+    """The published global batch of preset ``name`` (sequences); 64 for other models."""
+    return int(PUBLISHED_TRAINING.get(name, {"batch_sequences": 64})["batch_sequences"])
+
+
+def parse_counts(opt: str, text: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``.
+
+    Raises:
+        ConfigError: naming ``opt``, the value and what is allowed (integers >= 1).
+    """
+    items = [x.strip() for x in text.split(",")]
+    try:
+        counts = [int(x) for x in items]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise ConfigError(
+            f"{opt} {text!r} is not allowed: expected comma-separated integers >= 1, "
+            "e.g. 1,2,4,8,16"
+        )
+    return counts
+
+
+def validate(args: argparse.Namespace) -> tuple[list[int], Path]:
+    """Check every option before anything runs; returns (systems, out).
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    try:
+        cfg = resolve_model(args.model)
+    except ConfigError as exc:
+        raise ConfigError(f"--model: {exc}") from None
+    try:
+        load_arch(args.arch)
+    except ConfigError as exc:
+        raise ConfigError(f"--arch: {exc}") from None
+    systems = parse_counts("--systems", args.systems)
+    if not (math.isfinite(args.cut) and args.cut > 0):
+        raise ConfigError(f"--cut {args.cut!r} is not allowed: expected a finite number > 0")
+    if not 2 <= args.seq_len <= cfg.n_positions:
+        raise ConfigError(
+            f"--seq-len {args.seq_len} is not allowed: expected an integer in "
+            f"2..{cfg.n_positions} (n_positions of {cfg.name})"
+        )
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch {args.batch} is not allowed: expected an integer >= 1")
+    batch = default_batch(cfg.name) if args.batch is None else args.batch
+    if max(systems) > batch:
+        raise ConfigError(
+            f"--systems {max(systems)} is not allowed: at most the global batch of {batch} "
+            "sequences (--batch; every system needs at least one sequence)"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
+    return systems, out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line; writes the CSV and the PNG."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="cerebras-gpt-1.3b")
-    p.add_argument("--arch", default="wse2")
-    p.add_argument("--systems", default="1,2,4,8,16", help="comma-separated system counts")
-    p.add_argument("--cut", type=float, default=10.0, help="SwarmX bandwidth divisor")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=None, help="global batch (default published)")
-    p.add_argument("--out", default="results/scaling_systems")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "--model",
+        default="cerebras-gpt-1.3b",
+        help="model preset (wse-sim models list) or config.json path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--arch",
+        default="wse2",
+        help="arch preset (wse2, wse3, ...) or arch .toml file path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--systems",
+        default="1,2,4,8,16",
+        help="comma-separated numbers of systems S (data-parallel over SwarmX), each >= 1 and "
+        "<= the global batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cut",
+        type=float,
+        default=10.0,
+        help="divisor (> 0) of the preset SwarmX bandwidth (bytes/s) for the second curve "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=2048,
+        help="tokens per sequence, 2..the model's n_positions (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="global batch in sequences, split over the systems (default: the model's "
+        "published batch, 64 for a model without one)",
+    )
+    p.add_argument(
+        "--out",
+        default="results/scaling_systems",
+        help="output directory for scaling_systems.csv and scaling_systems.png, created if "
+        "missing (default: %(default)s)",
+    )
     a = p.parse_args(argv)
-    systems = [int(x) for x in a.systems.split(",")]
-    rows = run(a.model, a.arch, systems, a.cut, a.seq_len, a.batch)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scaling_systems.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    try:
+        systems, out = validate(a)
+        rows = run(a.model, a.arch, systems, a.cut, a.seq_len, a.batch)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "scaling_systems.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    except (WseSimError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
 from gpt_workload.training.train import time_training_step
 from wse_sim.arch import load_arch
+from wse_sim.errors import ConfigError, WseSimError
+
+PROG = Path(__file__).name
 
 
 def run(arch: str, systems: list[int], models: list[str], seq_len: int = 2048) -> list[dict]:
@@ -42,9 +46,7 @@ def run(arch: str, systems: list[int], models: list[str], seq_len: int = 2048) -
     for m in models:
         pub = PUBLISHED_TRAINING[m]
         cfg = resolve_model(m)
-        batch = int(pub["batch_sequences"])
-        if m.endswith("13b"):
-            batch = 1080  # batch ramps 720 -> 1080; the final batch is taken
+        batch = global_batch(m)
         fpt = forward_flops_per_token(cfg, seq_len)["total"]
         for s in systems:
             st = time_training_step(cfg, a, batch, seq_len, "fp16", s, "analytic")
@@ -70,6 +72,62 @@ def run(arch: str, systems: list[int], models: list[str], seq_len: int = 2048) -
     return rows
 
 
+def global_batch(model: str) -> int:
+    """The published global batch (sequences) of ``model``; the 13B's ramp is taken at 1080."""
+    if model.endswith("13b"):
+        return 1080  # batch ramps 720 -> 1080; the final batch is taken
+    return int(PUBLISHED_TRAINING[model]["batch_sequences"])
+
+
+def parse_counts(opt: str, text: str) -> list[int]:
+    """``"1,16"`` -> ``[1, 16]``.
+
+    Raises:
+        ConfigError: naming ``opt``, the value and what is allowed (integers >= 1).
+    """
+    items = [x.strip() for x in text.split(",")]
+    try:
+        counts = [int(x) for x in items]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise ConfigError(
+            f"{opt} {text!r} is not allowed: expected comma-separated integers >= 1, e.g. 1,16"
+        )
+    return counts
+
+
+def validate(args: argparse.Namespace) -> tuple[str, list[int], list[str], Path]:
+    """Check every option before anything runs; returns (arch, systems, models, out).
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    try:
+        load_arch(args.arch)
+    except ConfigError as exc:
+        raise ConfigError(f"--arch: {exc}") from None
+    systems = parse_counts("--systems", args.systems)
+    models = [m.strip().lower() for m in args.models.split(",")]
+    allowed = ", ".join(PUBLISHED_TRAINING)
+    for m, given in zip(models, args.models.split(","), strict=True):
+        if m not in PUBLISHED_TRAINING:
+            raise ConfigError(
+                f"--models {given.strip()!r} is not allowed: expected comma-separated presets "
+                f"with a published training run, from {allowed}"
+            )
+    for m in models:
+        if max(systems) > global_batch(m):
+            raise ConfigError(
+                f"--systems {max(systems)} is not allowed for {m}: at most its global batch of "
+                f"{global_batch(m)} sequences (every system needs at least one sequence)"
+            )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
+    return args.arch, systems, models, out
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     out = [
@@ -87,20 +145,46 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; writes the CSV and the markdown table."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="wse2")
-    p.add_argument("--systems", default="1,16", help="comma-separated system counts")
-    p.add_argument("--models", default=",".join(PUBLISHED_TRAINING), help="comma-separated presets")
-    p.add_argument("--out", default="results/time_to_train")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "--arch",
+        default="wse2",
+        help="arch preset (wse2, wse3, ...) or arch .toml file path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--systems",
+        default="1,16",
+        help="comma-separated numbers of systems (data-parallel over SwarmX), each >= 1 and <= "
+        "the model's published global batch in sequences (default: %(default)s)",
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(PUBLISHED_TRAINING),
+        help="comma-separated Cerebras-GPT presets with a published training run "
+        "(default: all of them: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="results/time_to_train",
+        help="output directory for time_to_train.csv and time_to_train.md, created if missing "
+        "(default: %(default)s)",
+    )
     a = p.parse_args(argv)
-    rows = run(a.arch, [int(x) for x in a.systems.split(",")], a.models.split(","))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "time_to_train.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "time_to_train.md").write_text(markdown(rows))
+    try:
+        arch, systems, models, out = validate(a)
+        rows = run(arch, systems, models)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "time_to_train.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        (out / "time_to_train.md").write_text(markdown(rows))
+    except (WseSimError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     print(markdown(rows))
     print(f"wrote {out / 'time_to_train.csv'} and {out / 'time_to_train.md'}")
     return 0
