@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +27,7 @@ from wse_sim.arch import load_arch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _gemm_reference import reference_plan  # noqa: E402
-
-
-def _best(fn, repeat: int) -> float:
-    """Best wall time in seconds of ``repeat`` calls after one warm-up call."""
-    fn()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from bench_kernels import _best  # noqa: E402  (this folder is on sys.path when run)
 
 
 def bench_planning(repeat: int, p: int) -> list[dict]:

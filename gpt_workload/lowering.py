@@ -177,6 +177,21 @@ def _sram_need(
     return need[op] + wb, op
 
 
+def check_workload(cfg: GPTConfig, batch, seq_len) -> None:
+    """Check a workload's shape.
+
+    Raises:
+        ConfigError: ``batch`` not an integer >= 1, or ``seq_len`` not in
+            ``1 .. n_positions``.
+    """
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch={batch!r} must be an integer >= 1")
+    if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
+        raise ConfigError(
+            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
+        )
+
+
 def plan_layout(
     cfg: GPTConfig,
     arch: ArchConfig,
@@ -198,12 +213,7 @@ def plan_layout(
         ConfigError: batch or seq_len out of range.
         FitError: not even one sequence fits; the message names the kernel and the bytes.
     """
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch={batch!r} must be an integer >= 1")
-    if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
-        raise ConfigError(
-            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
-        )
+    check_workload(cfg, batch, seq_len)
     s = bytes_per_element(precision)
     rows, cols = arch.wafer.rows, arch.wafer.cols
     if P is None:

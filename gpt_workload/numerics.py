@@ -78,6 +78,29 @@ class _Weights:
         self.ln_f_g, self.ln_f_b = r(w.ln_f_g), r(w.ln_f_b)
 
 
+def check_tokens(program: Program, cfg: GPTConfig, tokens) -> np.ndarray:
+    """``tokens`` as int64 ``[K, T]`` after checking them against the run.
+
+    Raises:
+        ConfigError: not a 2-D int array, ``T`` not the Program's ``seq_len``, or ids outside
+            ``0 .. vocab_size - 1``.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ConfigError(
+            f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
+        )
+    K, T = tokens.shape
+    if T != program.meta["seq_len"]:
+        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
+    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ConfigError(
+            f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
+            f"{tokens.min()}..{tokens.max()}"
+        )
+    return np.ascontiguousarray(tokens, dtype=np.int64)
+
+
 def run_numerics(
     program: Program,
     cfg: GPTConfig,
@@ -101,20 +124,8 @@ def run_numerics(
         ConfigError: tokens of the wrong shape, dtype or range.
     """
     precision = precision or program.precision
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ConfigError(
-            f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
-        )
+    tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    if T != program.meta["seq_len"]:
-        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
-    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise ConfigError(
-            f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
-            f"{tokens.min()}..{tokens.max()}"
-        )
-    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
     lay = program.meta["layout"]
     P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
     tl = TileLayout(n_seq=K, seq_len=T, m=m, P=P)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import ACC_BYTES, _segments_for, choose_P
+from gpt_workload.lowering import ACC_BYTES, _segments_for, check_workload, choose_P
 from gpt_workload.mappings.base import Knob, Mapping, register
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
@@ -716,12 +716,7 @@ def plan_pipeline(
         FitError: the weights and one micro-batch's activations do not fit the wafer's SRAM;
             the message gives the bytes needed and available.
     """
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch={batch!r} must be an integer >= 1")
-    if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
-        raise ConfigError(
-            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
-        )
+    check_workload(cfg, batch, seq_len)
     s = bytes_per_element(precision)
     if not isinstance(layers_per_stage, int) or not 1 <= layers_per_stage <= cfg.n_layer:
         raise ConfigError(
@@ -1207,23 +1202,12 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         ConfigError: tokens of the wrong shape, dtype or range.
     """
     from gpt_workload.mappings.gemm import gemm_numerics
-    from gpt_workload.numerics import NumericsResult
+    from gpt_workload.numerics import NumericsResult, check_tokens
     from gpt_workload.precision import round_storage
     from gpt_workload.reference import gelu
 
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ConfigError(
-            f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
-        )
+    tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    if T != program.meta["seq_len"]:
-        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
-    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise ConfigError(
-            f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
-            f"{tokens.min()}..{tokens.max()}"
-        )
     f32 = np.float32
 
     def rnd(a):
