@@ -28,14 +28,20 @@ sequences, fp16, analytic timing):
   and no crossover is reported ("never I/O-bound"). 13B is the preset whose fabric rate
   exceeds the WSE-2's 150 GB/s.
 * The closed form assumes compute at peak. The simulated layer reaches ``eta`` of peak
-  (reported per bandwidth, at the first batch past the crossover): the 16-cycle setup of
-  every vector op, idle columns (750 is not a multiple of 40), the weight multicast's
-  pipeline fill, and causal attention's imbalance (the last segment of a sequence does the
-  most work). The simulated crossover is about ``eta x B*``. Short sequences keep attention
-  small; fp32 (0.5 FMAC per cycle) makes the per-op overheads small, so ``eta`` is about
-  0.9 - 0.93 there and the two crossovers agree within 10 % at 0.125x - 0.25x; in fp16
-  (4-wide SIMD) ``eta`` is about 0.8 - 0.87 and the simulated crossover is that much below
-  the closed form.
+  (reported per bandwidth, at the first batch past the crossover), and the simulated
+  crossover is about ``eta x B*``. What ``eta`` loses, measured on 13B / WSE-2 / fp16 / 256
+  tokens: idle columns (750 is not a multiple of 40: 4 %), the short last segment of each
+  sequence when ``m`` does not divide 256 (0 - 2 %), causal attention's imbalance (the
+  last segment of a sequence does the most work; short sequences keep it small), the
+  weight-row pipeline's fill (at most 1/256 of the shorter of compute and fabric,
+  :func:`gpt_workload.lowering.pipeline_chunks`), and the 16-cycle setup of every vector op.
+  The setup grows with ``m``: each PE keeps an ``m x n_c`` fp32 accumulator in what SRAM
+  is left, so ``n_c`` shrinks as ``m`` grows and the ops get shorter (3 % at ``m = 3``,
+  4 % at ``m = 5``, 9 % at ``m = 9``). So in fp16 (4-wide SIMD) the crossover at 0.5x and
+  1x I/O (``m`` = 2 - 5, ``eta`` 0.89 - 0.91) is within 10 % of the closed form (0.90,
+  0.91 of it), and the one at 0.25x (``m`` = 9, ``eta`` 0.86) is 0.87 of it; in fp32
+  (0.5 FMAC per cycle, so the per-op setup is small) ``eta`` is about 0.93 and the two
+  agree within 8 % at 0.125x - 0.5x.
 
 Writes ``points.csv`` (every simulated run), ``crossover.csv`` (per bandwidth: closed form,
 simulated, ratio, eta, regime) and ``whatif_io_bandwidth.png`` into ``--out``. Runs the points

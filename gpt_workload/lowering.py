@@ -49,6 +49,8 @@ from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
 
 ACC_BYTES = 4  # fp32 accumulators and partial sums
 KERNELS_PER_LAYER = 10  # ln_1, qkv, attention, proj, residual, ln_2, fc, gelu, fc2, residual
+# Most pipeline chunks a streamed GEMM kernel is simulated in (see :func:`pipeline_chunks`).
+PIPELINE_CHUNKS_CAP = 256
 MAX_KERNELS = 50_000  # a larger Program takes minutes to lower and time: refused
 
 # colours used by the lowering (static routes); see wse_sim fabric docs
@@ -101,6 +103,28 @@ class WSLayout:
             "active_pes": self.n_active_pe,
             "grid": [self.rows, self.cols],
         }
+
+
+def pipeline_chunks(chunks: int, rows_per_chunk: int) -> int:
+    """Pipeline chunks of a streamed GEMM kernel: its real unit of compute/fabric overlap.
+
+    A PE's unit of work is one weight-row piece (``n_c`` elements of row ``k`` of one
+    accumulator chunk): the lowering double-buffers exactly one piece in SRAM
+    (``2 n_c`` elements), so a piece is used as soon as it has arrived and the overlap is
+    piece by piece: ``chunks x rows_per_chunk`` pieces. The backends time a two-stage pipeline
+    of ``n`` chunks as ``max(compute, fabric) + min(compute, fabric) / n``; ``n`` is capped at
+    :data:`PIPELINE_CHUNKS_CAP` (the event backend's cost grows with ``n``), which leaves a
+    fill of at most ``1 / 256`` of the shorter stage, and is at least ``chunks`` (the partial
+    sums of an accumulator chunk leave when it is complete).
+
+    Args:
+        chunks: accumulator chunks of the kernel (``ceil(N / n_c)``).
+        rows_per_chunk: weight rows each PE contracts per chunk (``K / P``).
+
+    Returns:
+        The kernel's ``n_chunks``.
+    """
+    return max(chunks, min(chunks * max(rows_per_chunk, 1), PIPELINE_CHUNKS_CAP), 1)
 
 
 def choose_P(cfg: GPTConfig, cols: int) -> int:
@@ -536,7 +560,7 @@ class _Builder:
             blk,
             wbytes,
             sram,
-            n_chunks=max(chunks, 8),
+            n_chunks=pipeline_chunks(chunks, kt),
         )
 
     def elementwise(

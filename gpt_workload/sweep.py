@@ -72,9 +72,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 log = logging.getLogger(__name__)
 
-#: bump when the meaning of a configuration or of a result column changes: old parts are
-#: then recomputed instead of reused
-SCHEMA_VERSION = 1
+#: bump when the meaning of a configuration or of a result column changes, or when the
+#: simulator times a configuration differently: old parts are then recomputed instead of
+#: reused (2: streamed GEMMs pipeline weight-row piece by piece, not in 8 chunks)
+SCHEMA_VERSION = 2
 
 #: run fields and their defaults in a sweep (None = simulate()'s own default)
 RUN_DEFAULTS: dict[str, Any] = {

@@ -88,8 +88,12 @@ def test_io_bandwidth_crossover_matches_the_closed_form(tmp_path):
 
 def test_io_bandwidth_fp16_regimes(tmp_path):
     """fp16 (defaults): a crossover below the fabric's weight-multicast rate (40 links x 4 B x
-    1.1 GHz = 176 GB/s for 13B), none above it; the simulated crossover is below the closed
-    form (the wafer never computes faster than its peak)."""
+    1.1 GHz = 176 GB/s for 13B), none above it. At 0.5x and 1x I/O the crossover falls at 2-5
+    tokens per segment, where the layer computes at ~0.9 of peak, and the simulated crossover
+    is within 10 % of the closed form, below it (the wafer never computes faster than its
+    peak). (At 0.25x it falls at 9 tokens per segment, where the SRAM left for the fp32
+    accumulator makes vector ops short: 0.87 of the closed form; see the experiment's
+    docstring.)"""
     mod = load("whatif_io_bandwidth")
     out = tmp_path / "fp16"
     args = mod.parse_args(["--scales", "0.5,1,2", "--workers", "0", "--out", str(out)])
@@ -102,7 +106,7 @@ def test_io_bandwidth_fp16_regimes(tmp_path):
         if row["io_bytes_per_s"] < fabric:
             assert row["regime"] == "crossover"
             ratio = row["simulated_batch"] / expected
-            assert 0.75 < ratio < 1.0  # below: the wafer never computes faster than peak
+            assert 0.9 <= ratio < 1.0  # below: the wafer never computes faster than peak
             assert 0 < row["eta_compute_over_peak"] < 1
         else:
             assert row["regime"] == "never I/O-bound"

@@ -76,6 +76,7 @@ from gpt_workload.lowering import (
     MAX_KERNELS,
     WSLayout,
     lower_weight_streaming,
+    pipeline_chunks,
     plan_layout,
 )
 from gpt_workload.precision import bytes_per_element, check_precision
@@ -319,7 +320,7 @@ class _Bwd:
         )
         return self.kernel(
             op + "_dX", layer, self.classes(per), "tokens", (mc, rs), blk, wbytes,
-            n_chunks=max(chunks, 8),
+            n_chunks=pipeline_chunks(chunks, nt),
         )  # fmt: skip
 
     def dw(self, op, layer, K, N, gblk, gbytes) -> Kernel:
@@ -377,7 +378,7 @@ class _Bwd:
             )
         return self.kernel(
             op + "_dW", layer, self.classes(per), "tokens", tr,
-            n_chunks=max(chunks, 8), grad_block=gblk, grad_bytes=int(gbytes),
+            n_chunks=pipeline_chunks(chunks, kt), grad_block=gblk, grad_bytes=int(gbytes),
         )  # fmt: skip
 
     def elementwise(self, op, layer, width, passes, transfers=(), blk=-1, wbytes=0, **kw):
