@@ -103,6 +103,32 @@ def _figure(figsize: tuple[float, float], ax=None):
     return fig, fig.subplots()
 
 
+def image_formats() -> list[str]:
+    """File suffixes (without the dot) matplotlib can write: png, pdf, svg, ..."""
+    from matplotlib.figure import Figure
+
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def check_image_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if an image can be written there.
+
+    Raises:
+        ConfigError: it is a directory, or its suffix is missing or not an image format
+            matplotlib writes (naming the allowed ones).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"-o {str(path)!r} is a directory; give an image file, e.g. plot.png")
+    fmts = image_formats()
+    if p.suffix[1:].lower() not in fmts:
+        raise ConfigError(
+            f"-o {str(path)!r}: the suffix {p.suffix or '(none)'!r} is not an image format; "
+            f"allowed: {', '.join('.' + f for f in fmts)}"
+        )
+    return p
+
+
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as an image (format from the suffix, usually PNG) and return the path;
     the parent directory is created."""
@@ -442,6 +468,17 @@ def sweep_chart(
     for name, what in ((metric, "metric"), (x, "field")):
         if name not in cols:
             raise ConfigError(f"{what} {name!r} is not a column; columns: {', '.join(cols)}")
+    import pyarrow.types as pa_types
+
+    numeric = [
+        c
+        for c, t in zip(cols, table.schema.types, strict=True)
+        if pa_types.is_integer(t) or pa_types.is_floating(t)
+    ]
+    if metric not in numeric:
+        raise ConfigError(
+            f"metric {metric!r} is not numeric; numeric columns: {', '.join(numeric)}"
+        )
     rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok"]
     if not rows:
         raise ConfigError("the sweep table has no successful row to plot")
@@ -456,16 +493,27 @@ def sweep_chart(
     for r in rows:
         groups.setdefault(tuple(r.get(b) for b in by), []).append(r)
     fig, ax = _figure((7.5, 5), ax)
-    xs_all = []
+    # x values: numbers (a CSV or mixed column holds them as text) on a numeric axis; if any
+    # is not a number ("max"; null = the run's default batch), a category axis in numeric
+    # order, words last
+    xv = {id(r): _x_value(r[x]) for r in rows}
+    categorical = any(isinstance(v, str) for v in xv.values())
+    order = sorted(set(xv.values()), key=_x_order)
+    if categorical:  # fix the category order before any line is drawn
+        ax.plot([str(v) for v in order], [np.nan] * len(order), color="none")
+    xs_all: list[float] = []
     for key, grp in groups.items():
         pts = sorted(
-            ((r[x], r[metric]) for r in grp if r[x] is not None and r[metric] is not None),
-            key=lambda t: t[0],
+            ((xv[id(r)], r[metric]) for r in grp if r[metric] is not None),
+            key=lambda t: _x_order(t[0]),
         )
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
-        xs_all += [v for v in xs if isinstance(v, (int, float))]
+        if categorical:
+            xs = tuple(str(v) for v in xs)
+        else:
+            xs_all += list(xs)
         label = ", ".join(f"{b}={v}" for b, v in zip(by, key, strict=True)) or metric
         ax.plot(xs, ys, marker="o", label=label)
     if logx is None:
@@ -481,6 +529,25 @@ def sweep_chart(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _x_value(v: Any) -> Any:
+    """A sweep x value as a number where it is one (``"120"`` -> 120), ``"default"`` for
+    null (the run's own default), else the text."""
+    if v is None:
+        return "default"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return int(f) if f.is_integer() else f
+
+
+def _x_order(v: Any) -> tuple:
+    """Sort key: numbers in numeric order, then words in text order."""
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
 
 # ------------------------------------------------------------------ CLI
@@ -525,7 +592,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     Raises:
         ConfigError: missing table or ``--x`` for a sweep figure, or any simulate() error.
     """
-    out = Path(args.output or f"{args.kind}.png")
+    out = check_image_path(args.output or f"{args.kind}.png")
     if args.kind == "sweep":
         if not args.table or not args.x:
             raise ConfigError("plot sweep needs a TABLE and --x FIELD")

@@ -56,6 +56,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -71,6 +72,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
+
+#: an explicit sweep name: it names the output file, so no path separators
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: bump when the meaning of a configuration or of a result column changes, or when the
 #: simulator times a configuration differently: old parts are then recomputed instead of
@@ -290,11 +294,34 @@ class SweepSpec:
                 raise ConfigError(
                     f"sweep spec field sweep.{key} is unknown; allowed: name, output, format"
                 )
-        fmt = meta.get("format", "parquet")
-        if fmt not in ("parquet", "csv"):
+        fmt = meta.get("format")
+        if fmt is not None and fmt not in ("parquet", "csv"):
             raise ConfigError(f"sweep spec field sweep.format={fmt!r}: allowed parquet, csv")
-        name = str(meta.get("name", name))
-        output = Path(meta["output"]) if meta.get("output") else None
+        if "name" in meta:
+            name = meta["name"]
+            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                raise ConfigError(
+                    f"sweep spec field sweep.name={name!r} is not allowed: letters, digits, "
+                    "'.', '_' and '-', starting with a letter or digit (it names the output "
+                    "file in the working directory; give sweep.output for another place)"
+                )
+        else:  # from the spec file's name: keep it a plain file name
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".-") or "sweep"
+        out = meta.get("output")
+        if out is not None and (not isinstance(out, str) or not out.strip()):
+            raise ConfigError(
+                f"sweep spec field sweep.output={out!r} is not allowed: a non-empty file path"
+            )
+        output = Path(out) if out else None
+        implied = {".csv": "csv", ".parquet": "parquet"}.get(
+            output.suffix.lower() if output else ""
+        )
+        if fmt is not None and implied is not None and implied != fmt:
+            raise ConfigError(
+                f"sweep spec fields sweep.output={out!r} and sweep.format={fmt!r} disagree: "
+                f"the output's suffix must be .{fmt}"
+            )
+        fmt = fmt or implied or "parquet"
 
         seen: dict[str, str] = {}
 
@@ -380,9 +407,13 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"sweep spec {str(p)!r} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"sweep spec {str(p)!r} is not UTF-8 text (byte {exc.start}); expected a TOML file"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -781,12 +812,13 @@ def default_workers() -> int:
 
 @contextlib.contextmanager
 def _quiet_dask() -> Iterator[None]:
-    """Keep the ``distributed`` loggers to errors while a sweep runs, unless this module
-    logs at INFO (``wse-sim -v``): cluster start-up and shutdown chatter is not news."""
+    """Silence the ``distributed`` loggers while a sweep runs, unless this module logs at INFO
+    (``wse-sim -v``): cluster start-up and shutdown chatter is not news, and a cluster failure
+    is reported once, as a :class:`ClusterError` line, not as Dask's tracebacks."""
     lg = logging.getLogger("distributed")
     old = lg.level
     if not log.isEnabledFor(logging.INFO):
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -861,11 +893,72 @@ def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[
         submit_next()
 
 
+def max_workers() -> int:
+    """Most local worker processes a sweep starts: 4 per core this process may use (a sweep
+    point is CPU-bound; beyond that, start-up and memory cost and nothing runs faster)."""
+    return 4 * default_workers()
+
+
 def _check_workers(workers: Any) -> None:
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
-    ):
-        raise ConfigError(f"workers={workers!r} must be an integer >= 0")
+    """Raises ConfigError unless ``workers`` is None or an integer in 0..:func:`max_workers`."""
+    if workers is None:
+        return
+    hi = max_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= hi:
+        raise ConfigError(
+            f"workers={workers!r} is not allowed: 0 (run in this process) to {hi} (4 x the "
+            f"{default_workers()} cores this process may use)"
+        )
+
+
+def _probe_scheduler(address: str, timeout_s: float = 10.0) -> None:
+    """Check that a Dask scheduler answers at ``address`` before a Client is made: connect,
+    ask for its identity, all within ``timeout_s`` seconds.
+
+    (A Client pointed at a server that accepts the connection but does not speak Dask's
+    protocol waits forever, or reads a garbage frame length and tries to allocate it.)
+
+    Raises:
+        ConfigError: nothing answers, something else answers, or the answer is not a
+            scheduler's, naming the address and what is expected.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    hint = "expected tcp://HOST:PORT of a running 'dask scheduler'"
+
+    async def ask() -> Any:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        # in a thread of its own: the caller may already run an event loop (Jupyter)
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(asyncio.run, asyncio.wait_for(ask(), timeout_s)).result()
+    except (TimeoutError, asyncio.TimeoutError):
+        raise ConfigError(
+            f"--scheduler {address!r}: no Dask scheduler answered within {timeout_s:.0f} s ({hint})"
+        ) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"--scheduler {address!r} cannot be reached: {_one_line(exc)} ({hint})"
+        ) from None
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - a peer that is not Dask
+        raise ConfigError(
+            f"--scheduler {address!r} does not speak Dask's protocol ({type(exc).__name__}; {hint})"
+        ) from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+        raise ConfigError(
+            f"--scheduler {address!r} answered as {kind!r}, not a Dask scheduler ({hint})"
+        )
 
 
 @contextlib.contextmanager
@@ -890,6 +983,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
     with _quiet_dask():
         if scheduler is not None:
+            _probe_scheduler(scheduler)
             try:
                 client = Client(scheduler, timeout="10s")
             except (OSError, ValueError, TypeError) as exc:
@@ -933,6 +1027,53 @@ def describe_client(client) -> str:
     return f"dask {client.scheduler.address} ({n} workers)"
 
 
+def resolve_output(
+    spec: SweepSpec, output: str | os.PathLike | None, fmt: str | None
+) -> tuple[Path, str]:
+    """The table's path and format, checked before any point runs; creates its directory.
+
+    The format is ``fmt``, else the output's suffix (``.csv`` / ``.parquet``), else the
+    spec's. Without ``output``, the spec's path with the format's suffix.
+
+    Raises:
+        ConfigError: the suffix says one format and ``fmt`` another; the path is a
+            directory; its directory cannot be created or written.
+    """
+    suffix_fmt = {".csv": "csv", ".parquet": "parquet"}
+    if output is not None:
+        path = Path(output)
+        implied = suffix_fmt.get(path.suffix.lower())
+        if fmt is not None and implied is not None and implied != fmt:
+            raise ConfigError(
+                f"--output {str(output)!r} ends in {path.suffix} but --format is {fmt}: give "
+                f"a path ending in .{fmt}, or --format {implied}"
+            )
+        fmt = fmt or implied or spec.fmt
+    elif spec.output is not None:
+        path = spec.output
+        implied = suffix_fmt.get(path.suffix.lower())
+        if fmt is not None and implied is not None and implied != fmt:
+            raise ConfigError(
+                f"sweep.output {str(path)!r} ends in {path.suffix} but --format is {fmt}: "
+                f"give -o PATH.{fmt}, or --format {implied}"
+            )
+        fmt = fmt or spec.fmt
+    else:
+        fmt = fmt or spec.fmt
+        path = Path(f"{spec.name}.{fmt}")
+    if path.is_dir():
+        raise ConfigError(f"--output {str(path)!r} is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--output {str(path)!r}: its directory cannot be created ({exc.strerror})"
+        ) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {str(path)!r}: its directory is not writable")
+    return path, fmt
+
+
 def run_sweep(
     spec: SweepSpec | str | os.PathLike,
     *,
@@ -966,17 +1107,13 @@ def run_sweep(
     """
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
-    fmt = fmt or spec.fmt
-    if fmt not in ("parquet", "csv"):
+    if fmt is not None and fmt not in ("parquet", "csv"):
         raise ConfigError(f"format={fmt!r} is unknown; allowed: parquet, csv")
     _check_workers(workers)
     if not spec.points:
         raise ConfigError(f"sweep {spec.name!r} has no points")
     check_values(spec)
-    path = Path(output) if output is not None else spec.default_output()
-    if output is None and fmt != spec.fmt:
-        path = path.with_suffix("." + fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path, fmt = resolve_output(spec, output, fmt)
     _remove_stale_tmp(path.parent, path.name)
     store = PartStore(path.with_name(path.name + ".parts"))
 

@@ -167,3 +167,41 @@ def test_cli_plot(table, tmp_path):
     p = run("heatmap", "--fidelity", "analytic", "--op", "nope")
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert p.stderr.startswith("wse-sim: error: no kernel has op='nope'")
+
+
+def test_sweep_chart_mixed_batch_axis_in_numeric_order(tmp_path):
+    """``batch = [120, 8, "max", "default"]`` (a text column): numbers in numeric order, then
+    words (it read 120, 8, max, and null, the run's default, showed as a blank tick)."""
+    spec = SweepSpec.from_dict(
+        {
+            "base": {"model": "gpt-tiny", "arch": "grid8", "fidelity": "analytic"},
+            "grid": {"batch": [120, 8, "max", "default"]},
+        },
+        name="mixed",
+    )
+    table = run_sweep(spec, output=tmp_path / "m.parquet", workers=0).path
+    fig = plots.sweep_chart(table, "tokens_per_s", "batch")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "120", "default", "max"]
+    with pytest.raises(ConfigError, match="metric 'status' is not numeric"):
+        plots.sweep_chart(table, "status", "batch")
+
+
+def test_plot_output_must_be_an_image_path(tmp_path):
+    """``-o /tmp`` said "wrote /tmp" and wrote ``/tmp.png``; ``-o x.txt`` was a traceback."""
+    for bad, frag in (
+        (tmp_path / "x.txt", "'.txt' is not an image format"),
+        (tmp_path / "noext", "'(none)' is not an image format"),
+        (tmp_path, "is a directory"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(frag)):
+            plots.check_image_path(bad)
+    assert plots.check_image_path(tmp_path / "a.svg").suffix == ".svg"
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt_workload.cli", "plot", "heatmap", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1

@@ -408,3 +408,105 @@ def test_metrics_schema_is_stable():
         }
         for k in METRICS
     )
+
+
+# ------------------------------------------------------------------ pinned user-trial findings
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"sweep": {"name": "../../etc/evil"}}, "sweep.name='../../etc/evil' is not allowed"),
+        ({"sweep": {"name": ""}}, "sweep.name='' is not allowed"),
+        ({"sweep": {"name": 5}}, "sweep.name=5 is not allowed"),
+        ({"sweep": {"output": 5}}, "sweep.output=5 is not allowed"),
+        ({"sweep": {"output": "x.parquet", "format": "csv"}}, "disagree"),
+    ],
+)
+def test_bad_sweep_table_fields(data, fragment):
+    """A sweep name is a file name in the working directory (a user's
+    ``name = "../../etc/evil"`` wrote outside it)."""
+    data = {**data, "grid": {"batch": [1]}}
+    with pytest.raises(ConfigError) as exc:
+        SweepSpec.from_dict(data)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_spec_file_name_becomes_a_plain_name_and_output_implies_format(tmp_path):
+    p = tmp_path / "my sweep (v2).toml"
+    p.write_text('[sweep]\noutput = "r.csv"\n[grid]\nbatch = [1]\n')
+    spec = load_spec(p)
+    assert spec.name == "my_sweep__v2_" and spec.fmt == "csv"
+
+
+def test_output_suffix_and_format(spec_file, tmp_path):
+    """``-o x.csv`` writes CSV; a suffix that contradicts ``--format`` is refused before any
+    point runs (it used to write CSV into ``x.parquet``); so is a directory."""
+    spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
+    res = run_sweep(spec, output=tmp_path / "x.csv", workers=0)
+    assert res.path.read_text().startswith("\"point\",\"config_hash\"")
+    for out, fmt, frag in (
+        (tmp_path / "y.parquet", "csv", "ends in .parquet but --format is csv"),
+        (tmp_path / "y.csv", "parquet", "ends in .csv but --format is parquet"),
+        (tmp_path, None, "is a directory"),
+    ):
+        with pytest.raises(ConfigError, match=frag):
+            run_sweep(spec, output=out, fmt=fmt, workers=0)
+    assert not (tmp_path / "y.parquet.parts").exists()
+
+
+def test_too_many_workers_is_refused():
+    """``--workers 1000`` on 2 cores hung while Dask started 1000 processes."""
+    from gpt_workload.sweep import max_workers, open_client
+
+    with pytest.raises(ConfigError, match=f"to {max_workers()} "):
+        with open_client(max_workers() + 1):
+            pass
+
+
+def _server(reply: bytes | None):
+    """A loopback TCP server that accepts one connection and sends ``reply`` (None: says
+    nothing); returns (address, socket)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        if reply is not None:
+            conn.sendall(reply)
+        time.sleep(5)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"tcp://127.0.0.1:{srv.getsockname()[1]}", srv
+
+
+@pytest.mark.parametrize(
+    "reply, fragment",
+    [
+        (None, "no Dask scheduler answered within 2 s"),  # a server that never speaks: hung
+        (b"HTTP/1.0 400 Bad request\r\n\r\n" * 4, "does not speak Dask's protocol"),
+    ],
+    ids=["silent", "http"],
+)
+def test_scheduler_that_is_not_dask_fails_fast(reply, fragment):
+    """A user's ``--scheduler`` at an HTTP server hung until killed; an address whose peer
+    sent junk gave "out of host memory" (Dask read a garbage frame length)."""
+    from gpt_workload.sweep import _probe_scheduler
+
+    addr, srv = _server(reply)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=fragment) as exc:
+        _probe_scheduler(addr, timeout_s=2)
+    assert time.monotonic() - t0 < 30 and "\n" not in str(exc.value)
+    srv.close()
+
+
+def test_non_utf8_spec_is_one_line(tmp_path):
+    bad = tmp_path / "binary.toml"
+    bad.write_bytes(b"\xff\xfe[grid]\n")
+    p = wse_sim("sweep", str(bad), "--workers", "0")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "is not UTF-8 text" in p.stderr and len(p.stderr.strip().splitlines()) == 1
