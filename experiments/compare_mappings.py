@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
-from gpt_workload.config import resolve_model
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    check_arch,
+    check_fidelity,
+    check_model,
+    check_out_dir,
+    check_precision,
+    run_main,
+)
 from gpt_workload.mappings import MAPPINGS, parse_mapping
 from gpt_workload.plots import save
-from gpt_workload.precision import check_precision
-from gpt_workload.simulate import FIDELITIES, MAX_BATCH, simulate
-from wse_sim.arch import load_arch
-from wse_sim.errors import ConfigError, FitError, WseSimError
+from gpt_workload.simulate import MAX_BATCH, simulate
+from wse_sim.errors import ConfigError, FitError
 
 PROG = Path(__file__).name
 
@@ -67,7 +72,7 @@ PHASES = (
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Time every registered mapping on each model x arch and break the time "
         "into compute / fabric / weight-I/O stall / idle, in total and per layer. Writes "
@@ -120,17 +125,9 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
-    n_positions = []
-    for model in args.model.split(","):
-        try:
-            n_positions.append(resolve_model(model).n_positions)
-        except ConfigError as exc:
-            raise ConfigError(f"--model: {exc}") from None
+    n_positions = [check_model("--model", model).n_positions for model in args.model.split(",")]
     for arch in args.arch.split(","):
-        try:
-            load_arch(arch)
-        except ConfigError as exc:
-            raise ConfigError(f"--arch: {exc}") from None
+        check_arch("--arch", arch)
     if not 1 <= args.batch <= MAX_BATCH:
         raise ConfigError(
             f"--batch {args.batch} is not allowed: expected an integer in 1..{MAX_BATCH}"
@@ -140,14 +137,8 @@ def validate(args: argparse.Namespace) -> None:
             f"--seq-len {args.seq_len} is not allowed: expected an integer in "
             f"1..{min(n_positions)} (the smallest n_positions of --model)"
         )
-    try:
-        check_precision(args.precision)
-    except ConfigError as exc:
-        raise ConfigError(f"--precision: {exc}") from None
-    if args.fidelity not in FIDELITIES:
-        raise ConfigError(
-            f"--fidelity {args.fidelity!r} is not allowed: expected one of {', '.join(FIDELITIES)}"
-        )
+    check_precision("--precision", args.precision)
+    check_fidelity("--fidelity", args.fidelity)
     if args.mappings and not mapping_specs(args.mappings):
         raise ConfigError(f"--mappings {args.mappings!r} names no mapping")
     for typed in filter(None, (s.strip() for s in args.mappings.split(","))):
@@ -161,9 +152,7 @@ def validate(args: argparse.Namespace) -> None:
             parse_mapping(typed.replace(";", ","))
         except ConfigError as exc:
             raise ConfigError(f"--mappings {typed!r}: {exc}") from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
+    check_out_dir("--out", args.out)
 
 
 def _key(row: dict) -> tuple:
@@ -332,27 +321,27 @@ def figure(args, totals: list[dict], specs: list[str]):
 
 def main(argv=None) -> int:
     """Run the experiment, print one line per run; returns the exit status."""
-    args = parse_args(argv)
-    t0 = time.perf_counter()
-    try:
+
+    def body() -> int:
+        args = parse_args(argv)
+        t0 = time.perf_counter()
         totals, _ = run(args)
-    except (WseSimError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    for r in totals:
-        if r["status"] == "ok":
-            print(
-                f"{r['model']:20s} {r['arch']:5s} {r['mapping']:28s} "
-                f"{float(r['total_s']) * 1e3:10.3f} ms  MFU {float(r['mfu']):6.1%}"
-            )
-        else:
-            print(f"{r['model']:20s} {r['arch']:5s} {r['mapping']:28s} error: {r['error']}")
-    out = Path(args.out)
-    print(
-        f"wrote {out / 'compare_mappings.csv'}, {out / 'compare_mappings.png'} "
-        f"({time.perf_counter() - t0:.0f} s)"
-    )
-    return 0
+        for r in totals:
+            if r["status"] == "ok":
+                print(
+                    f"{r['model']:20s} {r['arch']:5s} {r['mapping']:28s} "
+                    f"{float(r['total_s']) * 1e3:10.3f} ms  MFU {float(r['mfu']):6.1%}"
+                )
+            else:
+                print(f"{r['model']:20s} {r['arch']:5s} {r['mapping']:28s} error: {r['error']}")
+        out = Path(args.out)
+        print(
+            f"wrote {out / 'compare_mappings.csv'}, {out / 'compare_mappings.png'} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

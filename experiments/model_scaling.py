@@ -10,6 +10,13 @@ For every model and wafer, two points (timing only, ``analytic`` by default):
 Reports throughput, MFU, micro-batches and where the time goes (compute / fabric / weight-I/O
 stall) per model. Writes ``model_scaling.csv`` and ``model_scaling.png`` into ``--out``.
 
+Every option is checked before anything runs (:mod:`gpt_workload.experiment_args`): a bad
+one is a one-line ``model_scaling.py: error: ...`` on stderr, exit status 2, nothing written.
+Every ``--archs`` must hold one ``--seq-len`` sequence of every ``--models`` (the wafers do;
+the small test grids ``grid8`` and ``grid32`` hold no Cerebras-GPT model), or the script
+refuses it, naming the presets that do: a model x arch with no point at all has nothing to
+plot.
+
 Example::
 
     python experiments/model_scaling.py --archs wse2,wse3
@@ -23,9 +30,27 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import PUBLISHED_TRAINING, list_models, resolve_model
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    add_run_options,
+    check_arch,
+    check_fidelity,
+    check_fits,
+    check_model,
+    check_out_dir,
+    check_precision,
+    check_scheduler,
+    check_seq_len,
+    check_workers,
+    connect_scheduler,
+    fidelities_for,
+    parse_names,
+    run_main,
+)
 from gpt_workload.plots import save
 from gpt_workload.sweep import SweepSpec, run_sweep
 
+PROG = Path(__file__).name
 PHASES = (
     ("compute_s", "compute", "#4c72b0"),
     ("fabric_s", "fabric", "#55a868"),
@@ -36,30 +61,54 @@ PHASES = (
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog=PROG,
         description="Cerebras-GPT 111M..13B on WSE-2 and WSE-3: throughput, MFU and time "
         "split at the published and the largest single-pass batch. Writes model_scaling.csv "
-        "and model_scaling.png."
+        "and model_scaling.png.",
     )
     p.add_argument(
         "--models",
         default=",".join(m.name for m in list_models()),
-        help="comma-separated model presets (default: all Cerebras-GPT)",
+        help="comma-separated model presets or config.json paths (default: all Cerebras-GPT)",
     )
-    p.add_argument("--archs", default="wse2,wse3", help="comma-separated arch presets")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--precision", default="fp16")
-    p.add_argument("--fidelity", default="analytic")
-    p.add_argument("--out", default="results/model_scaling", help="output directory")
-    p.add_argument("--workers", type=int, default=None, help="local Dask workers (0 = serial)")
-    p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
+    p.add_argument(
+        "--archs",
+        default="wse2,wse3",
+        help="comma-separated arch presets or TOML files, each holding one --seq-len sequence "
+        "of every --models (default: %(default)s)",
+    )
+    add_run_options(p, seq_len=2048, out="results/model_scaling", models=True)
     return p.parse_args(argv)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written, including that every arch
+    holds one sequence of every model (cheap: the layout planner, no simulation).
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    models = parse_names("--models", args.models, "models")
+    cfgs = [check_model("--models", m) for m in models]
+    names = parse_names("--archs", args.archs, "archs")
+    archs = [check_arch("--archs", a) for a in names]
+    check_seq_len("--seq-len", args.seq_len, cfgs)
+    check_precision("--precision", args.precision)
+    check_fidelity("--fidelity", args.fidelity, fidelities_for(archs))
+    for name, arch in zip(names, archs, strict=True):
+        for cfg in cfgs:
+            check_fits("--archs", name, cfg, arch, args.seq_len, args.precision)
+    check_workers("--workers", args.workers)
+    check_scheduler("--scheduler", args.scheduler)
+    check_out_dir("--out", args.out)
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict], object]:
-    """Run the sweep, write the CSV and the PNG; returns (rows, figure)."""
+    """Run the sweep, write the CSV and the PNG; returns (rows, figure). The options are
+    those :func:`validate` accepts (:func:`main` checks them first)."""
     out = Path(args.out)
-    models = [m for m in args.models.split(",") if m]
+    models = parse_names("--models", args.models)
     published = [
         PUBLISHED_TRAINING.get(resolve_model(m).name, {}).get("batch_sequences") for m in models
     ]
@@ -71,7 +120,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
                 "precision": args.precision,
                 "fidelity": args.fidelity,
             },
-            "grid": {"arch": [a for a in args.archs.split(",") if a]},
+            "grid": {"arch": parse_names("--archs", args.archs)},
             "zip": [
                 {
                     "model": models + models,
@@ -81,13 +130,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
         },
         name="model_scaling",
     )
-    res = run_sweep(
-        spec,
-        output=out / "model_scaling.csv",
-        fmt="csv",
-        workers=args.workers,
-        scheduler=args.scheduler,
-    )
+    with connect_scheduler(args.scheduler) as client:  # before anything is written
+        res = run_sweep(
+            spec, output=out / "model_scaling.csv", fmt="csv", workers=args.workers, client=client
+        )
     rows = res.table.to_pylist()
     for r in rows:  # which of the two points this is, for readers of the CSV
         r["batch_kind"] = "max" if r["batch"] == "max" else "published"
@@ -101,7 +147,7 @@ def figure(args, rows, models):
     from matplotlib.figure import Figure
 
     params = {m: resolve_model(m).n_params for m in models}
-    archs = [a for a in args.archs.split(",") if a]
+    archs = parse_names("--archs", args.archs)
     fig = Figure(figsize=(17, 5), layout="constrained")
     ax1, ax2, ax3 = fig.subplots(1, 3)
     for i, a in enumerate(archs):
@@ -148,21 +194,27 @@ def figure(args, rows, models):
 
 
 def main(argv=None) -> int:
-    """Run the experiment and print a summary; returns the exit status."""
-    args = parse_args(argv)
-    rows, _ = run(args)
-    for r in rows:
-        if r["status"] == "ok":
-            print(
-                f"{r['model']:18s} {r['arch']} {r['batch_kind']:9s} batch {r['batch_used']:5d} "
-                f"({r['micro_batches']:2d} mb): {r['tokens_per_s'] / 1e6:8.3f} M tokens/s, "
-                f"MFU {r['mfu']:.1%}"
-            )
-        else:
-            print(f"{r['model']:18s} {r['arch']} {r['batch_kind']}: {r['error']}")
-    out = Path(args.out)
-    print(f"wrote {out / 'model_scaling.csv'}, {out / 'model_scaling.png'}")
-    return 0
+    """Check the options, run the experiment and print a summary; returns the exit status
+    (2 and one line on stderr for a bad option, before anything runs or is written)."""
+
+    def body() -> int:
+        args = parse_args(argv)
+        validate(args)
+        rows, _ = run(args)
+        for r in rows:
+            if r["status"] == "ok":
+                print(
+                    f"{r['model']:18s} {r['arch']} {r['batch_kind']:9s} "
+                    f"batch {r['batch_used']:5d} ({r['micro_batches']:2d} mb): "
+                    f"{r['tokens_per_s'] / 1e6:8.3f} M tokens/s, MFU {r['mfu']:.1%}"
+                )
+            else:
+                print(f"{r['model']:18s} {r['arch']} {r['batch_kind']}: {r['error']}")
+        out = Path(args.out)
+        print(f"wrote {out / 'model_scaling.csv'}, {out / 'model_scaling.png'}")
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

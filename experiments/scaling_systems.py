@@ -23,14 +23,21 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 from pathlib import Path
 
 from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    check_arch,
+    check_model,
+    check_out_dir,
+    parse_ints,
+    run_main,
+)
 from gpt_workload.plots import save
 from gpt_workload.training.train import time_training_step
 from wse_sim.arch import load_arch
-from wse_sim.errors import ConfigError, WseSimError
+from wse_sim.errors import ConfigError
 
 PROG = Path(__file__).name
 
@@ -82,17 +89,7 @@ def parse_counts(opt: str, text: str) -> list[int]:
     Raises:
         ConfigError: naming ``opt``, the value and what is allowed (integers >= 1).
     """
-    items = [x.strip() for x in text.split(",")]
-    try:
-        counts = [int(x) for x in items]
-    except ValueError:
-        counts = []
-    if not counts or any(c < 1 for c in counts):
-        raise ConfigError(
-            f"{opt} {text!r} is not allowed: expected comma-separated integers >= 1, "
-            "e.g. 1,2,4,8,16"
-        )
-    return counts
+    return parse_ints(opt, text, 1, example="1,2,4,8,16")
 
 
 def validate(args: argparse.Namespace) -> tuple[list[int], Path]:
@@ -101,14 +98,8 @@ def validate(args: argparse.Namespace) -> tuple[list[int], Path]:
     Raises:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
-    try:
-        cfg = resolve_model(args.model)
-    except ConfigError as exc:
-        raise ConfigError(f"--model: {exc}") from None
-    try:
-        load_arch(args.arch)
-    except ConfigError as exc:
-        raise ConfigError(f"--arch: {exc}") from None
+    cfg = check_model("--model", args.model)
+    check_arch("--arch", args.arch)
     systems = parse_counts("--systems", args.systems)
     if not (math.isfinite(args.cut) and args.cut > 0):
         raise ConfigError(f"--cut {args.cut!r} is not allowed: expected a finite number > 0")
@@ -125,15 +116,13 @@ def validate(args: argparse.Namespace) -> tuple[list[int], Path]:
             f"--systems {max(systems)} is not allowed: at most the global batch of {batch} "
             "sequences (--batch; every system needs at least one sequence)"
         )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
+    out = check_out_dir("--out", args.out)
     return systems, out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; writes the CSV and the PNG."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
     )
@@ -179,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         help="output directory for scaling_systems.csv and scaling_systems.png, created if "
         "missing (default: %(default)s)",
     )
-    a = p.parse_args(argv)
-    try:
+
+    def body() -> int:
+        a = p.parse_args(argv)
         systems, out = validate(a)
         rows = run(a.model, a.arch, systems, a.cut, a.seq_len, a.batch)
         out.mkdir(parents=True, exist_ok=True)
@@ -188,9 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    except (WseSimError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        png = save(figure(a, rows, systems), out / "scaling_systems.png")
+        print(f"wrote {out / 'scaling_systems.csv'} and {png}")
+        return 0
+
+    return run_main(PROG, body)
+
+
+def figure(a: argparse.Namespace, rows: list[dict], systems: list[int]):
+    """Samples/s vs systems, one curve per SwarmX bandwidth, and linear scaling."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"{a.model} on {a.arch}, batch {r0['batch']} x {a.seq_len} tokens")
     ax.legend()
     fig.tight_layout()
-    print(f"wrote {out / 'scaling_systems.csv'} and {save(fig, out / 'scaling_systems.png')}")
-    return 0
+    return fig
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    check_arch,
+    check_out_dir,
+    parse_ints,
+    run_main,
+)
 from gpt_workload.training.train import time_training_step
 from wse_sim.arch import load_arch
-from wse_sim.errors import ConfigError, WseSimError
+from wse_sim.errors import ConfigError
 
 PROG = Path(__file__).name
 
@@ -85,16 +91,7 @@ def parse_counts(opt: str, text: str) -> list[int]:
     Raises:
         ConfigError: naming ``opt``, the value and what is allowed (integers >= 1).
     """
-    items = [x.strip() for x in text.split(",")]
-    try:
-        counts = [int(x) for x in items]
-    except ValueError:
-        counts = []
-    if not counts or any(c < 1 for c in counts):
-        raise ConfigError(
-            f"{opt} {text!r} is not allowed: expected comma-separated integers >= 1, e.g. 1,16"
-        )
-    return counts
+    return parse_ints(opt, text, 1, example="1,16")
 
 
 def validate(args: argparse.Namespace) -> tuple[str, list[int], list[str], Path]:
@@ -103,10 +100,7 @@ def validate(args: argparse.Namespace) -> tuple[str, list[int], list[str], Path]
     Raises:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
-    try:
-        load_arch(args.arch)
-    except ConfigError as exc:
-        raise ConfigError(f"--arch: {exc}") from None
+    check_arch("--arch", args.arch)
     systems = parse_counts("--systems", args.systems)
     models = [m.strip().lower() for m in args.models.split(",")]
     allowed = ", ".join(PUBLISHED_TRAINING)
@@ -122,9 +116,7 @@ def validate(args: argparse.Namespace) -> tuple[str, list[int], list[str], Path]
                 f"--systems {max(systems)} is not allowed for {m}: at most its global batch of "
                 f"{global_batch(m)} sequences (every system needs at least one sequence)"
             )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {args.out!r} exists and is not a directory; give a directory")
+    out = check_out_dir("--out", args.out)
     return args.arch, systems, models, out
 
 
@@ -145,7 +137,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; writes the CSV and the markdown table."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
     )
@@ -172,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         help="output directory for time_to_train.csv and time_to_train.md, created if missing "
         "(default: %(default)s)",
     )
-    a = p.parse_args(argv)
-    try:
+
+    def body() -> int:
+        a = p.parse_args(argv)
         arch, systems, models, out = validate(a)
         rows = run(arch, systems, models)
         out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             w.writerows(rows)
         (out / "time_to_train.md").write_text(markdown(rows))
-    except (WseSimError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown(rows))
-    print(f"wrote {out / 'time_to_train.csv'} and {out / 'time_to_train.md'}")
-    return 0
+        print(markdown(rows))
+        print(f"wrote {out / 'time_to_train.csv'} and {out / 'time_to_train.md'}")
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

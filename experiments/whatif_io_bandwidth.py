@@ -43,6 +43,11 @@ sequences, fp16, analytic timing):
   (0.5 FMAC per cycle, so the per-op setup is small) ``eta`` is about 0.93 and the two
   agree within 8 % at 0.125x - 0.5x.
 
+Every option is checked before anything runs (:mod:`gpt_workload.experiment_args`): a bad
+one is a one-line ``whatif_io_bandwidth.py: error: ...`` on stderr, exit status 2, nothing
+written. ``--fidelity`` is ``analytic`` or ``event``: ``packet`` simulates every router and is
+refused for a whole wafer.
+
 Writes ``points.csv`` (every simulated run), ``crossover.csv`` (per bandwidth: closed form,
 simulated, ratio, eta, regime) and ``whatif_io_bandwidth.png`` into ``--out``. Runs the points
 as a resumable sweep (:mod:`gpt_workload.sweep`): on a local Dask cluster by default, on an
@@ -61,35 +66,87 @@ import math
 from pathlib import Path
 
 from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    add_run_options,
+    check_arch,
+    check_arch_field,
+    check_fidelity,
+    check_fits,
+    check_model,
+    check_out_dir,
+    check_precision,
+    check_scheduler,
+    check_seq_len,
+    check_workers,
+    connect_scheduler,
+    fidelities_for,
+    parse_floats,
+    run_main,
+)
 from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.plots import save
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.simulate import simulate
 from gpt_workload.sweep import SweepSpec, run_sweep
 from wse_sim.arch import load_arch
+from wse_sim.errors import FitError
+
+PROG = Path(__file__).name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog=PROG,
         description="Sweep MemoryX I/O bandwidth x batch; find where weight streaming turns "
         "from I/O-bound to compute-bound and compare with the closed form "
-        "B* = peak W / (BW T f). Writes points.csv, crossover.csv and a PNG."
+        "B* = peak W / (BW T f). Writes points.csv, crossover.csv and a PNG.",
     )
-    p.add_argument("--model", default="cerebras-gpt-13b", help="model preset or config.json")
-    p.add_argument("--arch", default="wse2", help="arch preset or TOML")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32")
-    p.add_argument("--fidelity", default="analytic", help="analytic or event")
+    p.add_argument(
+        "--model",
+        default="cerebras-gpt-13b",
+        help="model preset or config.json (default: %(default)s)",
+    )
+    p.add_argument("--arch", default="wse2", help="arch preset or TOML file (default: %(default)s)")
     p.add_argument(
         "--scales",
         default="0.25,0.5,1,2,4,8",
-        help="I/O bandwidths as multiples of the arch's io.ingress_bytes_per_s",
+        help="comma-separated I/O bandwidths as multiples (finite, > 0) of the arch's "
+        "io.ingress_bytes_per_s (default: %(default)s)",
     )
-    p.add_argument("--out", default="results/whatif_io_bandwidth", help="output directory")
-    p.add_argument("--workers", type=int, default=None, help="local Dask workers (0 = serial)")
-    p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
+    add_run_options(p, seq_len=256, out="results/whatif_io_bandwidth")
     return p.parse_args(argv)
+
+
+def io_scales(args: argparse.Namespace) -> list[float]:
+    """``--scales`` as numbers.
+
+    Raises:
+        ConfigError: not a list of finite numbers > 0.
+    """
+    return parse_floats("--scales", args.scales, 0, lo_open=True, example="0.5,1,2")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written.
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    cfg = check_model("--model", args.model)
+    arch = check_arch("--arch", args.arch)
+    check_seq_len("--seq-len", args.seq_len, [cfg])
+    check_precision("--precision", args.precision)
+    check_fidelity("--fidelity", args.fidelity, fidelities_for([arch]))
+    texts = [t.strip() for t in args.scales.split(",")]
+    for text, s in zip(texts, io_scales(args), strict=True):
+        bw = s * arch.io.ingress_bytes_per_s
+        check_arch_field("--scales", text, arch, "io.ingress_bytes_per_s", bw)
+    check_fits("--model", args.model, cfg, arch, args.seq_len, args.precision)
+    check_workers("--workers", args.workers)
+    check_scheduler("--scheduler", args.scheduler)
+    check_out_dir("--out", args.out)
 
 
 def fill_batches(args) -> list[int]:
@@ -172,12 +229,17 @@ def crossover(rows: list[dict], cf: dict, seq_len: int) -> dict:
 
 def run(args: argparse.Namespace) -> tuple[list[dict], object]:
     """Sweep, find the crossovers, write the CSVs and the PNG; returns (the crossover rows,
-    the figure)."""
+    the figure). The options are those :func:`validate` accepts (:func:`main` checks them
+    first).
+
+    Raises:
+        FitError: no point of some bandwidth ran (the first point's error, after the sweep
+            table is written).
+    """
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     arch = load_arch(args.arch)
     base_bw = arch.io.ingress_bytes_per_s
-    scales = [float(s) for s in args.scales.split(",")]
+    scales = io_scales(args)
     batches = fill_batches(args)
     spec = SweepSpec.from_dict(
         {
@@ -195,14 +257,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
         },
         name="whatif_io_bandwidth",
     )
-    res = run_sweep(
-        spec,
-        output=out / "points.csv",
-        fmt="csv",
-        workers=args.workers,
-        scheduler=args.scheduler,
-    )
-    rows = [r for r in res.table.to_pylist() if r["status"] == "ok"]
+    with connect_scheduler(args.scheduler) as client:  # before anything is written
+        res = run_sweep(
+            spec, output=out / "points.csv", fmt="csv", workers=args.workers, client=client
+        )
+    every = res.table.to_pylist()
+    rows = [r for r in every if r["status"] == "ok"]
+    for s in scales:  # a bandwidth without a single run has no crossover to find
+        if not any(r["io.ingress_bytes_per_s"] == s * base_bw for r in rows):
+            first = next(r for r in every if r["io.ingress_bytes_per_s"] == s * base_bw)
+            raise FitError(
+                f"--scales {s:g}: no point ran ({first['error']}); see {out / 'points.csv'}"
+            )
     fabric_bw = rows[0]["pes_per_segment"] * weight_bytes_per_pe_cycle(arch) * arch.pe.clock_hz
     table = []
     for s in scales:
@@ -237,20 +303,29 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
 
 
 def main(argv=None) -> int:
-    """Run the experiment and print the crossovers; returns the exit status."""
-    args = parse_args(argv)
-    table, _ = run(args)
-    out = Path(args.out)
-    for t in table:
-        sim = f"{t['simulated_batch']:.1f}" if t["simulated_batch"] else t["regime"]
-        r = f" (x{t['simulated_over_closed_form']:.3f})" if t["simulated_batch"] else ""
+    """Check the options, run the experiment and print the crossovers; returns the exit
+    status (2 and one line on stderr for a bad option, before anything runs or is written)."""
+
+    def body() -> int:
+        args = parse_args(argv)
+        validate(args)
+        table, _ = run(args)
+        out = Path(args.out)
+        for t in table:
+            sim = f"{t['simulated_batch']:.1f}" if t["simulated_batch"] else t["regime"]
+            r = f" (x{t['simulated_over_closed_form']:.3f})" if t["simulated_batch"] else ""
+            print(
+                f"I/O {t['io_bytes_per_s'] / 1e9:7.1f} GB/s: closed form B* = "
+                f"{t['closed_form_batch']:8.1f}, simulated {sim}{r}, "
+                f"eta {t['eta_compute_over_peak']:.3f}"
+            )
         print(
-            f"I/O {t['io_bytes_per_s'] / 1e9:7.1f} GB/s: closed form B* = "
-            f"{t['closed_form_batch']:8.1f}, simulated {sim}{r}, "
-            f"eta {t['eta_compute_over_peak']:.3f}"
+            f"wrote {out / 'points.csv'}, {out / 'crossover.csv'}, "
+            f"{out / 'whatif_io_bandwidth.png'}"
         )
-    print(f"wrote {out / 'points.csv'}, {out / 'crossover.csv'}, {out / 'whatif_io_bandwidth.png'}")
-    return 0
+        return 0
+
+    return run_main(PROG, body)
 
 
 def figure(args, rows, table, scales, base_bw):

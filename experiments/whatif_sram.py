@@ -15,6 +15,9 @@ For every SRAM size and model this runs two points (timing only, ``analytic`` by
 Assumption: the runtime keeps its 4,176 B per PE ([STUDY]) whatever the SRAM size; only
 ``pe.sram_bytes`` changes. A model that cannot fit one sequence is reported as an error row.
 
+Every option is checked before anything runs (:mod:`gpt_workload.experiment_args`): a bad
+one is a one-line ``whatif_sram.py: error: ...`` on stderr, exit status 2, nothing written.
+
 Writes ``whatif_sram.csv`` (the sweep table) and ``whatif_sram.png`` into ``--out``.
 
 Example::
@@ -27,40 +30,98 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    add_run_options,
+    check_arch,
+    check_arch_field,
+    check_fidelity,
+    check_int,
+    check_model,
+    check_out_dir,
+    check_precision,
+    check_scheduler,
+    check_seq_len,
+    check_workers,
+    connect_scheduler,
+    fidelities_for,
+    parse_floats,
+    parse_names,
+    run_main,
+)
 from gpt_workload.plots import save
+from gpt_workload.simulate import MAX_BATCH
 from gpt_workload.sweep import SweepSpec, run_sweep
 
+PROG = Path(__file__).name
 KIB = 1024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog=PROG,
         description="Sweep SRAM per PE (24-192 KiB): largest single micro-batch and throughput."
-        " Writes whatif_sram.csv and whatif_sram.png."
+        " Writes whatif_sram.csv and whatif_sram.png.",
     )
     p.add_argument(
         "--models",
         default="cerebras-gpt-111m,cerebras-gpt-1.3b",
-        help="comma-separated model presets",
+        help="comma-separated model presets or config.json paths (default: %(default)s)",
     )
-    p.add_argument("--arch", default="wse2", help="arch preset or TOML")
-    p.add_argument("--sram-kib", default="24,32,48,64,96,128,192", help="SRAM sizes per PE, KiB")
-    p.add_argument("--batch", type=int, default=1024, help="fixed batch (sequences)")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
-    p.add_argument("--precision", default="fp16")
-    p.add_argument("--fidelity", default="analytic")
-    p.add_argument("--out", default="results/whatif_sram", help="output directory")
-    p.add_argument("--workers", type=int, default=None, help="local Dask workers (0 = serial)")
-    p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
+    p.add_argument("--arch", default="wse2", help="arch preset or TOML file (default: %(default)s)")
+    p.add_argument(
+        "--sram-kib",
+        default="24,32,48,64,96,128,192",
+        help="comma-separated SRAM sizes per PE in KiB, finite and > the runtime's reserved "
+        "SRAM (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1024,
+        help=f"fixed batch (sequences), 1..{MAX_BATCH} (default: %(default)s)",
+    )
+    add_run_options(p, seq_len=2048, out="results/whatif_sram", models=True)
     return p.parse_args(argv)
 
 
+def sram_sizes(args: argparse.Namespace) -> list[int]:
+    """``--sram-kib`` in bytes (``int(KiB x 1024)``).
+
+    Raises:
+        ConfigError: not a list of finite numbers > 0.
+    """
+    return [int(k * KIB) for k in parse_floats("--sram-kib", args.sram_kib, 0, lo_open=True)]
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written.
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed.
+    """
+    cfgs = [check_model("--models", m) for m in parse_names("--models", args.models, "models")]
+    arch = check_arch("--arch", args.arch)
+    sizes = sram_sizes(args)
+    texts = [t.strip() for t in args.sram_kib.split(",")]
+    for text, size in zip(texts, sizes, strict=True):
+        check_arch_field("--sram-kib", text, arch, "pe.sram_bytes", size)
+    check_int("--batch", args.batch, 1, MAX_BATCH)
+    check_seq_len("--seq-len", args.seq_len, cfgs)
+    check_precision("--precision", args.precision)
+    check_fidelity("--fidelity", args.fidelity, fidelities_for([arch]))
+    check_workers("--workers", args.workers)
+    check_scheduler("--scheduler", args.scheduler)
+    check_out_dir("--out", args.out)
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict], object]:
-    """Run the sweep, write the CSV and the PNG; returns (rows, figure)."""
+    """Run the sweep, write the CSV and the PNG; returns (rows, figure). The options are
+    those :func:`validate` accepts (:func:`main` checks them first)."""
     out = Path(args.out)
-    models = [m for m in args.models.split(",") if m]
-    sizes = [int(float(k) * KIB) for k in args.sram_kib.split(",")]
+    models = parse_names("--models", args.models)
+    sizes = sram_sizes(args)
     spec = SweepSpec.from_dict(
         {
             "base": {
@@ -73,13 +134,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
         },
         name="whatif_sram",
     )
-    res = run_sweep(
-        spec,
-        output=out / "whatif_sram.csv",
-        fmt="csv",
-        workers=args.workers,
-        scheduler=args.scheduler,
-    )
+    with connect_scheduler(args.scheduler) as client:  # before anything is written
+        res = run_sweep(
+            spec, output=out / "whatif_sram.csv", fmt="csv", workers=args.workers, client=client
+        )
     rows = res.table.to_pylist()
     fig = figure(args, rows, models)
     save(fig, out / "whatif_sram.png")
@@ -130,19 +188,27 @@ def figure(args, rows, models):
 
 
 def main(argv=None) -> int:
-    """Run the experiment and print a summary; returns the exit status."""
-    args = parse_args(argv)
-    rows, _ = run(args)
-    for r in rows:
-        what = (
-            f"batch {r['batch_used']:5d} ({r['micro_batches']} micro-batch(es)), "
-            f"{r['tokens_per_s'] / 1e6:7.3f} M tokens/s"
-            if r["status"] == "ok"
-            else r["error"]
-        )
-        print(f"{r['model']:18s} {r['pe.sram_bytes'] // KIB:4d} KiB batch={r['batch']:>4s}: {what}")
-    print(f"wrote {Path(args.out) / 'whatif_sram.csv'}, {Path(args.out) / 'whatif_sram.png'}")
-    return 0
+    """Check the options, run the experiment and print a summary; returns the exit status
+    (2 and one line on stderr for a bad option, before anything runs or is written)."""
+
+    def body() -> int:
+        args = parse_args(argv)
+        validate(args)
+        rows, _ = run(args)
+        for r in rows:
+            what = (
+                f"batch {r['batch_used']:5d} ({r['micro_batches']} micro-batch(es)), "
+                f"{r['tokens_per_s'] / 1e6:7.3f} M tokens/s"
+                if r["status"] == "ok"
+                else r["error"]
+            )
+            kib = r["pe.sram_bytes"] / KIB
+            print(f"{r['model']:18s} {kib:4g} KiB batch={r['batch']:>4s}: {what}")
+        out = Path(args.out)
+        print(f"wrote {out / 'whatif_sram.csv'}, {out / 'whatif_sram.png'}")
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

@@ -442,7 +442,7 @@ def test_output_suffix_and_format(spec_file, tmp_path):
     point runs (it used to write CSV into ``x.parquet``); so is a directory."""
     spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
     res = run_sweep(spec, output=tmp_path / "x.csv", workers=0)
-    assert res.path.read_text().startswith("\"point\",\"config_hash\"")
+    assert res.path.read_text().startswith('"point","config_hash"')
     for out, fmt, frag in (
         (tmp_path / "y.parquet", "csv", "ends in .parquet but --format is csv"),
         (tmp_path / "y.csv", "parquet", "ends in .csv but --format is parquet"),
