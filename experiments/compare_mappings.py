@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from gpt_workload.experiment_args import (
     check_model,
     check_out_dir,
     check_precision,
+    fidelities_for,
     run_main,
 )
 from gpt_workload.mappings import MAPPINGS, parse_mapping
@@ -126,8 +128,7 @@ def validate(args: argparse.Namespace) -> None:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
     n_positions = [check_model("--model", model).n_positions for model in args.model.split(",")]
-    for arch in args.arch.split(","):
-        check_arch("--arch", arch)
+    archs = [check_arch("--arch", arch) for arch in args.arch.split(",")]
     if not 1 <= args.batch <= MAX_BATCH:
         raise ConfigError(
             f"--batch {args.batch} is not allowed: expected an integer in 1..{MAX_BATCH}"
@@ -138,7 +139,7 @@ def validate(args: argparse.Namespace) -> None:
             f"1..{min(n_positions)} (the smallest n_positions of --model)"
         )
     check_precision("--precision", args.precision)
-    check_fidelity("--fidelity", args.fidelity)
+    check_fidelity("--fidelity", args.fidelity, fidelities_for(archs))
     if args.mappings and not mapping_specs(args.mappings):
         raise ConfigError(f"--mappings {args.mappings!r} names no mapping")
     for typed in filter(None, (s.strip() for s in args.mappings.split(","))):
@@ -339,6 +340,9 @@ def main(argv=None) -> int:
             f"wrote {out / 'compare_mappings.csv'}, {out / 'compare_mappings.png'} "
             f"({time.perf_counter() - t0:.0f} s)"
         )
+        if not any(r["status"] == "ok" for r in totals):
+            print(f"{PROG}: error: every run failed (see the rows above)", file=sys.stderr)
+            return 2
         return 0
 
     return run_main(PROG, body)

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gpt_workload.experiment_args import (
@@ -173,7 +174,8 @@ def figure(args, rows, models):
         ax.set_xticks([24, 32, 48, 64, 96, 128, 192])
         ax.set_xticklabels(["24", "32", "48", "64", "96", "128", "192"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     ax1.set_yscale("log")
     ax2.set_yscale("log")
     ax1.set_ylabel("largest single micro-batch (sequences)")
@@ -206,6 +208,9 @@ def main(argv=None) -> int:
             print(f"{r['model']:18s} {kib:4g} KiB batch={r['batch']:>4s}: {what}")
         out = Path(args.out)
         print(f"wrote {out / 'whatif_sram.csv'}, {out / 'whatif_sram.png'}")
+        if not any(r["status"] == "ok" for r in rows):
+            print(f"{PROG}: error: no point fits (see the rows above)", file=sys.stderr)
+            return 2
         return 0
 
     return run_main(PROG, body)

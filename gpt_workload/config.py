@@ -515,6 +515,12 @@ def resolve_model(spec: str) -> GPTConfig:
         raise ConfigError(f"model={spec!r} must be a preset name or a path")
     text = os.fspath(spec)
     key = text.strip().lower()
+    if not key:
+        names = ", ".join(PRESETS)
+        raise ConfigError(
+            f"model={text!r} is empty: expected a preset ({names}), a config.json path or a "
+            "checkpoint directory"
+        )
     if key in PRESETS:
         return PRESETS[key]
     if key in TEST_PRESETS:

@@ -468,6 +468,9 @@ def sweep_chart(
     for name, what in ((metric, "metric"), (x, "field")):
         if name not in cols:
             raise ConfigError(f"{what} {name!r} is not a column; columns: {', '.join(cols)}")
+    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok"]
+    if not rows:
+        raise ConfigError("the sweep table has no successful row to plot")
     import pyarrow.types as pa_types
 
     numeric = [
@@ -479,9 +482,6 @@ def sweep_chart(
         raise ConfigError(
             f"metric {metric!r} is not numeric; numeric columns: {', '.join(numeric)}"
         )
-    rows = [r for r in table.to_pylist() if r.get("status", "ok") == "ok"]
-    if not rows:
-        raise ConfigError("the sweep table has no successful row to plot")
     if by is None:
         by = [
             c for c in _config_columns(table) if c != x and len({repr(r.get(c)) for r in rows}) > 1

@@ -73,6 +73,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 log = logging.getLogger(__name__)
 
+#: most points a sweep may expand to (a 2-core machine runs ~1,000 analytic points a
+#: minute; the expanded spec holds every point's configuration in memory)
+MAX_POINTS = 100_000
+
 #: an explicit sweep name: it names the output file, so no path separators
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -367,6 +371,12 @@ class SweepSpec:
             ]
             axes.append((keys, rows))
 
+        n_points = math.prod(len(rows) for _, rows in axes)
+        if n_points > MAX_POINTS:
+            raise ConfigError(
+                f"sweep {name!r} has {n_points:,} points: at most {MAX_POINTS:,} (split it "
+                "into several sweeps, or coarsen the grid)"
+            )
         points: list[PointConfig] = []
         keys_out: list[str] = []
         index: set[str] = set()
@@ -911,6 +921,10 @@ def _check_workers(workers: Any) -> None:
         )
 
 
+#: seconds a sweep waits for an existing Dask scheduler to have at least one worker
+WORKER_WAIT_S = 10.0
+
+
 def _probe_scheduler(address: str, timeout_s: float = 10.0) -> None:
     """Check that a Dask scheduler answers at ``address`` before a Client is made: connect,
     ask for its identity, all within ``timeout_s`` seconds.
@@ -991,6 +1005,14 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
                     f"--scheduler {scheduler!r} cannot be reached: {_one_line(exc)} "
                     "(expected tcp://HOST:PORT of a running 'dask scheduler')"
                 ) from None
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            except (TimeoutError, OSError):
+                client.close()
+                raise ConfigError(
+                    f"--scheduler {scheduler!r} has no workers (waited {WORKER_WAIT_S:.0f} s): "
+                    f"start one with 'dask worker {scheduler}'"
+                ) from None
             cluster = None
         else:
             import dask
@@ -1040,6 +1062,12 @@ def resolve_output(
             directory; its directory cannot be created or written.
     """
     suffix_fmt = {".csv": "csv", ".parquet": "parquet"}
+    for given in (output, spec.output):
+        if given is not None and str(given).endswith(("/", os.sep)):
+            raise ConfigError(
+                f"--output {str(given)!r} names a directory; give a file path, e.g. "
+                f"{str(given)}{spec.name}.{fmt or spec.fmt}"
+            )
     if output is not None:
         path = Path(output)
         implied = suffix_fmt.get(path.suffix.lower())
@@ -1113,27 +1141,36 @@ def run_sweep(
     if not spec.points:
         raise ConfigError(f"sweep {spec.name!r} has no points")
     check_values(spec)
-    path, fmt = resolve_output(spec, output, fmt)
-    _remove_stale_tmp(path.parent, path.name)
-    store = PartStore(path.with_name(path.name + ".parts"))
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None and client is None:
+            # an existing cluster is checked (answers, has workers) before anything is written
+            client = stack.enter_context(open_client(workers, scheduler))
+        path, fmt = resolve_output(spec, output, fmt)
+        _remove_stale_tmp(path.parent, path.name)
+        try:
+            store = PartStore(path.with_name(path.name + ".parts"))
+        except OSError as exc:
+            raise ConfigError(
+                f"--output {str(path)!r}: its part files cannot be written next to it "
+                f"({exc.strerror})"
+            ) from None
 
-    wanted = set(spec.keys)
-    rows = store.read(store.done() & wanted)
-    if retry_failed:
-        for k in [k for k, r in rows.items() if r["status"] != "ok"]:
-            del rows[k]
-    todo = [(k, p) for k, p in zip(spec.keys, spec.points, strict=True) if k not in rows]
-    total, skipped = len(spec.keys), len(rows)
-    log.info(
-        "sweep %s: %d points, %d already done, %d to run", spec.name, total, skipped, len(todo)
-    )
-    if progress:
-        progress(skipped, total)
+        wanted = set(spec.keys)
+        rows = store.read(store.done() & wanted)
+        if retry_failed:
+            for k in [k for k, r in rows.items() if r["status"] != "ok"]:
+                del rows[k]
+        todo = [(k, p) for k, p in zip(spec.keys, spec.points, strict=True) if k not in rows]
+        total, skipped = len(spec.keys), len(rows)
+        log.info(
+            "sweep %s: %d points, %d already done, %d to run", spec.name, total, skipped, len(todo)
+        )
+        if progress:
+            progress(skipped, total)
 
-    executor = "-"
-    if todo:
-        with contextlib.ExitStack() as stack:
-            if client is None:
+        executor = "-"
+        if todo:
+            if client is None:  # a local cluster starts only when a point is left to run
                 client = stack.enter_context(open_client(workers, scheduler))
             if client is None:
                 executor = "this process (no Dask)"

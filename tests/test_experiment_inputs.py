@@ -281,3 +281,26 @@ def test_run_main(capsys):
 
     with pytest.raises(KeyError):  # programming errors keep their traceback
         ea.run_main("p.py", bug)
+
+
+@pytest.mark.parametrize(
+    "argv, option, needle",
+    [
+        (["--fidelity", "packet"], "--fidelity", "whole wafer"),  # ran 28 error rows, rc 0
+        (["--model", ""], "--model", "is empty"),  # read as the current directory
+        (["--model", "cerebras-gpt-111m,"], "--model", "is empty"),
+    ],
+)
+def test_compare_mappings_refuses_up_front(tmp_path, capsys, argv, option, needle):
+    out = tmp_path / "out"
+    line = assert_refused("compare_mappings", ["--out", str(out), *argv], capsys, out, option)
+    assert needle in line, (needle, line)
+
+
+def test_whatif_sram_with_nothing_that_fits_is_an_error(tmp_path, capsys):
+    """Every point a FitError used to exit 0 with an empty chart."""
+    out = tmp_path / "out"
+    argv = ["--models", "cerebras-gpt-1.3b", "--arch", "grid8", "--sram-kib", "48"]
+    rc = load("whatif_sram").main([*argv, "--batch", "1", "--workers", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1].endswith("no point fits (see the rows above)")

@@ -510,3 +510,50 @@ def test_non_utf8_spec_is_one_line(tmp_path):
     p = wse_sim("sweep", str(bad), "--workers", "0")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "is not UTF-8 text" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_huge_grid_is_refused_before_expansion():
+    """Four lists of 100 values (10^8 points) took 3 GB and no answer before."""
+    grid = {f: list(range(1, 101)) for f in ("batch", "seq_len", "pe.sram_bytes")}
+    grid["fabric.hop_latency_cycles"] = list(range(100))
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="has 100,000,000 points: at most 100,000"):
+        SweepSpec.from_dict({"grid": grid})
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    "output, fragment",
+    [("newdir/", "names a directory"), ("/proc/x.parquet", "part files cannot be written")],
+)
+def test_output_that_is_not_a_writable_file(tmp_path, output, fragment):
+    """``-o newdir/`` wrote a file named ``newdir``; ``/proc/x.parquet`` gave a raw errno
+    about ``.parts``, a path the user never typed."""
+    spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
+    out = output if output.startswith("/") else f"{tmp_path}/{output}"
+    with pytest.raises(ConfigError, match=fragment):
+        run_sweep(spec, output=out, workers=0)
+
+
+def test_scheduler_without_workers_is_refused(tmp_path, monkeypatch):
+    """A scheduler whose only worker had died: the sweep waited forever, silently. And a
+    failed scheduler check leaves no part files behind."""
+    from distributed import LocalCluster
+
+    import gpt_workload.sweep as sw
+
+    monkeypatch.setattr(sw, "WORKER_WAIT_S", 1.0)
+    spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
+    with LocalCluster(
+        n_workers=0, processes=False, dashboard_address=":0", host="127.0.0.1", protocol="tcp"
+    ) as cluster:
+        with pytest.raises(ConfigError, match="has no workers"):
+            run_sweep(spec, output=tmp_path / "a.parquet", scheduler=cluster.scheduler_address)
+    real_probe = sw._probe_scheduler
+    monkeypatch.setattr(sw, "_probe_scheduler", lambda a: real_probe(a, timeout_s=1))
+    addr, srv = _server(None)
+    with pytest.raises(ConfigError, match="no Dask scheduler answered"):
+        run_sweep(spec, output=tmp_path / "b.parquet", scheduler=addr)
+    assert not list(tmp_path.iterdir())
+    srv.close()
