@@ -58,6 +58,7 @@ import math
 import os
 import re
 import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -865,13 +866,16 @@ def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[
         ClusterError: the cluster failed (lost scheduler, cancelled task): nothing is
             recorded for the points still running, so a rerun runs them.
     """
-    from distributed import KilledWorker, as_completed
+    import asyncio
+
+    from distributed import KilledWorker, as_completed, wait
 
     nthreads = sum(client.nthreads().values()) or 1
     size = chunk_size(len(todo), nthreads)
     chunks = iter([todo[i : i + size] for i in range(0, len(todo), size)])
     ac = as_completed()
     members: dict[str, list[str]] = {}
+    inflight: dict[str, Any] = {}
 
     def submit_next() -> bool:
         chunk = next(chunks, None)
@@ -881,14 +885,23 @@ def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[
         name = f"wse-sim-points-{keys[0]}-{len(keys)}"
         fut = client.submit(run_points, [c for _, c in chunk], key=name, pure=False)
         members[fut.key] = keys
+        inflight[fut.key] = fut
         ac.add(fut)
+        return True
+
+    def wait_some(seconds: float) -> bool:
+        try:
+            wait(list(inflight.values()), timeout=seconds, return_when="FIRST_COMPLETED")
+        except (TimeoutError, asyncio.TimeoutError):
+            return False
         return True
 
     for _ in range(window):
         if not submit_next():
             break
-    for fut in ac:
+    for fut in _watch_workers(ac, client, wait_some):
         keys = members.pop(fut.key)
+        inflight.pop(fut.key, None)
         try:
             rows = fut.result()
         except KilledWorker as exc:
@@ -901,6 +914,39 @@ def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[
         fut.release()
         yield from zip(keys, rows, strict=True)
         submit_next()
+
+
+def _watch_workers(ac, client, wait_some: Callable[[float], Any]) -> Iterator[Any]:
+    """The futures of ``ac`` (``distributed.as_completed``) as they finish, while watching
+    that the cluster still has a worker: a point may run for minutes, but with no worker
+    nothing ever finishes.
+
+    Args:
+        wait_some: ``wait_some(seconds)`` blocks until a future in flight has finished or
+            the seconds have passed.
+
+    Raises:
+        ClusterError: the cluster has had no worker for :data:`LOST_WORKERS_S` seconds.
+    """
+    no_worker_since = None
+    while not ac.is_empty():
+        batch = ac.next_batch(block=False)
+        if batch:
+            no_worker_since = None
+            yield from batch
+            continue
+        if wait_some(1.0):
+            continue
+        now = time.monotonic()
+        if client.nthreads():
+            no_worker_since = None
+        elif no_worker_since is None:
+            no_worker_since = now
+        elif now - no_worker_since > LOST_WORKERS_S:
+            raise ClusterError(
+                f"the Dask cluster has had no worker for {LOST_WORKERS_S:.0f} s; finished "
+                "points are kept, start a worker and rerun the sweep to continue"
+            )
 
 
 def max_workers() -> int:
@@ -923,6 +969,10 @@ def _check_workers(workers: Any) -> None:
 
 #: seconds a sweep waits for an existing Dask scheduler to have at least one worker
 WORKER_WAIT_S = 10.0
+
+#: seconds a running sweep tolerates a cluster with no worker before it gives up (a local
+#: cluster's nanny restarts a dead worker within a few seconds)
+LOST_WORKERS_S = 60.0
 
 
 def _probe_scheduler(address: str, timeout_s: float = 10.0) -> None:

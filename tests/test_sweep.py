@@ -557,3 +557,37 @@ def test_scheduler_without_workers_is_refused(tmp_path, monkeypatch):
         run_sweep(spec, output=tmp_path / "b.parquet", scheduler=addr)
     assert not list(tmp_path.iterdir())
     srv.close()
+
+
+def test_a_cluster_that_loses_every_worker_stops_the_sweep(monkeypatch):
+    """Every worker of an external cluster gone mid-sweep: nothing can finish, and the sweep
+    waited forever; now it stops with one ClusterError line after LOST_WORKERS_S (finished
+    points are kept by the caller, as for any cluster failure)."""
+    import gpt_workload.sweep as sw
+
+    class AsCompleted:  # two futures finish, then nothing ever does
+        def __init__(self):
+            self.batches = [["f1"], ["f2"]]
+
+        def is_empty(self):
+            return False
+
+        def next_batch(self, block=False):
+            return self.batches.pop(0) if self.batches else []
+
+    class Client:
+        def __init__(self):
+            self.workers = {"w1": 1}
+
+        def nthreads(self):
+            return self.workers
+
+    client = Client()
+    monkeypatch.setattr(sw, "LOST_WORKERS_S", 0.5)
+    seen = []
+    with pytest.raises(sw.ClusterError, match="has had no worker"):
+        for f in sw._watch_workers(AsCompleted(), client, lambda s: time.sleep(0.01)):
+            seen.append(f)
+            if f == "f2":
+                client.workers = {}  # the last worker dies
+    assert seen == ["f1", "f2"]
