@@ -313,9 +313,12 @@ class SweepSpec:
         else:  # from the spec file's name: keep it a plain file name
             name = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".-") or "sweep"
         out = meta.get("output")
-        if out is not None and (not isinstance(out, str) or not out.strip()):
+        if out is not None and (
+            not isinstance(out, str) or not out.strip() or out.endswith(("/", os.sep))
+        ):
             raise ConfigError(
-                f"sweep spec field sweep.output={out!r} is not allowed: a non-empty file path"
+                f"sweep spec field sweep.output={out!r} is not allowed: a non-empty file path "
+                "(not a directory)"
             )
         output = Path(out) if out else None
         implied = {".csv": "csv", ".parquet": "parquet"}.get(
@@ -1112,30 +1115,21 @@ def resolve_output(
             directory; its directory cannot be created or written.
     """
     suffix_fmt = {".csv": "csv", ".parquet": "parquet"}
-    for given in (output, spec.output):
-        if given is not None and str(given).endswith(("/", os.sep)):
-            raise ConfigError(
-                f"--output {str(given)!r} names a directory; give a file path, e.g. "
-                f"{str(given)}{spec.name}.{fmt or spec.fmt}"
-            )
-    if output is not None:
-        path = Path(output)
+    if output is not None and str(output).endswith(("/", os.sep)):
+        raise ConfigError(
+            f"--output {str(output)!r} names a directory; give a file path, e.g. "
+            f"{str(output)}{spec.name}.{fmt or spec.fmt}"
+        )
+    given, label = (output, "--output") if output is not None else (spec.output, "sweep.output")
+    if given is not None:
+        path = Path(given)
         implied = suffix_fmt.get(path.suffix.lower())
         if fmt is not None and implied is not None and implied != fmt:
             raise ConfigError(
-                f"--output {str(output)!r} ends in {path.suffix} but --format is {fmt}: give "
+                f"{label} {str(given)!r} ends in {path.suffix} but --format is {fmt}: give "
                 f"a path ending in .{fmt}, or --format {implied}"
             )
         fmt = fmt or implied or spec.fmt
-    elif spec.output is not None:
-        path = spec.output
-        implied = suffix_fmt.get(path.suffix.lower())
-        if fmt is not None and implied is not None and implied != fmt:
-            raise ConfigError(
-                f"sweep.output {str(path)!r} ends in {path.suffix} but --format is {fmt}: "
-                f"give -o PATH.{fmt}, or --format {implied}"
-            )
-        fmt = fmt or spec.fmt
     else:
         fmt = fmt or spec.fmt
         path = Path(f"{spec.name}.{fmt}")

@@ -418,6 +418,7 @@ def test_metrics_schema_is_stable():
         ({"sweep": {"name": ""}}, "sweep.name='' is not allowed"),
         ({"sweep": {"name": 5}}, "sweep.name=5 is not allowed"),
         ({"sweep": {"output": 5}}, "sweep.output=5 is not allowed"),
+        ({"sweep": {"output": "sub/"}}, "sweep.output='sub/' is not allowed"),
         ({"sweep": {"output": "x.parquet", "format": "csv"}}, "disagree"),
     ],
 )
