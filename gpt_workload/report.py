@@ -367,3 +367,38 @@ def energy_rows(r, by: str = "op") -> list[dict]:
     table = e.get("per_op_j" if by == "op" else "per_layer_j", {})
     rows = [{by: key, **vals, "total": sum(vals.values())} for key, vals in table.items()]
     return sorted(rows, key=lambda x: -x["total"])
+
+
+#: energy columns of a sweep row (``gpt_workload.sweep.METRICS``), units in the names
+ENERGY_COLUMNS = (
+    "energy_j",
+    "energy_per_token_j",
+    "tokens_per_j",
+    "flop_per_j",
+    "wafer_avg_power_w",
+    "system_avg_power_w",
+    "peak_power_w",
+    "energy_compute_j",
+    "energy_sram_j",
+    "energy_fabric_j",
+    "energy_io_j",
+    "energy_static_j",
+)
+
+
+def energy_columns(r) -> dict[str, float | None]:
+    """The :data:`ENERGY_COLUMNS` of a Report (``None`` each when it has no energy)."""
+    e = getattr(r, "energy", None) or {}
+    if not e:
+        return dict.fromkeys(ENERGY_COLUMNS)
+    c = e["components_j"]
+    return {
+        "energy_j": float(e["total_j"]),
+        "energy_per_token_j": float(e.get("j_per_token", math.nan)),
+        "tokens_per_j": float(e.get("tokens_per_j", math.nan)),
+        "flop_per_j": float(e.get("flop_per_j", math.nan)),
+        "wafer_avg_power_w": float(e["wafer_avg_w"]),
+        "system_avg_power_w": float(e["system_avg_w"]),
+        "peak_power_w": float(e["peak_w"]),
+        **{f"energy_{k}_j": float(c[k]) for k in ("compute", "sram", "fabric", "io", "static")},
+    }
