@@ -338,7 +338,9 @@ def energy_console_rows(r) -> list[tuple[str, str]]:
         ),
         (
             "energy split",
-            ", ".join(f"{k} {c[k] / tot:.1%}" for k in ("compute", "sram", "fabric", "io", "static")),
+            ", ".join(
+                f"{k} {c[k] / tot:.1%}" for k in ("compute", "sram", "fabric", "io", "static")
+            ),
         ),
         (
             "power",

@@ -364,6 +364,8 @@ def simulate(
     if energy:
         t0 = time.perf_counter()
         energy_rep = energy_report(program, arch_cfg, timing)
+        energy_sum = energy_rep.summary(batch * seq_len, program.flops)
+        power_map = energy_rep.pe_power_density_w_per_mm2()
         wall["energy"] = time.perf_counter() - t0
 
     numerics = _numerics(
@@ -436,8 +438,8 @@ def simulate(
         wall_s=wall,
         events=timing.events,
         timeline=timeline,
-        energy=energy_rep.summary(tokens_n, flops) if energy_rep is not None else {},
-        pe_power_map=energy_rep.pe_power_density_w_per_mm2() if energy_rep else None,
+        energy=energy_sum if energy_rep is not None else {},
+        pe_power_map=power_map if energy_rep is not None else None,
         pe_utilisation_map=util,
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,

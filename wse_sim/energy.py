@@ -187,6 +187,7 @@ class EnergyReport:
 
     def summary(self, tokens: float = 0.0, flops: float = 0.0) -> dict[str, Any]:
         """JSON-safe scalars, with J/token and FLOP/J when ``tokens`` / ``flops`` are given."""
+        pw = self.pe_power_w()
         d: dict[str, Any] = {
             "total_j": self.total_j,
             "components_j": dict(self.components_j),
@@ -197,8 +198,8 @@ class EnergyReport:
             "wafer_avg_w": self.wafer_avg_w,
             "system_avg_w": self.system_avg_w,
             "peak_w": self.peak_w,
-            "pe_avg_w_mean": float(self.pe_power_w().mean()),
-            "pe_avg_w_max": float(self.pe_power_w().max(initial=0.0)),
+            "pe_avg_w_mean": float(pw.mean()),
+            "pe_avg_w_max": float(pw.max(initial=0.0)),
             "pe_peak_w": self.pe_peak_w,
             "counts": dict(self.counts),
             "per_op_j": self.per_op,

@@ -327,10 +327,10 @@ class TrainReport:
             rows.append(("energy", f"{e['step_j']:.4g} J/step ({self.systems} system(s)), "
                                    f"{e['j_per_token'] * 1e3:.4g} mJ/token, "
                                    f"{e['flop_per_j'] / 1e9:.4g} GFLOP/J"))  # fmt: skip
+            split = ", ".join(f"{k} {v / tot:.1%}" for k, v in c.items())
             rows.append(("power", f"per system: wafer avg {e['wafer_avg_w'] / 1e3:.3g} kW "
                                   f"(peak {e['peak_w'] / 1e3:.3g} kW), system avg "
-                                  f"{e['system_avg_w'] / 1e3:.3g} kW; split "
-                                  + ", ".join(f"{k} {v / tot:.1%}" for k, v in c.items())))  # fmt: skip
+                                  f"{e['system_avg_w'] / 1e3:.3g} kW; split {split}"))  # fmt: skip
         rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in self.wall_s.items())))
         return rows
 
