@@ -288,7 +288,13 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     io_pj = io_pj_per_byte(program, arch)
     lanes_total = io_bytes = 0.0
     for k, kt in zip(program.kernels, timing.kernels, strict=True):
-        lanes = k.busy_pe_cycles * fmac
+        busy = active = busiest = 0.0  # one pass over the classes (attention has hundreds)
+        for c in k.classes:
+            busy += c.busy_cycles * c.count
+            active += c.count
+            if c.busy_cycles > busiest:
+                busiest = c.busy_cycles
+        lanes = busy * fmac
         h, i, _ = kernel_fabric_counts(k)
         fab_j = (h * hop_pj + i * inj_pj + h * ej_pj) * PJ
         kb = k.weight_bytes + k.grad_bytes
@@ -316,9 +322,8 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
             w_wafer = wafer_dyn / dur + static_wafer_w
             kernel_power.append([w_wafer, w_wafer + d["io"] / dur + e.system_static_w])
             peak_w = max(peak_w, w_wafer)
-            active = sum(c.count for c in k.classes)
             share = fab_j / active if active else 0.0
-            per_pe = max((c.busy_cycles for c in k.classes), default=0.0) * fmac
+            per_pe = busiest * fmac
             pe_peak_dyn = max(pe_peak_dyn, (per_pe * (e_mac + e_sram) * PJ + share) / dur)
         else:  # an instantaneous kernel: its energy is counted, its power is not defined
             kernel_power.append([static_wafer_w, static_w])
