@@ -168,17 +168,23 @@ def validate(args: argparse.Namespace) -> None:
         check_arch_field("--clock-ghz", text.strip(), arch, "pe.clock_hz", v * 1e9)
     for text, v in zip(args.simd.split(","), simd, strict=True):
         check_arch_field("--simd", text.strip(), arch, "pe.fmac_fp16_per_cycle", v)
+    if not (math.isfinite(args.dvfs_exponent) and 0 <= args.dvfs_exponent <= 3):
+        raise ConfigError(
+            f"--dvfs-exponent {args.dvfs_exponent!r} is not allowed: expected a number in 0..3"
+        )
     for s, c, w in itertools.product(sram, clock, simd):  # every combination is a valid arch
-        arch.with_overrides(overrides(arch, s, c, w, args.dvfs_exponent))
+        try:
+            arch.with_overrides(overrides(arch, s, c, w, args.dvfs_exponent))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"--sram-kib {s:g} with --clock-ghz {c:g} and --simd {w:g} is not allowed on "
+                f"{arch.name}: {exc}"
+            ) from None
     if args.batch is not None:
         check_int("--batch", args.batch, 1, 100_000)
     check_seq_len("--seq-len", args.seq_len, [cfg])
     check_precision("--precision", args.precision)
     check_fidelity("--fidelity", args.fidelity, ("analytic", "event"))
-    if not (math.isfinite(args.dvfs_exponent) and 0 <= args.dvfs_exponent <= 3):
-        raise ConfigError(
-            f"--dvfs-exponent {args.dvfs_exponent!r} is not allowed: expected a number in 0..3"
-        )
     check_out_dir("--out", args.out)
 
 

@@ -296,3 +296,84 @@ def test_wse3_is_scaled_from_the_7nm_figures():
     assert w3.memoryx_io_pj_per_byte == w2.memoryx_io_pj_per_byte  # node-independent
     srcs = load_arch("wse3").sources
     assert all(srcs.get(f"energy.{f.name}") for f in dataclasses.fields(type(w3)))
+
+
+# ---- experiments/whatif_energy.py ----
+
+
+def _whatif():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "whatif_energy.py"
+    spec = importlib.util.spec_from_file_location("_whatif_energy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--model", "nope"], "--model"),
+        (["--sram-kib", "nan"], "--sram-kib"),
+        (["--sram-kib", "2"], "--sram-kib"),
+        (["--clock-ghz", "-1"], "--clock-ghz"),
+        (["--simd", "abc"], "--simd"),
+        (["--simd", "4,,8"], "--simd"),
+        (["--dvfs-exponent", "nan"], "--dvfs-exponent"),
+        (["--fidelity", "packet"], "--fidelity"),
+        (["--batch", "0"], "--batch"),
+        (["--seq-len", "9999"], "--seq-len"),
+    ],
+)
+def test_whatif_energy_refuses_bad_options_up_front(tmp_path, capsys, argv, option):
+    out = tmp_path / "out"
+    rc = _whatif().main([*argv, "--out", str(out)])
+    cap = capsys.readouterr()
+    lines = cap.err.splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("whatif_energy.py: error: ")
+    assert option in lines[0] and "Traceback" not in cap.err and cap.out == ""
+    assert not out.exists()
+
+
+def test_whatif_energy_runs_and_marks_the_pareto_front(tmp_path):
+    import csv
+
+    mod = _whatif()
+    rc = mod.main(["--model", "cerebras-gpt-111m", "--sram-kib", "48", "--clock-ghz",
+                   "0.85,1.1", "--simd", "4", "--batch", "60", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "whatif_energy.csv")))
+    assert (tmp_path / "whatif_energy.png").stat().st_size > 0
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    # Pareto: a row is on the front iff no other row is at least as good on both axes
+    pts = [(float(r["tokens_per_s"]), float(r["tokens_per_j"])) for r in rows]
+    for r, (s, j) in zip(rows, pts, strict=True):
+        dominated = any(s2 >= s and j2 >= j and (s2, j2) != (s, j) for s2, j2 in pts)
+        assert (r["pareto"] == "True") == (not dominated)
+    # the preset point (1.1 GHz, 4-wide, 48 KiB) is the plain training run's energy
+    from gpt_workload.training.train import train
+
+    rep = train("cerebras-gpt-111m", "wse2", steps=1, batch=60, fidelity="analytic",
+                check_sequences=0)  # fmt: skip
+    base = next(r for r in rows if float(r["clock_ghz"]) == 1.1)
+    assert float(base["tokens_per_j"]) == pytest.approx(rep.energy["tokens_per_j"], rel=1e-9)
+
+
+def test_whatif_energy_scaling_rules():
+    mod = _whatif()
+    arch = load_arch("wse2")
+    ov = dict(o.split("=", 1) for o in mod.overrides(arch, 96, 1.1 * 1.2, 8, 2.0))
+    e = arch.energy
+    assert float(ov["energy.fmac_fp16_pj"]) == pytest.approx(e.fmac_fp16_pj * 1.2**2)
+    # [J21]: +0.5 pJ per 64-bit access per doubling of the bank, from 7.5 pJ
+    assert float(ov["energy.sram_read_pj_per_byte"]) == pytest.approx(
+        e.sram_read_pj_per_byte * 8.0 / 7.5 * 1.2**2
+    )
+    # static: area (half SRAM x2, half logic x2) x clock (half x1.2)
+    assert float(ov["energy.static_pe_w"]) == pytest.approx(e.static_pe_w * 2 * 1.1)
+    assert int(ov["pe.sram_read_bytes_per_cycle"]) == 32  # ports widened with the SIMD
+    preset = dict(o.split("=", 1) for o in mod.overrides(arch, 48, 1.1, 4, 2.0))
+    assert float(preset["energy.static_pe_w"]) == pytest.approx(e.static_pe_w)
+    assert float(preset["energy.fmac_fp16_pj"]) == pytest.approx(e.fmac_fp16_pj)
