@@ -57,6 +57,31 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise ConfigError(f"--plot {args.plot!r} exists and is not a directory")
 
 
+def _print_energy_table(con, rep, by: str = "op") -> None:
+    """The energy split by op (or layer) and component, in joules, largest first."""
+    from rich.table import Table
+
+    from gpt_workload.report import energy_rows
+
+    rows = energy_rows(rep, by)
+    if not rows:
+        return
+    t = Table(
+        title=f"where the energy goes (by {by}, joules; static over each {by}'s time)",
+        title_justify="left",
+    )
+    comps = ("compute", "sram", "fabric", "io", "static")
+    for col in (by, "total J", "compute J", "SRAM J", "fabric J", "I/O J", "static J", "share"):
+        t.add_column(col, justify="left" if col == by else "right")
+    tot = sum(r["total"] for r in rows) or 1.0
+    for r in rows:
+        t.add_row(str(r[by]), f"{r['total']:.4g}", *(f"{r[c]:.4g}" for c in comps),
+                  f"{r['total'] / tot:.1%}")
+    t.add_row("total", f"{tot:.4g}", *(f"{sum(r[c] for r in rows):.4g}" for c in comps),
+              "100.0%", style="bold")
+    con.print(t)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -120,6 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     b.add_row("total", *(f"{rep.totals[k] * 1e3:.3f}" for k in cols), "100.0%", style="bold")
     con.print(b)
+    _print_energy_table(con, rep)
     if args.json:
         rep.to_json(args.json)
         con.print(f"JSON report written to {args.json}")

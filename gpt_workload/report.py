@@ -14,6 +14,9 @@ Metric definitions (the same everywhere they are printed):
   weight-I/O stall and idle; over all rows they sum to ``simulated_time_s``.
 * ``roofline``: per op and overall, the lower bounds ``flops / peak``,
   ``weight bytes / ingress bandwidth`` and ``link bytes / (links x link bandwidth)``.
+* ``energy``: joules by component (compute, SRAM, fabric, I/O, static) in total, per op and
+  per layer, average and peak power, J/token and FLOP/J; the model and the sources of its
+  energies per action are in :mod:`wse_sim.energy` and the presets' ``[energy]`` tables.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ class Report:
             "max_abs_error_vs_reference", "next_token_predictions", ...}`` or a skip reason.
         layout: the lowering's layout facts.
         wall_s: host seconds per phase (lowering, timing, numerics, reference).
+        energy: :meth:`wse_sim.energy.EnergyReport.summary` (``total_j``, ``components_j``,
+            ``wafer_avg_w``, ``peak_w``, ``j_per_token``, ``flop_per_j``, ``per_op_j``,
+            ``per_layer_j``, ``published`` ...); ``pe_power_map`` the average power per PE,
+            W/mm^2 [rows, cols].
         timeline: ``{"kernels": [{"name", "op", "layer", "micro_batch", "start_s", "end_s",
-            "stall_s", "compute_s", "fabric_s", "flops", "weight_bytes"}, ...],
+            "stall_s", "compute_s", "fabric_s", "flops", "weight_bytes", "wafer_power_w",
+            "system_power_w"}, ...],
             "io_blocks": [{"name", "block", "start_s", "end_s", "bytes"}, ...]}``: every
             kernel and weight-block stream of the run, for traces and timeline plots.
     """
@@ -82,6 +90,8 @@ class Report:
     wall_s: dict = field(default_factory=dict)
     events: int = 0
     timeline: dict = field(default_factory=dict)
+    energy: dict = field(default_factory=dict)
+    pe_power_map: np.ndarray | None = field(default=None, repr=False)
     pe_utilisation_map: np.ndarray | None = field(default=None, repr=False)
     sram_peak_map: np.ndarray | None = field(default=None, repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
@@ -91,7 +101,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-safe report (maps, logits and program left out; see :meth:`save_maps`)."""
-        skip = {"pe_utilisation_map", "sram_peak_map", "logits", "program"}
+        skip = {"pe_utilisation_map", "sram_peak_map", "pe_power_map", "logits", "program"}
         out = {k: v for k, v in self.__dict__.items() if k not in skip}
         return json.loads(json.dumps(out, default=_json_default))
 
@@ -113,8 +123,9 @@ class Report:
         return pd.DataFrame(self.breakdown)
 
     def save_maps(self, directory: str | Path) -> list[Path]:
-        """Write ``pe_utilisation.npy``, ``sram_peak_bytes.npy`` and PNG heatmaps of both
-        into ``directory`` (created). Returns the paths written."""
+        """Write ``pe_utilisation.npy``, ``sram_peak_bytes.npy``, ``pe_power_w_per_mm2.npy``
+        (average power per PE over the PE's area) and PNG heatmaps of each into ``directory``
+        (created). Returns the paths written."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -126,6 +137,7 @@ class Report:
         for stem, arr, label in (
             ("pe_utilisation", self.pe_utilisation_map, "PE utilisation (FMAC-busy / total)"),
             ("sram_peak_bytes", self.sram_peak_map, "SRAM high-water mark per PE (bytes)"),
+            ("pe_power_w_per_mm2", self.pe_power_map, "average power per PE (W/mm², PE area)"),
         ):
             if arr is None:
                 continue
@@ -276,6 +288,7 @@ def format_console(r: Report) -> list[tuple[str, str]]:
                 + "  (last 8 positions of sequence 0)",
             ),
         ]
+    rows += energy_console_rows(r)
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
     return rows
 
@@ -299,3 +312,95 @@ def breakdown_rows(r: Report) -> list[dict]:
         for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s"):
             acc[k] += row[k]
     return sorted(by_op.values(), key=lambda x: -x["total_s"])
+
+
+def add_power_to_timeline(timeline: dict, energy) -> None:
+    """Add ``wafer_power_w`` and ``system_power_w`` (average over the kernel) to every kernel
+    of ``timeline`` from a :class:`wse_sim.energy.EnergyReport` (for power traces)."""
+    for row, (w, s) in zip(timeline["kernels"], energy.kernel_power, strict=True):
+        row["wafer_power_w"] = w
+        row["system_power_w"] = s
+
+
+def energy_console_rows(r) -> list[tuple[str, str]]:
+    """(label, value) rows of the energy summary (empty when the run has no energy)."""
+    e = getattr(r, "energy", None) or {}
+    if not e:
+        return []
+    c = e["components_j"]
+    tot = e["total_j"] or 1.0
+    rows = [
+        (
+            "energy",
+            f"{si(e['total_j'], 'J')} (wafer {si(e['wafer_j'], 'J')}), "
+            f"{si(e.get('j_per_token', 0.0), 'J')}/token, "
+            f"{si(e.get('flop_per_j', 0.0), 'FLOP/J')}",
+        ),
+        (
+            "energy split",
+            ", ".join(
+                f"{k} {c[k] / tot:.1%}" for k in ("compute", "sram", "fabric", "io", "static")
+            ),
+        ),
+        (
+            "power",
+            f"wafer avg {si(e['wafer_avg_w'], 'W')} (peak {si(e['peak_w'], 'W')}), system avg "
+            f"{si(e['system_avg_w'], 'W')}; per PE avg {si(e['pe_avg_w_mean'], 'W')}, "
+            f"peak {si(e['pe_peak_w'], 'W')}",
+        ),
+    ]
+    p = e.get("published") or {}
+    if p:
+        rows.append(
+            (
+                "vs published",
+                f"wafer avg / {si(p['published_wafer_w'], 'W')} [TH22] = "
+                f"{p['wafer_avg_w_ratio']:.2f}; PE peak / {si(p['published_pe_peak_w'], 'W')} "
+                f"[HC34] = {p['pe_peak_w_ratio']:.2f}",
+            )
+        )
+    return rows
+
+
+def energy_rows(r, by: str = "op") -> list[dict]:
+    """Energy by op (``by="op"``) or layer (``"layer"``), joules per component and total,
+    largest first; the rows sum to the run's components."""
+    e = getattr(r, "energy", None) or {}
+    table = e.get("per_op_j" if by == "op" else "per_layer_j", {})
+    rows = [{by: key, **vals, "total": sum(vals.values())} for key, vals in table.items()]
+    return sorted(rows, key=lambda x: -x["total"])
+
+
+#: energy columns of a sweep row (``gpt_workload.sweep.METRICS``), units in the names
+ENERGY_COLUMNS = (
+    "energy_j",
+    "energy_per_token_j",
+    "tokens_per_j",
+    "flop_per_j",
+    "wafer_avg_power_w",
+    "system_avg_power_w",
+    "peak_power_w",
+    "energy_compute_j",
+    "energy_sram_j",
+    "energy_fabric_j",
+    "energy_io_j",
+    "energy_static_j",
+)
+
+
+def energy_columns(r) -> dict[str, float | None]:
+    """The :data:`ENERGY_COLUMNS` of a Report (``None`` each when it has no energy)."""
+    e = getattr(r, "energy", None) or {}
+    if not e:
+        return dict.fromkeys(ENERGY_COLUMNS)
+    c = e["components_j"]
+    return {
+        "energy_j": float(e["total_j"]),
+        "energy_per_token_j": float(e.get("j_per_token", math.nan)),
+        "tokens_per_j": float(e.get("tokens_per_j", math.nan)),
+        "flop_per_j": float(e.get("flop_per_j", math.nan)),
+        "wafer_avg_power_w": float(e["wafer_avg_w"]),
+        "system_avg_power_w": float(e["system_avg_w"]),
+        "peak_power_w": float(e["peak_w"]),
+        **{f"energy_{k}_j": float(c[k]) for k in ("compute", "sram", "fabric", "io", "static")},
+    }

@@ -19,11 +19,12 @@ from gpt_workload.config import GPTConfig, forward_flops_per_token, resolve_mode
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
-from gpt_workload.report import Report
+from gpt_workload.report import Report, add_power_to_timeline
 from gpt_workload.weights import GPTWeights, init_weights, load_checkpoint
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError
 from wse_sim.program import Program
+from wse_sim.energy import energy_report
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, fabric_bound_s, n_directed_links
 from wse_sim.timing.event import run_event
@@ -270,6 +271,7 @@ def simulate(
     weights: GPTWeights | None = None,
     reference: bool = True,
     keep_logits: bool = False,
+    energy: bool = True,
 ) -> Report:
     """Simulate a GPT forward pass on a wafer and compute its real outputs.
 
@@ -292,6 +294,9 @@ def simulate(
         weights: weights to use instead of loading or initialising them.
         reference: also run the float64 NumPy reference and report the error.
         keep_logits: keep the float32 logits [K, T, V] on ``Report.logits``.
+        energy: run the energy model (:mod:`wse_sim.energy`) on the timed Program
+            (``Report.energy``, the per-PE power map, power in the timeline); ``False`` only
+            to measure its cost (``benchmarks/bench_energy.py``).
 
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
@@ -355,6 +360,13 @@ def simulate(
     t0 = time.perf_counter()
     timing = FIDELITIES[fidelity](program, arch_cfg)
     wall["timing"] = time.perf_counter() - t0
+    energy_rep = None
+    if energy:
+        t0 = time.perf_counter()
+        energy_rep = energy_report(program, arch_cfg, timing)
+        energy_sum = energy_rep.summary(batch * seq_len, program.flops)
+        power_map = energy_rep.pe_power_density_w_per_mm2()
+        wall["energy"] = time.perf_counter() - t0
 
     numerics = _numerics(
         program,
@@ -380,6 +392,9 @@ def simulate(
     rows, totals = _breakdown(timing)
     active = timing.sram_peak_bytes[timing.sram_peak_bytes > 0]
     fpt = forward_flops_per_token(cfg, seq_len)
+    timeline = _timeline(program, timing)
+    if energy_rep is not None:
+        add_power_to_timeline(timeline, energy_rep)
     return Report(
         model=cfg.name,
         arch=arch_cfg.name,
@@ -422,7 +437,9 @@ def simulate(
         },
         wall_s=wall,
         events=timing.events,
-        timeline=_timeline(program, timing),
+        timeline=timeline,
+        energy=energy_sum if energy_rep is not None else {},
+        pe_power_map=power_map if energy_rep is not None else None,
         pe_utilisation_map=util,
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,

@@ -64,6 +64,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gpt_workload.report import ENERGY_COLUMNS, energy_columns
 from wse_sim.arch import LEVELS
 from wse_sim.errors import ConfigError, WseSimError
 
@@ -145,6 +146,7 @@ METRICS: dict[str, str] = {
     "layer_compute_s": "float64",
     "layer_io_s": "float64",
     "layer_stall_s": "float64",
+    **{c: "float64" for c in ENERGY_COLUMNS},
 }
 
 PointConfig = dict[str, Any]
@@ -533,6 +535,7 @@ def metrics_of(rep) -> dict[str, Any]:
         "roofline_io_s": float(rf["io_s"]),
         "roofline_fabric_s": float(rf["fabric_s"]),
         **_per_layer(rep),
+        **energy_columns(rep),
     }
 
 

@@ -18,7 +18,9 @@ Tracks (process -> threads):
   does);
 * ``fabric``: one track per link group (``vertical``, ``horizontal``) - each kernel's
   transfers on that group, from the end of its stall for their busiest-link cycles (they
-  overlap the compute in pipelined chunks).
+  overlap the compute in pipelined chunks);
+* ``power``: a counter track (``"ph": "C"``) of the wafer's and the system's average power
+  over each kernel, in watts (:mod:`wse_sim.energy`), when the report has energy.
 
 Events on one track never overlap and their timestamps increase.
 """
@@ -35,7 +37,7 @@ from wse_sim.errors import ConfigError
 #: PE-class tracks shown per kernel at most
 MAX_CLASS_TRACKS = 8
 
-PID_IO, PID_WAFER, PID_CLASSES, PID_FABRIC = 1, 2, 3, 4
+PID_IO, PID_WAFER, PID_CLASSES, PID_FABRIC, PID_POWER = 1, 2, 3, 4, 5
 
 
 def _meta(pid: int, tid: int, kind: str, name: str, sort: int | None = None) -> list[dict]:
@@ -199,8 +201,11 @@ def trace_events(report) -> dict[str, Any]:
             ev += _meta(PID_FABRIC, tid, "thread_name", f"{group} links", tid)
     body.sort(key=lambda e: (e["pid"], e["tid"], e["ts"]))
     _clip_overlaps(body)
+    power = _power_counters(kernels)
+    if power:
+        ev += _meta(PID_POWER, 0, "process_name", "power (W, average over each kernel)")
     return {
-        "traceEvents": ev + body,
+        "traceEvents": ev + body + power,
         "displayTimeUnit": "ms",
         "otherData": {
             "model": report.model,
@@ -212,6 +217,30 @@ def trace_events(report) -> dict[str, Any]:
             "time_unit": "ts and dur in microseconds of simulated time",
         },
     }
+
+
+def _power_counters(kernels: list[dict]) -> list[dict]:
+    """Counter events (``"ph": "C"``) of the wafer and system power at each kernel's start,
+    and the last kernel's end (back to the last value); empty without power in the timeline."""
+    if not kernels or "wafer_power_w" not in kernels[0]:
+        return []
+    out = []
+    for k in kernels:
+        if k["end_s"] <= k["start_s"]:
+            continue
+        out.append(
+            {
+                "name": "power",
+                "ph": "C",
+                "pid": PID_POWER,
+                "ts": k["start_s"] * 1e6,
+                "args": {"wafer_W": k["wafer_power_w"], "system_W": k["system_power_w"]},
+            }
+        )
+    if out:
+        last = dict(out[-1], ts=kernels[-1]["end_s"] * 1e6)
+        out.append(last)
+    return out
 
 
 def _clip_overlaps(events: list[dict]) -> None:

@@ -385,7 +385,7 @@ def test_metrics_schema_is_stable():
     # every row has the same columns whatever happened to the point
     assert list(METRICS)[:2] == ["status", "error"]
     assert all(
-        k.endswith(("_s", "_bytes", "_flops", "_per_s"))
+        k.endswith(("_s", "_bytes", "_flops", "_per_s", "_j", "_w"))
         or k
         in {
             "status",

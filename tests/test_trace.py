@@ -14,7 +14,11 @@ import pytest
 from gpt_workload.simulate import simulate
 from gpt_workload.trace import trace_events, write_trace
 
-REQUIRED = {"X": {"name", "ph", "ts", "dur", "pid", "tid"}, "M": {"name", "ph", "pid", "args"}}
+REQUIRED = {
+    "X": {"name", "ph", "ts", "dur", "pid", "tid"},
+    "M": {"name", "ph", "pid", "args"},
+    "C": {"name", "ph", "ts", "pid", "args"},  # counter: numeric args, one series per key
+}
 
 
 def validate(doc: dict) -> dict[tuple[int, int], list[dict]]:
@@ -23,6 +27,7 @@ def validate(doc: dict) -> dict[tuple[int, int], list[dict]]:
     assert doc.get("displayTimeUnit") in (None, "ms", "ns")
     names: dict[tuple, str] = {}
     tracks: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    counters: dict[tuple[int, str], list[float]] = defaultdict(list)
     for ev in doc["traceEvents"]:
         assert ev["ph"] in REQUIRED, ev
         assert REQUIRED[ev["ph"]] <= set(ev), ev
@@ -31,6 +36,11 @@ def validate(doc: dict) -> dict[tuple[int, int], list[dict]]:
             assert ev["name"] in ("process_name", "thread_name", "thread_sort_index")
             if ev["name"] != "thread_sort_index":
                 names[(ev["name"], ev["pid"], ev.get("tid"))] = ev["args"]["name"]
+            continue
+        if ev["ph"] == "C":
+            assert ev["ts"] >= 0 and ev["args"]
+            assert all(isinstance(v, (int, float)) and v >= 0 for v in ev["args"].values())
+            counters[(ev["pid"], ev["name"])].append(ev["ts"])
             continue
         assert isinstance(ev["ts"], (int, float)) and isinstance(ev["dur"], (int, float))
         assert ev["ts"] >= 0 and ev["dur"] >= 0
@@ -41,6 +51,8 @@ def validate(doc: dict) -> dict[tuple[int, int], list[dict]]:
         assert ts == sorted(ts), (pid, tid)  # monotonic per track (in file order)
         for a, b in zip(evs, evs[1:], strict=False):
             assert a["ts"] + a["dur"] <= b["ts"] + 1e-6, (pid, tid, a["name"], b["name"])
+    for (pid, _), ts in counters.items():
+        assert ("process_name", pid, 0) in names and ts == sorted(ts)
     return tracks
 
 
@@ -53,6 +65,11 @@ def test_trace_validates_and_covers_the_run(fidelity, tmp_path):
     procs = {e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "process_name"}
     assert {"MemoryX I/O", "wafer (994x750 PEs)", "PE classes (slowest last)"} <= procs
     assert "fabric (busiest link per group)" in procs
+    # the power counter: one value per kernel of non-zero duration, the energy model's
+    power = [e for e in doc["traceEvents"] if e["ph"] == "C"]
+    ks = [k for k in rep.timeline["kernels"] if k["end_s"] > k["start_s"]]
+    assert len(power) == len(ks) + 1
+    assert max(e["args"]["wafer_W"] for e in power) == pytest.approx(rep.energy["peak_w"])
     kernels = tracks[(2, 1)]
     assert len(kernels) == len(rep.timeline["kernels"])
     assert kernels[-1]["ts"] + kernels[-1]["dur"] == pytest.approx(rep.simulated_time_s * 1e6)

@@ -1,7 +1,7 @@
 """Architecture description of a wafer-scale engine, and its presets.
 
 An :class:`ArchConfig` is frozen data, one dataclass per hardware level (wafer, PE, fabric,
-off-wafer I/O), with units in the field names. Presets ship as TOML files in
+off-wafer I/O, energy per action), with units in the field names. Presets ship as TOML files in
 ``wse_sim/presets/`` (``wse2``, ``wse3`` and the small test grids ``grid8``, ``grid32``); each
 value has its published source beside it in a ``[<level>.sources]`` table, and the sources are
 summarised in ``shared/reference/wse_hardware.md`` of the project.
@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wse_sim.energy_units import field_unit, has_unit, parse_quantity
 from wse_sim.errors import ConfigError
 
 try:  # Python >= 3.11
@@ -165,17 +166,63 @@ class IOConfig:
         _check_range("io", self)
 
 
+@dataclass(frozen=True)
+class EnergyConfig:
+    """Energy per action and static power, for the energy model (:mod:`wse_sim.metrics`).
+
+    Units are in the field names: ``_pj`` picojoules per action, ``_pj_per_byte`` picojoules
+    per byte, ``_w`` watts, ``_mm2`` square millimetres. A value may also be given as a string
+    with a unit of the same kind (``"500 fJ"`` for a ``_pj`` field, ``"6 mW"`` for a ``_w``
+    field); a unit of another kind (``"5 W"`` for a ``_pj`` field), an unknown unit, or a
+    quoted number without a unit in a TOML file is refused (:func:`wse_sim.energy_units.
+    parse_quantity`). The presets give each value's published source and process node and
+    the rule that scaled it to the preset's node (``shared/reference/energy.md``).
+    """
+
+    fmac_fp16_pj: float = _f(0, 1e6, "one fp16 FMAC lane (multiply + add), pJ")
+    fmac_bf16_pj: float = _f(0, 1e6, "one bf16 FMAC lane (multiply + add), pJ")
+    fmac_fp32_pj: float = _f(0, 1e6, "one fp32 FMA, pJ")
+    sram_read_pj_per_byte: float = _f(0, 1e6, "PE SRAM read, pJ per byte")
+    sram_write_pj_per_byte: float = _f(0, 1e6, "PE SRAM write, pJ per byte")
+    wavelet_hop_pj: float = _f(0, 1e6, "link wire, one 32-bit wavelet over one hop, pJ")
+    ramp_wavelet_pj: float = _f(0, 1e6, "one wavelet across a RAMP (PE <-> router), pJ")
+    router_buffer_write_pj: float = _f(0, 1e6, "router input-buffer write, pJ per wavelet")
+    router_buffer_read_pj: float = _f(0, 1e6, "router buffer read + crossbar, pJ per wavelet")
+    memoryx_io_pj_per_byte: float = _f(0, 1e9, "MemoryX <-> wafer I/O (SerDes + optics), pJ/B")
+    swarmx_io_pj_per_byte: float = _f(0, 1e9, "SwarmX link per tree level, pJ per byte")
+    static_pe_w: float = _f(0, 10.0, "static (leakage + clock) power per PE, W")
+    system_static_w: float = _f(0, 1e7, "power of the system's non-wafer parts, W")
+    pe_area_mm2: float = _f(0, 1e4, "area of one PE (for W/mm^2 maps), mm^2", lo_open=True)
+
+    def __post_init__(self) -> None:
+        _check_range("energy", self)
+
+    def fmac_pj(self, precision: str) -> float:
+        """Energy of one FMAC lane at ``precision`` ('fp32', 'fp16', 'bf16'), pJ.
+
+        Raises:
+            ConfigError: unknown precision.
+        """
+        key = {"fp16": "fmac_fp16_pj", "bf16": "fmac_bf16_pj", "fp32": "fmac_fp32_pj"}
+        if precision not in key:
+            raise ConfigError(
+                f"precision={precision!r} is not supported; allowed: fp32, fp16, bf16"
+            )
+        return float(getattr(self, key[precision]))
+
+
 LEVELS: dict[str, type] = {
     "wafer": WaferConfig,
     "pe": PEConfig,
     "fabric": FabricConfig,
     "io": IOConfig,
+    "energy": EnergyConfig,
 }
 
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """A whole wafer-scale system: wafer grid, PE, fabric and off-wafer I/O.
+    """A whole wafer-scale system: wafer grid, PE, fabric, off-wafer I/O and energy per action.
 
     Attributes:
         name: preset name (``wse2``) or the TOML file's stem.
@@ -190,6 +237,7 @@ class ArchConfig:
     pe: PEConfig
     fabric: FabricConfig
     io: IOConfig
+    energy: EnergyConfig
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     overrides: tuple[str, ...] = ()
 
@@ -248,6 +296,8 @@ class ArchConfig:
 def _coerce(level: str, fname: str, raw: Any) -> Any:
     ftype = {f.name: f.type for f in fields(LEVELS[level])}[fname]
     want_int = ftype in (int, "int")
+    if level == "energy" and isinstance(raw, str):
+        return parse_quantity(fname, raw)
     try:
         if isinstance(raw, str):
             val = float(raw.strip().replace("_", ""))
@@ -320,6 +370,14 @@ def _from_toml_dict(data: dict[str, Any], default_name: str) -> ArchConfig:
         if not isinstance(val, dict):
             raise ConfigError(f"arch TOML key {key!r} must be a table")
         levels[key] = {k: v for k, v in val.items() if k != "sources"}
+        if key == "energy":
+            for k, v in levels[key].items():
+                if isinstance(v, str) and not has_unit(v):
+                    raise ConfigError(
+                        f"arch field energy.{k}={v!r} is unit-less: in a TOML file write a "
+                        f"number (in the unit of the field name, {field_unit(k)}) or a string "
+                        f"with its unit, e.g. \"{v.strip()} {field_unit(k)}\""
+                    )
         for sk, sv in val.get("sources", {}).items():
             sources[f"{key}.{sk}"] = str(sv)
     return _build(

@@ -238,6 +238,9 @@ class TrainReport:
             ``{"skipped": reason}``.
         swarmx: the SwarmX model and its closed-form gradient-reduce time per step.
         wall_s: host seconds per phase.
+        energy: one step's energy (:func:`step_energy`): ``step_j`` (all systems),
+            ``components_j`` and ``wafer_avg_w`` / ``system_avg_w`` / ``peak_w`` per system,
+            ``j_per_token``, ``tokens_per_j``, ``flop_per_j`` (model FLOPs).
     """
 
     model: str
@@ -264,6 +267,7 @@ class TrainReport:
     swarmx: dict
     wall_s: dict
     arch_config: dict = field(default_factory=dict)
+    energy: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the report."""
@@ -316,8 +320,59 @@ class TrainReport:
                 f"of {num['text']}",
             )
         )
+        e = self.energy
+        if e:
+            c = e["components_j"]
+            tot = sum(c.values()) or 1.0
+            rows.append(("energy", f"{e['step_j']:.4g} J/step ({self.systems} system(s)), "
+                                   f"{e['j_per_token'] * 1e3:.4g} mJ/token, "
+                                   f"{e['flop_per_j'] / 1e9:.4g} GFLOP/J"))  # fmt: skip
+            split = ", ".join(f"{k} {v / tot:.1%}" for k, v in c.items())
+            rows.append(("power", f"per system: wafer avg {e['wafer_avg_w'] / 1e3:.3g} kW "
+                                  f"(peak {e['peak_w'] / 1e3:.3g} kW), system avg "
+                                  f"{e['system_avg_w'] / 1e3:.3g} kW; split {split}"))  # fmt: skip
         rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in self.wall_s.items())))
         return rows
+
+
+def step_energy(st: StepTiming, arch: ArchConfig, systems: int, tokens: int,
+                model_flops: float) -> dict:
+    """One training step's energy from its timed Program (:mod:`wse_sim.energy`).
+
+    Micro-batches beyond the simulated ones (``StepTiming.micro_batches``) add the dynamic
+    energy of micro-batch 1's kernels each, as the step time adds its period; static energy
+    covers the whole (extrapolated) step. Per system; ``step_j`` is all ``systems``.
+    """
+    from wse_sim.energy import COMPONENTS, energy_report, kernel_dynamic_j
+
+    prog, tr = st.program, st.timing
+    rep = energy_report(prog, arch, tr)
+    comp = dict(rep.components_j)
+    n_sim = len(prog.meta["simulated_micro_batches"])
+    extra_mb = st.micro_batches - n_sim
+    if extra_mb > 0:
+        for k in prog.kernels:
+            if k.micro_batch == 1:
+                for c, v in kernel_dynamic_j(k, prog, arch).items():
+                    comp[c] += extra_mb * v
+    e = arch.energy
+    static_wafer_w = e.static_pe_w * prog.rows * prog.cols
+    comp["static"] = (static_wafer_w + e.system_static_w) * st.step_time_s
+    per_system = sum(comp[c] for c in COMPONENTS)
+    wafer = comp["compute"] + comp["sram"] + comp["fabric"] + static_wafer_w * st.step_time_s
+    step_j = per_system * systems
+    return {
+        "step_j": step_j,
+        "components_j": comp,
+        "wafer_avg_w": wafer / st.step_time_s,
+        "system_avg_w": per_system / st.step_time_s,
+        "peak_w": rep.peak_w,
+        "pe_peak_w": rep.pe_peak_w,
+        "j_per_token": step_j / tokens,
+        "tokens_per_j": tokens / step_j,
+        "flop_per_j": model_flops / step_j,
+        "published": rep.published,
+    }
 
 
 def _check_int(name: str, v, lo: int, hi: int | None = None, allow_none: bool = False):
@@ -478,6 +533,9 @@ def train(
             check_seq_len or min(seq_len, 64), prog.meta["training"]["activations"], wall,
             progress,
         )  # fmt: skip
+    t0 = time.perf_counter()
+    energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])
+    wall["energy"] = time.perf_counter() - t0
     return TrainReport(
         model=cfg.name,
         arch=arch_cfg.name,
@@ -503,6 +561,7 @@ def train(
         swarmx=swx,
         wall_s=wall,
         arch_config=arch_cfg.to_dict(),
+        energy=energy,
     )
 
 
