@@ -15,14 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import GPTConfig, forward_flops_per_token, resolve_model
+from gpt_workload.config import (
+    WEIGHT_FILES,
+    GPTConfig,
+    forward_flops_per_token,
+    resolve_model,
+)
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report
 from gpt_workload.weights import GPTWeights, init_weights, load_checkpoint
 from wse_sim.arch import ArchConfig, load_arch
-from wse_sim.errors import ConfigError
+from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, fabric_bound_s, n_directed_links
@@ -66,21 +71,25 @@ def resolve_model_and_weights(
     return cfg, init_weights(cfg, seed), f"seeded init (seed {seed})"
 
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
 def checkpoint_dir(spec: str) -> Path | None:
-    """``spec`` as a checkpoint directory if it is a directory holding weight files (any of
-    :data:`WEIGHT_FILES`), else ``None`` (a preset name, a ``config.json``, or a directory
-    with only ``config.json``, which runs with seeded weights and says so)."""
+    """``spec`` as a checkpoint directory if it is a directory (which
+    :func:`gpt_workload.config.resolve_model` has checked holds one of
+    :data:`WEIGHT_FILES`), else ``None`` (a preset name or a ``config.json`` file, which run
+    on seeded weights)."""
     p = Path(spec)
     if p.is_dir() and any((p / f).exists() for f in WEIGHT_FILES):
         return p
+    return None
+
+
+def seeded_config_notice(model, wsrc: str) -> str | None:
+    """The notice for a ``config.json`` given as a file path, which holds no weights: the run
+    used seeded weights (``wsrc``). None for presets, checkpoints and given weights."""
+    if isinstance(model, str) and wsrc.startswith("seeded") and Path(model).is_file():
+        return (
+            f"weights: {wsrc}, not trained weights: {model} is a config.json, which holds "
+            "none; give a checkpoint directory to run real weights"
+        )
     return None
 
 
@@ -270,6 +279,7 @@ def simulate(
     weights: GPTWeights | None = None,
     reference: bool = True,
     keep_logits: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Report:
     """Simulate a GPT forward pass on a wafer and compute its real outputs.
 
@@ -292,9 +302,15 @@ def simulate(
         weights: weights to use instead of loading or initialising them.
         reference: also run the float64 NumPy reference and report the error.
         keep_logits: keep the float32 logits [K, T, V] on ``Report.logits``.
+        allow_nonfinite: keep going when the numerics' logits are not finite; the report
+            then says so first (``Report.notices[0]``, ``health.status ==
+            "nonfinite_allowed"``).
 
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
+        NumericsError: the logits are not finite (a value overflowed the storage format or
+            turned NaN) and ``allow_nonfinite`` is False; the message names the first op,
+            layer, position and precision and what to try.
     """
     wall: dict[str, float] = {}
     if fidelity not in FIDELITIES:
@@ -368,8 +384,11 @@ def simulate(
         reference,
         wall,
         mapping,
+        allow_nonfinite,
     )
     logits = numerics.pop("_logits", None)
+    health = numerics.pop("_health", {"status": "not_checked"})
+    notices = [n for n in (health.get("notice"), numerics.pop("_notice", None)) if n]
 
     clk = arch_cfg.pe.clock_hz
     total = timing.total_s
@@ -427,6 +446,8 @@ def simulate(
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,
         program=program,
+        notices=notices,
+        health=health,
     )
 
 
@@ -442,9 +463,15 @@ def _numerics(
     reference: bool,
     wall: dict,
     mapping: Mapping | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict:
     """Run the numerics (through ``mapping.numerics``: its own GEMM and attention order) and
-    the reference; a dict for ``Report.numerics``."""
+    the reference; a dict for ``Report.numerics`` (with ``_logits``, ``_health`` and
+    ``_notice`` for the caller to take out).
+
+    Raises:
+        NumericsError: non-finite logits and not ``allow_nonfinite``.
+    """
     if k_seq == 0:
         return {"skipped": "check_sequences=0", "precision": precision, "check_sequences": 0}
     fp32_bytes = 4 * cfg.n_params
@@ -479,8 +506,19 @@ def _numerics(
         "weights": wsrc,
         "_logits": res.logits,
     }
-    if not np.all(np.isfinite(res.logits)):
+    finite = bool(np.isfinite(res.logits).all())
+    if not finite:
         out["non_finite_logits"] = int((~np.isfinite(res.logits)).sum())
+    if res.health is not None:
+        if not finite and not allow_nonfinite:
+            raise NumericsError(res.health.error_message("logits"))
+        out["_health"] = res.health.outcome("logits", finite, allow_nonfinite)
+    elif not finite and not allow_nonfinite:
+        raise NumericsError(
+            f"{precision} numerics: the logits are not finite; try another precision, or "
+            "pass --allow-nonfinite (allow_nonfinite=True) to keep the report"
+        )
+    out["_notice"] = seeded_config_notice(model, wsrc)
     if reference:
         t0 = time.perf_counter()
         ref = reference_forward(cfg, w, tokens)
