@@ -336,7 +336,7 @@ class HealthTracker:
 
 
 def _are(what: str) -> str:
-    return "are" if what.endswith("s") else "is"
+    return "are" if what.endswith("s") and not what.endswith("ss") else "is"
 
 
 def suggestion(precision: str) -> str:
