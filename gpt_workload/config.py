@@ -542,12 +542,13 @@ def resolve_model(spec: str) -> GPTConfig:
         cfg_file = p / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"model directory {p} has no config.json")
+        cfg = load_hf_config(cfg_file)
         if not any((p / f).is_file() for f in WEIGHT_FILES):
             raise ConfigError(
                 f"model directory {p} holds no weights (none of {', '.join(WEIGHT_FILES)}); "
                 f"give its config.json path ({cfg_file}) to run on seeded weights"
             )
-        return load_hf_config(cfg_file)
+        return cfg
     if p.is_file():
         return load_hf_config(p)
     names = ", ".join(list(PRESETS) + [f"{n} (test model)" for n in TEST_PRESETS])
