@@ -93,6 +93,17 @@ def seeded_config_notice(model, wsrc: str) -> str | None:
     return None
 
 
+def check_allow_nonfinite(value) -> bool:
+    """``allow_nonfinite`` must be a bool.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"allow_nonfinite={value!r} must be True or False")
+    return bool(value)
+
+
 def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool = False):
     """``value`` as an int in ``[lo, hi]`` (numpy ints accepted, bools and floats not).
 
@@ -322,6 +333,7 @@ def simulate(
             "no packet-level expansion; use fidelity=event or analytic"
         )
     check_precision(precision)
+    check_allow_nonfinite(allow_nonfinite)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)

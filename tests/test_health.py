@@ -340,3 +340,10 @@ def test_sharded_safetensors_directory_is_a_checkpoint(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     rep = simulate(str(tmp_path), "grid32", seq_len=16, batch=2, fidelity="analytic")
     assert rep.numerics["weights"] == f"checkpoint {tmp_path}" and rep.notices == []
+
+
+def test_allow_nonfinite_must_be_a_bool():
+    from wse_sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allow_nonfinite='yes' must be True or False"):
+        simulate("gpt-tiny", "grid32", seq_len=16, allow_nonfinite="yes")

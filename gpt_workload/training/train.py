@@ -397,9 +397,14 @@ def train(
         NumericsError: a numerics step's loss is not finite and not ``allow_nonfinite``;
             names the first op, layer, position and precision that overflowed.
     """
-    from gpt_workload.simulate import NUMERICS_MAX_WEIGHT_BYTES, resolve_model_and_weights
+    from gpt_workload.simulate import (
+        NUMERICS_MAX_WEIGHT_BYTES,
+        check_allow_nonfinite,
+        resolve_model_and_weights,
+    )
 
     wall: dict[str, float] = {}
+    check_allow_nonfinite(allow_nonfinite)
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     check_precision(precision)
