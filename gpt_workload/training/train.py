@@ -617,8 +617,8 @@ def _run_numerics(
     if n_skip == n_run:
         notices.append(
             f"all {n_run} numerics step(s) were skipped: the gradients were not finite "
-            f"(first: {out[0]['gradient_overflow'] or 'see the step records'}); the loss scale backed "
-            f"off to {tn.scaler.scale:g} and no update was applied"
+            f"(first: {out[0]['gradient_overflow'] or 'see the step records'}); the loss "
+            f"scale backed off to {tn.scaler.scale:g} and no update was applied"
         )
     return {
         "_health": health,
