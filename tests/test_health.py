@@ -347,3 +347,19 @@ def test_allow_nonfinite_must_be_a_bool():
 
     with pytest.raises(ConfigError, match="allow_nonfinite='yes' must be True or False"):
         simulate("gpt-tiny", "grid32", seq_len=16, allow_nonfinite="yes")
+
+
+def test_an_unused_overflowing_weight_is_reported_but_not_an_error():
+    """wpe row 100 overflows fp16 but a 16-token run never reads it: the logits are finite,
+    so the run goes on, and the report still says so first (status ``contained``)."""
+    cfg = resolve_model("gpt-tiny")
+    w = init_weights(cfg, seed=0)
+    w.wpe[100, 7] = 1e5
+    rep = simulate(cfg, "grid32", precision="fp16", seq_len=16, batch=2, fidelity="analytic",
+                   weights=w, reference=False)  # fmt: skip
+    assert rep.health["status"] == "contained" and rep.health["outputs_finite"] is True
+    ev = rep.health["first"]["weights"]
+    assert (ev["op"], ev["position"], ev["value"]) == ("wpe.weight", {"index": [100, 7]}, 1e5)
+    assert "forward" not in rep.health["first"]
+    assert rep.notices[0].startswith("fp16 numerics: 1 stored tensor(s) left the format's")
+    assert math.isfinite(rep.numerics["loss"])
