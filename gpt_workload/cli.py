@@ -80,6 +80,10 @@ def _print_energy_table(con, rep, by: str = "op") -> None:
     t.add_row("total", f"{tot:.4g}", *(f"{sum(r[c] for r in rows):.4g}" for c in comps),
               "100.0%", style="bold")
     con.print(t)
+def _print_notices(con, notices: list[str]) -> None:
+    """The report's notices, one unwrapped line each, before anything else on stdout."""
+    for n in notices:
+        con.print(f"NOTE: {n}", markup=False, soft_wrap=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -119,7 +123,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             overrides=args.set or (),
             keep_logits=bool(args.save_logits),
+            allow_nonfinite=args.allow_nonfinite,
         )
+    _print_notices(con, rep.notices)
     t = Table(title="wse-sim run", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -225,7 +231,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             numerics_steps=args.numerics_steps,
             overrides=args.set or (),
             progress=on_numerics_step,
+            allow_nonfinite=args.allow_nonfinite,
         )
+    _print_notices(con, rep.notices)
     t = Table(title="wse-sim train", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -348,6 +356,13 @@ def _cmd_mappings(args: argparse.Namespace) -> int:
     return 0
 
 
+_ALLOW_NONFINITE_HELP = (
+    "keep going when the numerics' outputs (logits, loss) are not finite; without it such a "
+    "run stops with one line naming the first op, layer and precision that overflowed "
+    "(exit 2); with it the report says so first"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``wse-sim``."""
     p = argparse.ArgumentParser(
@@ -408,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="write PE-utilisation / SRAM maps (.npy, .png) to this dir")
     r.add_argument("--seed", type=int, default=0, help="weight init and token seed")
     r.add_argument("--trace", help="write the timeline as Chrome/Perfetto trace-event JSON")
+    r.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     r.set_defaults(func=_cmd_run)
     tr = sub.add_parser("train", help="simulate training steps (timing + numerics)")
     tr.add_argument("--model", default="cerebras-gpt-111m", help="preset name or config.json")
@@ -452,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="weight init and data seed")
     tr.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE")
     tr.add_argument("--json", help="write the training report as JSON")
+    tr.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     tr.set_defaults(func=_cmd_train)
     from gpt_workload import plots, sweep
 

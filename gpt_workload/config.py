@@ -499,6 +499,16 @@ def load_hf_config(path: str | os.PathLike, name: str | None = None) -> GPTConfi
     return from_hf_dict(data, name, source=str(p))
 
 
+#: the weight files a checkpoint directory may hold (Hugging Face ``save_pretrained``):
+#: one safetensors file, sharded safetensors with an index, or the same for ``.bin``
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
 def resolve_model(spec: str) -> GPTConfig:
     """Turn a user's model argument into a :class:`GPTConfig`.
 
@@ -509,7 +519,9 @@ def resolve_model(spec: str) -> GPTConfig:
 
     Raises:
         ConfigError: unknown spec (the message lists the presets), a directory without
-            ``config.json``, malformed JSON, or an invalid/unsupported field.
+            ``config.json`` or without weights (:data:`WEIGHT_FILES`; a ``config.json``
+            alone runs on seeded weights only when given as a file path), malformed JSON, or
+            an invalid/unsupported field.
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise ConfigError(f"model={spec!r} must be a preset name or a path")
@@ -530,7 +542,13 @@ def resolve_model(spec: str) -> GPTConfig:
         cfg_file = p / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"model directory {p} has no config.json")
-        return load_hf_config(cfg_file)
+        cfg = load_hf_config(cfg_file)
+        if not any((p / f).is_file() for f in WEIGHT_FILES):
+            raise ConfigError(
+                f"model directory {p} holds no weights (none of {', '.join(WEIGHT_FILES)}); "
+                f"give its config.json path ({cfg_file}) to run on seeded weights"
+            )
+        return cfg
     if p.is_file():
         return load_hf_config(p)
     names = ", ".join(list(PRESETS) + [f"{n} (test model)" for n in TEST_PRESETS])

@@ -7,6 +7,10 @@ as the lowering placed the data (``[segment, PE in segment, token, feature slice
 ``m`` (tokens per segment). Between kernels every stored tensor is rounded to the storage
 precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up front; the
 logits are the LM head's fp32 accumulators.
+
+Every stored tensor is checked by a :class:`gpt_workload.health.HealthTracker` (op, layer,
+position of the first value that leaves the format's range or is not finite); the caller
+decides whether non-finite logits are an error.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
+from gpt_workload.health import HealthTracker, tile_locator
 from gpt_workload.layout import TileLayout, qkv_column_permutation
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights
@@ -34,6 +39,8 @@ class NumericsResult:
         loss: mean next-token cross-entropy over K x (T - 1) positions.
         predictions: int64 [K, T], argmax of the logits (next-token predictions).
         kernels_run: number of kernel invocations.
+        health: the :class:`gpt_workload.health.HealthTracker` that checked every stored
+            tensor (weights and each op's output), or None.
     """
 
     logits: np.ndarray
@@ -41,6 +48,7 @@ class NumericsResult:
     loss: float
     predictions: np.ndarray
     kernels_run: int
+    health: HealthTracker | None = None
 
 
 class _Weights:
@@ -120,6 +128,8 @@ def run_numerics(
     :func:`kernels.attention_tiled` (same signatures) with a mapping's own reduction order
     (:mod:`gpt_workload.mappings.weight_streaming`); None keeps the weight-streaming kernels.
 
+    The result's ``health`` tracker has checked the weights and every op's stored output.
+
     Raises:
         ConfigError: tokens of the wrong shape, dtype or range.
     """
@@ -132,7 +142,14 @@ def run_numerics(
     d, V = cfg.d_model, cfg.vocab_size
     ff = tl.padded_width(cfg.d_ff)
     W = _Weights(cfg, weights, precision, P, ff - cfg.d_ff)
-    rnd = lambda a: round_storage(a, precision)  # noqa: E731
+    health = HealthTracker(precision, "weights")
+    health.check_weights(weights)
+    health.phase = "forward"
+    loc = tile_locator(tl.segs_per_seq, m, T)
+
+    def rnd(a, op, layer):
+        return health.store(op, layer, a, loc)
+
     no_bias = np.zeros(0, dtype=np.float32)
     hp_dh = cfg.n_head // P * cfg.d_head
     scale = 1.0 / np.sqrt(cfg.d_head)
@@ -157,7 +174,7 @@ def run_numerics(
         op = k.op
         if op == "embedding":
             kn.embed_tiled(tokens, W.wte, W.wpe, m, P, x)
-            x = rnd(x)
+            x = rnd(x, op, None)
         elif op in ("layernorm_1", "layernorm_2", "layernorm_f"):
             g, b = (
                 (lw["ln_1_g"], lw["ln_1_b"])
@@ -167,32 +184,33 @@ def run_numerics(
                 else (W.ln_f_g, W.ln_f_b)
             )
             kn.layernorm_tiled(x, g, b, cfg.layer_norm_eps, h, **seq)
-            h = rnd(h)
+            h = rnd(h, op, k.layer if lw is not None else None)
         elif op == "qkv":
             gemm_fn(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
-            qkv = rnd(qkv)
+            qkv = rnd(qkv, op, k.layer)
         elif op == "attention":
             attention_fn(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
-            att = rnd(att)
+            att = rnd(att, op, k.layer)
             assert att.shape[-1] == hp_dh
         elif op == "attn_proj":
             gemm_fn(att, lw["proj_w"], lw["proj_b"], y, **seq)
-            y = rnd(y)
+            y = rnd(y, op, k.layer)
         elif op in ("residual_1", "residual_2"):
             kn.add_tiled(x, y, x)
-            x = rnd(x)
+            x = rnd(x, op, k.layer)
         elif op == "ffn_up":
             gemm_fn(h, lw["fc_w"], lw["fc_b"], hid, **seq)
-            hid = rnd(hid)
+            hid = rnd(hid, op, k.layer)
         elif op == "gelu":
             kn.gelu_tiled(hid, approx, hid)
-            hid = rnd(hid)
+            hid = rnd(hid, op, k.layer)
         elif op == "ffn_down":
             gemm_fn(hid, lw["fc2_w"], lw["fc2_b"], y, **seq)
-            y = rnd(y)
+            y = rnd(y, op, k.layer)
         elif op == "lm_head":
             logits_t = tl.empty_tiles(V, pad_to=tl.padded_width(V))
             gemm_fn(h, W.wte_t, no_bias, logits_t, **seq)
+            health.check(op, None, logits_t, loc)  # fp32 accumulators, not rounded
         elif op == "cross_entropy":
             loss_tok, pred = kn.cross_entropy_tiled(logits_t, V, tokens, tl.segs_per_seq, m)
         else:  # pragma: no cover - a lowering added an op without numerics
@@ -200,4 +218,4 @@ def run_numerics(
         n_run += 1
     logits = tl.from_tiles(logits_t, V)
     loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else float("nan")
-    return NumericsResult(logits, loss_tok, loss, pred, n_run)
+    return NumericsResult(logits, loss_tok, loss, pred, n_run, health)

@@ -21,13 +21,14 @@ Metric definitions (the same everywhere they are printed):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gpt_workload import strict_json
 
 
 @dataclass
@@ -55,6 +56,15 @@ class Report:
             ``wafer_avg_w``, ``peak_w``, ``j_per_token``, ``flop_per_j``, ``per_op_j``,
             ``per_layer_j``, ``published`` ...); ``pe_power_map`` the average power per PE,
             W/mm^2 [rows, cols].
+        wall_s: host seconds per phase (lowering, timing, numerics, reference): the only
+            host wall-clock figures of the report; everything else is a function of the
+            inputs and the seed.
+        notices: one-line warnings the console prints first and the JSON puts first
+            (outputs kept non-finite by ``allow_nonfinite``, weights seeded because only a
+            ``config.json`` was given, ...).
+        health: the numerics' health block (:meth:`gpt_workload.health.HealthTracker.outcome`:
+            ``status``, the first op/layer/position that left the format's range per phase,
+            ...; ``{"status": "not_checked"}`` when the numerics were skipped).
         timeline: ``{"kernels": [{"name", "op", "layer", "micro_batch", "start_s", "end_s",
             "stall_s", "compute_s", "fabric_s", "flops", "weight_bytes", "wafer_power_w",
             "system_power_w"}, ...],
@@ -98,16 +108,22 @@ class Report:
     #: the lowered :class:`wse_sim.program.Program` (per-kernel PE classes and class maps, for
     #: per-op heatmaps and traces); set by ``simulate()``, left out of :meth:`to_dict`
     program: Any = field(default=None, repr=False)
+    notices: list[str] = field(default_factory=list)
+    health: dict = field(default_factory=lambda: {"status": "not_checked"})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-safe report (maps, logits and program left out; see :meth:`save_maps`)."""
+        """The JSON-safe report (maps, logits and program left out; see :meth:`save_maps`):
+        ``notices`` and ``health`` first; strict JSON (:mod:`gpt_workload.strict_json`: a
+        NaN or inf is ``null`` and listed in ``nonfinite_values``)."""
         skip = {"pe_utilisation_map", "sram_peak_map", "pe_power_map", "logits", "program"}
-        out = {k: v for k, v in self.__dict__.items() if k not in skip}
-        return json.loads(json.dumps(out, default=_json_default))
+        out = {"notices": self.notices, "health": self.health}
+        out.update((k, v) for k, v in self.__dict__.items() if k not in skip and k not in out)
+        return strict_json.to_strict(out)
 
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
-        """The report as JSON text; written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=indent)
+        """The report as strict JSON text (no ``NaN``/``Infinity``); written to ``path`` if
+        given."""
+        text = strict_json.dumps(self.to_dict(), indent=indent)
         if path is not None:
             Path(path).write_text(text + "\n")
         return text
@@ -155,16 +171,6 @@ class Report:
             plt.close(fig)
             written += [d / f"{stem}.npy", d / f"{stem}.png"]
         return written
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 _PREFIXES = [

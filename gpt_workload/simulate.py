@@ -15,14 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import GPTConfig, forward_flops_per_token, resolve_model
+from gpt_workload.config import (
+    WEIGHT_FILES,
+    GPTConfig,
+    forward_flops_per_token,
+    resolve_model,
+)
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report, add_power_to_timeline
 from gpt_workload.weights import GPTWeights, init_weights, load_checkpoint
 from wse_sim.arch import ArchConfig, load_arch
-from wse_sim.errors import ConfigError
+from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
 from wse_sim.energy import energy_report
 from wse_sim.timing.analytic import run_analytic
@@ -67,22 +72,37 @@ def resolve_model_and_weights(
     return cfg, init_weights(cfg, seed), f"seeded init (seed {seed})"
 
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
 def checkpoint_dir(spec: str) -> Path | None:
-    """``spec`` as a checkpoint directory if it is a directory holding weight files (any of
-    :data:`WEIGHT_FILES`), else ``None`` (a preset name, a ``config.json``, or a directory
-    with only ``config.json``, which runs with seeded weights and says so)."""
+    """``spec`` as a checkpoint directory if it is a directory (which
+    :func:`gpt_workload.config.resolve_model` has checked holds one of
+    :data:`WEIGHT_FILES`), else ``None`` (a preset name or a ``config.json`` file, which run
+    on seeded weights)."""
     p = Path(spec)
     if p.is_dir() and any((p / f).exists() for f in WEIGHT_FILES):
         return p
     return None
+
+
+def seeded_config_notice(model, wsrc: str) -> str | None:
+    """The notice for a ``config.json`` given as a file path, which holds no weights: the run
+    used seeded weights (``wsrc``). None for presets, checkpoints and given weights."""
+    if isinstance(model, str) and wsrc.startswith("seeded") and Path(model).is_file():
+        return (
+            f"weights: {wsrc}, not trained weights: {model} is a config.json, which holds "
+            "none; give a checkpoint directory to run real weights"
+        )
+    return None
+
+
+def check_allow_nonfinite(value) -> bool:
+    """``allow_nonfinite`` must be a bool.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"allow_nonfinite={value!r} must be True or False")
+    return bool(value)
 
 
 def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool = False):
@@ -272,6 +292,7 @@ def simulate(
     reference: bool = True,
     keep_logits: bool = False,
     energy: bool = True,
+    allow_nonfinite: bool = False,
 ) -> Report:
     """Simulate a GPT forward pass on a wafer and compute its real outputs.
 
@@ -297,9 +318,15 @@ def simulate(
         energy: run the energy model (:mod:`wse_sim.energy`) on the timed Program
             (``Report.energy``, the per-PE power map, power in the timeline); ``False`` only
             to measure its cost (``benchmarks/bench_energy.py``).
+        allow_nonfinite: keep going when the numerics' logits are not finite; the report
+            then says so first (``Report.notices[0]``, ``health.status ==
+            "nonfinite_allowed"``).
 
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
+        NumericsError: the logits are not finite (a value overflowed the storage format or
+            turned NaN) and ``allow_nonfinite`` is False; the message names the first op,
+            layer, position and precision and what to try.
     """
     wall: dict[str, float] = {}
     if fidelity not in FIDELITIES:
@@ -311,6 +338,7 @@ def simulate(
             "no packet-level expansion; use fidelity=event or analytic"
         )
     check_precision(precision)
+    check_allow_nonfinite(allow_nonfinite)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
@@ -380,8 +408,11 @@ def simulate(
         reference,
         wall,
         mapping,
+        allow_nonfinite,
     )
     logits = numerics.pop("_logits", None)
+    health = numerics.pop("_health", {"status": "not_checked"})
+    notices = [n for n in (health.get("notice"), numerics.pop("_notice", None)) if n]
 
     clk = arch_cfg.pe.clock_hz
     total = timing.total_s
@@ -444,6 +475,8 @@ def simulate(
         sram_peak_map=timing.sram_peak_bytes,
         logits=logits if keep_logits else None,
         program=program,
+        notices=notices,
+        health=health,
     )
 
 
@@ -459,9 +492,15 @@ def _numerics(
     reference: bool,
     wall: dict,
     mapping: Mapping | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict:
     """Run the numerics (through ``mapping.numerics``: its own GEMM and attention order) and
-    the reference; a dict for ``Report.numerics``."""
+    the reference; a dict for ``Report.numerics`` (with ``_logits``, ``_health`` and
+    ``_notice`` for the caller to take out).
+
+    Raises:
+        NumericsError: non-finite logits and not ``allow_nonfinite``.
+    """
     if k_seq == 0:
         return {"skipped": "check_sequences=0", "precision": precision, "check_sequences": 0}
     fp32_bytes = 4 * cfg.n_params
@@ -482,9 +521,10 @@ def _numerics(
         tokens = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, size=(k_seq, T))
     wall["weights"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = (mapping or parse_mapping("weight_streaming")).numerics(
-        program, cfg, w, tokens, precision
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # the health tracker reports them
+        res = (mapping or parse_mapping("weight_streaming")).numerics(
+            program, cfg, w, tokens, precision
+        )
     wall["numerics"] = time.perf_counter() - t0
     out = {
         "precision": precision,
@@ -496,8 +536,19 @@ def _numerics(
         "weights": wsrc,
         "_logits": res.logits,
     }
-    if not np.all(np.isfinite(res.logits)):
+    finite = bool(np.isfinite(res.logits).all())
+    if not finite:
         out["non_finite_logits"] = int((~np.isfinite(res.logits)).sum())
+    if res.health is not None:
+        if not finite and not allow_nonfinite:
+            raise NumericsError(res.health.error_message("logits"))
+        out["_health"] = res.health.outcome("logits", finite, allow_nonfinite)
+    elif not finite and not allow_nonfinite:
+        raise NumericsError(
+            f"{precision} numerics: the logits are not finite; try another precision, or "
+            "pass --allow-nonfinite (allow_nonfinite=True) to keep the report"
+        )
+    out["_notice"] = seeded_config_notice(model, wsrc)
     if reference:
         t0 = time.perf_counter()
         ref = reference_forward(cfg, w, tokens)

@@ -27,11 +27,11 @@ Events on one track never overlap and their timestamps increase.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from gpt_workload import strict_json
 from wse_sim.errors import ConfigError
 
 #: PE-class tracks shown per kernel at most
@@ -257,5 +257,5 @@ def write_trace(report, path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.parent != Path(""):
         p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(trace_events(report), separators=(",", ":")))
+    p.write_text(strict_json.dumps(trace_events(report), separators=(",", ":")))
     return p

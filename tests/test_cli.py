@@ -195,22 +195,25 @@ def test_sharded_pytorch_bin_checkpoint_uses_its_weights(tmp_path):
     assert rep["numerics"]["weights"].startswith("checkpoint")
 
 
-def test_config_only_directory_says_seeded_weights(tmp_path, tiny_ckpt):
+def test_config_only_directory_is_refused(tmp_path, tiny_ckpt):
+    """A directory with config.json and no weight file once ran on seeded weights."""
     (tmp_path / "config.json").write_text((tiny_ckpt / "config.json").read_text())
-    p = wse_sim(
-        "run",
-        "--model",
-        str(tmp_path),
-        "--arch",
-        "grid32",
-        "--seq-len",
-        "16",
-        "--json",
-        str(tmp_path / "r.json"),
-    )
+    p = wse_sim("run", "--model", str(tmp_path), "--arch", "grid32", "--seq-len", "16")
+    assert p.returncode == 2
+    assert_one_line_error(p, "holds no weights", "model.safetensors", "config.json")
+
+
+def test_config_json_file_runs_seeded_and_says_so_first(tmp_path, tiny_ckpt):
+    cfg = tmp_path / "config.json"
+    cfg.write_text((tiny_ckpt / "config.json").read_text())
+    args = ["run", "--model", str(cfg), "--arch", "grid32", "--seq-len", "16"]
+    p = wse_sim(*args, "--json", str(tmp_path / "r.json"))
     assert p.returncode == 0, p.stderr
-    assert "seeded init" in json.loads((tmp_path / "r.json").read_text())["numerics"]["weights"]
-    assert "seeded init" in p.stdout
+    first = p.stdout.splitlines()[0]
+    assert first.startswith("NOTE: weights: seeded init (seed 0)") and "config.json" in first
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert "seeded init" in rep["numerics"]["weights"]
+    assert rep["notices"][0] == first.removeprefix("NOTE: ")
 
 
 @pytest.mark.parametrize(

@@ -380,6 +380,9 @@ def test_resolve_paths(tmp_path) -> None:
     ckpt = tmp_path / "my-model"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps(CEREBRAS_111M_HF))
+    with pytest.raises(ConfigError, match="holds no weights"):
+        resolve_model(str(ckpt))  # a directory must hold weights (issue 17)
+    (ckpt / "model.safetensors").write_bytes(b"")  # resolve_model reads only the config
     by_dir = resolve_model(str(ckpt))
     by_file = resolve_model(str(ckpt / "config.json"))
     assert by_dir == by_file

@@ -21,3 +21,8 @@ class FitError(WseSimError):
 
 class CheckpointError(WseSimError):
     """A checkpoint or weight set is malformed: missing tensors, wrong shapes, NaN/Inf values."""
+
+
+class NumericsError(WseSimError):
+    """A run's checked outputs (logits, loss) are not finite: the message names the first op,
+    layer, position and precision where a value left the format's range, and what to try."""

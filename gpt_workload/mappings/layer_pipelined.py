@@ -1196,11 +1196,13 @@ class LayerPipelined(Mapping):
 
 
 def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: str):
-    """See :meth:`LayerPipelined.numerics`; returns a :class:`NumericsResult`.
+    """See :meth:`LayerPipelined.numerics`; returns a :class:`NumericsResult` whose
+    ``health`` tracker checked the weights and every stored tensor (op, layer, position).
 
     Raises:
         ConfigError: tokens of the wrong shape, dtype or range.
     """
+    from gpt_workload.health import HealthTracker, rows_locator
     from gpt_workload.mappings.gemm import gemm_numerics
     from gpt_workload.numerics import NumericsResult, check_tokens
     from gpt_workload.precision import round_storage
@@ -1209,9 +1211,14 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
     tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
     f32 = np.float32
+    health = HealthTracker(precision, "weights")
+    health.check_weights(weights)
+    health.phase = "forward"
+    loc = rows_locator(T)
 
-    def rnd(a):
-        return round_storage(np.ascontiguousarray(a, dtype=f32), precision)
+    def rnd(a, op=None, layer=None):
+        a = np.ascontiguousarray(a, dtype=f32)
+        return round_storage(a, precision) if op is None else health.store(op, layer, a, loc)
 
     rows = program.meta["layout"]["rows_per_stage"]
     pc = program.meta["layout"].get("gemm_grid_cols", program.cols)
@@ -1231,30 +1238,32 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         return (x - mu) / np.sqrt(var + f32(cfg.layer_norm_eps)) * rnd(g) + rnd(b)
 
     wte = rnd(weights.wte)
-    x = rnd(wte[tokens].reshape(M, -1) + np.tile(rnd(weights.wpe[:T]), (K, 1)))
+    x = rnd(wte[tokens].reshape(M, -1) + np.tile(rnd(weights.wpe[:T]), (K, 1)), "embedding")
     d, H, dh = cfg.d_model, cfg.n_head, cfg.d_head
     causal = np.triu(np.ones((T, T), dtype=bool), k=1)
     n_run = 1
     for li, lw in enumerate(weights.layers):
         st = 1 + li // lps
-        h = rnd(ln(x, lw.ln_1_g, lw.ln_1_b))
-        qkv = rnd(gemm(h, lw.attn_w, st) + rnd(lw.attn_b))
+        h = rnd(ln(x, lw.ln_1_g, lw.ln_1_b), "layernorm_1", li)
+        qkv = rnd(gemm(h, lw.attn_w, st) + rnd(lw.attn_b), "qkv", li)
         q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(K, T, H, dh) for i in range(3))
         sc = np.einsum("kqhe,kshe->khqs", q, k, dtype=f32) / f32(math.sqrt(dh))
         sc[:, :, causal] = -np.inf
         sc = np.exp(sc - sc.max(-1, keepdims=True))
         sc /= sc.sum(-1, keepdims=True)
-        att = rnd(np.einsum("khqs,kshe->kqhe", sc, v, dtype=f32).reshape(M, d))
-        y = rnd(gemm(att, lw.proj_w, st) + rnd(lw.proj_b))
-        x = rnd(x + y)
-        h = rnd(ln(x, lw.ln_2_g, lw.ln_2_b))
-        u = rnd(gemm(h, lw.fc_w, st) + rnd(lw.fc_b))
-        u = rnd(gelu(u.astype(np.float64), cfg.activation).astype(f32))
-        y = rnd(gemm(u, lw.fc2_w, st) + rnd(lw.fc2_b))
-        x = rnd(x + y)
+        att = np.einsum("khqs,kshe->kqhe", sc, v, dtype=f32).reshape(M, d)
+        att = rnd(att, "attention", li)
+        y = rnd(gemm(att, lw.proj_w, st) + rnd(lw.proj_b), "attn_proj", li)
+        x = rnd(x + y, "residual_1", li)
+        h = rnd(ln(x, lw.ln_2_g, lw.ln_2_b), "layernorm_2", li)
+        u = rnd(gemm(h, lw.fc_w, st) + rnd(lw.fc_b), "ffn_up", li)
+        u = rnd(gelu(u.astype(np.float64), cfg.activation).astype(f32), "gelu", li)
+        y = rnd(gemm(u, lw.fc2_w, st) + rnd(lw.fc2_b), "ffn_down", li)
+        x = rnd(x + y, "residual_2", li)
         n_run += 1
-    h = rnd(ln(x, weights.ln_f_g, weights.ln_f_b))
+    h = rnd(ln(x, weights.ln_f_g, weights.ln_f_b), "layernorm_f")
     logits = gemm(h, weights.wte.T, len(rows) - 1).reshape(K, T, -1)
+    health.check("lm_head", None, logits.reshape(M, -1), loc)
     lg = logits.astype(np.float64)
     mx = lg.max(-1)
     lse = mx + np.log(np.exp(lg - mx[..., None]).sum(-1))
@@ -1263,4 +1272,4 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         picked = np.take_along_axis(lg[:, :-1], tokens[:, 1:, None], -1)[..., 0]
         loss_tok[:, :-1] = lse[:, :-1] - picked
     loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else float("nan")
-    return NumericsResult(logits, loss_tok, loss, lg.argmax(-1), n_run + 1)
+    return NumericsResult(logits, loss_tok, loss, lg.argmax(-1), n_run + 1, health)

@@ -56,6 +56,7 @@ import numba
 import numpy as np
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.health import HealthTracker, rows_locator
 from gpt_workload.kernels import _gelu_kernel
 from gpt_workload.precision import check_precision, round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
@@ -486,10 +487,16 @@ class _Ctx:
     approximate: bool
     w: GPTWeights  # storage-rounded copies
     wt: dict[str, np.ndarray] = field(default_factory=dict)  # transposed matrices (backward)
+    health: HealthTracker | None = None  # checks every stored tensor (op, layer, position)
+    layer: int | None = None  # layer of the ops being run, for the health tracker
 
-    def r(self, x: np.ndarray) -> np.ndarray:
-        """Round a stored tensor to the storage precision (no-op for fp32)."""
-        return x if self.precision == "fp32" else round_storage(x, self.precision)
+    def r(self, x: np.ndarray, op: str) -> np.ndarray:
+        """Round op ``op``'s stored output to the storage precision (no-op for fp32) and
+        check it with the health tracker, if any."""
+        y = x if self.precision == "fp32" else round_storage(x, self.precision)
+        if self.health is not None:
+            self.health.check(op, self.layer, y, rows_locator(self.seq_len), raw=x)
+        return y
 
 
 def _round_weights(w: GPTWeights, precision: str) -> GPTWeights:
@@ -509,19 +516,19 @@ def _layer_forward(c: _Ctx, lw: LayerWeights, h: np.ndarray) -> tuple[np.ndarray
     cfg = c.cfg
     eps = cfg.layer_norm_eps
     a, mu1, rs1 = _layernorm(h, lw.ln_1_g, lw.ln_1_b, eps)
-    a = c.r(a)
-    qkv = c.r(_gemm(a, lw.attn_w, lw.attn_b))
+    a = c.r(a, "layernorm_1")
+    qkv = c.r(_gemm(a, lw.attn_w, lw.attn_b), "qkv")
     o = np.empty((h.shape[0], cfg.d_model), dtype=np.float32)
     probs = np.empty((c.n_seq, cfg.n_head, c.seq_len, c.seq_len), dtype=np.float32)
     scale = np.float32(1.0 / math.sqrt(cfg.d_head))
     _attention_fwd_kernel(qkv, c.n_seq, c.seq_len, cfg.n_head, scale, o, probs)
-    o = c.r(o)
-    h1 = c.r(h + c.r(_gemm(o, lw.proj_w, lw.proj_b)))
+    o = c.r(o, "attention")
+    h1 = c.r(h + c.r(_gemm(o, lw.proj_w, lw.proj_b), "attn_proj"), "residual_1")
     m, mu2, rs2 = _layernorm(h1, lw.ln_2_g, lw.ln_2_b, eps)
-    m = c.r(m)
-    u = c.r(_gemm(m, lw.fc_w, lw.fc_b))
-    g = c.r(_gelu(u, c.approximate))
-    h2 = c.r(h1 + c.r(_gemm(g, lw.fc2_w, lw.fc2_b)))
+    m = c.r(m, "layernorm_2")
+    u = c.r(_gemm(m, lw.fc_w, lw.fc_b), "ffn_up")
+    g = c.r(_gelu(u, c.approximate), "gelu")
+    h2 = c.r(h1 + c.r(_gemm(g, lw.fc2_w, lw.fc2_b), "ffn_down"), "residual_2")
     saved = {
         "h": h, "a": a, "mu1": mu1, "rs1": rs1, "qkv": qkv, "probs": probs, "o": o,
         "h1": h1, "m": m, "mu2": mu2, "rs2": rs2, "u": u, "g": g,
@@ -544,28 +551,28 @@ def _layer_backward(c: _Ctx, i: int, lw: LayerWeights, s: dict, dh2: np.ndarray,
     # FFN down + residual 2: dh2 flows to h1 and to the FFN branch.
     g_l.fc2_w[...] = _gemm_tn(s["g"], dh2)
     g_l.fc2_b[...] = _colsum(dh2)
-    dg = c.r(_gemm(dh2, _t(c, f"{i}.fc2_w", lw.fc2_w)))
-    du = c.r(_gelu_bwd(s["u"], dg, c.approximate))
+    dg = c.r(_gemm(dh2, _t(c, f"{i}.fc2_w", lw.fc2_w)), "ffn_down_bwd")
+    du = c.r(_gelu_bwd(s["u"], dg, c.approximate), "gelu_bwd")
     g_l.fc_w[...] = _gemm_tn(s["m"], du)
     g_l.fc_b[...] = _colsum(du)
-    dm = c.r(_gemm(du, _t(c, f"{i}.fc_w", lw.fc_w)))
+    dm = c.r(_gemm(du, _t(c, f"{i}.fc_w", lw.fc_w)), "ffn_up_bwd")
     dx, g_l.ln_2_g[...], g_l.ln_2_b[...] = _layernorm_bwd(
         dm, s["h1"], lw.ln_2_g, s["mu2"], s["rs2"]
     )
-    dh1 = c.r(dh2 + c.r(dx))
+    dh1 = c.r(dh2 + c.r(dx, "layernorm_2_bwd"), "residual_2_bwd")
     # attention output projection + residual 1.
     g_l.proj_w[...] = _gemm_tn(s["o"], dh1)
     g_l.proj_b[...] = _colsum(dh1)
-    do = c.r(_gemm(dh1, _t(c, f"{i}.proj_w", lw.proj_w)))
+    do = c.r(_gemm(dh1, _t(c, f"{i}.proj_w", lw.proj_w)), "attn_proj_bwd")
     dqkv = np.empty_like(s["qkv"])
     scale = np.float32(1.0 / math.sqrt(cfg.d_head))
     _attention_bwd_kernel(do, s["qkv"], s["probs"], c.n_seq, c.seq_len, cfg.n_head, scale, dqkv)
-    dqkv = c.r(dqkv)
+    dqkv = c.r(dqkv, "attention_bwd")
     g_l.attn_w[...] = _gemm_tn(s["a"], dqkv)
     g_l.attn_b[...] = _colsum(dqkv)
-    da = c.r(_gemm(dqkv, _t(c, f"{i}.attn_w", lw.attn_w)))
+    da = c.r(_gemm(dqkv, _t(c, f"{i}.attn_w", lw.attn_w)), "qkv_bwd")
     dx, g_l.ln_1_g[...], g_l.ln_1_b[...] = _layernorm_bwd(da, s["h"], lw.ln_1_g, s["mu1"], s["rs1"])
-    return c.r(dh1 + c.r(dx))
+    return c.r(dh1 + c.r(dx, "layernorm_1_bwd"), "residual_1_bwd")
 
 
 def forward_backward_sum(
@@ -576,13 +583,16 @@ def forward_backward_sum(
     loss_scale: float = 1.0,
     recompute: bool = False,
     denominator: int | None = None,
+    health: HealthTracker | None = None,
 ) -> tuple[float, GPTWeights, bool]:
     """Like :func:`forward_backward` but with the loss normalised by ``denominator``.
 
     The loss and the gradient are those of ``sum(CE) / denominator`` where the sum runs over
     the ``B * (T - 1)`` predictions of ``tokens``; ``denominator=None`` means ``B * (T - 1)``
     (the mean). Gradient accumulation over micro-batches passes the full batch's count so
-    that the micro-batch gradients simply add up.
+    that the micro-batch gradients simply add up. ``health`` (a
+    :class:`gpt_workload.health.HealthTracker`) checks every stored tensor, phase
+    ``forward`` then ``backward`` (the logits too).
 
     Returns:
         ``(loss_part, grads, finite)``: ``sum(CE) / denominator`` (float, unscaled, float64
@@ -605,21 +615,28 @@ def forward_backward_sum(
         precision=precision,
         approximate=cfg.activation != "gelu",
         w=_round_weights(weights, precision),
+        health=health,
     )
+    if health is not None:
+        health.phase = "forward"
     w = c.w
     n_rows = n_seq * seq_len
     # ---- forward ----
     h = np.empty((n_rows, cfg.d_model), dtype=np.float32)
     _embed_fwd_kernel(tok, w.wte, w.wpe, h)
-    h = c.r(h)
+    h = c.r(h, "embedding")
     saved: list[dict] = []
-    for lw in w.layers:
+    for c.layer, lw in enumerate(w.layers):
         h_next, s = _layer_forward(c, lw, h)
         saved.append({"h": h} if recompute else s)
         h = h_next
     hf, muf, rsf = _layernorm(h, w.ln_f_g, w.ln_f_b, cfg.layer_norm_eps)
-    hf = c.r(hf)
+    c.layer = None
+    hf = c.r(hf, "layernorm_f")
     logits = _gemm(hf, _t(c, "wte", w.wte))  # fp32 accumulators, not rounded
+    if health is not None:
+        health.check("lm_head", None, logits, rows_locator(seq_len))
+        health.phase = "backward"
     loss_rows = np.empty(n_rows, dtype=np.float64)
     dlogits = np.empty_like(logits)
     _cross_entropy_kernel(logits, tok, np.float32(ls / denom), loss_rows, dlogits)
@@ -627,14 +644,15 @@ def forward_backward_sum(
     del logits
     # ---- backward ----
     gw = zeros_like_weights(w)
-    dlogits = c.r(dlogits)
+    dlogits = c.r(dlogits, "cross_entropy_bwd")
     dwte_head = _gemm_tn(dlogits, hf)  # [V, d]
-    dhf = c.r(_gemm(dlogits, w.wte))
+    dhf = c.r(_gemm(dlogits, w.wte), "lm_head_bwd")
     del dlogits
     dx, gw.ln_f_g[...], gw.ln_f_b[...] = _layernorm_bwd(dhf, h, w.ln_f_g, muf, rsf)
-    dh = c.r(dx)
+    dh = c.r(dx, "layernorm_f_bwd")
     for i in range(cfg.n_layer - 1, -1, -1):
         s = saved[i]
+        c.layer = i
         if recompute:
             _, s = _layer_forward(c, w.layers[i], s["h"])
         dh = _layer_backward(c, i, w.layers[i], s, dh, gw)

@@ -42,7 +42,6 @@ recompute are *hardware* FLOPs, not model FLOPs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -52,12 +51,13 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.precision import check_precision
 from gpt_workload.training.lowering import lower_training
 from wse_sim.arch import ArchConfig, load_arch
-from wse_sim.errors import ConfigError
+from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
@@ -241,6 +241,15 @@ class TrainReport:
         energy: one step's energy (:func:`step_energy`): ``step_j`` (all systems),
             ``components_j`` and ``wafer_avg_w`` / ``system_avg_w`` / ``peak_w`` per system,
             ``j_per_token``, ``tokens_per_j``, ``flop_per_j`` (model FLOPs).
+        wall_s: host seconds per phase (the report's only host wall-clock figures).
+        notices: one-line warnings printed first and put first in the JSON (a non-finite
+            loss kept by ``allow_nonfinite``, every numerics step skipped, seeded weights
+            from a ``config.json``).
+        health: forward health of the numerics
+            (:meth:`gpt_workload.health.HealthTracker.outcome` of the first step that had
+            an event, else the last step; ``skipped_steps`` and the first step's gradient
+            overflow, which loss scaling handles); ``{"status": "not_checked"}`` without
+            numerics.
     """
 
     model: str
@@ -268,14 +277,19 @@ class TrainReport:
     wall_s: dict
     arch_config: dict = field(default_factory=dict)
     energy: dict = field(default_factory=dict)
+    notices: list = field(default_factory=list)
+    health: dict = field(default_factory=lambda: {"status": "not_checked"})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict of the report."""
-        return dataclasses.asdict(self)
+        """JSON-safe dict of the report, ``notices`` and ``health`` first; strict JSON
+        (:mod:`gpt_workload.strict_json`: NaN/inf as null, listed in ``nonfinite_values``)."""
+        d = dataclasses.asdict(self)
+        out = {"notices": d.pop("notices"), "health": d.pop("health"), **d}
+        return strict_json.to_strict(out)
 
     def to_json(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` as JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=float))
+        """Write :meth:`to_dict` as strict JSON to ``path``."""
+        Path(path).write_text(strict_json.dumps(self.to_dict(), indent=2))
 
     def console_rows(self) -> list[tuple[str, str]]:
         """``(label, value)`` rows for the console table."""
@@ -405,6 +419,7 @@ def train(
     numerics_steps: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     progress: Callable[[int, int], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> TrainReport:
     """Time ``steps`` training steps of ``model`` on ``systems`` x ``arch`` and run them.
 
@@ -429,13 +444,23 @@ def train(
         overrides: ``level.field=value`` arch overrides.
         progress: called as ``progress(done, total)`` before the first numerics step and
             after each one (e.g. for a progress bar).
+        allow_nonfinite: keep going when a numerics step's forward loss is not finite (the
+            report then says so first). A step whose *gradients* overflow is skipped and
+            counted either way (loss scaling).
 
     Raises:
         ConfigError, FitError: bad input (one-line messages).
+        NumericsError: a numerics step's loss is not finite and not ``allow_nonfinite``;
+            names the first op, layer, position and precision that overflowed.
     """
-    from gpt_workload.simulate import NUMERICS_MAX_WEIGHT_BYTES, resolve_model_and_weights
+    from gpt_workload.simulate import (
+        NUMERICS_MAX_WEIGHT_BYTES,
+        check_allow_nonfinite,
+        resolve_model_and_weights,
+    )
 
     wall: dict[str, float] = {}
+    check_allow_nonfinite(allow_nonfinite)
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     check_precision(precision)
@@ -531,11 +556,13 @@ def train(
         num = _run_numerics(
             cfg, model, precision, steps, numerics_steps, seed, text, lr, pub, check_sequences,
             check_seq_len or min(seq_len, 64), prog.meta["training"]["activations"], wall,
-            progress,
+            progress, allow_nonfinite,
         )  # fmt: skip
     t0 = time.perf_counter()
     energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])
     wall["energy"] = time.perf_counter() - t0
+    health = num.pop("_health", {"status": "not_checked"})
+    notices = [n for n in (health.get("notice"), *num.pop("_notices", ())) if n]
     return TrainReport(
         model=cfg.name,
         arch=arch_cfg.name,
@@ -562,15 +589,23 @@ def train(
         wall_s=wall,
         arch_config=arch_cfg.to_dict(),
         energy=energy,
+        notices=notices,
+        health=health,
     )
 
 
 def _run_numerics(
-    cfg, model, precision, steps, n_run, seed, text, lr, pub, k, T, policy, wall, progress
+    cfg, model, precision, steps, n_run, seed, text, lr, pub, k, T, policy, wall, progress,
+    allow_nonfinite=False,
 ) -> dict:
     """Run the first ``n_run`` of ``steps`` real optimizer steps (the schedule of all
-    ``steps``) on a ``k x T`` check batch (helper A's trainer)."""
-    from gpt_workload.simulate import resolve_model_and_weights
+    ``steps``) on a ``k x T`` check batch (helper A's trainer); ``_health`` and ``_notices``
+    in the result are for the caller to take out.
+
+    Raises:
+        NumericsError: a step's forward loss is not finite and not ``allow_nonfinite``.
+    """
+    from gpt_workload.simulate import resolve_model_and_weights, seeded_config_notice
     from gpt_workload.training.optim import AdamWConfig
     from gpt_workload.training.tokenizer import ByteTokenizer, load_text_batches
     from gpt_workload.training.trainer import TrainNumerics
@@ -606,10 +641,20 @@ def _run_numerics(
     adamw = AdamWConfig(lr=peak_lr, warmup_steps=0, total_steps=steps)
     tn = TrainNumerics(cfg, w, precision, adamw, None, recompute=policy == "recompute")
     out = []
+    fwd = ("weights", "forward")
+    health = first_overflow = None
     if progress is not None:
         progress(0, n_run)
     for i in range(n_run):
         s = tn.step(next(batches))
+        loss_ok = math.isfinite(s.loss)
+        if not loss_ok and not allow_nonfinite:
+            raise NumericsError(f"step {s.step}: " + s.health.error_message("loss", fwd))
+        if health is None and (not loss_ok or any(p in s.health.first for p in fwd)):
+            health = {"step": s.step, **s.health.outcome("loss", loss_ok, allow_nonfinite, fwd)}
+        bwd = s.health.first.get("backward")
+        if s.skipped and bwd is not None and first_overflow is None:
+            first_overflow = {"step": s.step, **dataclasses.asdict(bwd)}
         out.append(
             {
                 "step": s.step,
@@ -618,12 +663,26 @@ def _run_numerics(
                 "loss_scale": float(s.loss_scale),
                 "lr": float(s.lr),
                 "skipped": bool(s.skipped),
+                "gradient_overflow": bwd.describe() if s.skipped and bwd else None,
             }
         )
         if progress is not None:
             progress(i + 1, n_run)
     wall["numerics"] = time.perf_counter() - t0
+    if health is None:  # every step's forward was finite and in range
+        health = {"step": s.step, **s.health.outcome("loss", True, allow_nonfinite, fwd)}
+    n_skip = sum(r["skipped"] for r in out)
+    health.update(skipped_steps=n_skip, first_gradient_overflow=first_overflow)
+    notices = [seeded_config_notice(model, wsrc)]
+    if n_skip == n_run:
+        notices.append(
+            f"all {n_run} numerics step(s) were skipped: the gradients were not finite "
+            f"(first: {out[0]['gradient_overflow'] or 'see the step records'}); the loss "
+            f"scale backed off to {tn.scaler.scale:g} and no update was applied"
+        )
     return {
+        "_health": health,
+        "_notices": notices,
         "check_batch": [k, T],
         "text": src,
         "weights": wsrc,
@@ -631,5 +690,6 @@ def _run_numerics(
         "peak_lr": peak_lr,
         "steps_run": n_run,
         "steps_total": steps,
+        "steps_skipped": n_skip,
         "steps": out,
     }

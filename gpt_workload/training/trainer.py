@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.health import HealthTracker
 from gpt_workload.precision import check_precision
 from gpt_workload.training.backward import check_tokens, forward_backward_sum, grads_finite
 from gpt_workload.training.loss_scale import DynamicLossScaler
@@ -44,6 +45,9 @@ class StepStats:
         loss_scale: the loss scale used for this step's backward.
         lr: learning rate applied (0.0 when skipped).
         skipped: True when the gradients were not finite and no update was made.
+        health: the step's :class:`gpt_workload.health.HealthTracker`: the first op, layer
+            and position where a stored tensor left the format's range, per phase
+            (``weights``, ``forward``, ``backward``).
     """
 
     step: int
@@ -52,6 +56,7 @@ class StepStats:
     loss_scale: float
     lr: float
     skipped: bool
+    health: HealthTracker | None = None
 
 
 def accumulate_gradients(
@@ -62,8 +67,10 @@ def accumulate_gradients(
     precision: str = "fp32",
     loss_scale: float = 1.0,
     recompute: bool = False,
+    health: HealthTracker | None = None,
 ) -> tuple[float, GPTWeights, bool]:
     """Loss and gradients of a batch split into ``grad_accum_steps`` micro-batches along B.
+    ``health`` checks every stored tensor of every micro-batch.
 
     Each micro-batch's loss is normalised by the *full* batch's ``B * (T - 1)`` predictions,
     so the micro-batch gradients are summed (in micro-batch order, float32) into the gradient
@@ -94,7 +101,8 @@ def accumulate_gradients(
     total: GPTWeights | None = None
     for i in range(n):
         part, g, _ = forward_backward_sum(
-            cfg, weights, tok[i * mb : (i + 1) * mb], precision, loss_scale, recompute, denom
+            cfg, weights, tok[i * mb : (i + 1) * mb], precision, loss_scale, recompute, denom,
+            health,
         )
         loss += part
         if total is None:
@@ -172,6 +180,8 @@ class TrainNumerics:
         """
         self.n_calls += 1
         scale = self.scaler.scale
+        health = HealthTracker(self.precision, "weights")
+        health.check_weights(self.master)
         loss, grads, finite = accumulate_gradients(
             self.cfg,
             self.master,
@@ -180,15 +190,21 @@ class TrainNumerics:
             self.precision,
             scale,
             self.recompute,
+            health,
         )
         if force_overflow:
             grads.wte[0, 0] = np.inf
             finite = False
         if not finite:
+            if "backward" not in health.first:  # only a weight gradient overflowed
+                health.phase = "backward"
+                for name, a in grads.named_arrays():
+                    layer = int(name.split(".")[1]) if name.startswith("h.") else None
+                    health.check(f"gradient {name}", layer, a)
             self.scaler.update(found_inf=True)
-            return StepStats(self.n_calls, loss, float("inf"), scale, 0.0, True)
+            return StepStats(self.n_calls, loss, float("inf"), scale, 0.0, True, health)
         self.scaler.unscale_(grads)
         norm = clip_grad_norm(grads, self.adamw.max_grad_norm)
         lr = adamw_step(self.master, grads, self.opt_state, self.adamw)
         self.scaler.update(found_inf=False)
-        return StepStats(self.n_calls, loss, norm, scale, lr, False)
+        return StepStats(self.n_calls, loss, norm, scale, lr, False, health)
