@@ -15,6 +15,6 @@ from gpt_workload.mappings.base import (  # noqa: F401
     register,
 )
 
-# helper D: layer_pipelined, auto
+# registered on import: layer_pipelined, auto
 from gpt_workload.mappings import layer_pipelined  # noqa: F401, E402
 from gpt_workload.mappings import auto  # noqa: F401, E402

@@ -599,7 +599,7 @@ def _run_numerics(
     allow_nonfinite=False,
 ) -> dict:
     """Run the first ``n_run`` of ``steps`` real optimizer steps (the schedule of all
-    ``steps``) on a ``k x T`` check batch (helper A's trainer); ``_health`` and ``_notices``
+    ``steps``) on a ``k x T`` check batch (:class:`gpt_workload.training.trainer.TrainNumerics`); ``_health`` and ``_notices``
     in the result are for the caller to take out.
 
     Raises:
