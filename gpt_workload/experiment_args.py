@@ -178,12 +178,15 @@ def check_model(opt: str, name: str) -> GPTConfig:
 
     Raises:
         ConfigError: ``OPT: unknown model 'x': expected one of <presets>, ...`` (the message
-            of :func:`gpt_workload.config.resolve_model`, prefixed with ``opt``).
+            of :func:`gpt_workload.models.resolve_model`, prefixed with ``opt``); a family
+            not lowered yet.
     """
-    from gpt_workload.config import resolve_model
+    from gpt_workload.models import require_lowered, resolve_model
 
     try:
-        return resolve_model(name)
+        cfg = resolve_model(name)
+        require_lowered(cfg, "the experiments")
+        return cfg
     except ConfigError as exc:
         raise ConfigError(f"{opt}: {exc}") from None
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import GPTConfig, forward_flops_per_token, resolve_model
+from gpt_workload.config import GPTConfig, forward_flops_per_token
+from gpt_workload.models import require_lowered, resolve_model
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
@@ -47,7 +48,9 @@ def resolve_model_and_weights(
     weights; a preset name or ``config.json`` gets seeded GPT-2 initialisation.
 
     Raises:
-        ConfigError: unknown model; CheckpointError: malformed checkpoint or NaN weights.
+        ConfigError: unknown model, or a family not lowered yet
+            (:func:`gpt_workload.models.require_lowered`); CheckpointError: malformed
+            checkpoint or NaN weights.
     """
     if isinstance(model, GPTConfig):
         cfg = model
@@ -55,6 +58,7 @@ def resolve_model_and_weights(
     else:
         cfg = resolve_model(model)
         ckpt = checkpoint_dir(model)
+    require_lowered(cfg, "the lowerings (wse-sim run, train, sweep)")
     if weights is not None:
         weights.validate(cfg)
         return cfg, weights, "given"
