@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from gpt_workload.config import TEST_PRESETS, GPTConfig
+from gpt_workload.graph import OpGraph, prologue
 from gpt_workload.models import gpt2, gptj, llama, qwen2
 from gpt_workload.models.common import json_value
 from gpt_workload.models.weights import DecoderWeights, from_hf_state_dict, init_decoder_weights
@@ -28,6 +29,7 @@ from wse_sim.errors import CheckpointError, ConfigError
 __all__ = [
     "FAMILIES",
     "LOWERED",
+    "build_graph",
     "family_module",
     "init_model_weights",
     "list_by_family",
@@ -59,6 +61,19 @@ def family_module(cfg_or_family: GPTConfig | str) -> ModuleType:
             f"model field family={fam!r} is not supported: expected one of " + ", ".join(FAMILIES)
         )
     return FAMILIES[fam]
+
+
+def build_graph(cfg: GPTConfig) -> OpGraph:
+    """The op graph of ``cfg``: the shared prologue (embedding, learned positions if any),
+    the family's layer (its ``build_layer``) and its epilogue (final norm, LM head).
+
+    Raises:
+        ConfigError: unknown family.
+    """
+    mod = family_module(cfg)
+    return OpGraph(
+        cfg, tuple(prologue(cfg)), tuple(mod.build_layer(cfg)), tuple(mod.build_epilogue(cfg))
+    )
 
 
 def presets() -> dict[str, GPTConfig]:

@@ -12,10 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from gpt_workload.config import ACTIVATIONS, GPTConfig
+from gpt_workload.graph import Op, attention, epilogue, linear, norm, rotary
 from gpt_workload.models.common import check_heads, flag, json_value, positive_int, positive_real
 from wse_sim.errors import ConfigError
 
-__all__ = ["ARCHITECTURE", "MODEL_TYPE", "PRESETS", "SOURCES", "from_hf_dict", "to_hf_dict"]
+__all__ = [
+    "ARCHITECTURE",
+    "MODEL_TYPE",
+    "PRESETS",
+    "SOURCES",
+    "build_epilogue",
+    "build_layer",
+    "from_hf_dict",
+    "to_hf_dict",
+]
 
 MODEL_TYPE = "gptj"
 ARCHITECTURE = "GPTJForCausalLM"
@@ -139,3 +149,30 @@ PRESETS: dict[str, GPTConfig] = {
     )
 }
 SOURCES: dict[str, str] = {"gpt-j-6b": "huggingface.co/EleutherAI/gpt-j-6b/config.json"}
+
+
+def build_layer(cfg: GPTConfig) -> list[Op]:
+    """One GPT-J block: one LayerNorm feeding attention (partial rotary on Q and K) and the
+    MLP in parallel; both add to the residual (params: ``DecoderLayer``)."""
+    qb, kb, vb = ("q_b", "k_b", "v_b") if cfg.qkv_bias else (None, None, None)
+    return [
+        norm("layernorm_1", cfg, "x", "a", "norm_1_g", "norm_1_b"),
+        linear("q_proj", "a", "q", "q_w", qb, "d", "d"),
+        linear("k_proj", "a", "k", "k_w", kb, "d", "kv"),
+        linear("v_proj", "a", "v", "v_w", vb, "d", "kv"),
+        rotary("rotary_q", cfg, "q", "qr", "H"),
+        rotary("rotary_k", cfg, "k", "kr", "KV"),
+        attention("attention", "qr", "kr", "v", "o"),
+        linear("attn_proj", "o", "ao", "o_w", "o_b" if cfg.attn_out_bias else None, "d", "d"),
+        linear("ffn_up", "a", "u", "up_w", "up_b" if cfg.mlp_bias else None, "d", "ff"),
+        Op("gelu", "activation", ("u",), ("g",), (), (("B", "T", "ff"),), {"fn": cfg.activation}),
+        linear("ffn_down", "g", "f", "down_w", "down_b" if cfg.mlp_bias else None, "ff", "d"),
+        Op("residual", "add", ("x", "ao", "f"), ("out",), (), (("B", "T", "d"),)),
+    ]  # fmt: skip
+
+
+def build_epilogue(cfg: GPTConfig) -> list[Op]:
+    """Final LayerNorm and the LM head (untied, with a bias, unless the config says else)."""
+    head = "wte" if cfg.tie_embeddings else "lm_head_w"
+    bias = "lm_head_b" if (cfg.lm_head_bias and not cfg.tie_embeddings) else None
+    return epilogue(cfg, "norm_f_g", "norm_f_b", head, bias)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.graph import Op, attention, epilogue, linear, norm, rotary
 from gpt_workload.models.common import (
     check_heads,
     flag,
@@ -31,6 +32,8 @@ __all__ = [
     "MODEL_TYPE",
     "PRESETS",
     "SOURCES",
+    "build_epilogue",
+    "build_layer",
     "from_hf_dict",
     "parse_llama_like",
     "to_hf_dict",
@@ -223,3 +226,34 @@ SOURCES: dict[str, str] = {
     "llama-3.1-70b": "huggingface.co/meta-llama/Llama-3.1-70B/config.json",
     "llama-3.1-405b": "huggingface.co/meta-llama/Llama-3.1-405B/config.json",
 }
+
+
+def build_layer(cfg: GPTConfig) -> list[Op]:
+    """One Llama block: RMSNorm, Q/K/V (biases if the config has them: Qwen2), rotary on Q and
+    K, grouped-query attention, output projection, residual; RMSNorm, SwiGLU MLP, residual
+    (params: ``DecoderLayer``)."""
+    qb, kb, vb = ("q_b", "k_b", "v_b") if cfg.qkv_bias else (None, None, None)
+    mb = cfg.mlp_bias
+    return [
+        norm("input_norm", cfg, "x", "a", "norm_1_g", None),
+        linear("q_proj", "a", "q", "q_w", qb, "d", "d"),
+        linear("k_proj", "a", "k", "k_w", kb, "d", "kv"),
+        linear("v_proj", "a", "v", "v_w", vb, "d", "kv"),
+        rotary("rotary_q", cfg, "q", "qr", "H"),
+        rotary("rotary_k", cfg, "k", "kr", "KV"),
+        attention("attention", "qr", "kr", "v", "o"),
+        linear("attn_proj", "o", "ao", "o_w", "o_b" if cfg.attn_out_bias else None, "d", "d"),
+        Op("residual_1", "add", ("x", "ao"), ("h1",), (), (("B", "T", "d"),)),
+        norm("post_attention_norm", cfg, "h1", "m", "norm_2_g", None),
+        linear("ffn_gate", "m", "gt", "gate_w", "gate_b" if mb else None, "d", "ff"),
+        linear("ffn_up", "m", "u", "up_w", "up_b" if mb else None, "d", "ff"),
+        Op("silu", "activation", ("gt",), ("s",), (), (("B", "T", "ff"),), {"fn": cfg.activation}),
+        Op("swiglu", "mul", ("s", "u"), ("p",), (), (("B", "T", "ff"),)),
+        linear("ffn_down", "p", "f", "down_w", "down_b" if mb else None, "ff", "d"),
+        Op("residual_2", "add", ("h1", "f"), ("out",), (), (("B", "T", "d"),)),
+    ]  # fmt: skip
+
+
+def build_epilogue(cfg: GPTConfig) -> list[Op]:
+    """Final RMSNorm and the LM head (untied unless ``tie_word_embeddings``)."""
+    return epilogue(cfg, "norm_f_g", None, "wte" if cfg.tie_embeddings else "lm_head_w", None)

@@ -21,6 +21,9 @@ HF_LAYER_NAMES = llama.HF_LAYER_NAMES
 HF_TOP_NAMES = llama.HF_TOP_NAMES
 HF_LAYER_PREFIX = llama.HF_LAYER_PREFIX
 HF_IGNORED = llama.HF_IGNORED
+#: The layer sequence is Llama's; the Q/K/V biases come from ``cfg.qkv_bias``.
+build_layer = llama.build_layer
+build_epilogue = llama.build_epilogue
 
 
 def from_hf_dict(d: dict, name: str, *, source: str = "config.json") -> GPTConfig:
