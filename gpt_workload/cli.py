@@ -279,7 +279,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from gpt_workload.models import LOWERED, list_by_family
 
     for family, rows in list_by_family(include_test=True).items():
-        state = "lowered" if family in LOWERED else "config, weights, graph, reference; not lowered yet"
+        state = (
+            "lowered"
+            if family in LOWERED
+            else "config, weights, graph, reference; not lowered yet"
+        )
         t = Table(title=f"family {family} ({state})", title_justify="left")
         for c in ("name", "n_layer", "d_model", "n_head", "kv_heads", "d_ff", "vocab", "params"):
             t.add_column(c)

@@ -101,7 +101,9 @@ class Op:
         if self.kind not in OP_KINDS:
             raise ConfigError(f"op {self.name}: kind={self.kind!r} is not one of {list(OP_KINDS)}")
         if len(self.shape) != len(self.outputs):
-            raise ConfigError(f"op {self.name}: {len(self.outputs)} outputs, {len(self.shape)} shapes")
+            raise ConfigError(
+                f"op {self.name}: {len(self.outputs)} outputs, {len(self.shape)} shapes"
+            )
 
 
 def linear(name: str, x: str, out: str, w: str, b: str | None, n_in: str, n_out: str) -> Op:
@@ -139,7 +141,9 @@ def prologue(cfg: GPTConfig) -> list[Op]:
     return ops
 
 
-def epilogue(cfg: GPTConfig, norm_g: str, norm_b: str | None, head: str, head_b: str | None) -> list[Op]:
+def epilogue(
+    cfg: GPTConfig, norm_g: str, norm_b: str | None, head: str, head_b: str | None
+) -> list[Op]:
     """Final norm and the LM head (``head`` the ``[V, d]`` matrix field, tied or not)."""
     params = (head,) if head_b is None else (head, head_b)
     return [

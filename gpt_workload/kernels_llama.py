@@ -152,7 +152,9 @@ def rotary_tables_f32(seq_len: int, rotary_dim: int, theta: float, scaling=None)
 
 
 @numba.njit(parallel=True, cache=True)
-def _rotary_kernel(x, seq_len, n_heads, rotary_dim, interleaved, cos, sin, sign, out):  # pragma: no cover
+def _rotary_kernel(
+    x, seq_len, n_heads, rotary_dim, interleaved, cos, sin, sign, out
+):  # pragma: no cover - jit
     n, width = x.shape
     dh = width // n_heads
     half = rotary_dim // 2
@@ -346,7 +348,9 @@ def gqa_attention_fwd(q: np.ndarray, k: np.ndarray, v: np.ndarray, seq_len: int,
 
 
 @numba.njit(parallel=True, cache=True)
-def _gqa_bwd_kernel(dout, q, k, v, probs, seq_len, n_head, n_kv, scale, dq, dk, dv):  # pragma: no cover
+def _gqa_bwd_kernel(
+    dout, q, k, v, probs, seq_len, n_head, n_kv, scale, dq, dk, dv
+):  # pragma: no cover - jit
     n_seq = q.shape[0] // seq_len
     dh = q.shape[1] // n_head
     group = n_head // n_kv

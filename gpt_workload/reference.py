@@ -221,7 +221,9 @@ def _run(op: Op, env: dict[str, Any], owner: Any, cfg: GPTConfig, cache: dict) -
         raise ConfigError(f"op {op.name}: kind {kind!r} has no reference")
 
 
-def reference_forward(cfg: GPTConfig, w: Any, tokens: np.ndarray, logits: bool = True) -> np.ndarray:
+def reference_forward(
+    cfg: GPTConfig, w: Any, tokens: np.ndarray, logits: bool = True
+) -> np.ndarray:
     """Logits of the forward pass of any family, computed in float64 by walking its graph.
 
     Args:

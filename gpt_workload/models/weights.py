@@ -102,7 +102,8 @@ class DecoderWeights:
         return self.wte if self.lm_head_w is None else self.lm_head_w
 
     def named_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
-        """``(name, array)`` for every parameter: ``wte``, ``layers.{i}.{field}``, ``norm_f_g``..."""
+        """``(name, array)`` for every parameter: ``wte``, ``layers.{i}.{field}``, then the
+        final norm and LM-head fields that exist."""
         yield "wte", self.wte
         for i, layer in enumerate(self.layers):
             for name, arr in layer.arrays():
