@@ -163,3 +163,22 @@ def test_cli_bad_config_and_unlowered_family_exit_2(tmp_path) -> None:
         p = _cli("run", "--model", name, "--arch", "grid8")
         assert p.returncode == 2 and "not lowered onto the wafer yet" in p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_structural_fields_outside_the_family_are_refused() -> None:
+    """A sweep's ``model.FIELD`` can build configs no family implements: GQA or RMSNorm on a
+    gpt2 config, a layernorm llama. They are refused in one line, never run as gpt2."""
+    tiny = models.resolve_model("gpt-tiny")
+    for field, value in [("n_kv_heads", 2), ("norm", "rmsnorm"), ("qkv_bias", False)]:
+        cfg = dataclasses.replace(tiny, **{field: value})
+        with pytest.raises(ConfigError, match=f"model field {field}=.* family gpt2"):
+            models.require_lowered(cfg)
+        with pytest.raises(ConfigError, match="not supported by family gpt2"):
+            models.build_graph(cfg)
+    llama = models.resolve_model("llama-3-8b")
+    with pytest.raises(ConfigError, match="norm='layernorm' is not supported by family llama"):
+        models.build_graph(dataclasses.replace(llama, norm="layernorm"))
+    with pytest.raises(ConfigError, match="family=.* is not supported"):
+        models.build_graph(dataclasses.replace(tiny, family="mistral"))
+    for name in NEW_PRESETS + ["cerebras-gpt-13b", "gpt-tiny"]:
+        models.check_family(models.resolve_model(name))

@@ -22,7 +22,7 @@ from typing import Any
 from gpt_workload.config import TEST_PRESETS, GPTConfig
 from gpt_workload.graph import OpGraph, prologue
 from gpt_workload.models import gpt2, gptj, llama, qwen2
-from gpt_workload.models.common import json_value
+from gpt_workload.models.common import check_fixed, json_value
 from gpt_workload.models.weights import DecoderWeights, from_hf_state_dict, init_decoder_weights
 from wse_sim.errors import CheckpointError, ConfigError
 
@@ -30,6 +30,7 @@ __all__ = [
     "FAMILIES",
     "LOWERED",
     "build_graph",
+    "check_family",
     "family_module",
     "init_model_weights",
     "list_by_family",
@@ -63,14 +64,26 @@ def family_module(cfg_or_family: GPTConfig | str) -> ModuleType:
     return FAMILIES[fam]
 
 
+def check_family(cfg: GPTConfig) -> ModuleType:
+    """The family module of ``cfg`` after checking that the config's structural fields are
+    the ones that family's layer implements (its ``FIXED``).
+
+    Raises:
+        ConfigError: unknown family or a field the family does not support (one line).
+    """
+    mod = family_module(cfg)
+    check_fixed(cfg, mod.FIXED)
+    return mod
+
+
 def build_graph(cfg: GPTConfig) -> OpGraph:
     """The op graph of ``cfg``: the shared prologue (embedding, learned positions if any),
     the family's layer (its ``build_layer``) and its epilogue (final norm, LM head).
 
     Raises:
-        ConfigError: unknown family.
+        ConfigError: unknown family, or a field the family does not support.
     """
-    mod = family_module(cfg)
+    mod = check_family(cfg)
     return OpGraph(
         cfg, tuple(prologue(cfg)), tuple(mod.build_layer(cfg)), tuple(mod.build_epilogue(cfg))
     )
@@ -180,8 +193,10 @@ def require_lowered(cfg: GPTConfig, what: str = "wse-sim run") -> None:
     """Refuse a family the lowerings do not handle yet, in one line.
 
     Raises:
-        ConfigError: ``cfg.family`` not in :data:`LOWERED`.
+        ConfigError: ``cfg.family`` not in :data:`LOWERED`, or a structural field its family
+            does not support (:func:`check_family`; e.g. a gpt2 config with GQA).
     """
+    check_family(cfg)
     if cfg.family not in LOWERED:
         raise ConfigError(
             f"model {cfg.name} is of family {cfg.family}, which is not lowered onto the wafer "

@@ -16,6 +16,7 @@ from gpt_workload.rope import RopeScaling
 from wse_sim.errors import ConfigError
 
 __all__ = [
+    "check_fixed",
     "check_heads",
     "flag",
     "json_value",
@@ -112,3 +113,23 @@ def rope_scaling(d: dict, source: str) -> RopeScaling | None:
         return RopeScaling(*(value[k] for k in keys))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def check_fixed(cfg: Any, fixed: dict[str, Any]) -> None:
+    """Refuse a config whose structural fields differ from what its family's layer builder
+    implements (e.g. a gpt2 config with ``n_kv_heads`` below ``n_head``, as a sweep's
+    ``model.FIELD`` could make): ``fixed`` maps a field to its required value or to a
+    function of the config giving it.
+
+    Raises:
+        ConfigError: ``"model field norm='rmsnorm' is not supported by family gpt2: expected
+            'layernorm'"``.
+    """
+    for key, value in fixed.items():
+        want = value(cfg) if callable(value) else value
+        have = getattr(cfg, key)
+        if have != want:
+            raise ConfigError(
+                f"model field {key}={have!r} is not supported by family {cfg.family}: "
+                f"expected {want!r}"
+            )

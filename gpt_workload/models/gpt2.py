@@ -28,6 +28,21 @@ ARCHITECTURE = "GPT2LMHeadModel"
 #: The seven Cerebras-GPT models (shapes: /work/shared/reference/cerebras_gpt.md).
 PRESETS = dict(_CEREBRAS)
 
+#: Fields the GPT-2 layer (:func:`build_layer`) and weights fix (checked by
+#: :func:`gpt_workload.models.check_family`).
+FIXED = {
+    "n_kv_heads": lambda c: c.n_head,
+    "norm": "layernorm",
+    "rotary_dim": 0,
+    "gated_mlp": False,
+    "parallel_block": False,
+    "qkv_bias": True,
+    "attn_out_bias": True,
+    "mlp_bias": True,
+    "lm_head_bias": False,
+    "tie_embeddings": True,
+}
+
 #: Citation per preset.
 SOURCES = {
     name: f"huggingface.co/cerebras/Cerebras-GPT-{name.split('-')[-1].upper()}/config.json "

@@ -56,6 +56,17 @@ HF_LAYER_PREFIX = "transformer.h.{i}."
 HF_IGNORED = r"transformer\.h\.\d+\.attn\.(bias|masked_bias)"
 
 
+#: Fields the GPT-J layer (:func:`build_layer`) fixes (checked by ``models.check_family``).
+FIXED = {
+    "n_kv_heads": lambda c: c.n_head,
+    "norm": "layernorm",
+    "learned_positions": False,
+    "rotary_interleaved": True,
+    "gated_mlp": False,
+    "parallel_block": True,
+}
+
+
 def from_hf_dict(d: dict, name: str, *, source: str = "config.json") -> GPTConfig:
     """A :class:`GPTConfig` of family ``gptj`` from a ``GPTJConfig`` dictionary.
 

@@ -74,6 +74,16 @@ HF_IGNORED = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
 
 _KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads")
 
+#: Fields the Llama layer (:func:`build_layer`) fixes (checked by ``models.check_family``).
+FIXED = {
+    "norm": "rmsnorm",
+    "rotary_dim": lambda c: c.d_head,
+    "rotary_interleaved": False,
+    "gated_mlp": True,
+    "parallel_block": False,
+    "lm_head_bias": False,
+}
+
 
 def parse_llama_like(
     d: dict, name: str, source: str, *, family: str, qkv_bias: bool | None = None

@@ -23,6 +23,8 @@ HF_LAYER_PREFIX = llama.HF_LAYER_PREFIX
 HF_IGNORED = llama.HF_IGNORED
 #: The layer sequence is Llama's; the Q/K/V biases come from ``cfg.qkv_bias``.
 build_layer = llama.build_layer
+#: Llama's fixed fields plus biases on Q, K and V only.
+FIXED = {**llama.FIXED, "qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
 build_epilogue = llama.build_epilogue
 
 
