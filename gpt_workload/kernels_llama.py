@@ -9,6 +9,12 @@ ops (a PE's features of its tokens), one (sequence, K/V head) for attention (the
 that holds the query heads sharing that K/V head, which the fabric multicasts to them).
 Moving them onto the tile layout of :mod:`gpt_workload.kernels` comes with the lowering.
 
+RMSNorm and rotary also come on that tile layout (:func:`rmsnorm_tiled`,
+:func:`rotary_tiled`, ``[S, P, m, F // P]`` as :mod:`gpt_workload.layout`), the two forward
+ops whose per-PE form differs from the row form: the norm's sum of squares is reduced across
+the segment's PEs in the chain order of :func:`gpt_workload.kernels.layernorm_tiled`, and
+rotary needs each slot's position and whole heads on a PE.
+
 Arithmetic is float32 with one rounding per operation (no fastmath); reductions run in the
 order each docstring states (ascending index). ``exp`` is the C library's float32 function.
 Each public function validates its arguments (``ValueError``/``TypeError``) and calls one
@@ -24,6 +30,8 @@ import numba
 import numpy as np
 
 __all__ = [
+    "rmsnorm_tiled",
+    "rotary_tiled",
     "gqa_attention_bwd",
     "gqa_attention_fwd",
     "rmsnorm_bwd",
@@ -409,3 +417,117 @@ def gqa_attention_bwd(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndar
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     _gqa_bwd_kernel(dout, q, k, v, probs, seq_len, n_head, n_kv, np.float32(scale), dq, dk, dv)
     return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------
+# tile-layout forms (weight-streaming mapping, head-per-PE)
+# --------------------------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True)
+def _rmsnorm_tiled_kernel(x, g, eps, out, segs_per_seq, seq_len):  # pragma: no cover - jit
+    n_seg, n_pe, m, ft = x.shape
+    width = np.float32(n_pe * ft)
+    for s in numba.prange(n_seg):
+        base_pos = (s % segs_per_seq) * m
+        for t in range(m):
+            if base_pos + t >= seq_len:
+                for j in range(n_pe):
+                    for f in range(ft):
+                        out[s, j, t, f] = 0
+                continue
+            total = np.float32(0)
+            for j in range(n_pe):
+                local = np.float32(0)
+                for f in range(ft):
+                    local = local + x[s, j, t, f] * x[s, j, t, f]
+                total = local if j == 0 else total + local
+            r = np.float32(1) / np.float32(math.sqrt(np.float32(total / width + eps)))
+            for j in range(n_pe):
+                for f in range(ft):
+                    out[s, j, t, f] = np.float32(x[s, j, t, f] * r) * g[j * ft + f]
+
+
+def rmsnorm_tiled(x_tiles: np.ndarray, g: np.ndarray, eps: float, out_tiles: np.ndarray, *,
+                  segs_per_seq: int, seq_len: int) -> np.ndarray:  # fmt: skip
+    """RMSNorm over the features of a tile array ``[S, P, m, ft]`` (``F = P * ft``).
+
+    Reduction order, per token slot: PE ``j`` sums ``x^2`` over its ``ft`` features
+    (ascending); the chain ``acc = l_0; acc = acc + l_j`` (``j = 1..P-1``) gives the sum;
+    ``r = 1 / sqrt(acc / F + eps)``; ``out = (x * r) * g``. Padded slots (position ``>=
+    seq_len``) get 0. ``out_tiles`` may be ``x_tiles``.
+
+    Raises:
+        TypeError, ValueError: as the other kernels (dtype, shapes, segment bookkeeping).
+    """
+    x_tiles = _f32("x_tiles", x_tiles, 4)
+    g = _f32("g", g, 1)
+    n_seg, n_pe, m, ft = x_tiles.shape
+    _same("g", g, (n_pe * ft,))
+    _check_tiles(out_tiles, x_tiles.shape, n_seg, segs_per_seq)
+    _rmsnorm_tiled_kernel(x_tiles, g, np.float32(eps), out_tiles, segs_per_seq, seq_len)
+    return out_tiles
+
+
+def _check_tiles(out, shape, n_seg, segs_per_seq):
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"out_tiles must be a float32 array of shape {shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out_tiles must be C-contiguous and writeable")
+    if segs_per_seq < 1 or n_seg % segs_per_seq:
+        raise ValueError(f"segs_per_seq={segs_per_seq} does not divide the {n_seg} segments")
+
+
+@numba.njit(parallel=True, cache=True)
+def _rotary_tiled_kernel(x, cos, sin, out, segs_per_seq, seq_len, d_head, rotary_dim,
+                         interleaved):  # pragma: no cover - jit  # fmt: skip
+    n_seg, n_pe, m, ft = x.shape
+    half = rotary_dim // 2
+    for s in numba.prange(n_seg):
+        base_pos = (s % segs_per_seq) * m
+        for j in range(n_pe):
+            for t in range(m):
+                p = base_pos + t
+                if p >= seq_len:
+                    for f in range(ft):
+                        out[s, j, t, f] = 0
+                    continue
+                for f in range(ft):
+                    out[s, j, t, f] = x[s, j, t, f]
+                for o in range(0, ft, d_head):
+                    for i in range(half):
+                        if interleaved:
+                            a, b = o + 2 * i, o + 2 * i + 1
+                        else:
+                            a, b = o + i, o + half + i
+                        x1, x2 = x[s, j, t, a], x[s, j, t, b]
+                        out[s, j, t, a] = np.float32(x1 * cos[p, i]) - np.float32(x2 * sin[p, i])
+                        out[s, j, t, b] = np.float32(x2 * cos[p, i]) + np.float32(x1 * sin[p, i])
+
+
+def rotary_tiled(x_tiles: np.ndarray, cos: np.ndarray, sin: np.ndarray, out_tiles: np.ndarray,
+                 *, segs_per_seq: int, seq_len: int, d_head: int, rotary_dim: int,
+                 interleaved: bool) -> np.ndarray:  # fmt: skip
+    """RoPE on a tile array whose PEs hold whole heads (``ft`` a multiple of ``d_head``), as
+    :func:`rotary_fwd` per head; slot ``t`` of segment ``s`` is at position
+    ``(s % segs_per_seq) * m + t``; padded slots get 0. ``out_tiles`` must not be
+    ``x_tiles``. Purely local to each PE: no fabric traffic.
+
+    Args:
+        cos, sin: float32 ``[>= S_seq * m, rotary_dim // 2]`` (:func:`rotary_tables_f32`).
+    """
+    x_tiles = _f32("x_tiles", x_tiles, 4)
+    cos, sin = _f32("cos", cos, 2), _f32("sin", sin, 2)
+    n_seg, n_pe, m, ft = x_tiles.shape
+    if d_head < 1 or ft % d_head:
+        raise ValueError(f"tile width {ft} is not a multiple of d_head={d_head} (whole heads)")
+    if rotary_dim % 2 or not 0 < rotary_dim <= d_head:
+        raise ValueError(f"rotary_dim={rotary_dim} must be even, in (0, d_head={d_head}]")
+    if cos.shape != sin.shape or cos.shape[0] < seq_len or cos.shape[1] != rotary_dim // 2:
+        raise ValueError(f"cos/sin must be [>= {seq_len}, {rotary_dim // 2}], got {cos.shape}")
+    _check_tiles(out_tiles, x_tiles.shape, n_seg, segs_per_seq)
+    if np.shares_memory(x_tiles, out_tiles):
+        raise ValueError("out_tiles must not overlap x_tiles")
+    _rotary_tiled_kernel(x_tiles, cos, sin, out_tiles, segs_per_seq, seq_len, d_head,
+                         rotary_dim, interleaved)  # fmt: skip
+    return out_tiles

@@ -136,3 +136,29 @@ def test_bad_arguments() -> None:
     cos, sin = kl.rotary_tables_f32(4, 2, 10000.0)
     with pytest.raises(ValueError, match="rotary_dim"):
         kl.rotary_fwd(x, 4, 2, 6, False, cos, sin)
+
+
+@pytest.mark.parametrize("interleaved,rotary_dim", [(False, 16), (True, 8)])
+def test_tiled_rmsnorm_and_rotary_match_reference(interleaved: bool, rotary_dim: int) -> None:
+    """The tile-layout forms on a head-per-PE layout (2 PEs x 2 heads, segments of 4 tokens,
+    T = 21 so the last segment is padded) equal the float64 reference per token."""
+    from gpt_workload.layout import TileLayout
+
+    rng = np.random.default_rng(6)
+    n_seq, t, heads, dh = 2, 21, 4, 16
+    lay = TileLayout(n_seq=n_seq, seq_len=t, m=4, P=2)
+    x = _rand(rng, n_seq, t, heads * dh)
+    g = 1 + _rand(rng, heads * dh, scale=0.1)
+    xt = lay.to_tiles(x)
+    out = np.empty_like(xt)
+    kl.rmsnorm_tiled(xt, g, 1e-5, out, segs_per_seq=lay.segs_per_seq, seq_len=t)
+    want = ref.rms_norm(x.astype(np.float64), g.astype(np.float64), 1e-5)
+    got = lay.from_tiles(out, heads * dh)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert not out.transpose(0, 2, 1, 3)[~lay.valid_mask()].any()  # padded slots are 0
+    cos, sin = kl.rotary_tables_f32(lay.padded_tokens, rotary_dim, 10000.0, SCALING)
+    kl.rotary_tiled(xt, cos, sin, out, segs_per_seq=lay.segs_per_seq, seq_len=t, d_head=dh,
+                    rotary_dim=rotary_dim, interleaved=interleaved)  # fmt: skip
+    want = ref.rotary(x.astype(np.float64), heads, rotary_dim, interleaved, 10000.0, SCALING)
+    got = lay.from_tiles(out, heads * dh)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
