@@ -310,29 +310,34 @@ def _cmd_arch(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from gpt_workload.config import list_models
+    from gpt_workload.models import LOWERED, list_by_family
 
-    t = Table(
-        title="model presets (Cerebras-GPT: Dey et al. 2023, arXiv 2304.03208)",
-        title_justify="left",
-    )
-    for c in ("name", "n_layer", "d_model", "n_head", "d_ff", "vocab", "params"):
-        t.add_column(c)
-    from gpt_workload.config import TEST_PRESETS
-
-    for m in list_models(include_test=True):
-        t.add_row(
-            m.name + (" (test model)" if m.name in TEST_PRESETS else ""),
-            str(m.n_layer),
-            str(m.d_model),
-            str(m.n_head),
-            str(m.d_ff),
-            str(m.vocab_size),
-            f"{m.n_params / 1e6:,.1f}M",
+    for family, rows in list_by_family(include_test=True).items():
+        state = (
+            "lowered"
+            if family in LOWERED
+            else "config, weights, graph, reference; not lowered yet"
         )
-    _console().print(t)
+        t = Table(title=f"family {family} ({state})", title_justify="left")
+        for c in ("name", "n_layer", "d_model", "n_head", "kv_heads", "d_ff", "vocab", "params"):
+            t.add_column(c)
+        t.add_column("source")
+        for m, source in rows:
+            t.add_row(
+                m.name + (" (test model)" if source == "test model" else ""),
+                str(m.n_layer),
+                str(m.d_model),
+                str(m.n_head),
+                str(m.n_kv_heads),
+                str(m.d_ff),
+                str(m.vocab_size),
+                f"{m.n_params / 1e6:,.1f}M",
+                "" if source == "test model" else source,
+            )
+        _console().print(t)
     _console().print(
-        "Any GPT-2-style Hugging Face config.json or checkpoint directory also works as --model."
+        "Any Hugging Face config.json or checkpoint directory of these families (model_type "
+        "gpt2, gptj, llama, qwen2) also works as --model."
     )
     return 0
 

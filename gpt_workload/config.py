@@ -21,10 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.rope import RopeScaling
 from wse_sim.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "GATED_ACTIVATIONS",
+    "NORMS",
+    "RopeScaling",
     "PRESETS",
     "PUBLISHED_TRAINING",
     "TEST_PRESETS",
@@ -33,7 +37,6 @@ __all__ = [
     "from_hf_dict",
     "list_models",
     "load_hf_config",
-    "resolve_model",
     "to_hf_dict",
 ]
 
@@ -44,7 +47,25 @@ ACTIVATIONS: dict[str, str] = {
     "gelu_pytorch_tanh": "tanh approximation (same formula as gelu_new)",
 }
 
+#: Activations of a gated MLP (SwiGLU: ``down(act(gate(x)) * up(x))``), as HF ``ACT2FN``.
+GATED_ACTIVATIONS: dict[str, str] = {"silu": "x * sigmoid(x) (SwiGLU gate, Shazeer 2020)"}
+
+#: Allowed values of :attr:`GPTConfig.norm`.
+NORMS: dict[str, str] = {
+    "layernorm": "(x - mean) / sqrt(var + eps) * g + b (Ba et al. 2016)",
+    "rmsnorm": "x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019)",
+}
+
 _INT_FIELDS = ("n_layer", "n_head", "d_model", "d_ff", "vocab_size", "n_positions")
+_BOOL_FIELDS = (
+    "rotary_interleaved",
+    "gated_mlp",
+    "parallel_block",
+    "qkv_bias",
+    "attn_out_bias",
+    "mlp_bias",
+    "lm_head_bias",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -61,7 +82,13 @@ def _is_real(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape and numerics of a GPT-2-architecture decoder (immutable, validated on creation).
+    """Shape and numerics of a decoder-only transformer (immutable, validated on creation).
+
+    The defaults of every field after ``tie_embeddings`` describe GPT-2 (Cerebras-GPT), so a
+    GPT-2 config is written exactly as before; the other families (``gptj``, ``llama``,
+    ``qwen2``; :mod:`gpt_workload.models`) set the fields that differ. The family names the
+    layer sequence (its graph builder, :mod:`gpt_workload.graph`); the fields say what each op
+    has (biases, GQA, rotary, norm kind).
 
     Attributes:
         name: identifier, e.g. ``"cerebras-gpt-111m"`` (non-empty string).
@@ -75,9 +102,25 @@ class GPTConfig:
         activation: MLP non-linearity, one of :data:`ACTIVATIONS` (``"gelu"`` is the exact erf
             form used by the Cerebras HF configs; ``"gelu_new"``/``"gelu_pytorch_tanh"`` are
             the tanh approximation).
-        tie_embeddings: the LM head reuses the token embedding ``wte``. Only ``True`` is
-            supported (every Cerebras-GPT model is tied; the weight container has no separate
-            LM-head matrix).
+        tie_embeddings: the LM head reuses the token embedding ``wte``. The ``gpt2`` family
+            must be tied (its weight container has no LM-head matrix); others may be untied.
+        family: the model family (``"gpt2"``, ``"gptj"``, ``"llama"``, ``"qwen2"``; checked
+            by :mod:`gpt_workload.models`).
+        n_kv_heads: key/value heads (grouped-query attention; ``None`` -> ``n_head``); must
+            divide ``n_head``. Query head ``h`` reads K/V head ``h // (n_head // n_kv_heads)``.
+        norm: ``"layernorm"`` or ``"rmsnorm"`` (:data:`NORMS`); ``layer_norm_eps`` is its eps.
+        rotary_dim: 0 for learned positions (``wpe``); else rotary embedding on the first
+            ``rotary_dim`` features of each head (even, ``<= d_head``), no position table.
+        rotary_interleaved: rotary pairs are adjacent features (GPT-J ``rotate_every_two``)
+            instead of the two halves (Llama ``rotate_half``).
+        rope_theta: rotary base (10,000 in GPT-J/Llama 2; 500,000 Llama 3; 1e6 Qwen2).
+        rope_scaling: :class:`RopeScaling` (Llama 3.1) or ``None``.
+        gated_mlp: SwiGLU MLP ``down(act(gate(x)) * up(x))`` (``activation`` from
+            :data:`GATED_ACTIVATIONS`) instead of ``down(act(up(x)))``.
+        parallel_block: attention and MLP read one norm of the same residual and both add to
+            it (GPT-J), instead of two sequential sub-blocks with a norm each.
+        qkv_bias, attn_out_bias, mlp_bias: whether the Q/K/V, attention output and MLP linears
+            have biases; lm_head_bias: whether the (untied) LM head has one (GPT-J).
 
     Raises:
         ConfigError: on the first invalid field, e.g.
@@ -94,6 +137,19 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     activation: str = "gelu"
     tie_embeddings: bool = True
+    family: str = "gpt2"
+    n_kv_heads: int | None = None
+    norm: str = "layernorm"
+    rotary_dim: int = 0
+    rotary_interleaved: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    gated_mlp: bool = False
+    parallel_block: bool = False
+    qkv_bias: bool = True
+    attn_out_bias: bool = True
+    mlp_bias: bool = True
+    lm_head_bias: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field and normalise NumPy scalars to ``int``/``float``."""
@@ -112,19 +168,71 @@ class GPTConfig:
         if not _is_real(eps) or not math.isfinite(float(eps)) or float(eps) <= 0.0:
             raise ConfigError(f"model field layer_norm_eps={eps!r} must be a finite number > 0")
         object.__setattr__(self, "layer_norm_eps", float(eps))
-        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+        for field in _BOOL_FIELDS:
+            if not isinstance(getattr(self, field), (bool, np.bool_)):
+                raise ConfigError(f"model field {field}={getattr(self, field)!r} must be a bool")
+            object.__setattr__(self, field, bool(getattr(self, field)))
+        acts = GATED_ACTIVATIONS if self.gated_mlp else ACTIVATIONS
+        if not isinstance(self.activation, str) or self.activation not in acts:
             raise ConfigError(
-                f"model field activation={self.activation!r} is not supported: expected one of "
-                + ", ".join(ACTIVATIONS)
+                f"model field activation={self.activation!r} is not supported"
+                + (" for a gated MLP" if self.gated_mlp else "")
+                + ": expected one of "
+                + ", ".join(acts)
             )
         if not isinstance(self.tie_embeddings, (bool, np.bool_)):
             raise ConfigError(f"model field tie_embeddings={self.tie_embeddings!r} must be a bool")
-        if not self.tie_embeddings:
+        if not isinstance(self.family, str) or not self.family.strip():
+            raise ConfigError(f"model field family={self.family!r} must be a non-empty string")
+        if not self.tie_embeddings and self.family == "gpt2":
             raise ConfigError(
-                "model field tie_embeddings=False is not supported: only an LM head tied to "
-                "the token embedding is modelled"
+                "model field tie_embeddings=False is not supported for family gpt2: only an LM "
+                "head tied to the token embedding is modelled"
             )
-        object.__setattr__(self, "tie_embeddings", True)
+        object.__setattr__(self, "tie_embeddings", bool(self.tie_embeddings))
+        self._validate_family_fields()
+
+    def _validate_family_fields(self) -> None:
+        """Validate GQA, norm and rotary fields (the ones the non-GPT-2 families set)."""
+        kv = self.n_head if self.n_kv_heads is None else self.n_kv_heads
+        if not _is_int(kv) or kv <= 0 or self.n_head % kv != 0:
+            raise ConfigError(
+                f"model field n_kv_heads={self.n_kv_heads!r} must be a positive integer "
+                f"dividing n_head={self.n_head}"
+            )
+        object.__setattr__(self, "n_kv_heads", int(kv))
+        if self.norm not in NORMS:
+            raise ConfigError(
+                f"model field norm={self.norm!r} is not supported: expected one of "
+                + ", ".join(NORMS)
+            )
+        rd = self.rotary_dim
+        if not _is_int(rd) or rd < 0 or rd % 2 or rd > self.d_head:
+            raise ConfigError(
+                f"model field rotary_dim={rd!r} must be an even integer in [0, "
+                f"d_head={self.d_head}] (0: learned positions)"
+            )
+        object.__setattr__(self, "rotary_dim", int(rd))
+        theta = self.rope_theta
+        if not _is_real(theta) or not math.isfinite(float(theta)) or float(theta) <= 1.0:
+            raise ConfigError(f"model field rope_theta={theta!r} must be a finite number > 1")
+        object.__setattr__(self, "rope_theta", float(theta))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(
+                f"model field rope_scaling={self.rope_scaling!r} must be a RopeScaling or None"
+            )
+        if self.rope_scaling is not None and rd == 0:
+            raise ConfigError("model field rope_scaling is set but rotary_dim=0 (no rotary)")
+
+    @property
+    def learned_positions(self) -> bool:
+        """True when positions come from a learned table ``wpe`` (``rotary_dim == 0``)."""
+        return self.rotary_dim == 0
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of K (and of V): ``n_kv_heads * d_head`` (``d_model`` without GQA)."""
+        return int(self.n_kv_heads) * self.d_head
 
     @property
     def d_head(self) -> int:
@@ -133,9 +241,9 @@ class GPTConfig:
 
     @property
     def n_non_embedding_params(self) -> int:
-        """Parameters outside ``wte`` and ``wpe`` (the "N" of Kaplan et al. 2020).
+        """Parameters outside the embeddings and the LM head (the "N" of Kaplan et al. 2020).
 
-        Formula, with d = d_model and f = d_ff::
+        Formula for GPT-2 (the default fields), with d = d_model and f = d_ff::
 
             n_layer * (2*2*d            # ln_1 and ln_2 gain + bias
                        + d*3d + 3d      # attn.c_attn weight + bias
@@ -144,20 +252,31 @@ class GPTConfig:
                        + f*d + d)       # mlp.c_proj weight + bias
             + 2*d                       # ln_f gain + bias
 
-        The tied LM head adds no parameters.
+        In general: each norm has ``2d`` (LayerNorm) or ``d`` (RMSNorm) parameters, one per
+        sub-block (one per layer with ``parallel_block``) plus the final one; Q is ``d x d``,
+        K and V are ``d x kv_dim`` each (GQA); a gated MLP has two ``d x f`` input matrices;
+        biases as the ``*_bias`` fields say. The LM head (tied or not) is not counted.
         """
-        d, f = self.d_model, self.d_ff
-        per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
-        return self.n_layer * per_layer + 2 * d
+        d, f, kv = self.d_model, self.d_ff, self.kv_dim
+        norm = 2 * d if self.norm == "layernorm" else d
+        qkv = d * (d + 2 * kv) + ((d + 2 * kv) if self.qkv_bias else 0)
+        out = d * d + (d if self.attn_out_bias else 0)
+        n_in = 2 if self.gated_mlp else 1
+        mlp = n_in * d * f + f * d + ((n_in * f + d) if self.mlp_bias else 0)
+        norms = norm if self.parallel_block else 2 * norm
+        return self.n_layer * (norms + qkv + out + mlp) + norm
 
     @property
     def n_params(self) -> int:
-        """Total parameter count: ``vocab_size*d_model + n_positions*d_model`` (wte + wpe) plus
-        :attr:`n_non_embedding_params`. The tied LM head is counted once (as ``wte``), which is
+        """Total parameter count: ``vocab_size*d_model`` (wte), ``n_positions*d_model`` (wpe,
+        learned positions only), the untied LM head (``vocab_size*d_model`` plus its bias) and
+        :attr:`n_non_embedding_params`. A tied LM head is counted once (as ``wte``), which is
         what ``sum(p.numel() for p in GPT2LMHeadModel(...).parameters())`` reports.
         """
-        embeddings = (self.vocab_size + self.n_positions) * self.d_model
-        return embeddings + self.n_non_embedding_params
+        d, v = self.d_model, self.vocab_size
+        embeddings = v * d + (self.n_positions * d if self.learned_positions else 0)
+        head = 0 if self.tie_embeddings else v * d + (v if self.lm_head_bias else 0)
+        return embeddings + head + self.n_non_embedding_params
 
 
 def forward_flops_per_token(cfg: GPTConfig, seq_len: int) -> dict[str, int]:
@@ -507,52 +626,3 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-
-
-def resolve_model(spec: str) -> GPTConfig:
-    """Turn a user's model argument into a :class:`GPTConfig`.
-
-    Args:
-        spec: a preset name (case-insensitive, e.g. ``"Cerebras-GPT-111M"`` or ``"gpt-tiny"``),
-            a path to a Hugging Face ``config.json``, or a checkpoint directory containing
-            ``config.json``. Files are named after their directory.
-
-    Raises:
-        ConfigError: unknown spec (the message lists the presets), a directory without
-            ``config.json`` or without weights (:data:`WEIGHT_FILES`; a ``config.json``
-            alone runs on seeded weights only when given as a file path), malformed JSON, or
-            an invalid/unsupported field.
-    """
-    if not isinstance(spec, (str, os.PathLike)):
-        raise ConfigError(f"model={spec!r} must be a preset name or a path")
-    text = os.fspath(spec)
-    key = text.strip().lower()
-    if not key:
-        names = ", ".join(PRESETS)
-        raise ConfigError(
-            f"model={text!r} is empty: expected a preset ({names}), a config.json path or a "
-            "checkpoint directory"
-        )
-    if key in PRESETS:
-        return PRESETS[key]
-    if key in TEST_PRESETS:
-        return TEST_PRESETS[key]
-    p = Path(text)
-    if p.is_dir():
-        cfg_file = p / "config.json"
-        if not cfg_file.is_file():
-            raise ConfigError(f"model directory {p} has no config.json")
-        cfg = load_hf_config(cfg_file)
-        if not any((p / f).is_file() for f in WEIGHT_FILES):
-            raise ConfigError(
-                f"model directory {p} holds no weights (none of {', '.join(WEIGHT_FILES)}); "
-                f"give its config.json path ({cfg_file}) to run on seeded weights"
-            )
-        return cfg
-    if p.is_file():
-        return load_hf_config(p)
-    names = ", ".join(list(PRESETS) + [f"{n} (test model)" for n in TEST_PRESETS])
-    raise ConfigError(
-        f"unknown model {text!r}: expected one of {names}, a config.json path or a "
-        "checkpoint directory"
-    )

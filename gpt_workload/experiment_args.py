@@ -8,7 +8,7 @@ is 2, nothing is simulated and nothing is written; never a traceback. A script t
    line too, with no usage block);
 2. checks every option up front with the ``parse_*`` / ``check_*`` helpers below, which raise
    :class:`wse_sim.errors.ConfigError` with such a line (they reuse the project's own
-   validators: :func:`gpt_workload.config.resolve_model`, :func:`wse_sim.arch.load_arch`,
+   validators: :func:`gpt_workload.models.resolve_model`, :func:`wse_sim.arch.load_arch`,
    :func:`gpt_workload.precision.check_precision`, the arch field ranges);
 3. runs inside :func:`run_main`, which turns any :class:`~wse_sim.errors.WseSimError` or
    ``OSError`` into that line and returns 2.
@@ -178,12 +178,15 @@ def check_model(opt: str, name: str) -> GPTConfig:
 
     Raises:
         ConfigError: ``OPT: unknown model 'x': expected one of <presets>, ...`` (the message
-            of :func:`gpt_workload.config.resolve_model`, prefixed with ``opt``).
+            of :func:`gpt_workload.models.resolve_model`, prefixed with ``opt``); a family
+            not lowered yet.
     """
-    from gpt_workload.config import resolve_model
+    from gpt_workload.models import require_lowered, resolve_model
 
     try:
-        return resolve_model(name)
+        cfg = resolve_model(name)
+        require_lowered(cfg, "the experiments")
+        return cfg
     except ConfigError as exc:
         raise ConfigError(f"{opt}: {exc}") from None
 

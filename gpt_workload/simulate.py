@@ -15,12 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import (
-    WEIGHT_FILES,
-    GPTConfig,
-    forward_flops_per_token,
-    resolve_model,
-)
+from gpt_workload.config import WEIGHT_FILES, GPTConfig, forward_flops_per_token
+from gpt_workload.models import require_lowered, resolve_model
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
@@ -53,7 +49,9 @@ def resolve_model_and_weights(
     weights; a preset name or ``config.json`` gets seeded GPT-2 initialisation.
 
     Raises:
-        ConfigError: unknown model; CheckpointError: malformed checkpoint or NaN weights.
+        ConfigError: unknown model, or a family not lowered yet
+            (:func:`gpt_workload.models.require_lowered`); CheckpointError: malformed
+            checkpoint or NaN weights.
     """
     if isinstance(model, GPTConfig):
         cfg = model
@@ -61,6 +59,7 @@ def resolve_model_and_weights(
     else:
         cfg = resolve_model(model)
         ckpt = checkpoint_dir(model)
+    require_lowered(cfg, "the lowerings (wse-sim run, train, sweep)")
     if weights is not None:
         weights.validate(cfg)
         return cfg, weights, "given"
@@ -74,7 +73,7 @@ def resolve_model_and_weights(
 
 def checkpoint_dir(spec: str) -> Path | None:
     """``spec`` as a checkpoint directory if it is a directory (which
-    :func:`gpt_workload.config.resolve_model` has checked holds one of
+    :func:`gpt_workload.models.resolve_model` has checked holds one of
     :data:`WEIGHT_FILES`), else ``None`` (a preset name or a ``config.json`` file, which run
     on seeded weights)."""
     p = Path(spec)

@@ -445,14 +445,14 @@ def check_values(spec: SweepSpec) -> None:
     Raises:
         ConfigError: an unknown model, arch, mapping, precision or fidelity.
     """
-    from gpt_workload.config import resolve_model
     from gpt_workload.mappings import parse_mapping
+    from gpt_workload.models import require_lowered, resolve_model
     from gpt_workload.precision import check_precision
     from gpt_workload.simulate import FIDELITIES
     from wse_sim.arch import load_arch
 
     for m in {p["model"] for p in spec.points}:
-        resolve_model(m)
+        require_lowered(resolve_model(m), "sweeps")
     for a in {p["arch"] for p in spec.points}:
         load_arch(a)
     for p in {p["precision"] for p in spec.points}:
@@ -545,8 +545,8 @@ def simulate_point(config: PointConfig):
     Raises:
         ConfigError, FitError: as :func:`gpt_workload.simulate.simulate`.
     """
-    from gpt_workload.config import resolve_model
     from gpt_workload.mappings import parse_mapping
+    from gpt_workload.models import resolve_model
     from gpt_workload.simulate import simulate
     from wse_sim.arch import load_arch
 

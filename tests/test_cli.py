@@ -11,7 +11,7 @@ import pytest
 from report_keys import REPORT_KEYS
 from safetensors.numpy import load_file, save_file
 
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.weights import init_weights, save_safetensors
 
 

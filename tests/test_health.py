@@ -17,7 +17,7 @@ import pytest
 
 from gpt_workload import strict_json
 from gpt_workload.cli import main
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.health import (
     FORMAT_MAX,
     OVERFLOW_AT,

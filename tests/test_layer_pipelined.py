@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from gpt_workload.config import GPTConfig, resolve_model
+from gpt_workload.config import GPTConfig
+from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.mappings.gemm import gemm_plan
 from gpt_workload.mappings.layer_pipelined import TICK_CHUNKS, summa_resident_closed_form

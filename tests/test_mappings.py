@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gpt_workload.cli import main
-from gpt_workload.config import GPTConfig, resolve_model
+from gpt_workload.config import GPTConfig
+from gpt_workload.models import resolve_model
 from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.mappings import MAPPINGS, parse_mapping
 from gpt_workload.precision import unit_roundoff

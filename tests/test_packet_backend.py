@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt_workload.config import GPTConfig, resolve_model
+from gpt_workload.config import GPTConfig
+from gpt_workload.models import resolve_model
 from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.simulate import simulate
 from wse_sim.arch import load_arch

@@ -17,7 +17,8 @@ try:
 except ImportError:  # pragma: no cover - older/newer transformers: just pay for the init
     from contextlib import nullcontext as no_init_weights
 
-from gpt_workload.config import PRESETS, GPTConfig, resolve_model, to_hf_dict
+from gpt_workload.config import PRESETS, GPTConfig, to_hf_dict
+from gpt_workload.models import resolve_model
 from gpt_workload.reference import cross_entropy, erf, gelu, reference_forward
 from gpt_workload.weights import init_weights, to_hf_state_dict
 from wse_sim.errors import CheckpointError, ConfigError

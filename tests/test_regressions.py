@@ -11,7 +11,7 @@ import math
 import pytest
 
 from gpt_workload.cli import main
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.mappings.base import MAPPINGS
 from gpt_workload.training.lowering import plan_training
 from gpt_workload.training.train import time_training_step

@@ -9,7 +9,8 @@ import torch
 from report_keys import REPORT_KEYS
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt_workload.config import GPTConfig, resolve_model
+from gpt_workload.config import GPTConfig
+from gpt_workload.models import resolve_model
 from gpt_workload.precision import unit_roundoff
 from gpt_workload.reference import final_hidden, reference_forward
 from gpt_workload.simulate import simulate

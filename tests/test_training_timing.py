@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.config import forward_flops_per_token
+from gpt_workload.models import resolve_model
 from gpt_workload.training.lowering import layer_params, lower_training, plan_training
 from gpt_workload.training.train import swarmx_reduce_s, time_training_step
 from wse_sim.arch import load_arch

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt_workload.config import PRESETS, resolve_model, to_hf_dict
+from gpt_workload.config import PRESETS, to_hf_dict
+from gpt_workload.models import resolve_model
 from gpt_workload.weights import (
     GPTWeights,
     from_hf_state_dict,
