@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.config import forward_flops_per_token
+from gpt_workload.models import resolve_model
 from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.numerics import run_numerics
 from gpt_workload.simulate import default_batch

@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.simulate import FIDELITIES, default_batch, simulate
 from wse_sim.arch import load_arch

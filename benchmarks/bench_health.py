@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload import health
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.numerics import run_numerics
 from gpt_workload.precision import round_storage
 from gpt_workload.simulate import parse_mapping

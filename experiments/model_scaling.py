@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.config import PUBLISHED_TRAINING, list_models, resolve_model
+from gpt_workload.config import PUBLISHED_TRAINING, list_models
+from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     add_run_options,

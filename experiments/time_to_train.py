@@ -30,7 +30,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token, resolve_model
+from gpt_workload.config import PUBLISHED_TRAINING, forward_flops_per_token
+from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     check_arch,

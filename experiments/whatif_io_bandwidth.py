@@ -65,7 +65,8 @@ import csv
 import math
 from pathlib import Path
 
-from gpt_workload.config import forward_flops_per_token, resolve_model
+from gpt_workload.config import forward_flops_per_token
+from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     add_run_options,

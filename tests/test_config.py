@@ -20,9 +20,9 @@ from gpt_workload.config import (
     forward_flops_per_token,
     from_hf_dict,
     list_models,
-    resolve_model,
     to_hf_dict,
 )
+from gpt_workload.models import resolve_model
 from wse_sim.errors import ConfigError
 
 torch.set_num_threads(2)
