@@ -69,8 +69,8 @@ PUBLISHED = {
         "pe": ("published WSE-2 peak per PE", PUBLISHED_PE_PEAK_W, "[HC34]"),
     },
     "wse3": {
-        "wafer": ("published WSE-3 wafer power (same as CS-2's 15 kW)", PUBLISHED_WAFER_W,
-                  "[TH24], [TH22]"),
+        "wafer": ("published WSE-3 wafer power (same as CS-2 [TH24])", PUBLISHED_WAFER_W,
+                  "[TH22]"),
     },
 }
 
@@ -143,7 +143,7 @@ def per_joule(total_j: float, tokens: float = 0.0, flops: float = 0.0) -> dict[s
     (each only when its count is given, > 0). A ratio over 0 J is undefined: ``None``, and
     ``undefined`` maps it to the reason, so that the JSON stays strict (no ``Infinity``)."""
     d: dict[str, Any] = {}
-    why = "total energy is 0 J (every energy.* field is 0)"
+    why = "total energy is 0 J"
     undefined = {}
     if tokens > 0:
         d["j_per_token"] = total_j / tokens
