@@ -365,7 +365,8 @@ def parse_field(level: str, fname: str, raw: Any) -> Any:
     val = _coerce(level, fname, raw)
     f = {f.name: f for f in fields(LEVELS[level])}[fname]
     if not _in_range(f, val):
-        raise _range_error(level, f, val, raw.strip() if isinstance(raw, str) else None)
+        typed = raw.strip() if isinstance(raw, str) and level == "energy" else None
+        raise _range_error(level, f, val, typed)  # energy: quoted as typed (it has units)
     return val
 
 
