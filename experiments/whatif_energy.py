@@ -16,7 +16,18 @@ per action). What changes with each knob, and what is held (stated so the figure
 * **SIMD width** (``pe.fmac_fp16_per_cycle`` and ``fmac_bf16_per_cycle``): the FMAC lanes
   per cycle; the SRAM ports are widened in proportion (``sram_read/write_bytes_per_cycle``),
   as each lane reads two elements and writes one per cycle ([HC34]'s port model).
-  Energy per lane is held.
+  Energy per lane is held. A width is a power of two, 1 to 64 (``--simd``): the published
+  widths are 4 (WSE-1/2) and 8 (WSE-3) [NP], [WL], and the SRAM is 8 x 32-bit banks read
+  as 2 x 64-bit words per cycle at width 4 [HC34]; scaling those ports by ``W / 4`` gives
+  whole 32-bit banks only for powers of two (width 3 would need 1.5 64-bit read ports).
+  Lanes are counted from the width, so a fractional width (``2.5``) is refused too (the arch
+  requires whole ``pe.fmac_fp16/bf16_per_cycle``).
+* **Clock range**: ``--clock-ghz`` within 0.5x..2x the arch's clock (0.55..2.2 GHz on the
+  presets' 1.1 GHz [HC34]; the SDK's timing examples use 0.85 GHz [CSL]). The dynamic-energy
+  rule below (``V`` proportional to ``f``) is a first-order model of voltage scaling near the
+  nominal point; a factor of two either way is where it stops being defensible (near the
+  threshold voltage below, past the process's maximum supply above), so points outside are
+  refused rather than extrapolated (``--clock-ghz 100`` would report a GW-class wafer).
 * **Static power per PE** follows the PE's size and clock: proportional to its area, taken as
   half SRAM (scaling with ``S / S0``) and half logic (scaling with the SIMD width), and half
   of it the clock tree, proportional to ``f / f0``: ``static = static0 x (S/S0 + W/W0) / 2 x
@@ -54,9 +65,11 @@ from gpt_workload.experiment_args import (
     check_precision,
     check_seq_len,
     parse_floats,
+    parse_ints,
     run_main,
 )
 from gpt_workload.plots import save
+from gpt_workload.report import si
 from wse_sim.errors import ConfigError, WseSimError
 
 PROG = Path(__file__).name
@@ -109,17 +122,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def knobs(args: argparse.Namespace) -> tuple[list[float], list[float], list[float]]:
-    """``(SRAM KiB, clock GHz, SIMD width)`` lists of the options.
+#: SIMD widths allowed (powers of two, see the module docstring)
+SIMD_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
+#: clock range, as a factor of the arch's own clock (module docstring)
+CLOCK_RANGE = (0.5, 2.0)
+
+
+def knobs(
+    args: argparse.Namespace, clock0_ghz: float = 1.1
+) -> tuple[list[float], list[float], list[int]]:
+    """``(SRAM KiB, clock GHz, SIMD width)`` lists of the options; ``clock0_ghz`` is the
+    arch's clock (``pe.clock_hz``, 1.1 GHz on every preset [HC34]).
 
     Raises:
-        ConfigError: not a list of finite numbers > 0.
+        ConfigError: SRAM not finite numbers > 0; a clock outside :data:`CLOCK_RANGE` x
+            ``clock0_ghz``; a SIMD width not in :data:`SIMD_WIDTHS`.
     """
+    lo, hi = (round(f * clock0_ghz, 6) for f in CLOCK_RANGE)
+    simd = parse_ints("--simd", args.simd, 1, SIMD_WIDTHS[-1], example="2,4,8")
+    for w in simd:
+        if w not in SIMD_WIDTHS:
+            raise ConfigError(
+                f"--simd {args.simd!r} is not allowed: SIMD widths are powers of two "
+                f"({', '.join(map(str, SIMD_WIDTHS))}); {w} is not"
+            )
     return (
         parse_floats("--sram-kib", args.sram_kib, 0, lo_open=True),
-        parse_floats("--clock-ghz", args.clock_ghz, 0, lo_open=True),
-        parse_floats("--simd", args.simd, 0, lo_open=True),
-    )
+        parse_floats("--clock-ghz", args.clock_ghz, lo, hi,
+                     example=f"{lo:g}..{hi:g} GHz: 0.5x..2x the arch's {clock0_ghz:g} GHz"),
+        simd,
+    )  # fmt: skip
 
 
 DYNAMIC_FIELDS = (
@@ -161,7 +193,7 @@ def validate(args: argparse.Namespace) -> None:
     """
     cfg = check_model("--model", args.model)
     arch = check_arch("--arch", args.arch)
-    sram, clock, simd = knobs(args)
+    sram, clock, simd = knobs(args, arch.pe.clock_hz / 1e9)
     for text, v in zip(args.sram_kib.split(","), sram, strict=True):
         check_arch_field("--sram-kib", text.strip(), arch, "pe.sram_bytes", int(v * KIB))
     for text, v in zip(args.clock_ghz.split(","), clock, strict=True):
@@ -208,7 +240,7 @@ def point(args, arch, sram_kib: float, clock_ghz: float, simd: float) -> dict:
     except WseSimError as exc:
         return {**row, "status": "error", "error": " ".join(str(exc).split())}
     e = rep.energy
-    c = e["components_j"]
+    c = e["components_j_per_system"]
     return {
         **row,
         "status": "ok",
@@ -231,10 +263,11 @@ def point(args, arch, sram_kib: float, clock_ghz: float, simd: float) -> dict:
 
 def mark_pareto(rows: list[dict]) -> None:
     """Set ``pareto`` on every ok row that no other ok row beats on both tokens/s and tokens/J
-    (at least as good on both, better on one)."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    (at least as good on both, better on one); a row with undefined tokens/J (0 J) is on no
+    front."""
+    ok = [r for r in rows if r["status"] == "ok" and r["tokens_per_j"] is not None]
     for r in rows:
-        r["pareto"] = r["status"] == "ok" and not any(
+        r["pareto"] = r in ok and not any(
             o["tokens_per_s"] >= r["tokens_per_s"]
             and o["tokens_per_j"] >= r["tokens_per_j"]
             and (o["tokens_per_s"] > r["tokens_per_s"] or o["tokens_per_j"] > r["tokens_per_j"])
@@ -249,7 +282,7 @@ def figure(args, rows):
 
     fig = Figure(figsize=(9, 6.2), layout="constrained")
     ax = fig.subplots()
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and r["tokens_per_j"] is not None]
     clocks = sorted({r["clock_ghz"] for r in ok})
     simds = sorted({r["simd"] for r in ok})
     srams = sorted({r["sram_kib"] for r in ok})
@@ -292,7 +325,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from wse_sim.arch import load_arch
 
     arch = load_arch(args.arch)
-    sram, clock, simd = knobs(args)
+    sram, clock, simd = knobs(args, arch.pe.clock_hz / 1e9)
     rows = [point(args, arch, s, c, w) for s, c, w in itertools.product(sram, clock, simd)]
     mark_pareto(rows)
     out = Path(args.out)
@@ -320,9 +353,10 @@ def main(argv=None) -> int:
             if r["status"] != "ok":
                 print(head + r["error"])
                 continue
+            tpj = "undefined (0 J)" if r["tokens_per_j"] is None else f"{r['tokens_per_j']:.4g}"
             print(
-                head + f"{r['tokens_per_s']:10,.0f} tokens/s, {r['tokens_per_j']:6.2f} tokens/J, "
-                f"wafer {r['wafer_avg_w'] / 1e3:5.1f} kW" + ("  <- Pareto" if r["pareto"] else "")
+                head + f"{r['tokens_per_s']:10,.0f} tokens/s, {tpj} tokens/J, "
+                f"wafer {si(r['wafer_avg_w'], 'W')}" + ("  <- Pareto" if r["pareto"] else "")
             )
         out = Path(args.out)
         print(f"wrote {out / 'whatif_energy.csv'}, {out / 'whatif_energy.png'}")

@@ -328,6 +328,37 @@ def add_power_to_timeline(timeline: dict, energy) -> None:
         row["system_power_w"] = s
 
 
+def per_joule_text(e: dict, key: str, unit: str) -> str:
+    """``si(e[key], unit)``, or ``"<unit> undefined (<reason>)"`` when the ratio is ``None``
+    (a run of 0 J, :func:`wse_sim.energy.per_joule`)."""
+    v = e.get(key)
+    if v is None:
+        why = (e.get("undefined") or {}).get(key, "not computed")
+        return f"{unit} undefined ({why})"
+    return si(v, unit)
+
+
+def published_rows(p: dict) -> list[tuple[str, str]]:
+    """The ``vs published`` row of an energy summary's ``published`` dict, with each figure
+    labelled (which chip) and cited; says so when the arch has no published figure."""
+    if not p:
+        return []
+    if "none" in p:
+        return [("vs published", p["none"])]
+    text = (
+        f"wafer avg / {p['published_wafer_label']} {si(p['published_wafer_w'], 'W')} "
+        f"{p['published_wafer_source']} = {p['wafer_avg_w_ratio']:.2f}; "
+    )
+    if "published_pe_peak_w" in p:
+        text += (
+            f"PE peak / {p['published_pe_label']} {si(p['published_pe_peak_w'], 'W')} "
+            f"{p['published_pe_source']} = {p['pe_peak_w_ratio']:.2f}"
+        )
+    else:
+        text += p.get("published_pe_none", "")
+    return [("vs published", text)]
+
+
 def energy_console_rows(r) -> list[tuple[str, str]]:
     """(label, value) rows of the energy summary (empty when the run has no energy)."""
     e = getattr(r, "energy", None) or {}
@@ -340,7 +371,7 @@ def energy_console_rows(r) -> list[tuple[str, str]]:
             "energy",
             f"{si(e['total_j'], 'J')} (wafer {si(e['wafer_j'], 'J')}), "
             f"{si(e.get('j_per_token', 0.0), 'J')}/token, "
-            f"{si(e.get('flop_per_j', 0.0), 'FLOP/J')}",
+            f"{per_joule_text(e, 'flop_per_j', 'FLOP/J')}",
         ),
         (
             "energy split",
@@ -355,17 +386,7 @@ def energy_console_rows(r) -> list[tuple[str, str]]:
             f"peak {si(e['pe_peak_w'], 'W')}",
         ),
     ]
-    p = e.get("published") or {}
-    if p:
-        rows.append(
-            (
-                "vs published",
-                f"wafer avg / {si(p['published_wafer_w'], 'W')} [TH22] = "
-                f"{p['wafer_avg_w_ratio']:.2f}; PE peak / {si(p['published_pe_peak_w'], 'W')} "
-                f"[HC34] = {p['pe_peak_w_ratio']:.2f}",
-            )
-        )
-    return rows
+    return rows + published_rows(e.get("published") or {})
 
 
 def energy_rows(r, by: str = "op") -> list[dict]:
@@ -394,6 +415,10 @@ ENERGY_COLUMNS = (
 )
 
 
+def _num(v) -> float | None:
+    return None if v is None else float(v)
+
+
 def energy_columns(r) -> dict[str, float | None]:
     """The :data:`ENERGY_COLUMNS` of a Report (``None`` each when it has no energy)."""
     e = getattr(r, "energy", None) or {}
@@ -402,9 +427,9 @@ def energy_columns(r) -> dict[str, float | None]:
     c = e["components_j"]
     return {
         "energy_j": float(e["total_j"]),
-        "energy_per_token_j": float(e.get("j_per_token", math.nan)),
-        "tokens_per_j": float(e.get("tokens_per_j", math.nan)),
-        "flop_per_j": float(e.get("flop_per_j", math.nan)),
+        "energy_per_token_j": _num(e.get("j_per_token")),
+        "tokens_per_j": _num(e.get("tokens_per_j")),  # None at 0 J (undefined)
+        "flop_per_j": _num(e.get("flop_per_j")),
         "wafer_avg_power_w": float(e["wafer_avg_w"]),
         "system_avg_power_w": float(e["system_avg_w"]),
         "peak_power_w": float(e["peak_w"]),

@@ -225,6 +225,10 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"sweep field {key}={value!r} must be a string")
         return value
+    if key.startswith("energy.") and isinstance(value, str):  # "6mW", as --set and TOML take
+        from wse_sim.energy_units import parse_quantity  # (range: per point, as numbers)
+
+        return parse_quantity(key.split(".", 1)[1], value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"sweep field {key}={value!r} must be a number")
     if typ is int:

@@ -191,7 +191,7 @@ def test_report_json_and_maps(tmp_path):
                    fidelity="analytic", overrides=["io.ingress_bytes_per_s=1e12"])  # fmt: skip
     d = rep.to_dict()
     assert set(d["energy"]["components_j"]) == set(COMPONENTS)
-    assert "published" in d["energy"] and d["energy"]["published"] == {}  # not a full wafer
+    assert "no published power figure for arch 'grid32'" in d["energy"]["published"]["none"]
     paths = rep.save_maps(tmp_path)
     npy = tmp_path / "pe_power_w_per_mm2.npy"
     assert npy in paths and (tmp_path / "pe_power_w_per_mm2.png") in paths

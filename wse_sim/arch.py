@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wse_sim.energy_units import field_unit, has_unit, parse_quantity
+from wse_sim.energy_units import field_unit, is_bare_number, parse_number, parse_quantity
 from wse_sim.errors import ConfigError
 
 try:  # Python >= 3.11
@@ -40,19 +41,37 @@ def _f(lo: float, hi: float, doc: str, *, lo_open: bool = False) -> Any:
     return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc})
 
 
+def _unit(level: str, name: str) -> str:
+    """`` <unit>`` of an energy field (its name carries it), else ``""``."""
+    return f" {field_unit(name)}" if level == "energy" else ""
+
+
+def _range_error(level: str, f: Any, v: Any, typed: str | None = None) -> ConfigError:
+    rel = ">" if f.metadata["lo_open"] else ">="
+    u = _unit(level, f.name)
+    if typed is None:
+        shown = f"{v!r}{u}"
+    elif isinstance(v, float) and math.isinf(v) and not re.search(r"inf", typed, re.I):
+        shown = f"{typed!r} (overflows a float in{u or ' the field unit'})"
+    else:
+        shown = f"{typed!r} (= {v:g}{u})"
+    return ConfigError(
+        f"arch field {level}.{f.name}={shown} is out of range: allowed {rel} "
+        f"{f.metadata['lo']:g}{u} and <= {f.metadata['hi']:g}{u} ({f.metadata['doc']})"
+    )
+
+
+def _in_range(f: Any, v: Any) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    lo, hi = f.metadata["lo"], f.metadata["hi"]
+    return ok and (v > lo if f.metadata["lo_open"] else v >= lo) and v <= hi
+
+
 def _check_range(level: str, obj: Any) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
-        lo, hi = f.metadata["lo"], f.metadata["hi"]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if ok:
-            ok = (v > lo if f.metadata["lo_open"] else v >= lo) and v <= hi
-        if not ok:
-            rel = ">" if f.metadata["lo_open"] else ">="
-            raise ConfigError(
-                f"arch field {level}.{f.name}={v!r} is out of range: allowed {rel} {lo:g} and "
-                f"<= {hi:g} ({f.metadata['doc']})"
-            )
+        if not _in_range(f, v):
+            raise _range_error(level, f, v)
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,23 @@ class WaferConfig:
         return self.rows * self.cols
 
 
+def _check_fmac_rates(pe: Any) -> None:
+    """FMAC rates count lanes (energy, lowering): fp16 / bf16 are SIMD widths, whole numbers;
+    fp32 is whole or ``1/n`` (one FMA every ``n`` cycles, 0.5 on the WSE-2 [NP])."""
+    for name in ("fmac_fp16_per_cycle", "fmac_bf16_per_cycle", "fmac_fp32_per_cycle"):
+        v = getattr(pe, name)
+        whole = float(v).is_integer()
+        fp32 = name == "fmac_fp32_per_cycle"
+        if whole or (fp32 and v < 1 and (1 / v).is_integer()):
+            continue
+        allowed = "a whole number (SIMD lanes)" + (
+            " or 1/n (one FMA every n cycles, e.g. 0.5)" if fp32 else ""
+        )
+        raise ConfigError(
+            f"arch field pe.{name}={v!r} is not allowed: FMACs per cycle must be {allowed}"
+        )
+
+
 @dataclass(frozen=True)
 class PEConfig:
     """One processing element: clock, SIMD FMAC rates per precision, SRAM."""
@@ -87,6 +123,7 @@ class PEConfig:
 
     def __post_init__(self) -> None:
         _check_range("pe", self)
+        _check_fmac_rates(self)
         if self.sram_reserved_bytes >= self.sram_bytes:
             raise ConfigError(
                 f"arch field pe.sram_reserved_bytes={self.sram_reserved_bytes} must be < "
@@ -298,19 +335,38 @@ def _coerce(level: str, fname: str, raw: Any) -> Any:
     want_int = ftype in (int, "int")
     if level == "energy" and isinstance(raw, str):
         return parse_quantity(fname, raw)
-    try:
-        if isinstance(raw, str):
-            val = float(raw.strip().replace("_", ""))
-        elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise ValueError
-        else:
-            val = float(raw)
-    except (ValueError, OverflowError):
-        raise ConfigError(f"arch field {level}.{fname}={raw!r} is not a number") from None
+    if isinstance(raw, str):
+        val = parse_number(raw)
+    elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        val = None
+    else:
+        val = float(raw)
+    if val is None:
+        raise ConfigError(
+            f"arch field {level}.{fname}={raw!r} is not a number (digits may be grouped with "
+            f"single underscores, e.g. 98_304)"
+        )
     if want_int:
         if not math.isfinite(val) or val != int(val):
             raise ConfigError(f"arch field {level}.{fname}={raw!r} must be an integer")
         return int(val)
+    return val
+
+
+def parse_field(level: str, fname: str, raw: Any) -> Any:
+    """The value of arch field ``level.fname`` given as ``raw`` (a number, or a string as
+    ``--set`` and TOML give it, with a unit for an energy field), range-checked.
+
+    Raises:
+        ConfigError: unknown field, not a number, a wrong unit, or out of range; the
+            message quotes ``raw`` as typed and names the field's unit.
+    """
+    _check_known(level, fname)
+    val = _coerce(level, fname, raw)
+    f = {f.name: f for f in fields(LEVELS[level])}[fname]
+    if not _in_range(f, val):
+        typed = raw.strip() if isinstance(raw, str) and level == "energy" else None
+        raise _range_error(level, f, val, typed)  # energy: quoted as typed (it has units)
     return val
 
 
@@ -321,8 +377,7 @@ def _parse_override(ov: str) -> tuple[str, str, Any]:
         )
     key, raw = ov.split("=", 1)
     level, fname = key.strip().split(".", 1)
-    _check_known(level, fname)
-    return level, fname, _coerce(level, fname, raw)
+    return level, fname, parse_field(level, fname, raw)
 
 
 def _check_known(level: str, fname: str) -> None:
@@ -351,8 +406,7 @@ def _build(
             raise ConfigError(f"arch {name!r}: missing field {lv}.{missing[0]}")
         kwargs = {}
         for k, v in vals.items():
-            _check_known(lv, k)
-            kwargs[k] = _coerce(lv, k, v)
+            kwargs[k] = parse_field(lv, k, v)
         built[lv] = cls(**kwargs)
     return ArchConfig(
         name=name, description=description, sources=dict(sources), overrides=overrides, **built
@@ -372,7 +426,7 @@ def _from_toml_dict(data: dict[str, Any], default_name: str) -> ArchConfig:
         levels[key] = {k: v for k, v in val.items() if k != "sources"}
         if key == "energy":
             for k, v in levels[key].items():
-                if isinstance(v, str) and not has_unit(v):
+                if isinstance(v, str) and is_bare_number(v):
                     raise ConfigError(
                         f"arch field energy.{k}={v!r} is unit-less: in a TOML file write a "
                         f"number (in the unit of the field name, {field_unit(k)}) or a string "

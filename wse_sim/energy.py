@@ -37,8 +37,8 @@ The dynamic components depend on the Program only, so every backend reports the 
 compute, SRAM and I/O energy for one Program and ``event`` and ``analytic`` the same fabric
 energy; the static energy follows each backend's simulated time. Energy is per system (one
 wafer). *Wafer* power is compute + SRAM + fabric + the wafer's static power, the figure
-Cerebras publishes (about 15 kW per WSE-2 [TH22]); *system* power adds I/O and the non-wafer
-parts.
+Cerebras publishes (about 15 kW per WSE-2 [TH22]; the same for the CS-3 [TH24]); *system*
+power adds I/O and the non-wafer parts.
 """
 
 from __future__ import annotations
@@ -61,6 +61,18 @@ PJ = 1e-12
 # Published figures the default run is held beside (shared/reference/wse_hardware.md, energy.md)
 PUBLISHED_WAFER_W = 15_000.0  # WSE-2 wafer power, ~15 kW [TH22] (CS-3: "same as CS-2" [TH24])
 PUBLISHED_PE_PEAK_W = 0.030  # "only takes 30 mW" per core, Hot Chips 34 [HC34]/[STH]
+#: published figures per preset (``ArchConfig.name``): label, value, source. WSE-3 has no
+#: published per-PE figure; its wafer power is "the same as CS-2" [TH24], i.e. ~15 kW [TH22].
+PUBLISHED = {
+    "wse2": {
+        "wafer": ("published WSE-2 wafer power", PUBLISHED_WAFER_W, "[TH22]"),
+        "pe": ("published WSE-2 peak per PE", PUBLISHED_PE_PEAK_W, "[HC34]"),
+    },
+    "wse3": {
+        "wafer": ("published WSE-3 wafer power (same as CS-2 [TH24])", PUBLISHED_WAFER_W,
+                  "[TH22]"),
+    },
+}
 
 # link traversals per injection from a PE, by pattern (see the module docstring); patterns not
 # listed are relayed (every hop is re-sent by a PE)
@@ -126,6 +138,26 @@ def kernel_dynamic_j(
     }
 
 
+def per_joule(total_j: float, tokens: float = 0.0, flops: float = 0.0) -> dict[str, Any]:
+    """``j_per_token``, ``tokens_per_j``, ``flop_per_j`` of a run of ``total_j`` joules
+    (each only when its count is given, > 0). A ratio over 0 J is undefined: ``None``, and
+    ``undefined`` maps it to the reason, so that the JSON stays strict (no ``Infinity``)."""
+    d: dict[str, Any] = {}
+    why = "total energy is 0 J"
+    undefined = {}
+    if tokens > 0:
+        d["j_per_token"] = total_j / tokens
+        d["tokens_per_j"] = tokens / total_j if total_j > 0 else None
+    if flops > 0:
+        d["flop_per_j"] = flops / total_j if total_j > 0 else None
+    for k in ("tokens_per_j", "flop_per_j"):
+        if k in d and d[k] is None:
+            undefined[k] = why
+    if undefined:
+        d["undefined"] = undefined
+    return d
+
+
 @dataclass
 class EnergyReport:
     """Energy and power of one run (one system).
@@ -186,7 +218,9 @@ class EnergyReport:
         return self.pe_power_w() / self.pe_area_mm2
 
     def summary(self, tokens: float = 0.0, flops: float = 0.0) -> dict[str, Any]:
-        """JSON-safe scalars, with J/token and FLOP/J when ``tokens`` / ``flops`` are given."""
+        """JSON-safe scalars (strict JSON: no NaN or infinity), with ``j_per_token``,
+        ``tokens_per_j`` and ``flop_per_j`` when ``tokens`` / ``flops`` are given
+        (:func:`per_joule`: ``None`` with the reason in ``undefined`` at 0 J)."""
         pw = self.pe_power_w()
         d: dict[str, Any] = {
             "total_j": self.total_j,
@@ -206,11 +240,7 @@ class EnergyReport:
             "per_layer_j": self.per_layer,
             "published": dict(self.published),
         }
-        if tokens > 0:
-            d["j_per_token"] = self.total_j / tokens
-            d["tokens_per_j"] = tokens / self.total_j if self.total_j > 0 else math.inf
-        if flops > 0 and self.total_j > 0:
-            d["flop_per_j"] = flops / self.total_j
+        d.update(per_joule(self.total_j, tokens, flops))
         return d
 
     def save_map(self, out_dir, prefix: str = "pe_power") -> list:
@@ -287,6 +317,7 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     pe_peak_dyn = 0.0
     io_pj = io_pj_per_byte(program, arch)
     lanes_total = io_bytes = 0.0
+    heads = head_layers(program)
     for k, kt in zip(program.kernels, timing.kernels, strict=True):
         busy = active = busiest = 0.0  # one pass over the classes (attention has hundreds)
         for c in k.classes:
@@ -311,7 +342,7 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
         fabric_per_map[k.class_map] = fabric_per_map.get(k.class_map, 0.0) + fab_j
         dur = kt.duration_s
         d["static"] = static_w * dur
-        for key, table in ((k.op, per_op), (_layer_key(k), per_layer)):
+        for key, table in ((k.op, per_op), (_layer_key(k, heads), per_layer)):
             row = table.setdefault(key, dict.fromkeys(COMPONENTS, 0.0))
             for c, v in d.items():
                 row[c] += v
@@ -410,8 +441,18 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     return rep
 
 
-def _layer_key(k: Kernel) -> str:
-    return "embedding" if k.layer < 0 else f"layer {k.layer}"
+def _layer_key(k: Kernel, head_layers: set[int] = frozenset()) -> str:
+    """Row of ``per_layer``: ``embedding`` (layer -1), ``head`` (the layer index of the
+    final LayerNorm + LM head + cross-entropy, ``n_layer``), else ``layer <i>``."""
+    if k.layer < 0:
+        return "embedding"
+    return "head" if k.layer in head_layers else f"layer {k.layer}"
+
+
+def head_layers(program: Program) -> set[int]:
+    """Layer indices that hold the LM head (``n_layer`` in the lowerings: the final
+    LayerNorm, the LM head and the cross-entropy), found by the ``lm_head`` op."""
+    return {k.layer for k in program.kernels if "lm_head" in k.op}
 
 
 def _fix_static_tables(per_op: dict, per_layer: dict, static_total: float) -> None:
@@ -424,16 +465,27 @@ def _fix_static_tables(per_op: dict, per_layer: dict, static_total: float) -> No
                 r["static"] *= static_total / s
 
 
-def published_check(rep: EnergyReport, arch: ArchConfig) -> dict[str, float]:
-    """The run's wafer power and per-PE peak beside the published WSE-2 figures (about 15 kW
-    per wafer [TH22], 30 mW peak per PE [HC34]), with the ratios; empty for an arch that is
-    not a full wafer (``wafer.rows * wafer.cols`` under 100,000 PEs)."""
+def published_check(rep: EnergyReport, arch: ArchConfig) -> dict[str, Any]:
+    """The run's wafer power and per-PE peak beside the figures published for the arch at
+    hand (:data:`PUBLISHED`: WSE-2 about 15 kW per wafer [TH22] and 30 mW peak per PE
+    [HC34]; WSE-3 the same wafer power [TH24], no per-PE figure), with the ratios and each
+    figure's label and source. For any other arch (a grid, a custom TOML) or a run on part
+    of the wafer (under 100,000 PEs), ``{"none": reason}``: there is nothing to compare."""
+    pub = PUBLISHED.get(arch.name)
+    if pub is None:
+        return {"none": f"no published power figure for arch {arch.name!r} (published "
+                        f"figures exist for {', '.join(PUBLISHED)})"}
     if arch.n_pe < 100_000:
-        return {}
-    return {
-        "published_wafer_w": PUBLISHED_WAFER_W,
-        "wafer_avg_w_ratio": rep.wafer_avg_w / PUBLISHED_WAFER_W,
-        "wafer_peak_w_ratio": rep.peak_w / PUBLISHED_WAFER_W,
-        "published_pe_peak_w": PUBLISHED_PE_PEAK_W,
-        "pe_peak_w_ratio": rep.pe_peak_w / PUBLISHED_PE_PEAK_W,
-    }
+        return {"none": f"arch {arch.name!r} overridden to {arch.n_pe:,} PEs: the published "
+                        "figures are for a full wafer"}
+    out: dict[str, Any] = {}
+    label, w, src = pub["wafer"]
+    out.update(published_wafer_w=w, published_wafer_label=label, published_wafer_source=src,
+               wafer_avg_w_ratio=rep.wafer_avg_w / w, wafer_peak_w_ratio=rep.peak_w / w)
+    if "pe" in pub:
+        label, w, src = pub["pe"]
+        out.update(published_pe_peak_w=w, published_pe_label=label, published_pe_source=src,
+                   pe_peak_w_ratio=rep.pe_peak_w / w)
+    else:
+        out["published_pe_none"] = f"no published per-PE power figure for {arch.name}"
+    return out

@@ -336,15 +336,18 @@ class TrainReport:
         )
         e = self.energy
         if e:
-            c = e["components_j"]
+            from gpt_workload.report import per_joule_text, published_rows, si
+
+            c = e["components_j_per_system"]
             tot = sum(c.values()) or 1.0
-            rows.append(("energy", f"{e['step_j']:.4g} J/step ({self.systems} system(s)), "
-                                   f"{e['j_per_token'] * 1e3:.4g} mJ/token, "
-                                   f"{e['flop_per_j'] / 1e9:.4g} GFLOP/J"))  # fmt: skip
+            rows.append(("energy", f"{si(e['step_j'], 'J')}/step ({self.systems} system(s)), "
+                                   f"{si(e['j_per_token'], 'J')}/token, "
+                                   f"{per_joule_text(e, 'flop_per_j', 'FLOP/J')}"))  # fmt: skip
             split = ", ".join(f"{k} {v / tot:.1%}" for k, v in c.items())
-            rows.append(("power", f"per system: wafer avg {e['wafer_avg_w'] / 1e3:.3g} kW "
-                                  f"(peak {e['peak_w'] / 1e3:.3g} kW), system avg "
-                                  f"{e['system_avg_w'] / 1e3:.3g} kW; split {split}"))  # fmt: skip
+            rows.append(("power", f"per system: wafer avg {si(e['wafer_avg_w'], 'W')} "
+                                  f"(peak {si(e['peak_w'], 'W')}), system avg "
+                                  f"{si(e['system_avg_w'], 'W')}; split {split}"))  # fmt: skip
+            rows += published_rows(e.get("published") or {})
         rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in self.wall_s.items())))
         return rows
 
@@ -355,9 +358,13 @@ def step_energy(st: StepTiming, arch: ArchConfig, systems: int, tokens: int,
 
     Micro-batches beyond the simulated ones (``StepTiming.micro_batches``) add the dynamic
     energy of micro-batch 1's kernels each, as the step time adds its period; static energy
-    covers the whole (extrapolated) step. Per system; ``step_j`` is all ``systems``.
+    covers the whole (extrapolated) step. ``step_j``, ``j_per_token``, ``tokens_per_j`` and
+    ``flop_per_j`` cover all ``systems``; ``step_j_per_system``, ``components_j_per_system``
+    (sums to ``step_j_per_system``), ``per_layer_j_per_system`` (the simulated micro-batches
+    only) and the powers are per system. Ratios over 0 J are ``None`` with the reason in
+    ``undefined`` (:func:`wse_sim.energy.per_joule`).
     """
-    from wse_sim.energy import COMPONENTS, energy_report, kernel_dynamic_j
+    from wse_sim.energy import COMPONENTS, energy_report, kernel_dynamic_j, per_joule
 
     prog, tr = st.program, st.timing
     rep = energy_report(prog, arch, tr)
@@ -377,14 +384,15 @@ def step_energy(st: StepTiming, arch: ArchConfig, systems: int, tokens: int,
     step_j = per_system * systems
     return {
         "step_j": step_j,
-        "components_j": comp,
+        "systems": systems,
+        "step_j_per_system": per_system,
+        "components_j_per_system": comp,
+        "per_layer_j_per_system": rep.per_layer,
         "wafer_avg_w": wafer / st.step_time_s,
         "system_avg_w": per_system / st.step_time_s,
         "peak_w": rep.peak_w,
         "pe_peak_w": rep.pe_peak_w,
-        "j_per_token": step_j / tokens,
-        "tokens_per_j": tokens / step_j,
-        "flop_per_j": model_flops / step_j,
+        **per_joule(step_j, tokens, model_flops),
         "published": rep.published,
     }
 
