@@ -186,3 +186,13 @@ def test_nan_weights_are_refused_even_with_allow_nonfinite(tmp_path, capsys):
     assert rc == 2 and len(err) == 1
     assert "h.0.mlp.c_fc.weight contains NaN (1 of 16384 values)" in err[0]
     assert "--allow-nonfinite applies to the numerics, not to weights" in err[0]
+
+
+def test_train_forward_internal_overflow_is_one_line(big, capsys):
+    d, _ = big
+    rc = main(["train", "--model", str(d), "--arch", "grid32", "--precision", "fp32",
+               "--steps", "2", "--seq-len", "16", "--fidelity", "analytic"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("wse-sim: error: step 1: fp32 numerics: the loss is wrong")
+    assert "op layernorm_f (forward)" in err[0] and "sum of squares" in err[0]
