@@ -480,6 +480,28 @@ class HealthTracker:
         )
 
 
+def check_op_input(
+    health: HealthTracker | None,
+    op: str,
+    layer: int | None,
+    x: np.ndarray,
+    seq_len: int,
+    n_head: int | None = None,
+) -> None:
+    """Check a token-major input ``x [B*T, F]`` for fp32 overflow inside op ``op`` (no-op
+    when ``health`` is None): attention's scores when ``n_head`` is given (``x`` is then
+    ``qkv [B*T, 3 d]``, ``[q | k | v]`` with heads in order,
+    :meth:`HealthTracker.check_scores`), else a LayerNorm's reductions over the features
+    (:meth:`HealthTracker.check_norm_input`)."""
+    if health is None:
+        return
+    if n_head is None:
+        health.check_norm_input(op, layer, x, (1,), rows_locator(seq_len))
+        return
+    a = x.reshape(-1, seq_len, 3, n_head, x.shape[1] // (3 * n_head)).transpose(2, 0, 3, 1, 4)
+    health.check_scores(op, layer, a[0], a[1], seq_len)
+
+
 def _are(what: str) -> str:
     return "are" if what.endswith("s") and not what.endswith("ss") else "is"
 

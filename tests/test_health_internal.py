@@ -196,3 +196,54 @@ def test_train_forward_internal_overflow_is_one_line(big, capsys):
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("wse-sim: error: step 1: fp32 numerics: the loss is wrong")
     assert "op layernorm_f (forward)" in err[0] and "sum of squares" in err[0]
+
+
+def _score_overflow_weights():
+    """gpt-tiny (d 64, 4 heads of 16) with head 2's query and key columns of layer 0 scaled
+    by 1e20: every stored tensor stays finite, but head 2's q . k reaches ~1e38 x 16."""
+    from gpt_workload.models import resolve_model
+    from gpt_workload.weights import init_weights
+
+    cfg = resolve_model("gpt-tiny")
+    w = init_weights(cfg, seed=0)
+    d, dh = cfg.d_model, cfg.d_head
+    for off in (0, d):  # q block, k block
+        w.layers[0].attn_w[:, off + 2 * dh : off + 3 * dh] *= 1e20
+    return cfg, w
+
+
+def _expected_score_reach(cfg, w, tokens) -> np.ndarray:
+    """float64 bound max_{s<=t} sum_e |q_te| |k_se| per [sequence, head, query]."""
+    x = w.wte[tokens].astype(np.float64) + w.wpe[: tokens.shape[1]]
+    lw = w.layers[0]
+    mu = x.mean(-1, keepdims=True)
+    a = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + cfg.layer_norm_eps)
+    qkv = (a * lw.ln_1_g + lw.ln_1_b) @ lw.attn_w.astype(np.float64) + lw.attn_b
+    K, T, d, H = *tokens.shape, cfg.d_model, cfg.n_head
+    q = np.abs(qkv[..., :d].reshape(K, T, H, -1)).transpose(0, 2, 1, 3)
+    k = np.abs(qkv[..., d : 2 * d].reshape(K, T, H, -1)).transpose(0, 2, 1, 3)
+    b = np.einsum("khte,khse->khts", q, k) * np.tril(np.ones((T, T)))
+    return b.max(-1)
+
+
+@pytest.mark.parametrize("executor", ["weight_streaming", "layer_pipelined", "train"])
+def test_attention_score_overflow_names_head_and_query(executor):
+    from gpt_workload.training.trainer import TrainNumerics
+
+    cfg, w = _score_overflow_weights()
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, size=(2, 16))
+    reach = _expected_score_reach(cfg, w, tokens)  # [2, 4, 16]
+    assert (reach[:, 2] >= FP32_OVERFLOW_AT).all()
+    assert (np.delete(reach, 2, axis=1) < FP32_OVERFLOW_AT * 1e-30).all()
+    if executor == "train":
+        ev = TrainNumerics(cfg, w, precision="fp32").step(tokens).health.first["forward"]
+        ev = ev.__dict__
+    else:
+        rep = simulate(cfg, "grid32", mapping=executor, precision="fp32", weights=w,
+                       tokens=tokens, allow_nonfinite=True, reference=False,
+                       **{**KW, "batch": 2})  # fmt: skip
+        ev = rep.health["first"]["forward"]
+    assert (ev["op"], ev["layer"], ev["kind"]) == ("attention", 0, "internal_overflow")
+    assert ev["position"] == {"sequence": 0, "token": 0, "feature": 2 * cfg.d_head}
+    assert ev["count"] == 2 * 16 and ev["size"] == 2 * cfg.n_head * 16
+    assert ev["value"] == pytest.approx(reach[0, 2, 0], rel=1e-4)

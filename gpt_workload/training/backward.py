@@ -56,7 +56,7 @@ import numba
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.health import HealthTracker, rows_locator
+from gpt_workload.health import HealthTracker, check_op_input, rows_locator
 from gpt_workload.kernels import _gelu_kernel
 from gpt_workload.precision import check_precision, round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
@@ -499,21 +499,6 @@ class _Ctx:
         return y
 
 
-    def check_norm(self, op: str, x: np.ndarray) -> None:
-        """Check a LayerNorm's fp32 reductions over its input ``x [N, d]`` (health tracker's
-        :meth:`~gpt_workload.health.HealthTracker.check_norm_input`), if tracking."""
-        if self.health is not None:
-            self.health.check_norm_input(op, self.layer, x, (1,), rows_locator(self.seq_len))
-
-    def check_scores(self, qkv: np.ndarray) -> None:
-        """Check the attention scores of ``qkv [N, 3 d]`` (``[q | k | v]``, heads in order)
-        for fp32 overflow (:meth:`~gpt_workload.health.HealthTracker.check_scores`)."""
-        if self.health is not None:
-            H = self.cfg.n_head
-            a = qkv.reshape(self.n_seq, self.seq_len, 3, H, -1).transpose(2, 0, 3, 1, 4)
-            self.health.check_scores("attention", self.layer, a[0], a[1], self.seq_len)
-
-
 def _round_weights(w: GPTWeights, precision: str) -> GPTWeights:
     """The master weights rounded to the storage precision (float32, C-contiguous copies)."""
 
@@ -530,18 +515,18 @@ def _layer_forward(c: _Ctx, lw: LayerWeights, h: np.ndarray) -> tuple[np.ndarray
     """One transformer block forward on ``h [N, d]``; returns ``(h_out, saved tensors)``."""
     cfg = c.cfg
     eps = cfg.layer_norm_eps
-    c.check_norm("layernorm_1", h)
+    check_op_input(c.health, "layernorm_1", c.layer, h, c.seq_len)
     a, mu1, rs1 = _layernorm(h, lw.ln_1_g, lw.ln_1_b, eps)
     a = c.r(a, "layernorm_1")
     qkv = c.r(_gemm(a, lw.attn_w, lw.attn_b), "qkv")
     o = np.empty((h.shape[0], cfg.d_model), dtype=np.float32)
     probs = np.empty((c.n_seq, cfg.n_head, c.seq_len, c.seq_len), dtype=np.float32)
     scale = np.float32(1.0 / math.sqrt(cfg.d_head))
-    c.check_scores(qkv)
+    check_op_input(c.health, "attention", c.layer, qkv, c.seq_len, cfg.n_head)
     _attention_fwd_kernel(qkv, c.n_seq, c.seq_len, cfg.n_head, scale, o, probs)
     o = c.r(o, "attention")
     h1 = c.r(h + c.r(_gemm(o, lw.proj_w, lw.proj_b), "attn_proj"), "residual_1")
-    c.check_norm("layernorm_2", h1)
+    check_op_input(c.health, "layernorm_2", c.layer, h1, c.seq_len)
     m, mu2, rs2 = _layernorm(h1, lw.ln_2_g, lw.ln_2_b, eps)
     m = c.r(m, "layernorm_2")
     u = c.r(_gemm(m, lw.fc_w, lw.fc_b), "ffn_up")
@@ -649,7 +634,7 @@ def forward_backward_sum(
         saved.append({"h": h} if recompute else s)
         h = h_next
     c.layer = None
-    c.check_norm("layernorm_f", h)
+    check_op_input(c.health, "layernorm_f", None, h, seq_len)
     hf, muf, rsf = _layernorm(h, w.ln_f_g, w.ln_f_b, cfg.layer_norm_eps)
     hf = c.r(hf, "layernorm_f")
     logits = _gemm(hf, _t(c, "wte", w.wte))  # fp32 accumulators, not rounded
