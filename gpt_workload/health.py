@@ -30,7 +30,8 @@ Kinds of event:
   to the right value.
 
 The run decides what is an error (:meth:`HealthTracker.error_message`): ``simulate()`` stops
-when the logits are not finite, ``train()`` when a step's forward loss is not finite (an
+when the logits are not finite or an op overflowed inside (``internal_overflow``), ``train()``
+when a step's forward loss is not finite or its forward had an ``internal_overflow`` (an
 overflowing *gradient* is loss scaling's job: the step is skipped and counted).
 """
 
@@ -177,7 +178,8 @@ class HealthTracker:
     Attributes:
         first: ``{phase: HealthEvent}``, the first event of each phase that had one.
         checked, nonfinite: tensors checked, and tensors that held non-finite values
-            (``nonfinite_by_phase``: the latter per phase).
+            (``nonfinite_by_phase``: the latter per phase); ``internal_by_phase``: ops per
+            phase whose internal fp32 reduction overflowed (:meth:`internal_overflows`).
 
     Raises:
         ConfigError: unknown precision.

@@ -325,8 +325,12 @@ def simulate(
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
         NumericsError: the logits are not finite (a value overflowed the storage format or
-            turned NaN) and ``allow_nonfinite`` is False; the message names the first op,
-            layer, position and precision and what to try.
+            turned NaN), or are wrong because an op's fp32 reduction overflowed inside it
+            (a LayerNorm's sum of squares, an attention score), and ``allow_nonfinite`` is
+            False; the message names the first op, layer, position and precision and what
+            to try. Without an error, logits that disagree with the float64 reference by
+            ``REFERENCE_MISMATCH_REL`` of max |logit| or more give ``health.status ==
+            "reference_mismatch"`` and a first notice.
     """
     wall: dict[str, float] = {}
     if fidelity not in FIDELITIES:
