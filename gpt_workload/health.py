@@ -18,10 +18,20 @@ Kinds of event:
   format (:data:`OVERFLOW_AT`: ``|x| >= 65520`` for fp16, where the largest finite value is
   65504; ``|x| >= (2 - 2**-8) 2**127`` for bf16); reported with ``value = |x|``;
 * ``inf`` / ``nan``: the op's fp32 arithmetic itself produced +-inf or NaN (for example
-  ``inf - inf`` downstream of an overflow).
+  ``inf - inf`` downstream of an overflow);
+* ``internal_overflow``: a reduction *inside* an op can pass fp32's range although the op's
+  input and its stored output are finite (:meth:`HealthTracker.check_norm_input`: a
+  LayerNorm/RMSNorm's sum of squares, whose ``inf`` turns the normalised row into ``b``;
+  :meth:`HealthTracker.check_scores`: an attention score ``q . k`` whose ``-inf`` silently
+  masks a key). Checked on the op's input, at op granularity, in float64 NumPy, before the
+  kernel runs; reported with ``value`` = the magnitude the reduction reaches. A GEMM's
+  accumulator needs no such check: an overflowed accumulator stays inf (or NaN) and shows
+  in the stored output; GELU's ``x^3`` and softmax's ``exp`` after max-subtraction saturate
+  to the right value.
 
 The run decides what is an error (:meth:`HealthTracker.error_message`): ``simulate()`` stops
-when the logits are not finite, ``train()`` when a step's forward loss is not finite (an
+when the logits are not finite or an op overflowed inside (``internal_overflow``), ``train()``
+when a step's forward loss is not finite or its forward had an ``internal_overflow`` (an
 overflowing *gradient* is loss scaling's job: the step is skipped and counted).
 """
 
@@ -50,6 +60,9 @@ OVERFLOW_AT: dict[str, float] = {
     "bf16": (2 - 2**-8) * 2.0**127,
     "fp32": math.inf,
 }
+#: smallest magnitude an fp32 operation rounds to +-inf (``(2 - 2**-24) 2**127``): the limit
+#: of every accumulation, whatever the storage format (fp32 arithmetic throughout)
+FP32_OVERFLOW_AT: float = (2 - 2**-24) * 2.0**127
 
 PHASES = ("weights", "forward", "backward", "decode")
 
@@ -105,7 +118,10 @@ class HealthEvent:
             (sequence, token, feature) order, or ``{"index": [...]}`` for a weight or an
             array without a locator.
         value: ``|x|`` before storing for ``overflow``; None otherwise.
-        count, size: non-finite elements of the tensor, and its elements.
+        count, size: non-finite elements of the tensor, and its elements (for
+            ``internal_overflow``: the rows whose reduction overflows, and the rows).
+        reduction: for ``internal_overflow``, what overflowed (``"sum of squares over 64
+            features"``); None otherwise.
     """
 
     phase: str
@@ -117,6 +133,7 @@ class HealthEvent:
     value: float | None
     count: int
     size: int
+    reduction: str | None = None
 
     def describe(self) -> str:
         """One phrase: ``op ffn_up of layer 0 (forward), sequence 0 token 3 feature 17:
@@ -136,6 +153,13 @@ class HealthEvent:
                 f"{sym} = {self.value:.3g} rounds to inf in {self.precision} (largest "
                 f"{FORMAT_MAX[self.precision]:.6g})"
             )
+        elif self.kind == "internal_overflow":
+            return (
+                f"{where} {self.op}{layer}{phase}, {at}: its {self.reduction} reaches "
+                f"{self.value:.3g}, beyond fp32's {FORMAT_MAX['fp32']:.3g}: the op's fp32 "
+                f"arithmetic overflows inside it while its stored output stays finite (and "
+                f"wrong); {self.count} of {self.size} rows"
+            )
         else:
             what = f"fp32 arithmetic gave {self.kind}"
         return (
@@ -154,7 +178,8 @@ class HealthTracker:
     Attributes:
         first: ``{phase: HealthEvent}``, the first event of each phase that had one.
         checked, nonfinite: tensors checked, and tensors that held non-finite values
-            (``nonfinite_by_phase``: the latter per phase).
+            (``nonfinite_by_phase``: the latter per phase); ``internal_by_phase``: ops per
+            phase whose internal fp32 reduction overflowed (:meth:`internal_overflows`).
 
     Raises:
         ConfigError: unknown precision.
@@ -167,6 +192,7 @@ class HealthTracker:
         self.checked = 0
         self.nonfinite = 0
         self.nonfinite_by_phase: dict[str, int] = {}
+        self.internal_by_phase: dict[str, int] = {}
 
     # ------------------------------------------------------------------ checks
     def store(
@@ -226,6 +252,104 @@ class HealthTracker:
             )  # fmt: skip
         return ok
 
+    def check_norm_input(
+        self,
+        op: str,
+        layer: int | None,
+        x: np.ndarray,
+        feature_axes: tuple[int, ...],
+        locate: Locator | None = None,
+        centered: bool = True,
+    ) -> bool:
+        """Check that a LayerNorm (``centered``) or RMSNorm's fp32 reductions over the
+        ``feature_axes`` of its input ``x`` stay below :data:`FP32_OVERFLOW_AT` in every row:
+        the sum ``sum x`` (of ``|x|``, which bounds every partial sum) and the sum of squares
+        ``sum (x - mean)^2`` (``sum x^2`` for RMSNorm), computed in float64. Past it the
+        kernel's variance is inf, ``1 / sqrt(var)`` is 0 and the row comes out as ``b``:
+        finite and wrong. The first offending row is an ``internal_overflow`` event (feature:
+        the row's largest ``|x|``). Fast path: one ``max |x|`` when ``F (2 max|x|)^2`` is
+        below the limit. True when no row overflows (or ``x`` is not finite, which the op
+        that stored it already reported)."""
+        self.checked += 1
+        if x.size == 0:
+            return True
+        amax = float(np.max(np.abs(x)))
+        F = int(np.prod([x.shape[a] for a in feature_axes]))
+        if not math.isfinite(amax) or F * (2.0 * amax) ** 2 < FP32_OVERFLOW_AT:
+            return True
+        x64 = x.astype(np.float64)
+        s_abs = np.abs(x64).sum(axis=feature_axes, keepdims=True)
+        dev = x64 - x64.sum(axis=feature_axes, keepdims=True) / F if centered else x64
+        s2 = (dev * dev).sum(axis=feature_axes, keepdims=True)
+        reach = np.maximum(s2, s_abs) if centered else s2
+        bad_row = reach >= FP32_OVERFLOW_AT
+        if not bad_row.any():
+            return True
+        a = np.abs(x64)
+        bad = bad_row & (a == a.max(axis=feature_axes, keepdims=True))
+        what = "sum of squares" if not centered or s2.max() >= s_abs.max() else "sum"
+        red = f"{what} over {F} features"
+        return self._internal(op, layer, bad, np.broadcast_to(reach, x.shape), locate,
+                              int(bad_row.sum()), int(bad_row.size), red)  # fmt: skip
+
+    def check_scores(
+        self, op: str, layer: int | None, q: np.ndarray, k: np.ndarray, seq_len: int
+    ) -> bool:
+        """Check that causal attention's fp32 scores ``q_t . k_s`` (``s <= t < seq_len``) of
+        ``q, k [sequences, heads, tokens, d_head]`` stay below :data:`FP32_OVERFLOW_AT`,
+        bounding every partial sum by ``sum_e |q_te| |k_se|`` (float64). Past it a score is
+        +-inf: ``-inf`` masks the key silently, ``+inf`` gives NaN after max-subtraction. The
+        first offending query is an ``internal_overflow`` event (token: the query; feature:
+        the first feature of its head, ``head * d_head``). Fast path: ``d_head max|q|
+        max|k|`` below the limit. True when no score can overflow."""
+        self.checked += 1
+        if q.size == 0:
+            return True
+        aq, ak = float(np.max(np.abs(q))), float(np.max(np.abs(k)))
+        dh = q.shape[-1]
+        if not (math.isfinite(aq) and math.isfinite(ak)) or dh * aq * ak < FP32_OVERFLOW_AT:
+            return True
+        qa = np.abs(q[:, :, :seq_len].astype(np.float64))
+        ka = np.abs(k[:, :, :seq_len].astype(np.float64))
+        bound = np.einsum("bhte,bhse->bhts", qa, ka)
+        bound[..., np.triu(np.ones((seq_len, seq_len), dtype=bool), k=1)] = 0.0
+        reach = bound.max(-1)  # [b, h, t]
+        bad = reach >= FP32_OVERFLOW_AT
+        if not bad.any():
+            return True
+
+        def locate(idx, shape):
+            return idx[0], idx[2], idx[1] * dh
+
+        return self._internal(op, layer, bad, reach, locate, int(bad.sum()), int(bad.size),
+                              f"QK^T score over {dh} head features")  # fmt: skip
+
+    def _internal(self, op, layer, bad, reach, locate, count, size, reduction) -> bool:
+        self.internal_by_phase[self.phase] = self.internal_by_phase.get(self.phase, 0) + 1
+        if self.phase in self.first:
+            return False
+        ev = self._event(op, layer, bad, bad, locate, None)
+        at = self._first_index(bad, locate)
+        self.first[self.phase] = HealthEvent(
+            self.phase, op, layer, self.precision, "internal_overflow", ev.position,
+            float(reach[at]), count, size, reduction,
+        )  # fmt: skip
+        return False
+
+    @staticmethod
+    def _first_index(bad, locate) -> tuple[int, ...]:
+        idx = np.nonzero(bad)
+        if locate is None:
+            return tuple(int(i[0]) for i in idx)
+        seq, tok, feat = (np.asarray(v) for v in locate(idx, bad.shape))
+        k = int(np.lexsort((feat, tok, seq))[0])
+        return tuple(int(i[k]) for i in idx)
+
+    def internal_overflows(self, phases: tuple[str, ...] | None = None) -> int:
+        """Ops (of ``phases``, if given) whose internal reduction overflowed fp32."""
+        return sum(n for p, n in self.internal_by_phase.items()
+                   if phases is None or p in phases)  # fmt: skip
+
     def _count(self, phase: str) -> None:
         self.nonfinite += 1
         self.nonfinite_by_phase[phase] = self.nonfinite_by_phase.get(phase, 0) + 1
@@ -272,6 +396,7 @@ class HealthTracker:
             "precision": self.precision,
             "tensors_checked": self.checked,
             "tensors_nonfinite": n,
+            "ops_overflowed_internally": self.internal_overflows(phases),
             "first": {p: asdict(e) for p, e in keep.items()},
         }
 
@@ -285,7 +410,9 @@ class HealthTracker:
         """The run's ``health`` block: :meth:`summary` plus ``status`` (``ok``: every checked
         tensor finite and in range; ``contained``: some were not, but the ``what`` (the
         checked outputs) are finite; ``nonfinite_allowed``: the outputs are not finite and
-        the user kept going), ``outputs_finite``, ``allow_nonfinite`` and ``notice`` (one
+        the user kept going; ``overflow_allowed``: the outputs are finite but an op
+        overflowed inside (``internal_overflow``), so they are wrong, and the user kept
+        going), ``outputs_finite``, ``allow_nonfinite`` and ``notice`` (one
         line for the top of the report, or None when the status is ``ok``). ``phases``
         restricts it to those phases (training leaves ``backward`` to loss scaling)."""
         summary = self.summary(phases)
@@ -295,6 +422,13 @@ class HealthTracker:
             notice = (
                 f"NON-FINITE {what.upper()} kept by --allow-nonfinite: {self.precision} "
                 f"numerics, first: {first}; numbers derived from them are null in the JSON"
+            )
+        elif summary["ops_overflowed_internally"]:
+            status = "overflow_allowed"
+            notice = (
+                f"WRONG {what.upper()} kept by --allow-nonfinite: {self.precision} numerics, "
+                f"an op overflowed fp32 inside it; first: {first}; the {what} {_are(what)} "
+                "finite but numbers derived from them are not to be trusted"
             )
         elif summary["tensors_nonfinite"]:
             status = "contained"
@@ -324,15 +458,50 @@ class HealthTracker:
         return "; then ".join(e.describe() for e in evs)
 
     def error_message(self, what: str, phases: tuple[str, ...] | None = None) -> str:
-        """The one-line error for a run whose ``what`` (e.g. ``"logits"``) are not finite:
+        """The one-line error for a run whose ``what`` (e.g. ``"logits"``) are not finite, or
+        are finite but wrong because an op overflowed inside (:meth:`internal_overflows`):
         names the first event of each phase (op, layer, position, precision) and what to
         try."""
+        internal = self.internal_overflows(phases)
+        state = (
+            f"{_are(what)} wrong: an op's fp32 arithmetic overflowed inside it"
+            if internal
+            else f"{_are(what)} not finite"
+        )
+        todo = (
+            "every precision accumulates in fp32, so another --precision does not help: "
+            "check the weights and inputs"
+            if internal
+            else suggestion(self.precision)
+        )
         return (
-            f"{self.precision} numerics: the {what} {_are(what)} not finite (first: "
+            f"{self.precision} numerics: the {what} {state} (first: "
             f"{self.describe_first(phases)}); "
-            f"{suggestion(self.precision)}; or pass --allow-nonfinite (allow_nonfinite=True) "
+            f"{todo}; or pass --allow-nonfinite (allow_nonfinite=True) "
             "to keep the report"
         )
+
+
+def check_op_input(
+    health: HealthTracker | None,
+    op: str,
+    layer: int | None,
+    x: np.ndarray,
+    seq_len: int,
+    n_head: int | None = None,
+) -> None:
+    """Check a token-major input ``x [B*T, F]`` for fp32 overflow inside op ``op`` (no-op
+    when ``health`` is None): attention's scores when ``n_head`` is given (``x`` is then
+    ``qkv [B*T, 3 d]``, ``[q | k | v]`` with heads in order,
+    :meth:`HealthTracker.check_scores`), else a LayerNorm's reductions over the features
+    (:meth:`HealthTracker.check_norm_input`)."""
+    if health is None:
+        return
+    if n_head is None:
+        health.check_norm_input(op, layer, x, (1,), rows_locator(seq_len))
+        return
+    a = x.reshape(-1, seq_len, 3, n_head, x.shape[1] // (3 * n_head)).transpose(2, 0, 3, 1, 4)
+    health.check_scores(op, layer, a[0], a[1], seq_len)
 
 
 def _are(what: str) -> str:

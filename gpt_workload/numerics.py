@@ -9,7 +9,8 @@ precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up
 logits are the LM head's fp32 accumulators.
 
 Every stored tensor is checked by a :class:`gpt_workload.health.HealthTracker` (op, layer,
-position of the first value that leaves the format's range or is not finite); the caller
+position of the first value that leaves the format's range or is not finite; the fp32
+reductions inside LayerNorm and attention scores, checked on their inputs); the caller
 decides whether non-finite logits are an error.
 """
 
@@ -84,6 +85,18 @@ class _Weights:
                 }
             )
         self.ln_f_g, self.ln_f_b = r(w.ln_f_g), r(w.ln_f_b)
+
+
+def _heads_qk(qkv: np.ndarray, tl: TileLayout, d_head: int) -> tuple[np.ndarray, np.ndarray]:
+    """Queries and keys of QKV tiles ``[S, P, m, 3 hp dh]`` (PE ``j`` holds heads
+    ``j hp .. j hp + hp - 1``, columns ``[q | k | v]`` of its heads,
+    :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` views."""
+    S, P, m, w = qkv.shape
+    hp = w // (3 * d_head)
+    a = qkv.reshape(S // tl.segs_per_seq, tl.segs_per_seq, P, m, 3, hp, d_head)
+    a = a.transpose(4, 0, 2, 5, 1, 3, 6)  # [3, K, P, hp, segs, m, dh]
+    a = a.reshape(3, a.shape[1], P * hp, tl.segs_per_seq * m, d_head)
+    return a[0], a[1]
 
 
 def check_tokens(program: Program, cfg: GPTConfig, tokens) -> np.ndarray:
@@ -183,12 +196,15 @@ def run_numerics(
                 if op == "layernorm_2"
                 else (W.ln_f_g, W.ln_f_b)
             )
+            ln_layer = k.layer if lw is not None else None
+            health.check_norm_input(op, ln_layer, x, (1, 3), loc)
             kn.layernorm_tiled(x, g, b, cfg.layer_norm_eps, h, **seq)
-            h = rnd(h, op, k.layer if lw is not None else None)
+            h = rnd(h, op, ln_layer)
         elif op == "qkv":
             gemm_fn(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
             qkv = rnd(qkv, op, k.layer)
         elif op == "attention":
+            health.check_scores(op, k.layer, *_heads_qk(qkv, tl, cfg.d_head), T)
             attention_fn(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
             att = rnd(att, op, k.layer)
             assert att.shape[-1] == hp_dh

@@ -284,13 +284,13 @@ def format_console(r: Report) -> list[tuple[str, str]]:
                     f"{n['max_abs_error_vs_reference']:.3e} vs float64 reference "
                     f"({n['max_rel_error_vs_reference']:.2e} of max |logit|; unit "
                     f"roundoff {n['unit_roundoff']:.1e}; argmax agrees on "
-                    f"{n['reference_predictions_agree']:.1%})",
+                    f"{_pct(n['reference_predictions_agree'])})",
                 )
             )
         rows += [
             (
                 "next tokens",
-                " ".join(str(t) for t in n["next_token_predictions"][0][-8:])
+                " ".join(_tok(t) for t in n["next_token_predictions"][0][-8:])
                 + "  (last 8 positions of sequence 0)",
             ),
         ]
@@ -435,3 +435,13 @@ def energy_columns(r) -> dict[str, float | None]:
         "peak_power_w": float(e["peak_w"]),
         **{f"energy_{k}_j": float(c[k]) for k in ("compute", "sram", "fabric", "io", "static")},
     }
+
+
+def _pct(v) -> str:
+    """A fraction as a percentage, or ``n/a`` (logits not finite)."""
+    return f"{v:.1%}" if v is not None and math.isfinite(v) else "n/a (logits not finite)"
+
+
+def _tok(t) -> str:
+    """A predicted token id, or ``n/a`` where its logits are not finite."""
+    return "n/a" if t is None or (isinstance(t, float) and not math.isfinite(t)) else str(int(t))

@@ -9,6 +9,7 @@ NumPy reference model.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -324,8 +325,12 @@ def simulate(
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
         NumericsError: the logits are not finite (a value overflowed the storage format or
-            turned NaN) and ``allow_nonfinite`` is False; the message names the first op,
-            layer, position and precision and what to try.
+            turned NaN), or are wrong because an op's fp32 reduction overflowed inside it
+            (a LayerNorm's sum of squares, an attention score), and ``allow_nonfinite`` is
+            False; the message names the first op, layer, position and precision and what
+            to try. Without an error, logits that disagree with the float64 reference by
+            ``REFERENCE_MISMATCH_REL`` of max |logit| or more give ``health.status ==
+            "reference_mismatch"`` and a first notice.
     """
     wall: dict[str, float] = {}
     if fidelity not in FIDELITIES:
@@ -530,7 +535,7 @@ def _numerics(
         "check_sequences": int(tokens.shape[0]),
         "unit_roundoff": unit_roundoff(precision),
         "loss": res.loss,
-        "next_token_predictions": res.predictions.tolist(),
+        "next_token_predictions": _predictions(res.predictions, res.logits),
         "kernels_run": res.kernels_run,
         "weights": wsrc,
         "_logits": res.logits,
@@ -539,7 +544,7 @@ def _numerics(
     if not finite:
         out["non_finite_logits"] = int((~np.isfinite(res.logits)).sum())
     if res.health is not None:
-        if not finite and not allow_nonfinite:
+        if (not finite or res.health.internal_overflows()) and not allow_nonfinite:
             raise NumericsError(res.health.error_message("logits"))
         out["_health"] = res.health.outcome("logits", finite, allow_nonfinite)
     elif not finite and not allow_nonfinite:
@@ -560,7 +565,51 @@ def _numerics(
                 "max_abs_error_vs_reference": float(err.max()),
                 "max_abs_reference_logit": scale,
                 "max_rel_error_vs_reference": float(err.max() / scale) if scale else 0.0,
-                "reference_predictions_agree": float((ref.argmax(-1) == res.predictions).mean()),
+                "reference_predictions_agree": (
+                    float((ref.argmax(-1) == res.predictions).mean()) if finite else math.nan
+                ),
             }
         )
+        rel = out["max_rel_error_vs_reference"]
+        if finite and rel >= REFERENCE_MISMATCH_REL:
+            out["_health"] = reference_mismatch(out.get("_health"), rel, precision)
     return out
+
+
+#: relative logit error (``max |logit - reference| / max |reference logit|``) from which the
+#: numerics are reported as disagreeing with the float64 reference; see
+#: :func:`reference_mismatch`
+REFERENCE_MISMATCH_REL = 0.5
+
+
+def reference_mismatch(health: dict | None, rel: float, precision: str) -> dict:
+    """The ``health`` block of a run whose logits are finite but disagree grossly with the
+    float64 reference (``rel >= REFERENCE_MISMATCH_REL``): status ``reference_mismatch``
+    (unless already worse than ``contained``) and a notice for the top of the report.
+
+    The threshold is fixed, not derived from a rounding bound: worst-case bounds
+    (``gamma_n = n u / (1 - n u)``, Higham 2002, ch. 3) pass 0.5 already at ``n = 86``
+    bf16 roundings (``u = 2**-8``), so they cannot separate rounding from breakage. Measured
+    healthy runs sit orders of magnitude below (README, "Numerical health"); an error of half
+    the largest logit means the logits carry no information on the reference's scale: an
+    overflow the checks did not see, or a kernel bug."""
+    h = dict(health or {"status": "ok"})
+    line = (
+        f"{precision} numerics DISAGREE with the float64 reference: max |logit error| is "
+        f"{rel:.2f} of max |logit| (threshold {REFERENCE_MISMATCH_REL}); the loss and "
+        "predictions of this run are not to be trusted"
+    )
+    if h.get("status") in (None, "ok", "contained", "not_checked"):
+        h["status"] = "reference_mismatch"
+    h["reference_mismatch"] = True
+    h["notice"] = line if not h.get("notice") else f"{line}; {h['notice']}"
+    return h
+
+
+def _predictions(pred: np.ndarray, logits: np.ndarray) -> list:
+    """``pred [K, T]`` as lists, with NaN (``null`` in the JSON, listed under
+    ``nonfinite_values``) where the position's logits are not all finite."""
+    ok = np.isfinite(logits).all(-1)
+    if ok.all():
+        return pred.tolist()
+    return np.where(ok, pred.astype(np.float64), np.nan).tolist()

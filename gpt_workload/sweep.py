@@ -292,6 +292,13 @@ class SweepSpec:
         """
         allowed = {"sweep", "base", "grid", "zip"}
         for key in data:
+            if key not in allowed and not isinstance(data[key], dict):
+                where = "[sweep]" if key in ("name", "output", "format") else "[base]"
+                raise ConfigError(
+                    f"sweep spec top-level key {key}={data[key]!r} belongs under a table: "
+                    f"{where} (name, output, format go under [sweep]; run, arch and model "
+                    "fields under [base], [grid] or [[zip]])"
+                )
             if key not in allowed:
                 raise ConfigError(
                     f"sweep spec table [{key}] is unknown; allowed: [sweep], [base], [grid], "

@@ -113,7 +113,10 @@ def _check_array(name: str, arr: Any, shape: tuple[int, ...]) -> None:
             parts.append(f"NaN ({n_nan} of {arr.size} values)")
         if n_inf:
             parts.append(f"Inf ({n_inf} of {arr.size} values)")
-        raise CheckpointError(f"weight {name} contains " + " and ".join(parts))
+        raise CheckpointError(
+            f"weight {name} contains " + " and ".join(parts) + "; non-finite weights are "
+            "refused as bad input (--allow-nonfinite applies to the numerics, not to weights)"
+        )
 
 
 @dataclass

@@ -132,6 +132,8 @@ def test_key_covers_full_configuration():
         ({"base": {"pe.sram_bytes": 1.5}}, "must be an integer"),
         ({"base": {"model.n_layers": 2}}, "model.n_layer"),
         ({"bogus": {}}, "[bogus] is unknown"),
+        ({"name": "sw"}, "top-level key name='sw' belongs under a table: [sweep]"),
+        ({"batch": 8}, "top-level key batch=8 belongs under a table: [base]"),
         ({"sweep": {"format": "xlsx"}}, "xlsx"),
     ],
 )

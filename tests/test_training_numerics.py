@@ -364,3 +364,44 @@ def test_bad_inputs_give_one_line_errors() -> None:
     with pytest.raises(ConfigError) as e:
         TrainNumerics(CFG_B, w, grad_accum_steps=3).step(tok)
     _one_line(e, "grad_accum_steps=3", "B=2")
+
+
+def test_lr_schedule_follows_the_step_number_like_torch_scheduler_and_grad_scaler() -> None:
+    """Steps 1-6 skipped (overflowing gradients), 10 steps: torch's LambdaLR, stepped every
+    iteration while GradScaler skips optimizer.step(), gives each applied step the lr of its
+    step number (the last one, step 10's, not step 4's), and AdamW's bias-correction
+    count is the number of applied updates."""
+    import warnings
+
+    acfg = AdamWConfig(lr=6e-4, warmup_steps=2, total_steps=10, final_lr_fraction=0.1)
+    n_steps, n_skip = 10, 6
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=acfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: acfg.lr_at(i) / acfg.lr)
+    gs = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    torch_lr = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scheduler.step() before an applied optimizer.step()
+        for i in range(n_steps):
+            opt.zero_grad()
+            gs.scale(p.sum() * (math.inf if i < n_skip else 1.0)).backward()
+            before = opt.state[p].get("step", torch.tensor(0.0)).item()
+            lr = opt.param_groups[0]["lr"]
+            gs.step(opt)
+            gs.update()
+            applied = opt.state[p].get("step", torch.tensor(0.0)).item() > before
+            torch_lr.append(lr if applied else None)
+            sched.step()
+    tr = TrainNumerics(
+        CFG_A, init_weights(CFG_A, seed=6), precision="bf16", adamw=acfg,
+        loss_scaler=DynamicLossScaler(init_scale=2.0**10),
+    )  # fmt: skip
+    tok = _tokens(CFG_A, 2, 16, seed=7)
+    ours = [tr.step(tok, force_overflow=i < n_skip) for i in range(n_steps)]
+    assert [s.skipped for s in ours] == [lr is None for lr in torch_lr]
+    for s, lr in zip(ours, torch_lr, strict=True):
+        if lr is not None:
+            assert s.lr == pytest.approx(lr, rel=1e-12)
+    # closed form of step 10 (index 9): linear from 6e-4 at step 2 to 6e-5 at step 10
+    assert ours[-1].lr == pytest.approx(6e-4 - (6e-4 - 6e-5) * (9 - 2) / (10 - 2))
+    assert tr.opt_state.step == int(opt.state[p]["step"].item()) == n_steps - n_skip

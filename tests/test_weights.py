@@ -109,7 +109,10 @@ def test_validate_nan_message() -> None:
     w.layers[0].fc_w.ravel()[:12] = np.nan
     with pytest.raises(CheckpointError) as err:
         w.validate(cfg)
-    assert str(err.value) == "weight h.0.mlp.c_fc.weight contains NaN (12 of 2359296 values)"
+    assert str(err.value) == (
+        "weight h.0.mlp.c_fc.weight contains NaN (12 of 2359296 values); non-finite weights "
+        "are refused as bad input (--allow-nonfinite applies to the numerics, not to weights)"
+    )
 
 
 def test_validate_inf_dtype_layers() -> None:

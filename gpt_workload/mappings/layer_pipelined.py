@@ -1232,7 +1232,8 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
             gemm_numerics(algorithm, a, rnd(w), pr, min(pc, a.shape[1]), "chain"), dtype=f32
         )
 
-    def ln(x, g, b):
+    def ln(x, g, b, op="layernorm_f", layer=None):
+        health.check_norm_input(op, layer, x, (1,), loc)
         mu = x.mean(-1, keepdims=True, dtype=f32)
         var = ((x - mu) ** 2).mean(-1, keepdims=True, dtype=f32)
         return (x - mu) / np.sqrt(var + f32(cfg.layer_norm_eps)) * rnd(g) + rnd(b)
@@ -1244,9 +1245,10 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
     n_run = 1
     for li, lw in enumerate(weights.layers):
         st = 1 + li // lps
-        h = rnd(ln(x, lw.ln_1_g, lw.ln_1_b), "layernorm_1", li)
+        h = rnd(ln(x, lw.ln_1_g, lw.ln_1_b, "layernorm_1", li), "layernorm_1", li)
         qkv = rnd(gemm(h, lw.attn_w, st) + rnd(lw.attn_b), "qkv", li)
         q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(K, T, H, dh) for i in range(3))
+        health.check_scores("attention", li, q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), T)
         sc = np.einsum("kqhe,kshe->khqs", q, k, dtype=f32) / f32(math.sqrt(dh))
         sc[:, :, causal] = -np.inf
         sc = np.exp(sc - sc.max(-1, keepdims=True))
@@ -1255,7 +1257,7 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         att = rnd(att, "attention", li)
         y = rnd(gemm(att, lw.proj_w, st) + rnd(lw.proj_b), "attn_proj", li)
         x = rnd(x + y, "residual_1", li)
-        h = rnd(ln(x, lw.ln_2_g, lw.ln_2_b), "layernorm_2", li)
+        h = rnd(ln(x, lw.ln_2_g, lw.ln_2_b, "layernorm_2", li), "layernorm_2", li)
         u = rnd(gemm(h, lw.fc_w, st) + rnd(lw.fc_b), "ffn_up", li)
         u = rnd(gelu(u.astype(np.float64), cfg.activation).astype(f32), "gelu", li)
         y = rnd(gemm(u, lw.fc2_w, st) + rnd(lw.fc2_b), "ffn_down", li)

@@ -56,7 +56,7 @@ import numba
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.health import HealthTracker, rows_locator
+from gpt_workload.health import HealthTracker, check_op_input, rows_locator
 from gpt_workload.kernels import _gelu_kernel
 from gpt_workload.precision import check_precision, round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
@@ -515,15 +515,18 @@ def _layer_forward(c: _Ctx, lw: LayerWeights, h: np.ndarray) -> tuple[np.ndarray
     """One transformer block forward on ``h [N, d]``; returns ``(h_out, saved tensors)``."""
     cfg = c.cfg
     eps = cfg.layer_norm_eps
+    check_op_input(c.health, "layernorm_1", c.layer, h, c.seq_len)
     a, mu1, rs1 = _layernorm(h, lw.ln_1_g, lw.ln_1_b, eps)
     a = c.r(a, "layernorm_1")
     qkv = c.r(_gemm(a, lw.attn_w, lw.attn_b), "qkv")
     o = np.empty((h.shape[0], cfg.d_model), dtype=np.float32)
     probs = np.empty((c.n_seq, cfg.n_head, c.seq_len, c.seq_len), dtype=np.float32)
     scale = np.float32(1.0 / math.sqrt(cfg.d_head))
+    check_op_input(c.health, "attention", c.layer, qkv, c.seq_len, cfg.n_head)
     _attention_fwd_kernel(qkv, c.n_seq, c.seq_len, cfg.n_head, scale, o, probs)
     o = c.r(o, "attention")
     h1 = c.r(h + c.r(_gemm(o, lw.proj_w, lw.proj_b), "attn_proj"), "residual_1")
+    check_op_input(c.health, "layernorm_2", c.layer, h1, c.seq_len)
     m, mu2, rs2 = _layernorm(h1, lw.ln_2_g, lw.ln_2_b, eps)
     m = c.r(m, "layernorm_2")
     u = c.r(_gemm(m, lw.fc_w, lw.fc_b), "ffn_up")
@@ -630,8 +633,9 @@ def forward_backward_sum(
         h_next, s = _layer_forward(c, lw, h)
         saved.append({"h": h} if recompute else s)
         h = h_next
-    hf, muf, rsf = _layernorm(h, w.ln_f_g, w.ln_f_b, cfg.layer_norm_eps)
     c.layer = None
+    check_op_input(c.health, "layernorm_f", None, h, seq_len)
+    hf, muf, rsf = _layernorm(h, w.ln_f_g, w.ln_f_b, cfg.layer_norm_eps)
     hf = c.r(hf, "layernorm_f")
     logits = _gemm(hf, _t(c, "wte", w.wte))  # fp32 accumulators, not rounded
     if health is not None:

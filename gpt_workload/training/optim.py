@@ -217,23 +217,32 @@ def clip_grad_norm(grads: GPTWeights, max_norm: float | None) -> float:
     return norm
 
 
-def adamw_step(master: GPTWeights, grads: GPTWeights, state: AdamWState, cfg: AdamWConfig) -> float:
+def adamw_step(
+    master: GPTWeights,
+    grads: GPTWeights,
+    state: AdamWState,
+    cfg: AdamWConfig,
+    schedule_step: int | None = None,
+) -> float:
     """One AdamW update of ``master`` in place (float32), as ``torch.optim.AdamW``.
 
-    The learning rate is ``cfg.lr_at(state.step)``; ``state.step`` is then incremented and
-    used as ``k`` in the bias corrections. Clipping is *not* done here (see
-    :func:`clip_grad_norm`); gradients must already be unscaled.
+    The learning rate is ``cfg.lr_at(schedule_step)`` (default ``state.step``);
+    ``state.step`` is then incremented and used as ``k`` in the bias corrections. Clipping is
+    *not* done here (see :func:`clip_grad_norm`); gradients must already be unscaled.
 
     Args:
         master: fp32 master weights, updated in place.
         grads: gradients, same structure as ``master`` (float32).
         state: moments and step count, updated in place.
         cfg: hyper-parameters.
+        schedule_step: 0-based training step whose learning rate applies (skipped steps
+            included, as a torch LR scheduler stepped every iteration); None: the number
+            of updates applied so far.
 
     Returns:
         The learning rate used (float).
     """
-    lr = cfg.lr_at(state.step)
+    lr = cfg.lr_at(state.step if schedule_step is None else schedule_step)
     state.step += 1
     k = state.step
     b1, b2 = cfg.betas

@@ -656,7 +656,7 @@ def _run_numerics(
     for i in range(n_run):
         s = tn.step(next(batches))
         loss_ok = math.isfinite(s.loss)
-        if not loss_ok and not allow_nonfinite:
+        if (not loss_ok or s.health.internal_overflows(fwd)) and not allow_nonfinite:
             raise NumericsError(f"step {s.step}: " + s.health.error_message("loss", fwd))
         if health is None and (not loss_ok or any(p in s.health.first for p in fwd)):
             health = {"step": s.step, **s.health.outcome("loss", loss_ok, allow_nonfinite, fwd)}

@@ -9,8 +9,10 @@ per :meth:`TrainNumerics.step`, in this order (the ``torch.amp`` recipe)::
 
 Deliberate choice: a non-finite gradient is never applied, even without an enabled loss
 scaler (fp32), where torch would write NaN into the weights; a disabled scaler keeps scale 1.
-The learning-rate schedule advances with the optimizer step count, so a skipped step does not
-consume a learning rate.
+The learning-rate schedule follows the step number, skipped steps included (step ``n`` uses
+``lr_at(n - 1)``), as a torch LR scheduler whose ``scheduler.step()`` runs every iteration
+does while ``GradScaler`` skips ``optimizer.step()``; AdamW's bias-correction count ``k``
+counts only the updates applied (torch's per-parameter ``state["step"]``).
 """
 
 from __future__ import annotations
@@ -205,6 +207,6 @@ class TrainNumerics:
             return StepStats(self.n_calls, loss, float("inf"), scale, 0.0, True, health)
         self.scaler.unscale_(grads)
         norm = clip_grad_norm(grads, self.adamw.max_grad_norm)
-        lr = adamw_step(self.master, grads, self.opt_state, self.adamw)
+        lr = adamw_step(self.master, grads, self.opt_state, self.adamw, self.n_calls - 1)
         self.scaler.update(found_inf=False)
         return StepStats(self.n_calls, loss, norm, scale, lr, False, health)
