@@ -46,7 +46,7 @@ from gpt_workload.experiment_args import (
 from wse_sim.arch import load_arch
 from wse_sim.fabric.collectives import collective_program, hpdc24_model, run_collective
 from wse_sim.fabric.engine import PacketFabric
-from wse_sim.fabric.footprint import collective_bytes
+from wse_sim.fabric.footprint import collective_bytes, transfer_program_bytes
 from wse_sim.fabric.topology import Mesh
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.event import run_event
@@ -123,7 +123,7 @@ def validate(args: argparse.Namespace) -> None:
     check_int("--p-fixed", args.p_fixed, 2, cols, note)
     check_int("--n-fixed", args.n_fixed, 1)
     check_int("--packet-wavelets", args.packet_wavelets, 1)
-    parse_ints("--micro-bytes", args.micro_bytes, 4, example="256,4096")
+    micro = parse_ints("--micro-bytes", args.micro_bytes, 4, example="256,4096")
     colours = arch.fabric.colours
     for opt, given, p, n in [
         *(("--sizes", args.sizes, args.p_fixed, s) for s in sizes),
@@ -136,6 +136,12 @@ def validate(args: argparse.Namespace) -> None:
             f"({args.packet_wavelets}-wavelet packets)"
         )
         check_host_memory(opt, given, need, what)
+    for pattern, rows, cols, P in MICRO:
+        prog = collective_program(pattern, rows, cols, max(micro), pes_per_segment=P)
+        link_bytes = prog.kernels[0].transfers[0].link_bytes
+        need = transfer_program_bytes(rows, cols, colours, link_bytes)
+        what = f"{pattern} of {max(micro):,} B per PE on a {rows}x{cols} grid"
+        check_host_memory("--micro-bytes", args.micro_bytes, need, what)
     check_out_dir("--out", args.out)
 
 

@@ -49,7 +49,7 @@ from wse_sim.errors import ConfigError
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.footprint import traffic_bytes
 from wse_sim.fabric.topology import Mesh
-from wse_sim.fabric.traffic import PATTERNS, bisection_bound, run_traffic
+from wse_sim.fabric.traffic import PATTERNS, bisection_bound, check_load, run_traffic
 
 PROG = Path(__file__).name
 
@@ -100,7 +100,13 @@ def validate(args: argparse.Namespace) -> None:
     warmup = check_float("--warmup", args.warmup, 0)
     measure = check_float("--measure", args.measure, 1)
     check_int("--seed", args.seed, 0)
-    # injection_schedule's bound: at most one packet per node per cycle
+    if pw > warmup + measure:
+        raise ConfigError(
+            f"--packet-wavelets {pw} is not allowed: expected at most the {warmup + measure:g} "
+            "cycles of --warmup + --measure (a packet takes a cycle per wavelet on a link)"
+        )
+    # injection_schedule's bounds: at most one packet per node per cycle, a mean gap that
+    # its int64 draws hold
     top = min(pw / bisection_bound(k) for k in ks)
     if max(loads) > top:
         raise ConfigError(
@@ -108,6 +114,11 @@ def validate(args: argparse.Namespace) -> None:
             f"{top:g}] (one {pw}-wavelet packet per node per cycle on the {min(ks)}x{min(ks)} "
             "mesh)"
         )
+    for k in ks:
+        try:
+            check_load(min(loads) * bisection_bound(k), pw)
+        except ConfigError as exc:
+            raise ConfigError(f"--loads {args.loads!r} is not allowed on k={k}: {exc}") from None
     for k in ks:
         need = traffic_bytes(
             k, k, fabric.colours, max(loads) * bisection_bound(k), pw, warmup + measure

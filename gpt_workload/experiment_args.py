@@ -193,6 +193,25 @@ def check_float(
     return float(value)
 
 
+def check_system_count(opt: str, given: str, systems: Iterable[int], arch: ArchConfig) -> None:
+    """Data-parallel system counts at most what SwarmX connects for ``arch``
+    (:func:`gpt_workload.training.train.max_systems`: 192 CS-2, 2048 CS-3).
+
+    Raises:
+        ConfigError: a count above it, naming ``opt``, the value and the limit.
+    """
+    from gpt_workload.training.train import max_systems
+
+    top = max_systems(arch)
+    if max(systems) > top:
+        raise _fail(
+            opt,
+            given,
+            f"system counts in 1..{top} (SwarmX connects at most {top} systems of "
+            f"{arch.name}'s class)",
+        )
+
+
 def check_model(opt: str, name: str) -> GPTConfig:
     """A model preset name or config.json path, resolved.
 

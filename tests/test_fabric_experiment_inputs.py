@@ -42,6 +42,7 @@ CASES = [
     ("collectives", ["--p-fixed", "abc"], "--p-fixed", "'abc'"),
     ("collectives", ["--n-fixed", "0"], "--n-fixed", ">= 1"),
     ("collectives", ["--micro-bytes", "nan"], "--micro-bytes", "not an integer"),
+    ("collectives", ["--micro-bytes", "99999999999999999999"], "--micro-bytes", "GiB of host"),
     ("collectives", ["--bogus"], "--bogus", "unrecognized"),
     ("fabric_load_latency", ["--k", "1"], "--k", "1 is out of range"),
     ("fabric_load_latency", ["--k", "0"], "--k", "0 is out of range"),
@@ -60,6 +61,9 @@ CASES = [
     ("fabric_load_latency", ["--warmup", "inf"], "--warmup", "finite"),
     ("fabric_load_latency", ["--packet-wavelets", "0"], "--packet-wavelets", ">= 1"),
     ("fabric_load_latency", ["--seed", "-1"], "--seed", ">= 0"),
+    ("fabric_load_latency", ["--packet-wavelets", "99999999999999999999"], "--packet-wave", "at most"),
+    ("fabric_load_latency", ["--loads", "1e-300"], "--loads", "2^52 cycles"),
+    ("fabric_load_latency", ["--k", "2", "--packet-wavelets", "1"], "--loads", "(0, 0.5]"),
     ("fabric_load_latency", ["--arch", "wse9"], "--arch", "'wse9'"),
 ]
 
@@ -187,7 +191,7 @@ def test_traffic_estimate_matches_tracemalloc(frac):
 def test_collective_estimate_matches_tracemalloc(kind, algo):
     """The estimate counts ``p`` messages' packets alive at once (twice for the all-reduce's
     two phases): within a factor 2.5 of what each collective holds at peak."""
-    p, n = 16, 4096
+    p, n = 16, 2048
 
     def go():
         eng = PacketFabric.from_arch(Mesh(1, p), FABRIC, packet_wavelets=4)
@@ -196,3 +200,25 @@ def test_collective_estimate_matches_tracemalloc(kind, algo):
     est = fp.collective_bytes(p, n, 4, FABRIC.colours, kind)
     measured = _peak(go)
     assert 0.6 < est / measured < 2.5, (est, measured)
+
+
+@pytest.mark.parametrize(
+    "pattern, rows, cols, P",
+    [
+        ("allreduce_row", 4, 32, 4),
+        pytest.param("reduce_scatter_row", 4, 24, 12, marks=pytest.mark.slow),
+        pytest.param("multicast_chain", 16, 8, 1, marks=pytest.mark.slow),
+    ],
+)
+def test_transfer_program_estimate_matches_tracemalloc(pattern, rows, cols, P):
+    """collectives.py's Part 2 runs: the estimate is within a factor 0.5..3 of the peak."""
+    from wse_sim.fabric.collectives import collective_program
+    from wse_sim.timing.packet import run_packet
+
+    arch = load_arch("grid32")
+    prog = collective_program(pattern, rows, cols, 1 << 18, pes_per_segment=P)
+    measured = _peak(lambda: run_packet(prog, arch))
+    est = fp.transfer_program_bytes(
+        rows, cols, arch.fabric.colours, prog.kernels[0].transfers[0].link_bytes
+    )
+    assert 0.5 < est / measured < 3.0, (est, measured)

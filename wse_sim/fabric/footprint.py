@@ -96,3 +96,30 @@ def collective_bytes(
     phases = 2 if kind == "allreduce" else 1
     packets = phases * p * max(math.ceil(n_wavelets / packet_wavelets), 1)
     return engine_bytes(1, p, colours) + packets * packet_bytes()
+
+
+#: what :func:`wse_sim.timing.packet.run_packet` holds beside the engine and the packets on
+#: grids up to 32 x 32 (the SimPy weight streamer, the dataflow tables, the statistics):
+#: 3-6 MB measured with ``tracemalloc``; counted as the larger
+PACKET_BACKEND_FIXED_BYTES = 6 * 2**20
+
+
+def transfer_program_bytes(
+    rows: int,
+    cols: int,
+    colours: int,
+    link_bytes: float,
+    *,
+    packet_wavelets: int = 1024,
+    n_chunks: int = 8,
+) -> int:
+    """Peak bytes of :func:`wse_sim.timing.packet.run_packet` on a one-transfer Program
+    (:func:`wse_sim.fabric.collectives.collective_program`): the engine, the transfer's
+    ``link_bytes`` (:attr:`wse_sim.program.Transfer.link_bytes`, bytes x links over the grid)
+    spread over the PEs as packets of ``packet_wavelets`` 4-byte wavelets (at least one per
+    chunk) alive at once, and :data:`PACKET_BACKEND_FIXED_BYTES`."""
+    n = rows * cols
+    per_pe = max(math.ceil(link_bytes / n / 4 / packet_wavelets), n_chunks)
+    return engine_bytes(rows, cols, colours) + n * per_pe * packet_bytes() + (
+        PACKET_BACKEND_FIXED_BYTES
+    )
