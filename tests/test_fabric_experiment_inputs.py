@@ -65,6 +65,11 @@ CASES = [
     ("fabric_load_latency", ["--loads", "1e-300"], "--loads", "2^52 cycles"),
     ("fabric_load_latency", ["--k", "2", "--packet-wavelets", "1"], "--loads", "(0, 0.5]"),
     ("fabric_load_latency", ["--arch", "wse9"], "--arch", "'wse9'"),
+    # the pass over the other scripts: silent numbers for more systems than SwarmX connects
+    ("scaling_systems", ["--batch", "99999999", "--systems", "99999999"], "--systems", "1..192"),
+    ("scaling_systems", ["--batch", "99999999999999999999"], "--batch", "1..1000000"),
+    ("scaling_systems", ["--cut", "1e-10"], "--cut", "io.swarmx_bytes_per_s"),
+    ("time_to_train", ["--systems", "500", "--models", "cerebras-gpt-13b"], "--systems", "1..192"),
 ]
 
 
@@ -222,3 +227,16 @@ def test_transfer_program_estimate_matches_tracemalloc(pattern, rows, cols, P):
         rows, cols, arch.fabric.colours, prog.kernels[0].transfers[0].link_bytes
     )
     assert 0.5 < est / measured < 3.0, (est, measured)
+
+
+def test_traffic_check_load():
+    """The injection schedule's bounds (a tiny load once overflowed numpy's int64 geometric
+    draws and the schedule never ended)."""
+    from wse_sim.fabric.traffic import MAX_MEAN_GAP_CYCLES, check_load, injection_schedule
+
+    assert check_load(0.5, 4) == 0.5
+    for bad in (0.0, -1.0, 5.0, float("nan"), 4 / MAX_MEAN_GAP_CYCLES / 2):
+        with pytest.raises(ConfigError, match="offered load"):
+            check_load(bad, 4)
+    with pytest.raises(ConfigError, match="2\\^52"):
+        injection_schedule(Mesh(2, 2), "uniform", 1e-300, 4, 100.0, 0)
