@@ -51,7 +51,7 @@ from gpt_workload.simulate import simulate
 from gpt_workload.sweep import SweepSpec, load_spec, run_sweep
 from wse_sim.errors import WseSimError
 
-DEFAULT_EXAMPLES = 50
+DEFAULT_EXAMPLES = 200
 HANG_S = 120  # one example; the slowest valid ones (packet on grid8, numerics) take ~2 s
 
 _COMMON = dict(
