@@ -16,6 +16,11 @@ and ``analytic``, and their relative differences.
 
 Writes ``collectives.csv``, ``fidelity_micro.csv`` and ``collectives.png`` into ``--out``.
 
+Every option is checked before anything runs (:mod:`gpt_workload.experiment_args`): a bad
+one is a one-line ``collectives.py: error: ...`` on stderr, exit status 2, nothing written; a
+line or message too large for the host's memory is refused with the estimate
+(:mod:`wse_sim.fabric.footprint`).
+
 Example::
 
     python experiments/collectives.py --sizes 16,64,256,1024,4096,16384 --distances 4,8,16,32
@@ -29,13 +34,25 @@ import math
 import time
 from pathlib import Path
 
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    check_arch,
+    check_host_memory,
+    check_int,
+    check_out_dir,
+    parse_ints,
+    run_main,
+)
 from wse_sim.arch import load_arch
 from wse_sim.fabric.collectives import collective_program, hpdc24_model, run_collective
 from wse_sim.fabric.engine import PacketFabric
+from wse_sim.fabric.footprint import collective_bytes, transfer_program_bytes
 from wse_sim.fabric.topology import Mesh
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.event import run_event
 from wse_sim.timing.packet import run_packet
+
+PROG = Path(__file__).name
 
 ALGOS = [
     ("reduce", "chain"),
@@ -56,33 +73,84 @@ MICRO = [
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog=PROG,
         description="Collective time vs message size and distance beside the [HPDC24] model, "
         "and packet vs event vs analytic on the lowering's transfer patterns. Writes "
         "collectives.csv, fidelity_micro.csv and collectives.png."
     )
-    p.add_argument("--sizes", default="16,64,256,1024,4096,16384", help="elements per PE")
-    p.add_argument("--distances", default="4,8,16,32", help="PEs in the row (p)")
-    p.add_argument("--p-fixed", type=int, default=16, help="p for the size sweep")
-    p.add_argument("--n-fixed", type=int, default=1024, help="n for the distance sweep")
+    p.add_argument(
+        "--sizes",
+        default="16,64,256,1024,4096,16384",
+        help="comma-separated elements per PE, integers >= 1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--distances",
+        default="4,8,16,32",
+        help="comma-separated PEs in the row (p), 2..the arch's columns (default: %(default)s)",
+    )
+    p.add_argument("--p-fixed", type=int, default=16, help="p for the size sweep, 2..columns")
+    p.add_argument("--n-fixed", type=int, default=1024, help="n for the distance sweep, >= 1")
     p.add_argument(
         "--packet-wavelets",
         type=int,
         default=4,
-        help="packet size (<= half the router buffer keeps links busy; 1 = wavelet-exact)",
+        help="packet size, >= 1 (<= half the router buffer keeps links busy; 1 = "
+        "wavelet-exact)",
     )
-    p.add_argument("--micro-bytes", default="256,1024,4096,16384", help="bytes per PE")
-    p.add_argument("--arch", default="grid32", help="preset for the fabric and Part 2")
+    p.add_argument(
+        "--micro-bytes",
+        default="256,1024,4096,16384",
+        help="comma-separated bytes per PE, integers >= 4 (one wavelet) (default: %(default)s)",
+    )
+    p.add_argument("--arch", default="grid32", help="preset or TOML for the fabric and Part 2")
     p.add_argument("--out", default="results/collectives", help="output directory")
     return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written.
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed; a
+            line whose packets would not fit host memory, with the estimate.
+    """
+    arch = check_arch("--arch", args.arch)
+    cols = arch.wafer.cols
+    note = f"a row of {arch.name} has {cols} PEs"
+    sizes = parse_ints("--sizes", args.sizes, 1, example="16,1024")
+    dists = parse_ints("--distances", args.distances, 2, cols, example="4,8")
+    check_int("--p-fixed", args.p_fixed, 2, cols, note)
+    check_int("--n-fixed", args.n_fixed, 1)
+    check_int("--packet-wavelets", args.packet_wavelets, 1)
+    micro = parse_ints("--micro-bytes", args.micro_bytes, 4, example="256,4096")
+    colours = arch.fabric.colours
+    for opt, given, p, n in [
+        *(("--sizes", args.sizes, args.p_fixed, s) for s in sizes),
+        ("--n-fixed", args.n_fixed, args.p_fixed, args.n_fixed),
+        *(("--distances", args.distances, d, args.n_fixed) for d in dists),
+    ]:
+        need = collective_bytes(p, n, args.packet_wavelets, colours)
+        what = (
+            f"a collective of {n:,} wavelets per PE on a row of {p} PEs "
+            f"({args.packet_wavelets}-wavelet packets)"
+        )
+        check_host_memory(opt, given, need, what)
+    for pattern, rows, cols, P in MICRO:
+        prog = collective_program(pattern, rows, cols, max(micro), pes_per_segment=P)
+        link_bytes = prog.kernels[0].transfers[0].link_bytes
+        need = transfer_program_bytes(rows, cols, colours, link_bytes)
+        what = f"{pattern} of {max(micro):,} B per PE on a {rows}x{cols} grid"
+        check_host_memory("--micro-bytes", args.micro_bytes, need, what)
+    check_out_dir("--out", args.out)
 
 
 def run_line(args: argparse.Namespace) -> list[dict]:
     """Part 1: one row per (kind, algorithm, p, n)."""
     arch = load_arch(args.arch)
     fab = arch.fabric
-    sizes = [int(x) for x in args.sizes.split(",")]
-    dists = [int(x) for x in args.distances.split(",")]
+    sizes = parse_ints("--sizes", args.sizes, 1)
+    dists = parse_ints("--distances", args.distances, 2)
     points = [(args.p_fixed, n) for n in sizes] + [(p, args.n_fixed) for p in dists]
     rows = []
     for kind, algo in ALGOS:
@@ -130,7 +198,7 @@ def run_micro(args: argparse.Namespace) -> list[dict]:
     clk = arch.pe.clock_hz
     rows = []
     for pattern, r, c, P in MICRO:
-        for nb in (int(x) for x in args.micro_bytes.split(",")):
+        for nb in parse_ints("--micro-bytes", args.micro_bytes, 4):
             prog = collective_program(pattern, r, c, nb, pes_per_segment=P)
             t0 = time.perf_counter()
             pk = run_packet(prog, arch)
@@ -226,8 +294,15 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    """Run both parts, write the CSVs and the PNG, print the per-point differences."""
+    """Check the options, run both parts, write the CSVs and the PNG, print the per-point
+    differences; returns the exit status (2 and one line on stderr for a bad option, before
+    anything runs or is written)."""
+    return run_main(PROG, lambda: _main(argv))
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
+    validate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -15,6 +15,11 @@ nearest-neighbour traffic hardly notices the load.
 
 Writes ``fabric_load_latency.csv`` and ``fabric_load_latency.png`` into ``--out``.
 
+Every option is checked before anything runs (:mod:`gpt_workload.experiment_args`): a bad
+one is a one-line ``fabric_load_latency.py: error: ...`` on stderr, exit status 2, nothing
+written; a mesh too large for the host's memory is refused with the estimate
+(:mod:`wse_sim.fabric.footprint`).
+
 Example::
 
     python experiments/fabric_load_latency.py --k 8,16 --packet-wavelets 4
@@ -27,42 +32,114 @@ import csv
 import time
 from pathlib import Path
 
+from gpt_workload.experiment_args import (
+    ArgumentParser,
+    check_arch,
+    check_float,
+    check_host_memory,
+    check_int,
+    check_out_dir,
+    parse_floats,
+    parse_ints,
+    parse_names,
+    run_main,
+)
 from wse_sim.arch import load_arch
+from wse_sim.errors import ConfigError
 from wse_sim.fabric.engine import PacketFabric
+from wse_sim.fabric.footprint import traffic_bytes
 from wse_sim.fabric.topology import Mesh
-from wse_sim.fabric.traffic import PATTERNS, bisection_bound, run_traffic
+from wse_sim.fabric.traffic import PATTERNS, bisection_bound, check_load, run_traffic
+
+PROG = Path(__file__).name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
+        prog=PROG,
         description="Latency and accepted throughput vs offered load on a k x k mesh, per "
         "traffic pattern (packet engine). Writes fabric_load_latency.csv and .png."
     )
-    p.add_argument("--k", default="8,16", help="mesh sizes, comma-separated")
-    p.add_argument("--patterns", default=",".join(PATTERNS), help="traffic patterns")
+    p.add_argument("--k", default="8,16", help="mesh sizes, comma-separated integers >= 2")
+    p.add_argument(
+        "--patterns", default=",".join(PATTERNS), help="traffic patterns (default: %(default)s)"
+    )
     p.add_argument(
         "--loads",
         default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2",
-        help="offered loads as fractions of the bisection bound 4/k",
+        help="offered loads as fractions of the bisection bound 4/k, > 0 and at most one "
+        "packet per node per cycle (packet-wavelets x k / 4)",
     )
-    p.add_argument("--packet-wavelets", type=int, default=4, help="packet size (1 = exact)")
+    p.add_argument("--packet-wavelets", type=int, default=4, help="packet size >= 1 (1 = exact)")
     p.add_argument("--arch", default="wse2", help="preset whose fabric fields are used")
-    p.add_argument("--warmup", type=float, default=500, help="warm-up cycles")
-    p.add_argument("--measure", type=float, default=1500, help="measurement window, cycles")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--warmup", type=float, default=500, help="warm-up cycles, >= 0")
+    p.add_argument("--measure", type=float, default=1500, help="measurement window, cycles, >= 1")
+    p.add_argument("--seed", type=int, default=1, help="traffic seed, >= 0")
     p.add_argument("--out", default="results/fabric_load_latency", help="output directory")
     return p.parse_args(argv)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before anything runs or is written.
+
+    Raises:
+        ConfigError: one line naming the option, the value given and what is allowed; a
+            mesh (and its traffic) that would not fit host memory, with the estimate.
+    """
+    fabric = check_arch("--arch", args.arch).fabric
+    ks = parse_ints("--k", args.k, 2, example="8,16")
+    for pat in parse_names("--patterns", args.patterns, "traffic patterns"):
+        if pat not in PATTERNS:
+            raise ConfigError(
+                f"--patterns {args.patterns!r} is not allowed: {pat!r} is not a traffic "
+                f"pattern; expected some of {', '.join(PATTERNS)}"
+            )
+    loads = parse_floats("--loads", args.loads, 0, lo_open=True, example="0.1,0.5,1")
+    pw = check_int("--packet-wavelets", args.packet_wavelets, 1)
+    warmup = check_float("--warmup", args.warmup, 0)
+    measure = check_float("--measure", args.measure, 1)
+    check_int("--seed", args.seed, 0)
+    if pw > warmup + measure:
+        raise ConfigError(
+            f"--packet-wavelets {pw} is not allowed: expected at most the {warmup + measure:g} "
+            "cycles of --warmup + --measure (a packet takes a cycle per wavelet on a link)"
+        )
+    # injection_schedule's bounds: at most one packet per node per cycle, a mean gap that
+    # its int64 draws hold
+    top = min(pw / bisection_bound(k) for k in ks)
+    if max(loads) > top:
+        raise ConfigError(
+            f"--loads {args.loads!r} is not allowed: expected fractions of 4/k in (0, "
+            f"{top:g}] (one {pw}-wavelet packet per node per cycle on the {min(ks)}x{min(ks)} "
+            "mesh)"
+        )
+    for k in ks:
+        try:
+            check_load(min(loads) * bisection_bound(k), pw)
+        except ConfigError as exc:
+            raise ConfigError(f"--loads {args.loads!r} is not allowed on k={k}: {exc}") from None
+    for k in ks:
+        need = traffic_bytes(
+            k, k, fabric.colours, max(loads) * bisection_bound(k), pw, warmup + measure
+        )
+        what = (
+            f"a {k}x{k} mesh with {warmup + measure:g} cycles of traffic at load "
+            f"{max(loads):g} x 4/k"
+        )
+        given = f"k={k}, warmup + measure = {warmup + measure:g} cycles"
+        check_host_memory("--k/--warmup/--measure", given, need, what)
+    check_out_dir("--out", args.out)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    """One CSV row per (k, pattern, load)."""
+    """One CSV row per (k, pattern, load); the options are those :func:`validate` accepts."""
     fabric = load_arch(args.arch).fabric
     rows = []
-    for k in (int(x) for x in args.k.split(",")):
+    for k in parse_ints("--k", args.k, 2):
         bound = bisection_bound(k)
-        for pattern in args.patterns.split(","):
-            for frac in (float(x) for x in args.loads.split(",")):
+        for pattern in parse_names("--patterns", args.patterns):
+            for frac in parse_floats("--loads", args.loads, 0, lo_open=True):
                 res, _ = run_traffic(
                     Mesh(k, k),
                     pattern,
@@ -127,8 +204,15 @@ def plot(rows: list[dict], path: Path):
 
 
 def main(argv=None) -> int:
-    """Run, write the CSV and the PNG, print the saturation points."""
+    """Check the options, run, write the CSV and the PNG, print the saturation points; returns
+    the exit status (2 and one line on stderr for a bad option, before anything runs or is
+    written)."""
+    return run_main(PROG, lambda: _main(argv))
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
+    validate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -30,12 +30,16 @@ from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     check_arch,
+    check_arch_field,
+    check_int,
     check_model,
+    check_system_count,
     check_out_dir,
     parse_ints,
     run_main,
 )
 from gpt_workload.plots import save
+from gpt_workload.simulate import MAX_BATCH
 from gpt_workload.training.train import time_training_step
 from wse_sim.arch import load_arch
 from wse_sim.errors import ConfigError
@@ -100,17 +104,20 @@ def validate(args: argparse.Namespace) -> tuple[list[int], Path]:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
     cfg = check_model("--model", args.model)
-    check_arch("--arch", args.arch)
+    arch = check_arch("--arch", args.arch)
     systems = parse_counts("--systems", args.systems)
+    check_system_count("--systems", args.systems, systems, arch)
     if not (math.isfinite(args.cut) and args.cut > 0):
         raise ConfigError(f"--cut {args.cut!r} is not allowed: expected a finite number > 0")
+    bw = arch.io.swarmx_bytes_per_s / args.cut
+    check_arch_field("--cut", args.cut, arch, "io.swarmx_bytes_per_s", bw)
     if not 2 <= args.seq_len <= cfg.n_positions:
         raise ConfigError(
             f"--seq-len {args.seq_len} is not allowed: expected an integer in "
             f"2..{cfg.n_positions} (n_positions of {cfg.name})"
         )
-    if args.batch is not None and args.batch < 1:
-        raise ConfigError(f"--batch {args.batch} is not allowed: expected an integer >= 1")
+    if args.batch is not None:
+        check_int("--batch", args.batch, 1, MAX_BATCH)
     batch = default_batch(cfg.name) if args.batch is None else args.batch
     if max(systems) > batch:
         raise ConfigError(

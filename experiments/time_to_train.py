@@ -35,6 +35,7 @@ from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     check_arch,
+    check_system_count,
     check_out_dir,
     parse_ints,
     run_main,
@@ -101,8 +102,9 @@ def validate(args: argparse.Namespace) -> tuple[str, list[int], list[str], Path]
     Raises:
         ConfigError: one line naming the option, the value given and what is allowed.
     """
-    check_arch("--arch", args.arch)
+    arch = check_arch("--arch", args.arch)
     systems = parse_counts("--systems", args.systems)
+    check_system_count("--systems", args.systems, systems, arch)
     models = [m.strip().lower() for m in args.models.split(",")]
     allowed = ", ".join(PUBLISHED_TRAINING)
     for m, given in zip(models, args.models.split(","), strict=True):

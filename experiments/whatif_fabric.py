@@ -256,9 +256,11 @@ def figure(args, results, batches):
             if field.endswith("link_bits_per_cycle")
             else "hop latency (cycles per hop)"
         )
+        positive = all(r[field] > 0 for r in results[name] if r["status"] == "ok")
         for row in range(2):
             ax = axes[row, col]
-            ax.set_xscale("log", base=2)
+            # hop latency 0 is allowed (fabric.hop_latency_cycles >= 0): log only without it
+            ax.set_xscale("log", base=2) if positive else ax.set_xscale("symlog", base=2)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)

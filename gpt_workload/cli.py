@@ -366,11 +366,18 @@ _ALLOW_NONFINITE_HELP = (
     "run stops with one line naming the first op, layer and precision that overflowed "
     "(exit 2); with it the report says so first"
 )
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error (unknown option, ``--batch abc``, a missing value) is one
+    line ``wse-sim CMD: error: ...`` on stderr and exit status 2, without the usage block,
+    like every other error of the command line. Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``wse-sim``."""
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="wse-sim",
         description=("Simulate GPT models on a wafer-scale engine (Cerebras WSE class)."),
     )

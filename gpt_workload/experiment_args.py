@@ -173,6 +173,45 @@ def check_int(opt: str, value: int, lo: int, hi: int | None = None, note: str = 
     return value
 
 
+def check_float(
+    opt: str, value: float, lo: float | None = None, hi: float | None = None, *, lo_open=False
+) -> float:
+    """``value`` (a float, as argparse's ``type=float`` gives it, which takes ``nan`` and
+    ``inf``) finite and in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``; either bound may be
+    None).
+
+    Raises:
+        ConfigError: NaN, infinite or out of range, naming ``opt``, the value and the range.
+    """
+    rng = _range_text(lo, hi, lo_open)
+    allowed = "a finite number" + (f" {rng}" if rng else "")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(opt, value, allowed)
+    low = lo is not None and (value <= lo if lo_open else value < lo)
+    if low or (hi is not None and value > hi):
+        raise _fail(opt, value, allowed)
+    return float(value)
+
+
+def check_system_count(opt: str, given: str, systems: Iterable[int], arch: ArchConfig) -> None:
+    """Data-parallel system counts at most what SwarmX connects for ``arch``
+    (:func:`gpt_workload.training.train.max_systems`: 192 CS-2, 2048 CS-3).
+
+    Raises:
+        ConfigError: a count above it, naming ``opt``, the value and the limit.
+    """
+    from gpt_workload.training.train import max_systems
+
+    top = max_systems(arch)
+    if max(systems) > top:
+        raise _fail(
+            opt,
+            given,
+            f"system counts in 1..{top} (SwarmX connects at most {top} systems of "
+            f"{arch.name}'s class)",
+        )
+
+
 def check_model(opt: str, name: str) -> GPTConfig:
     """A model preset name or config.json path, resolved.
 
@@ -327,6 +366,29 @@ def check_fits(
             else f"no preset holds one {seq_len}-token sequence of {cfg.name}"
         )
         raise ConfigError(f"{opt} {given!r} is not allowed: {exc} ({where})") from None
+
+
+def check_host_memory(opt: str, given: object, need_bytes: float, what: str) -> None:
+    """Refuse a run whose estimated host memory exceeds 80 % of what the host has available
+    now (``MemAvailable``, as :func:`gpt_workload.simulate.simulate` checks its numerics).
+
+    Args:
+        opt, given: the option to blame and its value as typed (``--k``, ``"100000"``).
+        need_bytes: the estimate (e.g. :mod:`wse_sim.fabric.footprint`).
+        what: what needs it, for the message (``"a 100000x100000 mesh ..."``).
+
+    Raises:
+        ConfigError: ``OPT 'given' is not allowed: WHAT needs about X GiB of host memory;
+            Y GiB available``.
+    """
+    from gpt_workload.simulate import _available_memory_bytes
+
+    avail = _available_memory_bytes()
+    if need_bytes > 0.8 * avail:
+        raise ConfigError(
+            f"{opt} {given!r} is not allowed: {what} needs about {need_bytes / 2**30:,.1f} GiB "
+            f"of host memory; {avail / 2**30:,.1f} GiB available (at most 80 % is used)"
+        )
 
 
 def add_run_options(

@@ -37,7 +37,8 @@ class NumericsResult:
     Attributes:
         logits: float32 [K, T, V].
         loss_per_token: float32 [K, T] (position T-1 has no target and is 0).
-        loss: mean next-token cross-entropy over K x (T - 1) positions.
+        loss: mean next-token cross-entropy over K x (T - 1) positions; None when T = 1
+            (no position has a target).
         predictions: int64 [K, T], argmax of the logits (next-token predictions).
         kernels_run: number of kernel invocations.
         health: the :class:`gpt_workload.health.HealthTracker` that checked every stored
@@ -46,7 +47,7 @@ class NumericsResult:
 
     logits: np.ndarray
     loss_per_token: np.ndarray
-    loss: float
+    loss: float | None
     predictions: np.ndarray
     kernels_run: int
     health: HealthTracker | None = None
@@ -233,5 +234,6 @@ def run_numerics(
             raise NotImplementedError(f"no numerics for op {op!r}")
         n_run += 1
     logits = tl.from_tiles(logits_t, V)
-    loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else float("nan")
+    # a 1-token sequence has no next-token target: no loss (None), not a NaN
+    loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else None
     return NumericsResult(logits, loss_tok, loss, pred, n_run, health)

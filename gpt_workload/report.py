@@ -269,10 +269,12 @@ def format_console(r: Report) -> list[tuple[str, str]]:
             ("weights", n.get("weights", "")),
             (
                 "loss",
-                f"{n['loss']:.6f}"
+                "none: 1-token sequences have no next-token target"
+                if n["loss"] is None
+                else f"{n['loss']:.6f}"
                 + (
                     f" (float64 reference {n['reference_loss']:.6f})"
-                    if "reference_loss" in n
+                    if n.get("reference_loss") is not None
                     else ""
                 ),
             ),

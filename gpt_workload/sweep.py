@@ -821,7 +821,7 @@ class SweepResult:
         executor: where the points ran (``"dask local cluster (2 workers)"``, ...).
     """
 
-    table: Any
+    table: Any  # pyarrow.Table (pyarrow is imported lazily)
     path: Path
     total: int
     skipped: int
@@ -1185,6 +1185,11 @@ def run_sweep(
         retry_failed: run points recorded as errors again.
         progress: called as ``progress(done, total)`` once before the first point runs and
             after each point.
+
+    Returns:
+        A :class:`SweepResult`: ``.table`` is the whole table as a ``pyarrow.Table`` (one row
+        per point, sweep order; ``.table.to_pandas()`` for a DataFrame), with ``.path`` where
+        it was written and the counts ``.total``, ``.skipped``, ``.computed``, ``.failed``.
 
     Raises:
         ConfigError: bad spec, unknown model/arch names, bad format or worker count, an

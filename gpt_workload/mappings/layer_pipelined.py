@@ -1273,5 +1273,6 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
     if T > 1:
         picked = np.take_along_axis(lg[:, :-1], tokens[:, 1:, None], -1)[..., 0]
         loss_tok[:, :-1] = lse[:, :-1] - picked
-    loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else float("nan")
+    # a 1-token sequence has no next-token target: no loss (None), not a NaN
+    loss = float(loss_tok[:, :-1].astype(np.float64).mean()) if T > 1 else None
     return NumericsResult(logits, loss_tok, loss, lg.argmax(-1), n_run + 1, health)

@@ -72,6 +72,30 @@ def destinations(
     return np.where(d == src, -1, d).astype(np.int64)
 
 
+#: longest mean gap between a node's packets, cycles: numpy's geometric draws are int64, and
+#: gaps near 2**63 overflow (the schedule then never ends)
+MAX_MEAN_GAP_CYCLES = 2.0**52
+
+
+def check_load(load: float, packet_wavelets: int) -> float:
+    """An offered load (wavelets per node per cycle) the injection schedule can draw: at most
+    one packet per node per cycle, and a mean gap ``packet_wavelets / load`` of at most
+    :data:`MAX_MEAN_GAP_CYCLES`.
+
+    Raises:
+        ConfigError: outside ``[packet_wavelets / MAX_MEAN_GAP_CYCLES, packet_wavelets]``
+            (or not a finite number).
+    """
+    lo = packet_wavelets / MAX_MEAN_GAP_CYCLES
+    if not (isinstance(load, int | float) and lo <= load <= packet_wavelets):
+        raise ConfigError(
+            f"offered load={load!r} must be in [{lo:.3g}, {packet_wavelets}] wavelets per node "
+            f"per cycle (one {packet_wavelets}-wavelet packet per cycle at most; a mean gap of "
+            f"at most 2^52 cycles)"
+        )
+    return float(load)
+
+
 def injection_schedule(
     mesh: Mesh,
     pattern: str,
@@ -86,10 +110,9 @@ def injection_schedule(
     Each node draws geometric gaps with mean ``packet_wavelets / load`` cycles.
 
     Raises:
-        ConfigError: ``load`` outside ``(0, ramp rate]`` or a bad pattern.
+        ConfigError: ``load`` outside what :func:`check_load` allows, or a bad pattern.
     """
-    if not 0 < load <= packet_wavelets:
-        raise ConfigError(f"offered load={load!r} must be in (0, {packet_wavelets}] per cycle")
+    check_load(load, packet_wavelets)
     rng = np.random.default_rng(seed)
     p = min(load / packet_wavelets, 1.0)
     nodes = nodes if nodes is not None else [mesh.index(x) for x in sorted(mesh.graph.nodes)]
