@@ -65,9 +65,10 @@ DONE, PENDING, GROW, DEADLOCK_CHECK, ERR_NORULE, ERR_EDGE = range(6)
     I_E0,
     I_E1,
     I_E2,
+    I_E3,
     I_MINP,  # oldest pending callback's processing index (-1: none)
     I_LEN,
-) = range(19)
+) = range(20)
 F_NOW, F_LAST, F_WDELIV, F_LEN = 0, 1, 2, 4
 # port visiting order of a static rule: sorted by name (E, N, RAMP, S, W) as the reference
 _ORDER = np.array([1, 0, 4, 2, 3], dtype=np.int64)
@@ -281,6 +282,7 @@ def _tx(S, T, I, v, pkt, ports):
         I[I_E0] = col
         I[I_E1] = n
         I[I_E2] = p
+        I[I_E3] = dst
         return -2
     ports[0] = n * SLOTS + p
     return 1

@@ -313,6 +313,8 @@ class CompiledFabric(PacketFabric):
         Raises:
             RuntimeError: packets are still in flight.
         """
+        if self.in_flight:
+            raise RuntimeError(f"clear_routes with {self.in_flight} packets in flight")
         super().clear_routes()
         self._rule_rx[:] = -1
         self._rule_tx[:] = 0
@@ -552,9 +554,10 @@ class CompiledFabric(PacketFabric):
                 f"colour {col} reaches router {self.mesh.node(n)} from {SLOT_NAMES[p]} but has "
                 "no rule receiving it there"
             )
+        dst = self.mesh.node(int(I[core.I_E3]))
         raise RouteError(
-            f"packet on colour {col} would leave {self.mesh.node(n)} going {SLOT_NAMES[p]} "
-            "across a fault or the grid edge"
+            f"packet for {dst} on colour {col} would leave {self.mesh.node(n)} going "
+            f"{SLOT_NAMES[p]} across a fault or the grid edge"
         )
 
     # ---------------------------------------------------------------------- stats
