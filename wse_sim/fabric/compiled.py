@@ -417,6 +417,57 @@ class CompiledFabric(PacketFabric):
         self._st_x.append(t if tail_min is None or tail_min < t else tail_min)
         return pkt
 
+    def inject_many(self, src, colour: int, size: float, t, dst) -> None:
+        """Hand packets of ``size`` wavelets on per-packet routed ``colour`` to the RAMPs of
+        routers ``src`` at cycles ``t`` for routers ``dst`` (index arrays of equal length;
+        untagged; the same as calling :meth:`inject` for each in order, without the
+        per-packet Python cost).
+
+        Raises:
+            RouteError: ``colour`` is routed by static rules.
+            ValueError: arrays of unequal length, or a cycle before now.
+        """
+        if self._mode[colour] == _STATIC:
+            raise RouteError(f"inject_many needs a per-packet routed colour; {colour} is static")
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        t = np.asarray(t, dtype=float)
+        k = len(src)
+        if len(dst) != k or len(t) != k:
+            raise ValueError("inject_many: src, t and dst must have the same length")
+        if k == 0:
+            return
+        if t.min() < self.now:
+            raise ValueError(f"inject at cycle {t.min()} before now={self.now}")
+        self._flush_stage()
+        I = self._I
+        while I[core.I_NPK] + k + 8 > len(self._P[0]) or I[core.I_HN] + k + 64 > len(self._H[0]):
+            self._H = self._grown(self._H, 2 * len(self._H[0]) + k)
+            self._P = self._grown(self._P, 2 * len(self._P[0]) + k)
+            self._pack()
+        p0 = int(I[core.I_NPK])
+        sl = slice(p0, p0 + k)
+        pid0 = self._pid_next
+        self._pid_next += k
+        vals = (np.arange(pid0, pid0 + k), colour, size, src, dst, t, 0, 0)
+        for arr, val in zip(self._P, vals, strict=True):
+            arr[sl] = val
+        I[core.I_NPK] = p0 + k
+        v = (src * SLOTS + SLOT_PE) * self.C + colour
+        np.add.at(self._vocc, v, size)
+        I[core.I_INFLIGHT] += k
+        self.packets_injected += k
+        self.wavelets_injected += size * k
+        self.wavelets_expected += size * k
+        if self.check:
+            for p, d in zip(range(pid0, pid0 + k), dst.tolist(), strict=True):
+                self._expected[(p, d)] += 1
+        j0 = int(I[core.I_CURJ])
+        I[core.I_CURJ] = j0 + k
+        keys = (int(I[core.I_CURP]) << _KB) + j0 + np.arange(k, dtype=np.int64)
+        kinds = np.full(k, core.ARRIVE, dtype=np.int64)
+        core.bulk_push(self._H, I, t, kinds, v, np.arange(p0, p0 + k), t.copy(), keys)
+
     def schedule(self, t: float, fn, *args) -> None:
         """Call ``fn(*args)`` at cycle ``t``."""
         self._calls.append((fn, args))
@@ -633,18 +684,3 @@ class CompiledFabric(PacketFabric):
             )
         raise FabricDeadlock(msg, cyc, t, stuck)
 
-
-def make_engine(engine: str, mesh: Mesh, fabric, **kw) -> PacketFabric:
-    """A packet engine by name: ``"compiled"`` (:class:`CompiledFabric`) or ``"reference"``
-    (:class:`~wse_sim.fabric.engine.PacketFabric`), with ``fabric``'s rates (``kw``
-    overrides).
-
-    Raises:
-        ValueError: an unknown engine name.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r} unknown; choose from {', '.join(ENGINES)}")
-    return ENGINES[engine].from_arch(mesh, fabric, **kw)
-
-
-ENGINES = {"compiled": CompiledFabric, "reference": PacketFabric}

@@ -48,7 +48,7 @@ import simpy
 
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError
-from wse_sim.fabric.compiled import ENGINES
+from wse_sim.fabric.engines import ENGINES
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.routing import RouteTable, tree_route, xy_path, xy_route
