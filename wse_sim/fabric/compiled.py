@@ -175,6 +175,7 @@ class CompiledFabric(PacketFabric):
         self._tags: list = [None]  # tag 0 = None
         self._calls: list = []
         self._stage_reset()
+        self._cp = self._cj = 0  # key prefix and count for pushes made from Python
         self._pid_next = 0
         self.packets_injected = 0
         self.wavelets_injected = 0.0
@@ -347,10 +348,10 @@ class CompiledFabric(PacketFabric):
         self._st_p: list = []
 
     def _key(self) -> int:
-        I = self._I
-        j = int(I[core.I_CURJ])
-        I[core.I_CURJ] = j + 1
-        return (int(I[core.I_CURP]) << _KB) | j
+        # the key prefix and count live in Python between compiled runs (``_loop`` syncs)
+        j = self._cj
+        self._cj = j + 1
+        return (self._cp << _KB) | j
 
     def inject(
         self,
@@ -462,9 +463,9 @@ class CompiledFabric(PacketFabric):
         if self.check:
             for p, d in zip(range(pid0, pid0 + k), dst.tolist(), strict=True):
                 self._expected[(p, d)] += 1
-        j0 = int(I[core.I_CURJ])
-        I[core.I_CURJ] = j0 + k
-        keys = (int(I[core.I_CURP]) << _KB) + j0 + np.arange(k, dtype=np.int64)
+        j0 = self._cj
+        self._cj = j0 + k
+        keys = (self._cp << _KB) + j0 + np.arange(k, dtype=np.int64)
         kinds = np.full(k, core.ARRIVE, dtype=np.int64)
         core.bulk_push(self._H, I, t, kinds, v, np.arange(p0, p0 + k), t.copy(), keys)
 
@@ -525,10 +526,14 @@ class CompiledFabric(PacketFabric):
         return int(self._I[core.I_INFLIGHT])
 
     def _loop(self, until: float) -> int:
-        return core.run_loop(
-            until, self.deadlock_cycles, self._S, self._H, self._I, self._F, self._P, self._Q,
+        I = self._I
+        I[core.I_CURP], I[core.I_CURJ] = self._cp, self._cj
+        code = core.run_loop(
+            until, self.deadlock_cycles, self._S, self._H, I, self._F, self._P, self._Q,
             self._R, self._Rl, self._X, self._T, self._L, self._D, self._caps, self._ports,
         )  # fmt: skip
+        self._cp, self._cj = int(I[core.I_CURP]), int(I[core.I_CURJ])
+        return code
 
     def run(self, until: float = INF) -> float:
         """Process events with time < ``until``; return ``now``.
@@ -570,20 +575,20 @@ class CompiledFabric(PacketFabric):
         Ps, kinds, As, pks, ths, tts = (a[:n].tolist() for a in self._D)
         I[core.I_NPEND] = 0
         I[core.I_MINP] = -1
-        saveP, savej = int(I[core.I_CURP]), int(I[core.I_CURJ])
-        P = self._P
+        saveP, savej = self._cp, self._cj
+        idx = np.maximum(self._D[3][:n], 0)
+        pid, col, size, src, dst, tinj, ttl, tag = (a[idx].tolist() for a in self._P)
+        tags = self._tags
         t_now = F[core.F_NOW]
         hook = self.on_deliver
         for q in range(n):
-            I[core.I_CURP] = Ps[q]
-            I[core.I_CURJ] = 0
+            self._cp = Ps[q]
+            self._cj = 0
             F[core.F_NOW] = ths[q]
             if kinds[q] == core.DELIVER:
-                k = pks[q]
                 pkt = Packet(
-                    int(P[0][k]), int(P[1][k]), float(P[2][k]), int(P[3][k]), int(P[4][k]),
-                    float(P[5][k]), self._tags[P[7][k]], int(P[6][k]),
-                )  # fmt: skip
+                    pid[q], col[q], size[q], src[q], dst[q], tinj[q], tags[tag[q]], ttl[q]
+                )
                 if self.check:
                     self._delivered[(pkt.pid, As[q])] += 1
                 if hook is not None:
@@ -593,8 +598,8 @@ class CompiledFabric(PacketFabric):
                 self._calls[As[q]] = None
                 fn(*args)
         if Ps[n - 1] == saveP:
-            savej = max(savej, int(I[core.I_CURJ]))
-        I[core.I_CURP], I[core.I_CURJ] = saveP, savej
+            savej = max(savej, self._cj)
+        self._cp, self._cj = saveP, savej
         F[core.F_NOW] = t_now
 
     def _route_error(self, code: int) -> None:
