@@ -1,26 +1,29 @@
-"""Benchmark of the packet engine: wavelet-hops per wall second, against a naive SimPy model
-with one process per router, on the same traffic in the same process.
+"""Benchmark of the packet engine against BookSim2, and of the ``packet`` backend on big grids.
 
-The traffic: uniform random, XY routed, 1-wavelet packets (wavelet-exact), open loop on a
-``k x k`` mesh at offered loads 0.05 and 0.3 wavelets per node per cycle (the bisection bound
-of an 8 x 8 mesh is 0.5), injected over ``--cycles`` cycles and run until every wavelet is
-delivered. Both models carry exactly the same wavelet-hops (the sum of the Manhattan
-distances), which the script checks.
-
-The naive model is what one writes first in SimPy: every router is a process that takes one
-wavelet at a time from an unbounded ``Store``, waits one hop, and puts it into the next
-router's store. It models less (no per-link bandwidth, colours, credits, turns or RAMPs) and
-is still slower; the ratio is the point.
-
-Also times the ``packet`` timing backend on the Cerebras-GPT-shaped block of
-``tests/test_fidelity_agreement.py`` (32 x 32 grid, 1,024-wavelet packets).
+1. **Engine vs BookSim2**, side by side in one run: the same pattern (uniform random), routing
+   (XY / dimension order), 1-wavelet (1-flit) packets, mesh size (8 x 8, 16 x 16, 32 x 32),
+   offered load (0.05 and 0.3 wavelets per node per cycle) and injection window
+   (``--cycles``), each run ``--repeats`` times; the medians of wavelet-hops (flit-hops) per
+   wall second and per CPU second of each, and their ratio. Our engine is the compiled one
+   (:class:`wse_sim.fabric.compiled.CompiledFabric`), fed in 64-cycle windows as
+   ``wse_sim.fabric.traffic.run_traffic`` does, and runs until every wavelet is delivered;
+   BookSim2 (built from ``shared/peers`` by :mod:`wse_sim.fabric.booksim`; skipped with a
+   message when the build tools are missing) simulates one sample period of the same length
+   (its flit-hops: accepted flits x mean hops). ``--reference`` adds the pure-Python engine.
+   Both counts are each simulator's own; the loads above a mesh's bisection bound (0.3 on
+   16 x 16 and 32 x 32) saturate both, so the flit-hops then differ.
+2. **Transformer block**: wall and CPU time of ``run_packet`` on the Cerebras-GPT-shaped
+   block of ``tests/test_fidelity_agreement.py`` (``--block-grids``, default 32 x 32) with the
+   compiled and the reference engine (same result, checked), and ``event`` / ``analytic``
+   relative to it. The engine is a small part of this run: the PE programs (message
+   dependencies, chunk scheduling) are Python.
 
 Usage:
-    python benchmarks/bench_packet.py [--k 8] [--cycles 4000] [--loads 0.05,0.3]
-        [--out benchmarks/results/packet.json] [--no-block]
+    python benchmarks/bench_packet.py [--sizes 8,16,32] [--loads 0.05,0.3] [--cycles 1000]
+        [--repeats 3] [--reference] [--block-grids 32] [--out benchmarks/results/packet.json]
 
-Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
-ratios.
+Prints a table and writes JSON. Nothing here asserts a time: machines are noisy (this one is
+shared; CPU seconds are less noisy than wall seconds), read the ratios.
 """
 
 from __future__ import annotations
@@ -28,88 +31,109 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
-import simpy
+import numpy as np
 
+from wse_sim.fabric.booksim import booksim_binary, run_booksim
+from wse_sim.fabric.compiled import CompiledFabric
+from wse_sim.fabric.engines import warm_up
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.topology import Mesh
 from wse_sim.fabric.traffic import injection_schedule
 
 
-def naive_simpy(k: int, ts, ss, ds) -> tuple[float, float, float]:
-    """Route the injections through one SimPy process per router; ``(wavelet-hops,
-    wall seconds, simulated cycles)``."""
-    env = simpy.Environment()
-    inbox = [simpy.Store(env) for _ in range(k * k)]
-    hops = [0]
-    left = [len(ts)]
-    done = env.event()
-
-    def router(n: int):
-        r, c = divmod(n, k)
-        while True:
-            dst = yield inbox[n].get()
-            yield env.timeout(1)  # one wavelet per cycle through the router, 1-cycle hop
-            dr, dc = divmod(dst, k)
-            if dc != c:
-                nxt = n + (1 if dc > c else -1)
-            elif dr != r:
-                nxt = n + (k if dr > r else -k)
-            else:
-                left[0] -= 1
-                if not left[0]:
-                    done.succeed()
-                continue
-            hops[0] += 1
-            inbox[nxt].put(dst)
-
-    def feeder():
-        for t, s, d in zip(ts, ss, ds, strict=True):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            inbox[int(s)].put(int(d))
-
-    for n in range(k * k):
-        env.process(router(n))
-    env.process(feeder())
-    t0 = time.perf_counter()
-    env.run(until=done)
-    return float(hops[0]), time.perf_counter() - t0, env.now
-
-
-def packet_engine(k: int, ts, ss, ds) -> tuple[float, float, float, int]:
-    """The same injections through :class:`PacketFabric`; ``(wavelet-hops, wall seconds,
-    simulated cycles, events)``."""
-    eng = PacketFabric(Mesh(k, k), packet_wavelets=1)
+def our_engine(k: int, ts, ss, ds, reference: bool = False) -> dict:
+    """The injections through our engine (compiled, or the reference): wavelet-hops, wall
+    and CPU seconds, events."""
+    cls = PacketFabric if reference else CompiledFabric
+    w0, c0 = time.perf_counter(), time.process_time()
+    eng = cls(Mesh(k, k), packet_wavelets=1)
     eng.set_routing(0, "xy")
-    ts_l, ss_l, ds_l = ts.tolist(), ss.tolist(), ds.tolist()
-    state = [0]
     step = 64.0
+    state = [0]
 
     def feed(w: float) -> None:
-        # hand over the next window of injections (keeps the event heap small, as the naive
-        # model's feeder process does)
-        i, n = state[0], len(ts_l)
-        while i < n and ts_l[i] < w + step:
-            eng.inject(ss_l[i], 0, 1, ts_l[i], dst=ds_l[i])
-            i += 1
-        state[0] = i
-        if i < n:
+        i = state[0]
+        hi = int(np.searchsorted(ts, w + step, side="left"))
+        if reference:
+            for j in range(i, hi):
+                eng.inject(int(ss[j]), 0, 1, float(ts[j]), dst=int(ds[j]))
+        else:
+            eng.inject_many(ss[i:hi], 0, 1.0, ts[i:hi], ds[i:hi])
+        state[0] = hi
+        if hi < len(ts):
             eng.schedule(w + step, feed, w + step)
 
-    t0 = time.perf_counter()
     eng.schedule(0.0, feed, 0.0)
     eng.run()
-    return eng.wavelet_hops(), time.perf_counter() - t0, eng.now, eng.events
+    return {
+        "wavelet_hops": eng.wavelet_hops(),
+        "wall_s": time.perf_counter() - w0,
+        "cpu_s": time.process_time() - c0,
+        "events": eng.events,
+        "cycles": eng.now,
+    }
 
 
-def block_backend() -> dict:
-    """Wall time and wavelet-hops per second of ``run_packet`` on the 32 x 32 block."""
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def versus_booksim(sizes, loads, cycles, repeats, seed, reference) -> list[dict]:
+    """Rows of the engine-vs-BookSim2 comparison (medians over ``repeats``)."""
+    binary, why = booksim_binary()
+    if binary is None:
+        print(f"BookSim2 skipped: {why}")
+    rows = []
+    hdr = f"{'k':>3} {'load':>5} {'ours Mhop/s':>11} {'BookSim Mhop/s':>14} {'ratio':>6}"
+    print(hdr + f" {'cpu ratio':>9} {'ours s':>7} {'BookSim s':>9}")
+    for k in sizes:
+        for load in loads:
+            ts, ss, ds = injection_schedule(Mesh(k, k), "uniform", load, 1, cycles, seed)
+            warm_up()  # compile / load the cache outside the timing
+            ours = [our_engine(k, ts, ss, ds) for _ in range(repeats)]
+            row = {"k": k, "load": load, "cycles": cycles, "wavelets": len(ts)}
+            for key in ("wavelet_hops", "wall_s", "cpu_s", "events", "cycles"):
+                row[f"ours_{key}"] = _median(ours, key)
+            row["ours_hops_per_s"] = _median(ours, "wavelet_hops") / row["ours_wall_s"]
+            row["ours_hops_per_cpu_s"] = _median(ours, "wavelet_hops") / row["ours_cpu_s"]
+            if reference:
+                ref = our_engine(k, ts, ss, ds, reference=True)
+                row["reference_wall_s"] = ref["wall_s"]
+                row["reference_hops_per_s"] = ref["wavelet_hops"] / ref["wall_s"]
+                row["compiled_vs_reference"] = row["ours_hops_per_s"] / row["reference_hops_per_s"]
+            if binary is not None:
+                bs = [run_booksim(binary, k, load, cycles, seed=seed + 1) for _ in range(repeats)]
+                for key in ("flit_hops", "wall_s", "cpu_s", "hops", "accepted_flit_rate"):
+                    row[f"booksim_{key}"] = _median(bs, key)
+                row["booksim_hops_per_s"] = row["booksim_flit_hops"] / row["booksim_wall_s"]
+                row["booksim_hops_per_cpu_s"] = row["booksim_flit_hops"] / row["booksim_cpu_s"]
+                row["ratio"] = row["ours_hops_per_s"] / row["booksim_hops_per_s"]
+                row["ratio_cpu"] = row["ours_hops_per_cpu_s"] / row["booksim_hops_per_cpu_s"]
+                print(
+                    f"{k:3d} {load:5.2f} {row['ours_hops_per_s'] / 1e6:11.2f} "
+                    f"{row['booksim_hops_per_s'] / 1e6:14.2f} {row['ratio']:6.2f} "
+                    f"{row['ratio_cpu']:9.2f} {row['ours_wall_s']:7.2f} "
+                    f"{row['booksim_wall_s']:9.2f}",
+                    flush=True,
+                )
+            else:
+                print(f"{k:3d} {load:5.2f} {row['ours_hops_per_s'] / 1e6:11.2f}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def block_backend(grid: int, engine: str = "compiled") -> dict:
+    """Wall time of ``run_packet`` on the transformer block on a ``grid x grid`` arch, and
+    ``event`` / ``analytic`` relative to it."""
     from gpt_workload.config import GPTConfig
     from gpt_workload.lowering import lower_weight_streaming
     from wse_sim.arch import load_arch
+    from wse_sim.timing.analytic import run_analytic
+    from wse_sim.timing.event import run_event
     from wse_sim.timing.packet import run_packet
 
     cfg = GPTConfig(
@@ -121,69 +145,67 @@ def block_backend() -> dict:
         vocab_size=512,
         n_positions=2048,
     )
-    arch = load_arch("grid32", ["io.ingress_bytes_per_s=1e12"])
+    arch = load_arch(
+        "grid32", ["io.ingress_bytes_per_s=1e12", f"wafer.rows={grid}", f"wafer.cols={grid}"]
+    )
     prog = lower_weight_streaming(cfg, arch, 8, 128, "fp16")
-    t0 = time.perf_counter()
-    res = run_packet(prog, arch)
-    wall = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run_packet(prog, arch, engine=engine)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    ev, an = run_event(prog, arch).total_s, run_analytic(prog, arch).total_s
     hops = res.extra["fabric"]["wavelet_hops"]
     return {
-        "grid": [32, 32],
+        "grid": [prog.rows, prog.cols],
+        "engine": engine,
         "packet_wavelets": res.extra["packet_wavelets"],
         "wall_s": wall,
+        "cpu_s": cpu,
         "events": res.events,
         "wavelet_hops": hops,
         "wavelet_hops_per_s": hops / wall,
-        "events_per_s": res.events / wall,
         "simulated_s": res.total_s,
+        "event_vs_packet": ev / res.total_s - 1,
+        "analytic_vs_packet": an / res.total_s - 1,
     }
 
 
 def main(argv=None) -> int:
-    """Run the comparison and print/write the figures."""
+    """Run the comparisons and print/write the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--k", type=int, default=8, help="mesh size k x k")
-    ap.add_argument("--cycles", type=float, default=4000, help="injection window, cycles")
+    ap.add_argument("--sizes", default="8,16,32", help="mesh sizes k (k x k)")
     ap.add_argument("--loads", default="0.05,0.3", help="wavelets per node per cycle")
+    ap.add_argument("--cycles", type=int, default=1000, help="injection window, cycles")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-block", action="store_true", help="skip the 32 x 32 block run")
+    ap.add_argument("--reference", action="store_true", help="also time the Python engine")
+    ap.add_argument("--block-grids", default="32", help="block grids ('' to skip)")
     ap.add_argument("--out", default="benchmarks/results/packet.json")
     args = ap.parse_args(argv)
-    out = {"machine": platform.machine(), "k": args.k, "cycles": args.cycles, "loads": []}
-    print(f"{'load':>5} {'model':>14} {'wavelet-hops':>13} {'wall s':>8} {'hops/s':>10} ratio")
-    for load in (float(x) for x in args.loads.split(",")):
-        ts, ss, ds = injection_schedule(
-            Mesh(args.k, args.k), "uniform", load, 1, args.cycles, args.seed
-        )
-        h_n, w_n, _ = naive_simpy(args.k, ts, ss, ds)
-        h_p, w_p, _, ev = packet_engine(args.k, ts, ss, ds)
-        if h_n != h_p:
-            raise RuntimeError(f"wavelet-hops differ: naive {h_n} vs packet {h_p}")
-        row = {
-            "load": load,
-            "wavelets": len(ts),
-            "wavelet_hops": h_p,
-            "packet_wall_s": w_p,
-            "packet_hops_per_s": h_p / w_p,
-            "packet_events": ev,
-            "naive_wall_s": w_n,
-            "naive_hops_per_s": h_n / w_n,
-            "speedup": w_n / w_p,
-        }
-        out["loads"].append(row)
-        print(f"{load:5.2f} {'packet engine':>14} {h_p:13.0f} {w_p:8.2f} {h_p / w_p:10.0f}")
-        print(
-            f"{load:5.2f} {'naive SimPy':>14} {h_n:13.0f} {w_n:8.2f} {h_n / w_n:10.0f} "
-            f"{row['speedup']:.2f}x slower"
-        )
-    if not args.no_block:
-        out["block_backend"] = block_backend()
-        b = out["block_backend"]
-        print(
-            f"run_packet on the 32x32 block: {b['wall_s']:.1f} s, {b['events']:,} events, "
-            f"{b['wavelet_hops_per_s']:,.0f} wavelet-hops/s ({b['packet_wavelets']}-wavelet "
-            "packets)"
-        )
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    loads = [float(x) for x in args.loads.split(",") if x]
+    out = {
+        "machine": f"{platform.machine()}, {platform.processor() or '?'}",
+        "cycles": args.cycles,
+        "repeats": args.repeats,
+        "points": versus_booksim(
+            sizes, loads, args.cycles, args.repeats, args.seed, args.reference
+        ),
+        "block_backend": [],
+    }
+    for g in (int(x) for x in args.block_grids.split(",") if x):
+        for engine in ("compiled", "reference"):
+            b = block_backend(g, engine)
+            out["block_backend"].append(b)
+            print(
+                f"run_packet ({engine}), transformer block on {b['grid'][0]}x{b['grid'][1]}: "
+                f"{b['wall_s']:.1f} s wall ({b['cpu_s']:.1f} s CPU), {b['events']:,} events, "
+                f"{b['simulated_s'] * 1e6:.3f} us simulated; event "
+                f"{b['event_vs_packet']:+.2%}, analytic {b['analytic_vs_packet']:+.2%}",
+                flush=True,
+            )
+        c, r = out["block_backend"][-2:]
+        if c["simulated_s"] != r["simulated_s"] or c["events"] != r["events"]:
+            raise RuntimeError("compiled and reference engines disagree on the block")
     p = Path(args.out)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(out, indent=2))

@@ -19,10 +19,17 @@ Every option is checked before anything runs (:mod:`gpt_workload.experiment_args
 one is a one-line ``fabric_load_latency.py: error: ...`` on stderr, exit status 2, nothing
 written; a mesh too large for the host's memory is refused with the estimate
 (:mod:`wse_sim.fabric.footprint`).
+``--peer booksim2`` also runs BookSim2 (built from the project's ``shared/peers`` by
+:mod:`wse_sim.fabric.booksim`) on the uniform pattern at the same sizes, loads and measurement
+window, 1-flit packets, and writes both curves side by side into
+``fabric_load_latency_booksim2.csv`` and ``.png`` (the README's fabric section explains the
+difference from the two router models).
 
 Example::
 
     python experiments/fabric_load_latency.py --k 8,16 --packet-wavelets 4
+    python experiments/fabric_load_latency.py --k 8,16 --patterns uniform --packet-wavelets 1 \
+        --peer booksim2
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from gpt_workload.experiment_args import (
     check_host_memory,
     check_int,
     check_out_dir,
+    check_peer,
     parse_floats,
     parse_ints,
     parse_names,
@@ -46,7 +54,7 @@ from gpt_workload.experiment_args import (
 )
 from wse_sim.arch import load_arch
 from wse_sim.errors import ConfigError
-from wse_sim.fabric.engine import PacketFabric
+from wse_sim.fabric.compiled import CompiledFabric
 from wse_sim.fabric.footprint import traffic_bytes
 from wse_sim.fabric.topology import Mesh
 from wse_sim.fabric.traffic import PATTERNS, bisection_bound, check_load, run_traffic
@@ -77,7 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--measure", type=float, default=1500, help="measurement window, cycles, >= 1")
     p.add_argument("--seed", type=int, default=1, help="traffic seed, >= 0")
     p.add_argument("--out", default="results/fabric_load_latency", help="output directory")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--peer", default=None, help="also run this peer simulator side by side: booksim2"
+    )
+    args = p.parse_args(argv)
+    check_peer("--peer", args.peer)
+    return args
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -148,7 +161,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     warmup_cycles=args.warmup,
                     measure_cycles=args.measure,
                     seed=args.seed,
-                    engine_factory=lambda m: PacketFabric.from_arch(m, fabric),
+                    engine_factory=lambda m: CompiledFabric.from_arch(m, fabric),
                 )
                 row = res.to_dict()
                 row.update(k=k, load_fraction=frac, bisection_bound=bound)
@@ -203,6 +216,72 @@ def plot(rows: list[dict], path: Path):
     return fig
 
 
+def run_peer(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """BookSim2 on uniform traffic at each (k, load) of ``rows``: one row per point with
+    both simulators' accepted throughput and mean latency.
+
+    Raises:
+        ConfigError: BookSim2 cannot be built here (the reason in the message).
+    """
+    from wse_sim.fabric.booksim import booksim_binary, run_booksim
+
+    binary, why = booksim_binary()
+    if binary is None:
+        raise ConfigError(f"--peer booksim2: {why}")
+    out = []
+    for r in rows:
+        if r["pattern"] != "uniform":
+            continue
+        # BookSim warms up for one sample period, then measures one
+        b = run_booksim(
+            binary, r["k"], r["offered"], int(args.measure), seed=args.seed, warmup_periods=1
+        )
+        out.append(
+            {
+                "k": r["k"],
+                "load_fraction": r["load_fraction"],
+                "offered": r["offered"],
+                "ours_accepted": r["accepted"],
+                "ours_latency_mean": r["latency_mean"],
+                "booksim_accepted": b["accepted_flit_rate"],
+                "booksim_latency_mean": b["packet_latency"],
+                "booksim_network_latency": b["network_latency"],
+                "booksim_hops": b["hops"],
+            }
+        )
+    return out
+
+
+def plot_peer(prows: list[dict], path: Path):
+    """Latency and accepted throughput vs offered load, ours and BookSim2's, per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r["k"] for r in prows})
+    fig, axes = plt.subplots(len(ks), 2, figsize=(12, 4.2 * len(ks)), squeeze=False)
+    for i, k in enumerate(ks):
+        pts = sorted((r for r in prows if r["k"] == k), key=lambda r: r["offered"])
+        x = [r["offered"] for r in pts]
+        for who, name in (("ours", "wse-sim packet engine"), ("booksim", "BookSim2")):
+            axes[i][0].semilogy(x, [r[f"{who}_latency_mean"] for r in pts], "o-", label=name)
+            axes[i][1].plot(x, [r[f"{who}_accepted"] for r in pts], "o-", label=name)
+        axes[i][1].plot([0, max(x)], [0, max(x)], color="0.7", lw=1, label="accepted = offered")
+        for ax in axes[i]:
+            ax.axvline(bisection_bound(k), color="k", ls=":", lw=1)
+            ax.set_xlabel("offered load (wavelets / node / cycle)")
+        axes[i][0].set_ylabel("mean latency (cycles)")
+        axes[i][1].set_ylabel("accepted (wavelets / node / cycle)")
+        axes[i][0].set_title(f"{k}x{k} mesh, uniform, XY: latency")
+        axes[i][1].set_title(f"{k}x{k}: accepted vs offered (dotted: bound 4/k)")
+        axes[i][0].legend(fontsize=7)
+        axes[i][1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
 def main(argv=None) -> int:
     """Check the options, run, write the CSV and the PNG, print the saturation points; returns
     the exit status (2 and one line on stderr for a bad option, before anything runs or is
@@ -217,6 +296,17 @@ def _main(argv) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run(args)
+    if args.peer:
+        prows = run_peer(args, rows)
+        with open(out / "fabric_load_latency_booksim2.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(prows[0]))
+            w.writeheader()
+            w.writerows(prows)
+        plot_peer(prows, out / "fabric_load_latency_booksim2.png")
+        for k in sorted({r["k"] for r in prows}):
+            ours = max(r["ours_accepted"] for r in prows if r["k"] == k)
+            bs = max(r["booksim_accepted"] for r in prows if r["k"] == k)
+            print(f"k={k:3d} uniform saturation: wse-sim {ours:.3f}, BookSim2 {bs:.3f}")
     with open(out / "fabric_load_latency.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

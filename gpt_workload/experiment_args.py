@@ -276,6 +276,21 @@ def check_precision(opt: str, precision: str) -> str:
         raise ConfigError(f"{opt}: {exc}") from None
 
 
+#: side-by-side peer simulators an experiment can run next to ours (``--peer``)
+PEERS = ("booksim2",)
+
+
+def check_peer(opt: str, peer: str | None) -> str | None:
+    """None (no peer) or one of :data:`PEERS`.
+
+    Raises:
+        ConfigError: ``OPT 'x' is not allowed: expected one of booksim2``.
+    """
+    if peer is None or peer in PEERS:
+        return peer
+    raise _fail(opt, peer, f"one of {', '.join(PEERS)}")
+
+
 def packet_max_pes() -> int:
     """The largest grid (PEs) the ``packet`` timing backend accepts (its ``max_pes``)."""
     import inspect

@@ -33,8 +33,9 @@ PE waited for weights still in MemoryX, ``compute`` that PE's cycles, ``fabric``
 
 The SimPy process of the weight stream and the packet engine run in lock step: the engine
 processes its events up to the next SimPy event, then SimPy runs (a weight chunk arrives and
-opens gates in the engine), and so on. Grids above ``max_pes`` PEs are refused (the DESIGN's
-packet level is for grids up to ~64 x 64); use ``event`` for the whole wafer.
+opens gates in the engine), and so on. The engine is the compiled one
+(:mod:`wse_sim.fabric.compiled`) unless ``engine="reference"``. Grids above ``max_pes`` PEs
+(64 x 64) are refused; use ``event`` for the whole wafer.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import simpy
 
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError
+from wse_sim.fabric.engines import ENGINES
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.routing import RouteTable, tree_route, xy_path, xy_route
@@ -413,21 +415,28 @@ def run_packet(
     packet_wavelets: int = 1024,
     max_pes: int = 64 * 64,
     check: bool = False,
+    engine: str = "compiled",
 ) -> TimingResult:
     """Simulate ``program`` on ``arch`` router by router; time unit inside is the PE cycle.
 
     Args:
         packet_wavelets: largest packet (1 = wavelet-exact; the default moves each chunk of a
             flow in a few packets, which keeps a 32 x 32 transformer block to seconds).
-        max_pes: largest grid accepted.
+        max_pes: largest grid accepted (64 x 64: the PE programs, in Python, not the
+            compiled engine, set the pace of a transformer block; see
+            benchmarks/bench_packet.py).
         check: engine conservation bookkeeping (tests).
+        engine: ``"compiled"`` (:class:`~wse_sim.fabric.compiled.CompiledFabric`, default)
+            or ``"reference"`` (:class:`~wse_sim.fabric.engine.PacketFabric`, the
+            pure-Python engine the compiled one is held to); same results.
 
     Returns:
         A :class:`TimingResult`; ``extra`` holds the fabric statistics (``fabric`` summary,
         ``fabric_stats`` object with the link-utilisation maps, ``conservation``).
 
     Raises:
-        ConfigError: grid larger than ``max_pes``, or a transfer pattern it cannot expand.
+        ConfigError: grid larger than ``max_pes``, an unknown ``engine``, or a transfer
+            pattern it cannot expand.
         FabricDeadlock: the routes deadlock (a lowering bug).
     """
     n_pe = program.rows * program.cols
@@ -437,10 +446,14 @@ def run_packet(
             f"({n_pe} PEs) exceeds {max_pes}; use fidelity=event (whole wafer) or a smaller "
             "grid such as arch grid32"
         )
+    if engine not in ENGINES:
+        raise ConfigError(f"packet engine {engine!r} unknown; choose from {', '.join(ENGINES)}")
     wall0 = time.perf_counter()
     clk = arch.pe.clock_hz
     mesh = Mesh(program.rows, program.cols)
-    eng = PacketFabric.from_arch(mesh, arch.fabric, packet_wavelets=packet_wavelets, check=check)
+    eng = ENGINES[engine].from_arch(
+        mesh, arch.fabric, packet_wavelets=packet_wavelets, check=check
+    )
     env = simpy.Environment()
     streamer = WeightStreamer(env, program, arch)
     times: list[KernelTime] = []
@@ -512,6 +525,7 @@ def run_packet(
         ],
         extra={
             "packet_wavelets": packet_wavelets,
+            "engine": engine,
             "max_blocks_buffered": streamer.max_held,
             "io_backpressure_s": streamer.blocked_cycles / clk,
             "fabric": stats.summary(),
