@@ -14,6 +14,10 @@ bandwidth (``--points`` about; the I/O axis grows with it). Measured on the same
   core), part files and table included: what ``wse-sim sweep`` does.
 
 The baseline's rows and this tree's rows are compared value for value (``rows_identical``).
+Beside wall time, CPU time is recorded (this process, plus every Dask worker's for the
+cluster): on a machine shared with other work the wall clock says little, and
+``*_points_per_min_idle_estimate`` is the rate the same CPU seconds give on idle cores (one
+for the serial paths, ``cores`` for the cluster).
 
 Usage:
     python benchmarks/bench_sweep.py [--points 320] [--baseline-rev REV]
@@ -50,10 +54,10 @@ import pickle, sys, time
 from gpt_workload.sweep import run_point
 points = pickle.load(open(sys.argv[1], "rb"))
 run_point(points[0])  # imports and first-call costs, as for the new path
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 rows = [run_point(p) for p in points]
-dt = time.perf_counter() - t0
-pickle.dump((dt, rows), open(sys.argv[2], "wb"))
+dt, dc = time.perf_counter() - t0, time.process_time() - c0
+pickle.dump((dt, dc, rows), open(sys.argv[2], "wb"))
 """
 
 
@@ -74,8 +78,9 @@ def make_spec(n_points: int) -> SweepSpec:
     )
 
 
-def baseline(points: list, rev: str, tmp: Path) -> tuple[float, list]:
-    """Seconds and rows of ``rev``'s ``run_point`` over ``points`` (a subprocess)."""
+def baseline(points: list, rev: str, tmp: Path) -> tuple[float, float, list]:
+    """Wall seconds, CPU seconds and rows of ``rev``'s ``run_point`` over ``points`` (a
+    subprocess)."""
     src = tmp / "baseline_src"
     src.mkdir()
     root = Path(__file__).resolve().parent.parent
@@ -123,32 +128,50 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        timings["baseline_serial"], base_rows = baseline(spec.points, a.baseline_rev, Path(tmp))
+        timings["baseline_serial"], cpu["baseline_serial"], base_rows = baseline(
+            spec.points, a.baseline_rev, Path(tmp)
+        )
         run_point(spec.points[0])  # imports and first-call costs
         from gpt_workload import sweep_cache
 
         sweep_cache.worker_cache().clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows = [run_point(p) for p in spec.points]
         timings["serial"] = time.perf_counter() - t0
+        cpu["serial"] = time.process_time() - c0
         res["cache"] = repr(sweep_cache.worker_cache())
         res["rows_identical"] = sum(same(x, y) for x, y in zip(rows, base_rows, strict=True))
         res["rows_ok"] = sum(r["status"] == "ok" for r in rows)
         sweep_cache.worker_cache().clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_sweep(spec, output=Path(tmp, "serial.parquet"), workers=0)
         timings["sweep_serial"] = time.perf_counter() - t0
+        cpu["sweep_serial"] = time.process_time() - c0
         with open_client() as client:
             run_sweep(make_spec(8), output=Path(tmp, "warmup.parquet"), client=client)
-            t0 = time.perf_counter()
+            w0 = sum(client.run(time.process_time).values())
+            t0, c0 = time.perf_counter(), time.process_time()
             run_sweep(spec, output=Path(tmp, "warm.parquet"), client=client)
             timings["sweep_dask_warm"] = time.perf_counter() - t0
+            cpu["sweep_dask_warm"] = (
+                time.process_time() - c0 + sum(client.run(time.process_time).values()) - w0
+            )
     base = n / timings["baseline_serial"] * 60
+    base_cpu = n / cpu["baseline_serial"] * 60
     for k, s in timings.items():
         res[f"{k}_s"] = s
         res[f"{k}_points_per_min"] = n / s * 60
         res[f"{k}_over_baseline"] = n / s * 60 / base
+        # CPU time (this process, plus the Dask workers for the cluster): the wall time the
+        # same work takes on an otherwise idle machine, one core for the serial paths, the
+        # cores shared for the cluster
+        cores = res["cores"] if k == "sweep_dask_warm" else 1
+        res[f"{k}_cpu_s"] = cpu[k]
+        res[f"{k}_points_per_cpu_min"] = n / cpu[k] * 60
+        res[f"{k}_points_per_min_idle_estimate"] = n / (cpu[k] / cores) * 60
+        res[f"{k}_cpu_over_baseline"] = n / cpu[k] * 60 / base_cpu
     for k, v in res.items():
         print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
