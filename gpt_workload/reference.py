@@ -18,7 +18,8 @@ SciPy is not a dependency: it is ``math.erf`` (the C library's erf, accurate to 
 applied element-wise through a one-line ``numba.vectorize`` wrapper, which is bitwise equal to
 ``math.erf`` and faster than the pure-Python alternatives (measured per 6.3M values: 0.14 s,
 vs 0.6 s for ``np.frompyfunc(math.erf)`` and 1.5 s for ``np.vectorize(math.erf)``; the 111M
-model at T = 2048 evaluates 63M values). It is compiled lazily on first use (about 0.4 s) and kept in Numba's on-disk cache.
+model at T = 2048 evaluates 63M values). It is compiled lazily on first use (about 0.4 s)
+and kept in Numba's on-disk cache.
 """
 
 from __future__ import annotations
