@@ -1,18 +1,27 @@
-"""Benchmark of sweeps: points per minute at ``analytic`` fidelity, Dask sweep vs a plain
-serial loop over the same points, measured in the same process.
+"""Benchmark of sweeps: ``analytic`` points per minute, the present code path against the
+code path of a baseline revision (before the lowering cache), measured in the same run.
 
-Measured, on the same points (Cerebras-GPT-111M on the WSE-2, a grid of SRAM per PE x batch x
-I/O bandwidth):
+Points: Cerebras-GPT-111M and 1.3B on the WSE-2, a grid of SRAM per PE x batch x I/O
+bandwidth (``--points`` about; the I/O axis grows with it). Measured on the same points:
 
-* ``serial_loop``: ``for point: simulate(...)``, nothing written;
-* ``sweep_serial``: ``run_sweep(workers=0)``: the same loop plus the resumable part files
-  (write, fsync, rename per point) and the final table;
-* ``sweep_dask_cold``: ``run_sweep()`` on a fresh local cluster (one worker process per core),
-  cluster start-up included;
-* ``sweep_dask_warm``: the same on an already running cluster.
+* ``baseline_serial``: the baseline revision's ``run_point`` over every point in one process
+  (the revision is extracted with ``git archive`` into a temporary directory and run in a
+  subprocess; ``--baseline-rev``, default the commit before the lowering cache);
+* ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
+* ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the resumable part files (write,
+  fsync, rename per point) and the final table;
+* ``sweep_dask_warm``: ``run_sweep()`` on an already running local cluster (one worker per
+  core), part files and table included: what ``wse-sim sweep`` does.
+
+The baseline's rows and this tree's rows are compared value for value (``rows_identical``).
+Beside wall time, CPU time is recorded (this process, plus every Dask worker's for the
+cluster): on a machine shared with other work the wall clock says little, and
+``*_points_per_min_idle_estimate`` is the rate the same CPU seconds give on idle cores (one
+for the serial paths, ``cores`` for the cluster).
 
 Usage:
-    python benchmarks/bench_sweep.py [--points 160] [--out benchmarks/results/sweep.json]
+    python benchmarks/bench_sweep.py [--points 320] [--baseline-rev REV]
+        [--out benchmarks/results/sweep.json]
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
 ratios.
@@ -22,26 +31,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import pickle
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gpt_workload.simulate import simulate
-from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_sweep
+from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
+
+#: the last commit before the lowering cache and the lazy per-PE statistics
+BASELINE_REV = "58d4fee"
+MODELS = ["cerebras-gpt-111m", "cerebras-gpt-1.3b"]
+SRAMS = [32768, 49152, 65536, 98304]
+BATCHES = [8, 30, 60, 120, 240]
+
+_BASELINE_SCRIPT = """
+import pickle, sys, time
+from gpt_workload.sweep import run_point
+points = pickle.load(open(sys.argv[1], "rb"))
+run_point(points[0])  # imports and first-call costs, as for the new path
+t0, c0 = time.perf_counter(), time.process_time()
+rows = [run_point(p) for p in points]
+dt, dc = time.perf_counter() - t0, time.process_time() - c0
+pickle.dump((dt, dc, rows), open(sys.argv[2], "wb"))
+"""
 
 
 def make_spec(n_points: int) -> SweepSpec:
-    """About ``n_points`` points: SRAM per PE x batch x I/O bandwidth."""
-    srams = [32768, 49152, 65536, 98304]
-    batches = [8, 30, 60, 120, 240]
-    n_io = max(1, round(n_points / (len(srams) * len(batches))))
+    """About ``n_points`` points: model x SRAM per PE x batch x I/O bandwidth."""
+    n_io = max(1, round(n_points / (len(MODELS) * len(SRAMS) * len(BATCHES))))
     return SweepSpec.from_dict(
         {
-            "base": {"model": "cerebras-gpt-111m", "arch": "wse2", "fidelity": "analytic"},
+            "base": {"arch": "wse2", "fidelity": "analytic"},
             "grid": {
-                "pe.sram_bytes": srams,
-                "batch": batches,
+                "model": MODELS,
+                "pe.sram_bytes": SRAMS,
+                "batch": BATCHES,
                 "io.ingress_bytes_per_s": [150e9 * (0.5 + 0.25 * i) for i in range(n_io)],
             },
         },
@@ -49,29 +78,42 @@ def make_spec(n_points: int) -> SweepSpec:
     )
 
 
-def serial_loop(spec: SweepSpec) -> float:
-    """Seconds for a plain loop of simulate() over the spec's points."""
-    t0 = time.perf_counter()
-    for p in spec.points:
-        overrides = [
-            f"{k}={v!r}" for k, v in p.items() if k.startswith(("pe.", "io.")) and v is not None
-        ]
-        simulate(
-            p["model"],
-            p["arch"],
-            fidelity=p["fidelity"],
-            precision=p["precision"],
-            batch=p["batch"],
-            check_sequences=0,
-            overrides=overrides,
-            reference=False,
-        )
-    return time.perf_counter() - t0
+def baseline(points: list, rev: str, tmp: Path) -> tuple[float, float, list]:
+    """Wall seconds, CPU seconds and rows of ``rev``'s ``run_point`` over ``points`` (a
+    subprocess)."""
+    src = tmp / "baseline_src"
+    src.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    (tmp / "points.pkl").write_bytes(pickle.dumps(points))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    subprocess.run(
+        [sys.executable, "-c", _BASELINE_SCRIPT, str(tmp / "points.pkl"), str(tmp / "out.pkl")],
+        check=True,
+        env=env,
+        cwd=src,
+    )
+    return pickle.loads((tmp / "out.pkl").read_bytes())
+
+
+def same(a: dict, b: dict) -> bool:
+    """Rows equal value for value (NaN equal to NaN)."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k]
+        or (isinstance(a[k], float) and isinstance(b[k], float))
+        and math.isnan(a[k])
+        and math.isnan(b[k])
+        for k in a
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", type=int, default=160)
+    ap.add_argument("--points", type=int, default=320)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV)
     ap.add_argument("--out", default="benchmarks/results/sweep.json")
     a = ap.parse_args()
     spec = make_spec(a.points)
@@ -79,32 +121,59 @@ def main() -> None:
     res: dict = {
         "points": n,
         "fidelity": "analytic",
-        "model": "cerebras-gpt-111m",
+        "models": MODELS,
         "arch": "wse2",
+        "baseline_rev": a.baseline_rev,
         "cores": default_workers(),
         "machine": platform.processor() or platform.machine(),
     }
-    simulate("cerebras-gpt-111m", "wse2", fidelity="analytic", check_sequences=0)  # warm up
-    timings = {"serial_loop": serial_loop(spec)}
+    timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        timings["baseline_serial"], cpu["baseline_serial"], base_rows = baseline(
+            spec.points, a.baseline_rev, Path(tmp)
+        )
+        run_point(spec.points[0])  # imports and first-call costs
+        from gpt_workload import sweep_cache
+
+        sweep_cache.worker_cache().clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        rows = [run_point(p) for p in spec.points]
+        timings["serial"] = time.perf_counter() - t0
+        cpu["serial"] = time.process_time() - c0
+        res["cache"] = repr(sweep_cache.worker_cache())
+        res["rows_identical"] = sum(same(x, y) for x, y in zip(rows, base_rows, strict=True))
+        res["rows_ok"] = sum(r["status"] == "ok" for r in rows)
+        sweep_cache.worker_cache().clear()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_sweep(spec, output=Path(tmp, "serial.parquet"), workers=0)
         timings["sweep_serial"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run_sweep(spec, output=Path(tmp, "cold.parquet"))
-        timings["sweep_dask_cold"] = time.perf_counter() - t0
+        cpu["sweep_serial"] = time.process_time() - c0
         with open_client() as client:
             run_sweep(make_spec(8), output=Path(tmp, "warmup.parquet"), client=client)
-            t0 = time.perf_counter()
+            w0 = sum(client.run(time.process_time).values())
+            t0, c0 = time.perf_counter(), time.process_time()
             run_sweep(spec, output=Path(tmp, "warm.parquet"), client=client)
             timings["sweep_dask_warm"] = time.perf_counter() - t0
-    base = n / timings["serial_loop"] * 60
+            cpu["sweep_dask_warm"] = (
+                time.process_time() - c0 + sum(client.run(time.process_time).values()) - w0
+            )
+    base = n / timings["baseline_serial"] * 60
+    base_cpu = n / cpu["baseline_serial"] * 60
     for k, s in timings.items():
         res[f"{k}_s"] = s
         res[f"{k}_points_per_min"] = n / s * 60
-        res[f"{k}_over_serial_loop"] = n / s * 60 / base
+        res[f"{k}_over_baseline"] = n / s * 60 / base
+        # CPU time (this process, plus the Dask workers for the cluster): the wall time the
+        # same work takes on an otherwise idle machine, one core for the serial paths, the
+        # cores shared for the cluster
+        cores = res["cores"] if k == "sweep_dask_warm" else 1
+        res[f"{k}_cpu_s"] = cpu[k]
+        res[f"{k}_points_per_cpu_min"] = n / cpu[k] * 60
+        res[f"{k}_points_per_min_idle_estimate"] = n / (cpu[k] / cores) * 60
+        res[f"{k}_cpu_over_baseline"] = n / cpu[k] * 60 / base_cpu
     for k, v in res.items():
-        print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
+        print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -9,8 +9,9 @@ slot ``t``, local feature ``f``. Segment ``s`` is segment ``s % S_seq`` of seque
 
 All arithmetic is IEEE float32 with round-to-nearest, one rounding per ``+``, ``-``, ``*``,
 ``/`` and ``sqrt`` (no fused multiply-add, no fastmath, so results are deterministic and do not
-depend on the thread count). Each docstring states the exact order of every reduction, which
-mirrors the order in which the wafer accumulates. ``exp``, ``log``, ``erf`` and ``tanh`` are the
+depend on the thread count), except inside one PE's GEMM partial, a BLAS call (see
+:func:`gemm_ws`). Each docstring states the order of every reduction, which mirrors the order
+in which the wafer accumulates. ``exp``, ``log``, ``erf`` and ``tanh`` are the
 C library's float32 functions when JIT-compiled (float64 rounded to float32 under
 ``NUMBA_DISABLE_JIT=1``), so only kernels without them are bit-reproducible across the two.
 
@@ -27,6 +28,8 @@ import math
 import numba
 import numpy as np
 
+from gpt_workload.blas_gemm import BLOCK_N, BLOCK_ROWS, chained_gemm
+
 __all__ = [
     "GEMM_BLOCK_N",
     "add_tiled",
@@ -39,9 +42,8 @@ __all__ = [
     "mean_loss",
 ]
 
-#: Output columns computed together by one work unit of :func:`gemm_ws`. A compile-time
-#: constant so the inner loop vectorises; 64 float32 = four 512-bit or eight 256-bit vectors.
-GEMM_BLOCK_N = 64
+#: Output columns per BLAS block of :func:`gemm_ws` (:data:`gpt_workload.blas_gemm.BLOCK_N`).
+GEMM_BLOCK_N = BLOCK_N
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers (Python side)
@@ -126,17 +128,6 @@ def _axpy(y, a, x, n):  # pragma: no cover - jit
 
 
 @numba.njit(inline="always")
-def _axpy4(y0, y1, y2, y3, a0, a1, a2, a3, x, n):  # pragma: no cover - jit
-    """Four independent :func:`_axpy` sharing ``x`` (one load of ``x[i]`` for four rows)."""
-    for i in range(n):
-        xv = x[i]
-        y0[i] = y0[i] + a0 * xv
-        y1[i] = y1[i] + a1 * xv
-        y2[i] = y2[i] + a2 * xv
-        y3[i] = y3[i] + a3 * xv
-
-
-@numba.njit(inline="always")
 def _scale_add(y, a, x, n):  # pragma: no cover - jit
     """``y[i] = y[i] * a + x[i]`` for ``i < n`` (product rounded, then the sum)."""
     for i in range(n):
@@ -146,74 +137,6 @@ def _scale_add(y, a, x, n):  # pragma: no cover - jit
 # ---------------------------------------------------------------------------------------------
 # GEMM
 # ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(parallel=True, cache=True)
-def _gemm_ws_kernel(x, w, bias, out, segs_per_seq, seq_len):  # pragma: no cover - jit
-    """Numba body of :func:`gemm_ws` (same arguments, all validated)."""
-    n_seg, n_pe, m, kt = x.shape
-    n_cols = w.shape[1]
-    nt = out.shape[3]
-    nb = GEMM_BLOCK_N
-    n_blk = (nt + nb - 1) // nb
-    has_bias = bias.shape[0] > 0
-    # One work unit = one block of <= nb output columns of one output PE, for every segment.
-    for unit in numba.prange(n_pe * n_blk):
-        jo = unit // n_blk
-        lo = (unit % n_blk) * nb
-        hi = min(lo + nb, nt)
-        c0 = jo * nt + lo
-        n_real = max(min(c0 + (hi - lo), n_cols) - c0, 0)
-        # Packed weight panel w[:, c0:c0+nb] (columns >= N are 0): stays in L2 for all s.
-        wp = np.zeros((n_pe * kt, nb), np.float32)
-        for r in range(n_pe * kt):
-            for n in range(n_real):
-                wp[r, n] = w[r, c0 + n]
-        part = np.empty((m, nb), np.float32)
-        acc = np.empty((m, nb), np.float32)
-        for s in range(n_seg):
-            base_pos = (s % segs_per_seq) * m
-            for j in range(n_pe):
-                # partial of PE j: k ascending, starting from 0
-                part[:, :] = 0
-                for k in range(kt):
-                    wr = wp[j * kt + k]
-                    t = 0
-                    while t + 4 <= m:
-                        _axpy4(
-                            part[t],
-                            part[t + 1],
-                            part[t + 2],
-                            part[t + 3],
-                            x[s, j, t, k],
-                            x[s, j, t + 1, k],
-                            x[s, j, t + 2, k],
-                            x[s, j, t + 3, k],
-                            wr,
-                            nb,
-                        )
-                        t += 4
-                    while t < m:
-                        _axpy(part[t], x[s, j, t, k], wr, nb)
-                        t += 1
-                # chain reduction across the row-group: acc = p_0; acc = acc + p_j
-                if j == 0:
-                    acc[:, :] = part
-                else:
-                    for t in range(m):
-                        _add(acc[t], part[t], nb)
-            for t in range(m):
-                if base_pos + t >= seq_len:
-                    for n in range(hi - lo):
-                        out[s, jo, t, lo + n] = 0
-                    continue
-                for n in range(n_real):
-                    v = acc[t, n]
-                    if has_bias:
-                        v = v + bias[c0 + n]
-                    out[s, jo, t, lo + n] = v
-                for n in range(n_real, hi - lo):
-                    out[s, jo, t, lo + n] = 0
 
 
 def gemm_ws(
@@ -227,18 +150,19 @@ def gemm_ws(
 ) -> np.ndarray:
     """Weight-streaming GEMM ``Y = X @ W + b`` on tile arrays.
 
-    Reduction order (exact): for each segment ``s``, PE ``j`` computes its partial
-    ``p_j[t, n] = sum_{k=0}^{kt-1} x_tiles[s, j, t, k] * w[j*kt + k, n]``, accumulating ``k``
-    ascending in float32 starting from 0 (``p = 0; p = p + x*w`` with the product rounded
-    first). The partials are reduced along the row-group as a chain in PE order:
+    Reduction order: for each segment ``s``, PE ``j`` computes its partial
+    ``p_j[t, n] = sum_{k<kt} x_tiles[s, j, t, k] * w[j*kt + k, n]`` in float32 (one BLAS
+    ``sgemm`` per PE and block of tokens x columns: the PE's dot products, in BLAS's order
+    with fused multiply-adds, see :mod:`gpt_workload.blas_gemm`). The partials are reduced
+    along the row-group as a chain in PE order, each rounded to float32:
     ``acc = p_0; acc = acc + p_1; ...; acc = acc + p_{P-1}``; then ``acc = acc + bias[n]``
     (if a bias is given). The result is scattered: ``out_tiles[s, j', t, c] =
     acc[t, j'*nt + c]``; columns ``j'*nt + c >= N`` and padded token slots are set to 0.
 
-    Implementation: the work is split into (output PE, block of :data:`GEMM_BLOCK_N` columns)
-    units run in parallel; each packs its ``[K, 64]`` weight panel once (``K * 256`` bytes)
-    and sweeps all segments, so ``w`` is read from memory once. The order above is per output
-    element and does not depend on the split. About 40 % of ``numpy.matmul``'s throughput.
+    Implementation: :func:`gpt_workload.blas_gemm.chained_gemm` on the ``P`` panels
+    ``x_tiles[:, j]`` (all segments' tokens at once), column blocks inside each output PE's
+    slice, blocks shared among the cores. The order above is per output element and does not
+    depend on the blocks or the thread count.
 
     Args:
         x_tiles: float32 ``[S, P, m, kt]``, activations of width ``K = P * kt``.
@@ -276,7 +200,28 @@ def gemm_ws(
     _check_out("out_tiles", out_tiles, (n_seg, n_pe, m, nt))
     _check_seq(n_seg, m, segs_per_seq, seq_len)
     _no_alias("x_tiles", x_tiles, "out_tiles", out_tiles)
-    _gemm_ws_kernel(x_tiles, w, bias, out_tiles, segs_per_seq, seq_len)
+    parts = [np.ascontiguousarray(x_tiles[:, j]).reshape(n_seg * m, kt) for j in range(n_pe)]
+    ranges = [(jo * nt, min(jo * nt + nt, n_cols)) for jo in range(n_pe) if jo * nt < n_cols]
+
+    def emit(r0: int, r1: int, c0: int, c1: int, acc: np.ndarray) -> None:
+        jo, lo = divmod(c0, nt)
+        out_tiles[r0 // m : r1 // m, jo, :, lo : lo + c1 - c0] = acc.reshape(-1, m, c1 - c0)
+
+    chained_gemm(
+        parts,
+        w,
+        np.arange(0, n_pe * kt + 1, kt),
+        emit,
+        bias=bias if bias.shape[0] else None,
+        col_ranges=ranges,
+        row_block=max(m, BLOCK_ROWS // m * m),
+    )
+    for jo in range(n_pe):  # output columns beyond N
+        if jo * nt + nt > n_cols:
+            out_tiles[:, jo, :, max(n_cols - jo * nt, 0) :] = 0
+    pad = segs_per_seq * m - seq_len  # padded slots at the end of each sequence's last segment
+    if pad:
+        out_tiles[segs_per_seq - 1 :: segs_per_seq, :, m - pad :, :] = 0
     return out_tiles
 
 

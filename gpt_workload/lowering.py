@@ -338,15 +338,18 @@ def max_batch_single_micro(
 def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
     """Per-PE class index grids: ``tokens`` (0 full segment, 1 last partial segment) and
     ``position`` (segment position in its sequence, for attention), keys + ``suffix``."""
-    g = np.arange(L.n_segments)
-    seg_row, seg_col = g % L.rows, g // L.rows
-    pos = g % L.q
+    # segment g sits in row g % rows, segment column g // rows: a column-major grid of
+    # segments, each repeated over its P PEs
+    n_slots = L.rows * L.segs_per_row
+    pos = np.full(n_slots, -1, dtype=np.int16)
+    pos[: L.n_segments] = np.arange(L.n_segments) % L.q
+    last = (pos == L.q - 1) & (L.m_last != L.m)
+    tokv = np.where(pos < 0, -1, last.astype(np.int16)).astype(np.int16)
     tok = np.full((L.rows, L.cols), -1, dtype=np.int16)
     posm = np.full((L.rows, L.cols), -1, dtype=np.int16)
-    for j in range(L.P):
-        c = seg_col * L.P + j
-        tok[seg_row, c] = np.where((pos == L.q - 1) & (L.m_last != L.m), 1, 0)
-        posm[seg_row, c] = pos
+    width = L.segs_per_row * L.P
+    tok[:, :width] = np.repeat(tokv.reshape(L.segs_per_row, L.rows).T, L.P, axis=1)
+    posm[:, :width] = np.repeat(pos.reshape(L.segs_per_row, L.rows).T, L.P, axis=1)
     return {"tokens" + suffix: tok, "position" + suffix: posm}
 
 
@@ -397,6 +400,8 @@ class _Builder:
         self.wbuf = _weight_buffer_share(cfg, arch, self.s)
         self.rows_used = min(L.rows, L.n_segments)
         self.mb = 0
+        self._attention_classes: tuple[PEClass, ...] | None = None
+        self._attention_flops = 0.0
 
     # ----------------------------------------------------------------- helpers
     def block(self, name: str, nbytes: int) -> int:
@@ -600,20 +605,35 @@ class _Builder:
             return self.strategy.attention(self, layer, live)
         L, W, ov, s, z = self.L, self.W, self.ov, self.s, self.z
         dh, hp = z.dh, L.hp
-        classes = []
-        for p in range(L.q):
-            mp = L.m_last if p == L.q - 1 else L.m
-            pairs = mp * p * L.m + mp * (mp + 1) / 2  # causal (query, key) pairs
-            blocks = mp * (p + 1)  # (query, key block) pairs
-            busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)  # QK dot, PV axpy, softmax
-            ops = hp * (2 * pairs + 3 * blocks)
-            classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
+        # the classes are the same in every layer (a function of the layout): built once
+        classes = self._attention_classes
+        if classes is None:
+            classes = []
+            for p in range(L.q):
+                mp = L.m_last if p == L.q - 1 else L.m
+                pairs = mp * p * L.m + mp * (mp + 1) / 2  # causal (query, key) pairs
+                blocks = mp * (p + 1)  # (query, key block) pairs
+                busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)  # QK dot, PV axpy, softmax
+                ops = hp * (2 * pairs + 3 * blocks)
+                classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
+            classes = self._attention_classes = tuple(classes)
+            self._attention_flops = float(sum(c.flops * c.count for c in classes))
+            self._attention_crit = max((c.cycles for c in classes), default=0.0)
         kv_block = L.m * 2 * hp * dh * s
         kv = kv_multicast(L, kv_block)
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
         self.add(
-            "attention", layer, classes, "position", (kv,), sram=sram, n_chunks=max(min(L.q, 16), 1)
+            "attention",
+            layer,
+            classes,
+            "position",
+            (kv,),
+            sram=sram,
+            flops=self._attention_flops,
+            n_chunks=max(min(L.q, 16), 1),
         )
+        # the slowest class is the same in every layer: Kernel.critical_cycles, computed once
+        self.kernels[-1].__dict__["critical_cycles"] = self._attention_crit
 
     # --------------------------------------------------------------- program
     def micro_batch(self) -> None:

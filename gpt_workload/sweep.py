@@ -559,7 +559,7 @@ def simulate_point(config: PointConfig):
     from gpt_workload.mappings import parse_mapping
     from gpt_workload.models import resolve_model
     from gpt_workload.simulate import simulate
-    from wse_sim.arch import load_arch
+    from gpt_workload.sweep_cache import load_arch_cached, worker_cache
 
     model: Any = config["model"]
     mfields = {
@@ -574,23 +574,23 @@ def simulate_point(config: PointConfig):
     ]
     batch = config["batch"]
     seq_len = config["seq_len"]
+    arch = load_arch_cached(config["arch"], overrides)
     if batch == "max":
         cfg = model if not isinstance(model, str) else resolve_model(model)
-        arch = load_arch(config["arch"], overrides)
         t = seq_len if seq_len is not None else min(2048, cfg.n_positions)
         mapping = parse_mapping(config["mapping"])
         batch = mapping.max_batch_single_micro(cfg, arch, t, config["precision"])
     return simulate(
         model,
-        config["arch"],
+        arch,
         mapping=config["mapping"],
         fidelity=config["fidelity"],
         precision=config["precision"],
         batch=batch,
         seq_len=seq_len,
         check_sequences=0,
-        overrides=overrides,
         reference=False,
+        lowering_cache=worker_cache(),
     )
 
 

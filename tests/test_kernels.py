@@ -144,15 +144,27 @@ def test_tiles_round_trip_property(k: int, t: int, m: int, p: int, ft: int, pad:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gemm_emulated(x_tiles: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """float32 NumPy emulation of gemm_ws's documented order; returns acc [S, m, N]."""
+def _gemm_emulated(
+    x_tiles: np.ndarray, w: np.ndarray, b: np.ndarray | None, nt: int | None = None
+) -> np.ndarray:
+    """NumPy emulation of gemm_ws's documented order; returns acc [S, m, N]: each PE's
+    partial by one float32 ``matmul`` per block of columns (the kernel's blocks: inside each
+    output PE's ``nt`` columns, :data:`kn.GEMM_BLOCK_N` wide, rows in one block here: the
+    tests' shapes have fewer rows than a block), then the chain over PEs, then the bias."""
     n_seg, n_pe, m, kt = x_tiles.shape
-    acc = None
-    for j in range(n_pe):
-        part = np.zeros((n_seg, m, w.shape[1]), np.float32)
-        for k in range(kt):
-            part = part + x_tiles[:, j, :, k, None] * w[j * kt + k][None, None, :]
-        acc = part if acc is None else acc + part
+    n_cols = w.shape[1]
+    nt = nt if nt is not None else -(-n_cols // n_pe)
+    rows = [np.ascontiguousarray(x_tiles[:, j]).reshape(n_seg * m, kt) for j in range(n_pe)]
+    acc = np.zeros((n_seg * m, n_cols), np.float32)
+    for lo in range(0, n_cols, nt):
+        for c0 in range(lo, min(lo + nt, n_cols), kn.GEMM_BLOCK_N):
+            c1 = min(c0 + kn.GEMM_BLOCK_N, lo + nt, n_cols)
+            blk = None
+            for j in range(n_pe):
+                part = rows[j] @ w[j * kt : (j + 1) * kt, c0:c1]
+                blk = part if blk is None else blk + part
+            acc[:, c0:c1] = blk
+    acc = acc.reshape(n_seg, m, n_cols)
     return acc if b is None or b.size == 0 else acc + b
 
 

@@ -14,6 +14,7 @@ kernel live in the workload package and are referenced by ``Kernel.op``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -151,9 +152,10 @@ class Kernel:
     grad_block: int = -1
     grad_bytes: int = 0
 
-    @property
+    @cached_property
     def critical_cycles(self) -> float:
-        """Cycles of the slowest PE class: the kernel's compute time."""
+        """Cycles of the slowest PE class: the kernel's compute time (computed once per
+        kernel: a kernel is immutable and attention kernels have thousands of classes)."""
         return max((c.cycles for c in self.classes), default=0.0)
 
     @property

@@ -593,37 +593,6 @@ def _ordered_blocks_kernel(A, B, rb, cb, kb, order, C):  # pragma: no cover - ji
             C[r, c0 : c0 + w] = acc[:w]
 
 
-@numba.njit(parallel=True, cache=True)
-def _ws_kernel(A, B, kb, tree, C):  # pragma: no cover - jit
-    """Weight-streaming order: partial ``p_j = sum_{k in K_j}`` (k ascending from 0) per
-    block column ``j``, then ``acc = p_0; acc = acc + p_1; ...`` (chain) or the balanced
-    pairwise tree ``((p_0 + p_1) + (p_2 + p_3)) + ...`` (tree)."""
-    pc = kb.shape[0] - 1
-    N = B.shape[1]
-    for r in numba.prange(A.shape[0]):
-        parts = np.zeros((pc, N), np.float32)
-        for j in range(pc):
-            for k in range(kb[j], kb[j + 1]):
-                a = A[r, k]
-                for c in range(N):
-                    parts[j, c] = parts[j, c] + a * B[k, c]
-        if tree:
-            d = 1
-            while d < pc:
-                for x in range(0, pc, 2 * d):
-                    for c in range(N):
-                        parts[x, c] = parts[x, c] + parts[x + d, c]
-                d *= 2
-            for c in range(N):
-                C[r, c] = parts[0, c]
-        else:
-            for c in range(N):
-                acc = parts[0, c]
-                for j in range(1, pc):
-                    acc = acc + parts[j, c]
-                C[r, c] = acc
-
-
 def gemm_order(algorithm: str, pr: int, pc: int) -> np.ndarray:
     """k-block order per output block: int64 ``[pr, pc, n_k]`` (k-blocks of K split into
     ``n_k`` parts). ``summa``/``row_1d``/``col_1d``: ``0 .. n_k - 1`` with ``n_k = 1`` (one
@@ -645,12 +614,14 @@ def gemm_numerics(
 ) -> np.ndarray:
     """``C = A @ B`` in float32, accumulated in ``algorithm``'s order on a ``pr x pc`` block.
 
-    ``ws``: per block column partials then the chain or tree reduction (the chain is
-    :func:`gpt_workload.kernels.gemm_ws`'s order exactly). ``cannon``/``meshgemm``: PE
+    ``ws``: per block column partials (one BLAS call per PE and block, as
+    :func:`gpt_workload.blas_gemm.chained_gemm`), then the chain or tree reduction, each
+    partial rounded to fp32 (the chain is :func:`gpt_workload.kernels.gemm_ws`'s order
+    exactly). ``cannon``/``meshgemm``: PE
     ``(i, j)`` (rows ``M_i``, columns ``N_j``, K split into ``pc`` blocks) sums k-blocks
     starting at ``(i + j) mod pc``. ``summa``/``row_1d``/``col_1d``: one accumulator, k
-    ascending from 0 (SUMMA's panels arrive in k order). Every product is rounded to fp32,
-    then added (no FMA).
+    ascending from 0 (SUMMA's panels arrive in k order); for these, every product is rounded
+    to fp32, then added (no FMA).
 
     Args:
         algorithm: one of :data:`GEMM_ALGORITHMS`.
@@ -685,7 +656,17 @@ def gemm_numerics(
     if algorithm == "ws":
         if reduce == "tree" and pc & (pc - 1):
             raise ConfigError(f"gemm ws reduce=tree needs pc a power of two, got pc={pc}")
-        _ws_kernel(A, B, split(K, pc), reduce == "tree", C)
+        from gpt_workload.blas_gemm import chained_gemm
+
+        kb = split(K, pc)
+        parts = [np.ascontiguousarray(A[:, kb[j] : kb[j + 1]]) for j in range(pc)]
+        nt = -(-N // pc)  # PE j' of the chain owns output columns [j' nt, (j' + 1) nt)
+        ranges = [(lo, min(lo + nt, N)) for lo in range(0, N, nt)]
+
+        def emit(r0: int, r1: int, c0: int, c1: int, acc: np.ndarray) -> None:
+            C[r0:r1, c0:c1] = acc
+
+        chained_gemm(parts, B, kb, emit, reduce=reduce, col_ranges=ranges)
         return C
     order = gemm_order(algorithm, pr, pc)
     kb = split(K, order.shape[2])

@@ -41,10 +41,10 @@ from wse_sim.timing.common import (
     IOInterval,
     KernelTime,
     TimingResult,
-    active_cycles,
     compute_cycles,
     gradient_path,
     per_pe_maps,
+    program_active_cycles,
     training_extra,
 )
 
@@ -76,8 +76,9 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
     g_slots = io.gradient_buffer_slots
     egress: list[tuple[int, float, float]] = []  # (gradient block, start, end)
     g_stall = 0.0
+    acts = program_active_cycles(program, arch)
     for i, k in enumerate(program.kernels):
-        act = active_cycles(k, arch) / clk
+        act = acts[i] / clk
         b = k.weight_block
         t_prev = t
         if grad is not None and k.grad_bytes > 0 and len(egress) >= g_slots:

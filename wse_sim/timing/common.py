@@ -113,6 +113,22 @@ def active_cycles(k: Kernel, arch: ArchConfig) -> float:
     return max(c, f) + min(c, f) / max(k.n_chunks, 1) + latency_cycles(k, arch)
 
 
+def program_active_cycles(program: Program, arch: ArchConfig) -> list[float]:
+    """:func:`active_cycles` of every kernel of ``program``, in order. They depend on the
+    kernels and on ``arch.fabric`` only, so they are kept on the Program per fabric config
+    (a sweep times one Program at many I/O bandwidths or clocks)."""
+    memo = program.__dict__.setdefault("_active_cycles", {})
+    stamp = (id(program.kernels), len(program.kernels))
+    hit = memo.get(arch.fabric)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    acts = [active_cycles(k, arch) for k in program.kernels]
+    if len(memo) >= 8:
+        memo.clear()
+    memo[arch.fabric] = (stamp, acts)
+    return acts
+
+
 def fabric_bound_s(k: Kernel, arch: ArchConfig, n_links: int) -> float:
     """Roofline fabric bound: the kernel's link-bytes over the whole fabric's bandwidth."""
     total = sum(t.link_bytes for t in k.transfers)
@@ -216,25 +232,52 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
     """Per-PE arithmetic cycles and SRAM high-water mark over all kernels of ``program``.
 
     Kernels sharing a class map are accumulated per class first, then scattered once per
-    map, so the cost is O(kernels x classes + maps x PEs).
+    map, so the cost is O(kernels x classes + maps x PEs). The maps are a function of the
+    Program alone: they are computed once per Program and kept on it (a Program is not
+    changed once lowered; the cache is dropped if its kernel list is replaced or grows).
+    Callers must not write into the returned arrays.
     """
+    memo = program.__dict__.get("_per_pe_maps")
+    stamp = (id(program.kernels), len(program.kernels), id(program.class_maps))
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
     busy = np.zeros((program.rows, program.cols))
     sram = np.zeros((program.rows, program.cols), dtype=np.int64)
     per_map: dict[str, np.ndarray] = {}
     sram_map: dict[str, int] = {}
+    # kernels often share one tuple of classes (every layer's attention): its (index, busy)
+    # vectors are built once; ``acc[idx] += busy`` adds in kernel order, as a loop would
+    vecs: dict[int, tuple] = {}
     for k in program.kernels:
         acc = per_map.setdefault(k.class_map, np.zeros(max(len(k.classes), 1)))
         if len(acc) < len(k.classes):
             acc = np.concatenate([acc, np.zeros(len(k.classes) - len(acc))])
             per_map[k.class_map] = acc
-        for c in k.classes:
-            acc[c.index] += c.busy_cycles
+        v = vecs.get(id(k.classes))
+        if v is None or v[0] is not k.classes:
+            idx = np.array([c.index for c in k.classes], dtype=np.int64)
+            v = vecs[id(k.classes)] = (
+                k.classes,
+                idx,
+                np.array([c.busy_cycles for c in k.classes], dtype=np.float64),
+                len(np.unique(idx)) == len(idx),
+            )
+        if v[3]:
+            acc[v[1]] += v[2]
+        else:  # pragma: no cover - a class index listed twice: add one by one
+            for c in k.classes:
+                acc[c.index] += c.busy_cycles
         sram_map[k.class_map] = max(sram_map.get(k.class_map, 0), k.sram_bytes)
     for key, acc in per_map.items():
         cmap = program.class_maps[key]
-        on = cmap >= 0
-        busy[on] += acc[cmap[on]]
-        sram[on] = np.maximum(sram[on], sram_map[key])
+        # index -1 (idle PE) picks the appended 0: busy + 0.0 == busy, max(sram, 0) == sram
+        # (both are >= 0), so this equals updating only the PEs of the map's classes
+        busy += np.append(acc, 0.0)[cmap]
+        pick = np.array([sram_map[key], 0], dtype=np.int64)
+        np.maximum(sram, pick[(cmap < 0).view(np.int8)], out=sram)
+    busy.flags.writeable = False
+    sram.flags.writeable = False
+    program.__dict__["_per_pe_maps"] = (stamp, (busy, sram))
     return busy, sram
 
 
