@@ -310,13 +310,12 @@ def _cmd_arch(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from gpt_workload.models import LOWERED, list_by_family
+    from gpt_workload.models import LOWERED_FOR, list_by_family
 
     for family, rows in list_by_family(include_test=True).items():
-        state = (
-            "lowered"
-            if family in LOWERED
-            else "config, weights, graph, reference; not lowered yet"
+        jobs = [job for job, fams in LOWERED_FOR.items() if family in fams]
+        state = "lowered: " + ", ".join(jobs) + (
+            "" if family in LOWERED_FOR["train"] else " (weight_streaming)"
         )
         t = Table(title=f"family {family} ({state})", title_justify="left")
         for c in ("name", "n_layer", "d_model", "n_head", "kv_heads", "d_ff", "vocab", "params"):

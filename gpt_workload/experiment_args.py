@@ -224,7 +224,7 @@ def check_model(opt: str, name: str) -> GPTConfig:
 
     try:
         cfg = resolve_model(name)
-        require_lowered(cfg, "the experiments")
+        require_lowered(cfg, "the experiments", "experiments")
         return cfg
     except ConfigError as exc:
         raise ConfigError(f"{opt}: {exc}") from None

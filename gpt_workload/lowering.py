@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.graph_sizes import family_block_bytes
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
@@ -157,7 +158,8 @@ class _Sizes:
         self.dh = cfg.d_head
         self.x = m * self.f * s  # residual stream (resident)
         self.h = m * self.f * s  # LayerNorm output
-        self.qkv = 3 * m * self.f * s
+        # Q | K | V (K and V kv_dim wide: d for multi-head attention, smaller with GQA)
+        self.qkv = m * math.ceil((cfg.d_model + 2 * cfg.kv_dim) / P) * s
         self.att = m * self.f * s
         self.hid = m * self.ff * s
         self.s = s
@@ -171,7 +173,10 @@ def _weight_buffer_share(cfg: GPTConfig, arch: ArchConfig, s: int) -> int:
 
 
 def _block_bytes(cfg: GPTConfig, s: int, T: int) -> list[int]:
-    """Bytes of the embedding block (wte + wpe[:T]), one layer block, and the head block."""
+    """Bytes of the embedding block (wte + wpe[:T]), one layer block, and the head block
+    (other families: :func:`gpt_workload.graph_sizes.family_block_bytes`)."""
+    if cfg.family != "gpt2":
+        return family_block_bytes(cfg, s, T)
     d, ff, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
     layer = (2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + d * ff + ff + ff * d + d) * s
     return [(V * d + T * d) * s, layer, (2 * d + V * d) * s]
@@ -194,7 +199,8 @@ def _sram_need(
     need = {
         "qkv": z.x + z.h + z.qkv + acc,
         "attention": z.x + z.qkv + z.att + kv_buf,
-        "fc": z.x + z.h + z.hid + acc,
+        # a gated MLP holds the gate's output while the up GEMM runs
+        "fc": z.x + z.h + z.hid * (2 if cfg.gated_mlp else 1) + acc,
         "fc2": z.x + z.hid + z.h + acc,
     }
     op = max(need, key=need.get)
@@ -697,6 +703,7 @@ def lower_weight_streaming(
     m: int | None = None,
     strategy=None,
     spec: str = "weight_streaming",
+    builder=None,
 ) -> Program:
     """Lower a GPT forward pass over ``batch`` x ``seq_len`` tokens to a :class:`Program`.
 
@@ -707,7 +714,9 @@ def lower_weight_streaming(
     ``P``, ``m``: layout overrides (:func:`plan_layout`); ``strategy``: an object whose
     ``gemm`` / ``attention`` methods (either may be None) replace :meth:`_Builder.gemm` /
     :meth:`_Builder.attention` (see :mod:`gpt_workload.mappings.weight_streaming`);
-    ``spec``: the mapping spec stored in ``meta['mapping']``.
+    ``spec``: the mapping spec stored in ``meta['mapping']``; ``builder``: a
+    :class:`_Builder` subclass whose ``micro_batch`` lowers the model (None: ``_Builder``,
+    gpt2's layer; :class:`gpt_workload.lowering_graph.GraphBuilder` walks the op graph).
 
     Raises:
         ConfigError: bad batch, seq_len or precision.
@@ -715,18 +724,20 @@ def lower_weight_streaming(
     """
     check_precision(precision)
     L = plan_layout(cfg, arch, batch, seq_len, precision, P=P, m=m)
-    n_kernels = L.n_micro * (KERNELS_PER_LAYER * cfg.n_layer + 4)
+    builder = builder or _Builder
+    per_layer = getattr(builder, "kernels_per_layer", lambda c: KERNELS_PER_LAYER)(cfg)
+    n_kernels = L.n_micro * (per_layer * cfg.n_layer + 4)
     if n_kernels > MAX_KERNELS:
         raise ConfigError(
             f"batch={batch} x n_layer={cfg.n_layer} needs {L.n_micro} micro-batch(es) x "
-            f"{KERNELS_PER_LAYER * cfg.n_layer + 4} kernels = {n_kernels:,} kernels; at most "
+            f"{per_layer * cfg.n_layer + 4} kernels = {n_kernels:,} kernels; at most "
             f"{MAX_KERNELS:,} are simulated: lower the batch (one micro-batch holds {L.b})"
         )
     kernels: list[Kernel] = []
     blocks: list[WeightBlock] = []
     maps = _class_maps(L)
     b_last = batch - (L.n_micro - 1) * L.b
-    main = _Builder(cfg, arch, L, precision, kernels, blocks, strategy=strategy)
+    main = builder(cfg, arch, L, precision, kernels, blocks, strategy=strategy)
     last = main
     if b_last != L.b:
         m_l, q, m_last = _segments_for(b_last, seq_len, L.rows * L.segs_per_row, m)
@@ -744,7 +755,7 @@ def lower_weight_streaming(
             cols=L.cols,
             segs_per_row=L.segs_per_row,
         )
-        last = _Builder(cfg, arch, L_last, precision, kernels, blocks, "_last", strategy)
+        last = builder(cfg, arch, L_last, precision, kernels, blocks, "_last", strategy)
         maps.update(_class_maps(L_last, "_last"))
     for mb in range(L.n_micro):
         bld = last if mb == L.n_micro - 1 else main

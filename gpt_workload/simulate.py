@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import WEIGHT_FILES, GPTConfig, forward_flops_per_token
-from gpt_workload.models import require_lowered, resolve_model
+from gpt_workload.models import init_model_weights, require_lowered, resolve_model
+from gpt_workload.models import load_checkpoint as load_any_checkpoint
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report, add_power_to_timeline
-from gpt_workload.weights import GPTWeights, init_weights, load_checkpoint
+from gpt_workload.weights import GPTWeights, load_checkpoint
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
@@ -42,12 +43,18 @@ NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
 
 
 def resolve_model_and_weights(
-    model: str | GPTConfig, seed: int, weights: GPTWeights | None = None, need_weights: bool = True
+    model: str | GPTConfig,
+    seed: int,
+    weights: GPTWeights | None = None,
+    need_weights: bool = True,
+    job: str = "run",
 ) -> tuple[GPTConfig, GPTWeights | None, str]:
     """A model spec -> (config, weights, weight source).
 
     A checkpoint directory (with ``model.safetensors`` or ``pytorch_model.bin``) loads its
-    weights; a preset name or ``config.json`` gets seeded GPT-2 initialisation.
+    weights (any family); a preset name or ``config.json`` gets seeded initialisation
+    (:func:`gpt_workload.models.init_model_weights`). ``job``: the
+    :data:`gpt_workload.models.LOWERED_FOR` key whose families are accepted.
 
     Raises:
         ConfigError: unknown model, or a family not lowered yet
@@ -60,16 +67,16 @@ def resolve_model_and_weights(
     else:
         cfg = resolve_model(model)
         ckpt = checkpoint_dir(model)
-    require_lowered(cfg, "the lowerings (wse-sim run, train, sweep)")
+    require_lowered(cfg, f"wse-sim {job}", job)
     if weights is not None:
         weights.validate(cfg)
         return cfg, weights, "given"
     if not need_weights:
         return cfg, None, "none"
     if ckpt is not None:
-        cfg, w = load_checkpoint(ckpt)
+        cfg, w = load_checkpoint(ckpt) if cfg.family == "gpt2" else load_any_checkpoint(ckpt)
         return cfg, w, f"checkpoint {ckpt}"
-    return cfg, init_weights(cfg, seed), f"seeded init (seed {seed})"
+    return cfg, init_model_weights(cfg, seed), f"seeded init (seed {seed})"
 
 
 def checkpoint_dir(spec: str) -> Path | None:
@@ -396,6 +403,7 @@ def simulate(
     if check_sequences is None:
         check_sequences = 1
     cfg, _, _ = resolve_model_and_weights(model, seed, weights, need_weights=False)
+    mapping.check_family(cfg)
     if seq_len is None:
         seq_len = tokens.shape[1] if tokens is not None else min(2048, cfg.n_positions)
     if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:

@@ -463,7 +463,7 @@ def check_values(spec: SweepSpec) -> None:
     from wse_sim.arch import load_arch
 
     for m in {p["model"] for p in spec.points}:
-        require_lowered(resolve_model(m), "sweeps")
+        require_lowered(resolve_model(m), "sweeps", "sweep")
     for a in {p["arch"] for p in spec.points}:
         load_arch(a)
     for p in {p["precision"] for p in spec.points}:

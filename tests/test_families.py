@@ -160,8 +160,10 @@ def test_cli_bad_config_and_unlowered_family_exit_2(tmp_path) -> None:
     assert p.returncode == 2 and "num_key_value_heads=3 must divide" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     for name in ("llama-3-8b", "qwen2-7b", "gpt-j-6b"):
-        p = _cli("run", "--model", name, "--arch", "grid8")
-        assert p.returncode == 2 and "not lowered onto the wafer yet" in p.stderr
+        p = _cli("run", "--model", name, "--arch", "grid8", "--mapping", "summa")
+        fam = models.resolve_model(name).family
+        assert p.returncode == 2
+        assert f"mapping summa does not lower family {fam} yet; use weight_streaming" in p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 

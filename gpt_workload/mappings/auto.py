@@ -161,7 +161,7 @@ def choose_mapping(
     seen = set()
     for spec in specs:
         m = parse_mapping(spec)
-        if m.spec in seen:
+        if m.spec in seen or not m.accepts(cfg):  # only mappings that lower the family
             continue
         seen.add(m.spec)
         try:

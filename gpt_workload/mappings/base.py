@@ -96,6 +96,8 @@ class Mapping:
         mode: execution mode, ``weight_streaming`` (weights from MemoryX, one layer at a time
             on the whole wafer) or ``layer_pipelined`` (weights resident in SRAM).
         knobs: the tunables.
+        families: the model families (:data:`gpt_workload.models.FAMILIES` keys) this
+            mapping lowers; :meth:`check_family` refuses the others.
 
     Attributes:
         values: every knob's value (defaults filled in).
@@ -106,6 +108,23 @@ class Mapping:
     source: ClassVar[str] = ""
     mode: ClassVar[str] = "weight_streaming"
     knobs: ClassVar[tuple[Knob, ...]] = ()
+    families: ClassVar[tuple[str, ...]] = ("gpt2",)
+
+    def accepts(self, cfg) -> bool:
+        """Whether this mapping (with its knob values) lowers ``cfg``'s family."""
+        return cfg.family in self.families
+
+    def check_family(self, cfg) -> None:
+        """Refuse a family this mapping does not lower, in one line.
+
+        Raises:
+            ConfigError: ``mapping X does not lower family Y yet; use weight_streaming``.
+        """
+        if not self.accepts(cfg):
+            raise ConfigError(
+                f"mapping {self.spec} does not lower family {cfg.family} yet; use "
+                "weight_streaming"
+            )
 
     def __init__(self, **values: Any):
         known = {k.name: k for k in self.knobs}

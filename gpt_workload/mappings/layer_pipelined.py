@@ -1134,6 +1134,7 @@ class LayerPipelined(Mapping):
 
     def lower(self, cfg, arch, batch: int, seq_len: int, precision: str) -> Program:
         """The layer-pipelined Program (:func:`lower_layer_pipelined`)."""
+        self.check_family(cfg)
         return lower_layer_pipelined(
             cfg,
             arch,
@@ -1150,6 +1151,7 @@ class LayerPipelined(Mapping):
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:
         """Largest micro-batch (sequences) whose stages fit the wafer (doubling, then
         bisection over :func:`plan_pipeline` with a fixed micro-batch)."""
+        self.check_family(cfg)
 
         def fits(b: int) -> bool:
             try:

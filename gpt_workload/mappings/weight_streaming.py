@@ -48,89 +48,12 @@ import math
 import numba
 import numpy as np
 
-from gpt_workload.lowering import (
-    ACC_BYTES,
-    COLOUR_KV,
-    COLOUR_PSUM,
-    choose_P,
-    kv_multicast,
-    lower_weight_streaming,
-    max_batch_single_micro,
-)
-from gpt_workload.mappings.base import Knob, Mapping, register
+from gpt_workload.lowering import ACC_BYTES, COLOUR_KV, COLOUR_PSUM, choose_P, kv_multicast
+from gpt_workload.mappings.base import Knob, register
 from gpt_workload.mappings.gemm import _Lines, gemm_numerics, gemm_plan, split
+from gpt_workload.mappings.ws_mode import _M, _P, _WSMode
 from wse_sim.errors import ConfigError, FitError
 from wse_sim.program import PEClass
-
-_P = Knob(
-    "pes_per_segment",
-    "int",
-    None,
-    "PEs per segment P: the feature (reduction) split over columns; divides n_head "
-    "(default: n_head, or its largest divisor the grid fits)",
-    lo=1,
-)
-_M = Knob(
-    "tokens_per_segment",
-    "int",
-    None,
-    "tokens per segment m (default: as wide a spread over the grid as fits)",
-    lo=1,
-)
-
-
-class _WSMode(Mapping):
-    """Common code of the weight-streaming-mode mappings (not registered)."""
-
-    mode = "weight_streaming"
-    packet_ok = False
-
-    def _layout_args(self) -> dict:
-        return {"P": self.values.get("pes_per_segment"), "m": self.values.get("tokens_per_segment")}
-
-    def strategy(self, cfg, arch, precision):
-        """The :class:`_Builder` strategy (None: the default kernels)."""
-        return None
-
-    def lower(self, cfg, arch, batch: int, seq_len: int, precision: str):
-        """Lower a forward pass (see :meth:`Mapping.lower`)."""
-        return lower_weight_streaming(
-            cfg,
-            arch,
-            batch,
-            seq_len,
-            precision,
-            strategy=self.strategy(cfg, arch, precision),
-            spec=self.spec,
-            **self._layout_args(),
-        )
-
-    def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:
-        """Largest batch in one micro-batch (the segment layout's SRAM and grid limits)."""
-        return max_batch_single_micro(cfg, arch, seq_len, precision, **self._layout_args())
-
-    def numerics(self, program, cfg, weights, tokens, precision: str):
-        """Logits through this mapping's GEMM and attention order."""
-        from gpt_workload.numerics import run_numerics
-
-        return run_numerics(
-            program,
-            cfg,
-            weights,
-            tokens,
-            precision,
-            gemm=self.gemm_numerics_fn(),
-            attention=self.attention_numerics_fn(),
-        )
-
-    def gemm_numerics_fn(self):
-        """A :func:`kernels.gemm_ws`-compatible function in this mapping's order (None:
-        ``gemm_ws`` itself)."""
-        return None
-
-    def attention_numerics_fn(self):
-        """A :func:`kernels.attention_tiled`-compatible function (None: that one)."""
-        return None
 
 
 # ------------------------------------------------------------------------ tile GEMMs
@@ -570,6 +493,12 @@ class WeightStreaming(_WSMode):
             ("head", "sequence"),
         ),
     )
+
+    families = ("gpt2", "gptj", "llama", "qwen2")
+
+    def accepts(self, cfg) -> bool:
+        """Every family at reduce=chain, attention=head; the other knob values gpt2 only."""
+        return cfg.family == "gpt2" or (self.packet_ok and cfg.family in self.families)
 
     @property
     def packet_ok(self) -> bool:  # type: ignore[override]

@@ -7,8 +7,9 @@ families also name their HF tensors (``HF_LAYER_NAMES``...). A family is data
 (:class:`gpt_workload.config.GPTConfig` fields) plus its layer sequence
 (:mod:`gpt_workload.graph`).
 
-Only the families in :data:`LOWERED` run through the lowerings (``wse-sim run``/``train``)
-today; :func:`require_lowered` refuses the others with one line.
+Every family runs forward (``wse-sim run``) under the ``weight_streaming`` mapping
+(:data:`LOWERED`); training, sweeps and the experiments take gpt2 only so far
+(:data:`LOWERED_FOR`); :func:`require_lowered` refuses the others with one line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wse_sim.errors import CheckpointError, ConfigError
 __all__ = [
     "FAMILIES",
     "LOWERED",
+    "LOWERED_FOR",
     "build_graph",
     "check_family",
     "family_module",
@@ -46,8 +48,17 @@ __all__ = [
 #: Family name (= HF ``model_type``) -> module, in the order ``models list`` shows them.
 FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, gptj, llama, qwen2)}
 
-#: Families the lowerings (mappings, numerics, training) handle today.
-LOWERED: tuple[str, ...] = ("gpt2",)
+#: Families ``wse-sim run`` lowers (forward timing and numerics; the non-gpt2 families under
+#: the ``weight_streaming`` mapping only).
+LOWERED: tuple[str, ...] = ("gpt2", "gptj", "llama", "qwen2")
+
+#: Families each job lowers: ``run`` (forward), ``train``, ``sweep``, ``experiments``.
+LOWERED_FOR: dict[str, tuple[str, ...]] = {
+    "run": LOWERED,
+    "train": ("gpt2",),
+    "sweep": ("gpt2",),
+    "experiments": ("gpt2",),
+}
 
 
 def family_module(cfg_or_family: GPTConfig | str) -> ModuleType:
@@ -198,19 +209,20 @@ def resolve_model(spec: str | os.PathLike) -> GPTConfig:
     )
 
 
-def require_lowered(cfg: GPTConfig, what: str = "wse-sim run") -> None:
-    """Refuse a family the lowerings do not handle yet, in one line.
+def require_lowered(cfg: GPTConfig, what: str = "wse-sim run", job: str = "run") -> None:
+    """Refuse a family that ``job`` (a :data:`LOWERED_FOR` key) does not lower yet, in one
+    line (``what`` names the job in the message).
 
     Raises:
-        ConfigError: ``cfg.family`` not in :data:`LOWERED`, or a structural field its family
-            does not support (:func:`check_family`; e.g. a gpt2 config with GQA).
+        ConfigError: ``cfg.family`` not in ``LOWERED_FOR[job]``, or a structural field its
+            family does not support (:func:`check_family`; e.g. a gpt2 config with GQA).
     """
     check_family(cfg)
-    if cfg.family not in LOWERED:
+    ok = LOWERED_FOR[job]
+    if cfg.family not in ok:
         raise ConfigError(
-            f"model {cfg.name} is of family {cfg.family}, which is not lowered onto the wafer "
-            f"yet ({what}: only family {', '.join(LOWERED)}); its config, weights, op graph "
-            "and float64 reference exist (gpt_workload.models, .graph, .reference)"
+            f"model {cfg.name} is of family {cfg.family}, which {what} does not lower yet "
+            f"(only family {', '.join(ok)}); wse-sim run lowers it (weight_streaming)"
         )
 
 

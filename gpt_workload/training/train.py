@@ -493,7 +493,7 @@ def train(
     numerics_steps = _check_int("numerics_steps", numerics_steps, 0, steps)
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr={lr!r} must be a finite number > 0")
-    cfg, _, _ = resolve_model_and_weights(model, seed, None, need_weights=False)
+    cfg, _, _ = resolve_model_and_weights(model, seed, None, need_weights=False, job="train")
     if seq_len is None:
         seq_len = min(2048, cfg.n_positions)
     elif not 2 <= seq_len <= cfg.n_positions:
@@ -644,7 +644,7 @@ def _run_numerics(
             "--check-sequences 0 skips the numerics)"
         )
     batches = load_text_batches(tok, k, T, seed, text=body)
-    _, w, wsrc = resolve_model_and_weights(model, seed)
+    _, w, wsrc = resolve_model_and_weights(model, seed, job="train")
     peak_lr = lr if lr is not None else (float(pub["peak_lr"]) if pub else 6.0e-4)
     adamw = AdamWConfig(lr=peak_lr, warmup_steps=0, total_steps=steps)
     tn = TrainNumerics(cfg, w, precision, adamw, None, recompute=policy == "recompute")
