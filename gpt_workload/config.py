@@ -602,6 +602,17 @@ def load_hf_config(path: str | os.PathLike, name: str | None = None) -> GPTConfi
     Raises:
         ConfigError: unreadable file, malformed JSON or an invalid/unsupported field.
     """
+    data, name = read_config_json(path, name)
+    return from_hf_dict(data, name, source=str(path))
+
+
+def read_config_json(path: str | os.PathLike, name: str | None = None) -> tuple[Any, str]:
+    """The parsed JSON of a ``config.json`` file and the model's name (``name``, else the
+    name of the directory holding the file); shared by every family's loader.
+
+    Raises:
+        ConfigError: unreadable file or malformed JSON (one line).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -615,7 +626,7 @@ def load_hf_config(path: str | os.PathLike, name: str | None = None) -> GPTConfi
         ) from None
     if name is None:
         name = p.resolve().parent.name or p.stem
-    return from_hf_dict(data, name, source=str(p))
+    return data, name
 
 
 #: the weight files a checkpoint directory may hold (Hugging Face ``save_pretrained``):

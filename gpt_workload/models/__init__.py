@@ -14,13 +14,12 @@ Every family runs forward (``wse-sim run``) under the ``weight_streaming`` mappi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gpt_workload.config import TEST_PRESETS, WEIGHT_FILES, GPTConfig
+from gpt_workload.config import TEST_PRESETS, WEIGHT_FILES, GPTConfig, read_config_json
 from gpt_workload.graph import OpGraph, prologue
 from gpt_workload.models import gpt2, gptj, llama, qwen2
 from gpt_workload.models.common import check_fixed, json_value
@@ -149,18 +148,8 @@ def load_hf_config(path: str | os.PathLike, name: str | None = None) -> GPTConfi
     Raises:
         ConfigError: unreadable file, malformed JSON, unknown ``model_type`` or a bad field.
     """
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read model config {p}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"model config {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    if name is None:
-        name = p.resolve().parent.name or p.stem
-    return parse_hf_dict(data, name, source=str(p))
+    data, name = read_config_json(path, name)
+    return parse_hf_dict(data, name, source=str(path))
 
 
 def resolve_model(spec: str | os.PathLike) -> GPTConfig:
