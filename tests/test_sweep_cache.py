@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpt_workload import sweep_cache
-from gpt_workload.config import resolve_model
+from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.sweep import SweepSpec, read_table, run_point, run_sweep
 from gpt_workload.sweep_cache import LoweringCache, load_arch_cached
