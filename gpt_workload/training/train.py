@@ -55,6 +55,7 @@ from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.precision import check_precision
+from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import lower_training
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, NumericsError
@@ -238,7 +239,7 @@ class TrainReport:
             ``{"skipped": reason}``.
         swarmx: the SwarmX model and its closed-form gradient-reduce time per step.
         wall_s: host seconds per phase.
-        energy: one step's energy (:func:`step_energy`): ``step_j`` (all systems),
+        energy: one step's energy (:func:`gpt_workload.training.energy.step_energy`): ``step_j`` (all systems),
             ``components_j`` and ``wafer_avg_w`` / ``system_avg_w`` / ``peak_w`` per system,
             ``j_per_token``, ``tokens_per_j``, ``flop_per_j`` (model FLOPs).
         wall_s: host seconds per phase (the report's only host wall-clock figures).
@@ -350,51 +351,6 @@ class TrainReport:
             rows += published_rows(e.get("published") or {})
         rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in self.wall_s.items())))
         return rows
-
-
-def step_energy(st: StepTiming, arch: ArchConfig, systems: int, tokens: int,
-                model_flops: float) -> dict:
-    """One training step's energy from its timed Program (:mod:`wse_sim.energy`).
-
-    Micro-batches beyond the simulated ones (``StepTiming.micro_batches``) add the dynamic
-    energy of micro-batch 1's kernels each, as the step time adds its period; static energy
-    covers the whole (extrapolated) step. ``step_j``, ``j_per_token``, ``tokens_per_j`` and
-    ``flop_per_j`` cover all ``systems``; ``step_j_per_system``, ``components_j_per_system``
-    (sums to ``step_j_per_system``), ``per_layer_j_per_system`` (the simulated micro-batches
-    only) and the powers are per system. Ratios over 0 J are ``None`` with the reason in
-    ``undefined`` (:func:`wse_sim.energy.per_joule`).
-    """
-    from wse_sim.energy import COMPONENTS, energy_report, kernel_dynamic_j, per_joule
-
-    prog, tr = st.program, st.timing
-    rep = energy_report(prog, arch, tr)
-    comp = dict(rep.components_j)
-    n_sim = len(prog.meta["simulated_micro_batches"])
-    extra_mb = st.micro_batches - n_sim
-    if extra_mb > 0:
-        for k in prog.kernels:
-            if k.micro_batch == 1:
-                for c, v in kernel_dynamic_j(k, prog, arch).items():
-                    comp[c] += extra_mb * v
-    e = arch.energy
-    static_wafer_w = e.static_pe_w * prog.rows * prog.cols
-    comp["static"] = (static_wafer_w + e.system_static_w) * st.step_time_s
-    per_system = sum(comp[c] for c in COMPONENTS)
-    wafer = comp["compute"] + comp["sram"] + comp["fabric"] + static_wafer_w * st.step_time_s
-    step_j = per_system * systems
-    return {
-        "step_j": step_j,
-        "systems": systems,
-        "step_j_per_system": per_system,
-        "components_j_per_system": comp,
-        "per_layer_j_per_system": rep.per_layer,
-        "wafer_avg_w": wafer / st.step_time_s,
-        "system_avg_w": per_system / st.step_time_s,
-        "peak_w": rep.peak_w,
-        "pe_peak_w": rep.pe_peak_w,
-        **per_joule(step_j, tokens, model_flops),
-        "published": rep.published,
-    }
 
 
 def _check_int(name: str, v, lo: int, hi: int | None = None, allow_none: bool = False):
