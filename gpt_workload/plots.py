@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,10 @@ def check_image_path(path: str | os.PathLike) -> Path:
     """``path`` as a :class:`~pathlib.Path` if an image can be written there.
 
     Raises:
-        ConfigError: it is a directory, or its suffix is missing or not an image format
-            matplotlib writes (naming the allowed ones).
+        ConfigError: it is a directory, its suffix is missing or not an image format
+            matplotlib writes (naming the allowed ones), or no file can be created in its
+            nearest existing directory (probed with a temporary file, so a read-only or
+            virtual file system such as ``/proc`` fails here, before a long simulation).
     """
     p = Path(path)
     if p.is_dir():
@@ -126,6 +129,19 @@ def check_image_path(path: str | os.PathLike) -> Path:
             f"-o {str(path)!r}: the suffix {p.suffix or '(none)'!r} is not an image format; "
             f"allowed: {', '.join('.' + f for f in fmts)}"
         )
+    base = p.absolute().parent
+    while not base.exists():
+        base = base.parent
+    try:
+        if not base.is_dir():
+            raise OSError(f"{str(base)!r} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".wse-sim-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"-o {str(path)!r}: cannot write in {str(base)!r} ({e.strerror or e}); "
+            "give a path in a writable directory"
+        ) from None
     return p
 
 
@@ -579,11 +595,41 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--by", default=None, help="breakdown: op (default) or layer; sweep: fields per line"
     )
     s = p.add_argument_group("sweep figures")
-    s.add_argument("--metric", default="tokens_per_s", help="y: a result column")
+    s.add_argument(
+        "--metric", default=None, help="y: a result column (default tokens_per_s)"
+    )
     s.add_argument("--x", help="x: a swept field (column)")
     s.add_argument("--logy", action="store_true")
     p.set_defaults(func=cmd_plot)
     return p
+
+
+#: options that only one kind of figure reads, and the kinds that read them
+_KIND_ONLY = {
+    "metric": ("sweep",),
+    "x": ("sweep",),
+    "logy": ("sweep",),
+    "table": ("sweep",),
+    "op": ("heatmap",),
+    "layer": ("heatmap",),
+    "by": ("breakdown", "sweep"),
+}
+
+
+def _check_kind_options(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen figure would ignore (rather than drawing without it).
+
+    Raises:
+        ConfigError: naming the option, the figure and the figures that take it.
+    """
+    for name, kinds in _KIND_ONLY.items():
+        v = getattr(args, name, None)
+        if v not in (None, False) and args.kind not in kinds:
+            flag = name.upper() if name == "table" else "--" + name
+            raise ConfigError(
+                f"{flag} does not apply to plot {args.kind}; it is read by: plot "
+                + ", plot ".join(kinds)
+            )
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -593,11 +639,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ConfigError: missing table or ``--x`` for a sweep figure, or any simulate() error.
     """
     out = check_image_path(args.output or f"{args.kind}.png")
+    _check_kind_options(args)
     if args.kind == "sweep":
         if not args.table or not args.x:
             raise ConfigError("plot sweep needs a TABLE and --x FIELD")
         by = None if args.by is None else [b for b in args.by.split(",") if b]
-        fig = sweep_chart(args.table, args.metric, args.x, by=by, logy=args.logy)
+        metric = args.metric or "tokens_per_s"
+        fig = sweep_chart(args.table, metric, args.x, by=by, logy=args.logy)
     else:
         from gpt_workload.simulate import simulate
 

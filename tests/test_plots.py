@@ -205,3 +205,40 @@ def test_plot_output_must_be_an_image_path(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_plot_output_in_an_unwritable_place_fails_before_simulating(tmp_path):
+    """``-o /proc/x.png`` simulated for half a minute, then failed with a traceback."""
+    with pytest.raises(ConfigError, match="cannot write in '/proc'"):
+        plots.check_image_path("/proc/x.png")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "f").write_text("a file, not a directory")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        plots.check_image_path(ro / "f" / "x.png")
+    # a path whose parents do not exist yet is fine (save() creates them)
+    assert plots.check_image_path(tmp_path / "new" / "dir" / "a.png").name == "a.png"
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "args, frag",
+    [
+        (("breakdown", "--metric", "mfu"), "--metric does not apply to plot breakdown"),
+        (("heatmap", "--by", "op"), "--by does not apply to plot heatmap"),
+        (("roofline", "--op", "qkv"), "--op does not apply to plot roofline"),
+        (("timeline", "--logy"), "--logy does not apply to plot timeline"),
+        (("heatmap", "t.csv"), "TABLE does not apply to plot heatmap"),
+    ],
+)
+def test_plot_option_the_figure_would_ignore_is_refused(args, frag, tmp_path):
+    """``plot breakdown --metric mfu`` drew the default breakdown and said nothing."""
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt_workload.cli", "plot", *args, "-o", str(tmp_path / "a.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert frag in p.stderr
+    assert not (tmp_path / "a.png").exists()
