@@ -434,11 +434,13 @@ def relay_scenario(
     *,
     arch: str | ArchConfig = "wse3",
     mode: str = "router",
-    packet_wavelets: int = 64,
+    packet_wavelets: int = 1,
     overrides=(),
 ) -> RelayResult:
     """Send ``wavelets`` 32-bit wavelets from PE 0 to PE ``hops`` of a ``1 x (hops + 1)`` row
-    on the packet engine with ``arch``'s fabric constants.
+    on the packet engine with ``arch``'s fabric constants (``packet_wavelets=1``:
+    wavelet-exact, so no per-packet credit gap; larger packets run faster on the host but a
+    packet that fills a router's buffer waits one hop latency for the credit).
 
     Raises:
         ConfigError: ``hops`` or ``wavelets`` < 1, ``hops`` above the arch's columns - 1, an

@@ -130,8 +130,11 @@ def closed_form_cycles(
 ) -> float:
     """Zero-load time on a line of ``p`` PEs with this engine's constants (1 packet per
     message, cut-through PEs, forward latency ``fwd``): ``n / rate`` of serialisation plus
-    the latency of the longest chain of hops and PE stages. NaN for the ring (its steps
-    overlap in a way this simple form does not capture)."""
+    the latency of the longest chain of hops and PE stages (for the tree reduce the larger
+    of the overlapped, bandwidth-bound form and the chain of its ``ceil(log2 p)`` stages'
+    latencies, so that a small vector never beats the stages' latency). NaN for the ring
+    (its steps overlap in a way this simple form does not capture; see
+    :func:`latency_bound_cycles`)."""
     if p <= 1:
         return 0.0
     ser = n / min(eng.link_rate, eng.ramp_rate)
@@ -147,8 +150,13 @@ def closed_form_cycles(
         return red + 2 * ramp + (p - 1) * hop + ser
     if algorithm == "tree" and kind == "reduce":
         stages = math.ceil(math.log2(p))
-        # the root's RAMP receives one vector per stage; the last stage's latency adds
-        return ser * stages + (2 * ramp + (1 << (stages - 1)) * hop + fwd)
+        # bandwidth-bound: the root's RAMP receives one vector per stage, then the last
+        # stage's latency; latency-bound: stage s waits for stage s - 1 (the sender of stage
+        # s first receives its own partners' sums), so every stage's latency adds
+        # (2 RAMP + 2^s hops + combine), plus one vector's serialisation
+        overlapped = ser * stages + (2 * ramp + (1 << (stages - 1)) * hop + fwd)
+        chained = sum(2 * ramp + (1 << s) * hop + fwd for s in range(stages)) + ser
+        return max(overlapped, chained)
     return float("nan")
 
 
