@@ -155,7 +155,8 @@ def test_train_and_generate_rows_run_or_say_why():
      (_row().replace('units = "elements/cycle"', 'units = "TFLOP/s"'), ["'X1'", "units"]),
      (_row(extra="elements2 = 3"), ["'X1'", "elements2"]),
      (_row().replace("elements = 8192", 'elements = "many"'), ["'X1'", "elements"]),
-     (_row().replace('kind = "fma_rate"', 'kind = "fft"'), ["'X1'", "kind"])],
+     (_row().replace('kind = "fma_rate"', 'kind = "fft"'), ["'X1'", "kind"]),
+     (_row(extra='precision = "fp8"'), ["'X1'", "precision='fp8'"])],
 )  # fmt: skip
 def test_bad_data_file_is_one_line_naming_row_and_field(tmp_path, capsys, row, fragments):
     path = _file(tmp_path, row)
@@ -179,3 +180,45 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     rc = main(["validate", "--data", dup])
     err = capsys.readouterr().err
     assert rc == 2 and "duplicate" in err
+
+
+GEMM_ROW = """
+[[figure]]
+id = "G1"
+figure = "a GEMM"
+value = 1.0
+units = "TFLOP/s"
+conditions = "c"
+source = "s"
+tolerance_pct = 10
+role = "prediction"
+[figure.scenario]
+kind = "gemm"
+arch = "grid8"
+m = 64
+k = 64
+n = 64
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [('region = "7y7"', "region='7y7'"), ('operands = "cached"', "operands='cached'"),
+     ('mapping = "strassen"', "mapping='strassen'"), ("m = 0", "m=0"), ("m = true", "m=True")],
+)  # fmt: skip
+def test_bad_gemm_scenario_values(tmp_path, capsys, extra, fragment):
+    row = GEMM_ROW.format(extra="")
+    row = row.replace("m = 64", extra) if extra.startswith("m =") else row + extra + "\n"
+    path = _file(tmp_path, row)
+    rc = main(["validate", "--data", path])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'G1'" in err[0] and fragment in err[0], err
+
+
+def test_gemm_row_runs_and_a_region_off_the_wafer_cannot(tmp_path):
+    ok = GEMM_ROW.format(extra='region = "4x4"')
+    off = GEMM_ROW.format(extra='region = "9x9"').replace('"G1"', '"G2"')
+    rows = validate(_file(tmp_path, ok, off))
+    assert rows[0].simulated is not None and rows[0].simulated > 0
+    assert rows[1].status == CANNOT and "region rows" in rows[1].reason

@@ -74,14 +74,12 @@ def default_path() -> Path:
 
 
 def _arch_fields() -> set[str]:
+    """Every ``level.field`` name of :class:`wse_sim.arch.ArchConfig`."""
+    from dataclasses import fields as dc_fields
+
     from wse_sim.arch import LEVELS
 
-    out = set()
-    for level, cls in LEVELS.items():
-        from dataclasses import fields as dc_fields
-
-        out.update(f"{level}.{f.name}" for f in dc_fields(cls))
-    return out
+    return {f"{level}.{f.name}" for level, cls in LEVELS.items() for f in dc_fields(cls)}
 
 
 def _text(where: str, row: dict, key: str) -> str:

@@ -62,6 +62,25 @@ KIND_UNITS = {"gemm": "TFLOP/s", "collective": "cycles", "fma_rate": "elements/c
               "train": "samples/s", "generate": "tokens/s"}  # fmt: skip
 
 
+def _choices(kind: str, sc: dict) -> dict[str, tuple[str, ...]]:
+    """The enumerated fields of a scenario kind and their allowed values."""
+    from gpt_workload.kernel_scenario import OPERANDS
+    from gpt_workload.mappings.gemm import GEMM_ALGORITHMS
+    from wse_sim.fabric.collectives import ALGORITHMS, KINDS
+
+    prec = ("fp32", "fp16", "bf16")
+    if kind == "gemm":
+        return {"mapping": GEMM_ALGORITHMS, "operands": OPERANDS, "precision": prec}
+    if kind == "collective":
+        algos = ALGORITHMS.get(sc["collective"], ())
+        return {"collective": KINDS, **({"algorithm": algos} if algos else {})}
+    if kind == "relay":
+        return {"mode": ("router", "pe")}
+    if kind in ("fma_rate", "train", "generate"):
+        return {"precision": prec}
+    return {}
+
+
 def _typename(t: type) -> str:
     return {int: "an integer", str: "text", float: "a number"}[t]
 
@@ -104,6 +123,22 @@ def check_scenario(where: str, table: object, units: str) -> dict:
         if default is _REQ:
             raise ConfigError(f"{where}: scenario field {key!r} is missing (required for {kind})")
         out[key] = default
+    for key, allowed in _choices(kind, out).items():
+        if out[key] not in allowed:
+            raise ConfigError(
+                f"{where}: scenario field {key}={out[key]!r} is not allowed; allowed: "
+                f"{', '.join(allowed)}"
+            )
+    if kind == "gemm" and out["region"]:
+        from gpt_workload.kernel_scenario import parse_region
+
+        try:
+            parse_region(out["region"])
+        except ConfigError:
+            raise ConfigError(
+                f"{where}: scenario field region={out['region']!r} is not allowed: expected "
+                "ROWSxCOLS, two integers >= 1 (e.g. 750x750)"
+            ) from None
     if kind == "relay":
         metric = out["metric"]
         if metric not in RELAY_METRICS:
@@ -123,23 +158,29 @@ def check_scenario(where: str, table: object, units: str) -> dict:
 
 
 def _generate_fn():
-    """``gpt_workload.generation.generate`` (or a module of that name holding a ``generate``
-    function), or None while the generation job is not built."""
+    """The generation entry point, ``generate`` of ``gpt_workload.generation`` (or of
+    ``gpt_workload.generate``, or a submodule ``generate`` of either holding that function),
+    or None while the generation job is not built. Called as ``generate(model, arch,
+    batch=, precision=, fidelity=)``; its report gives ``tokens_per_s_per_request`` (or
+    ``decode_tokens_per_s``, ``tokens_per_s``: divided by the batch)."""
     import importlib
 
-    try:
-        pkg = importlib.import_module("gpt_workload.generation")
-    except ImportError:
-        return None
-    fn = getattr(pkg, "generate", None)
-    if fn is not None and not callable(fn):  # a submodule named generate
-        fn = getattr(fn, "generate", None)
-    if fn is None:
+    for name in ("gpt_workload.generation", "gpt_workload.generate"):
         try:
-            fn = importlib.import_module("gpt_workload.generation.generate").generate
-        except (ImportError, AttributeError):
-            return None
-    return fn if callable(fn) else None
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        fn = getattr(mod, "generate", None)
+        if fn is not None and not callable(fn):  # a submodule named generate
+            fn = getattr(fn, "generate", None)
+        if fn is None:
+            try:
+                fn = importlib.import_module(name + ".generate").generate
+            except (ImportError, AttributeError):
+                fn = None
+        if callable(fn):
+            return fn
+    return None
 
 
 def run_scenario(sc: dict, fidelity: str = "analytic") -> tuple[float, str]:
