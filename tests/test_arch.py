@@ -19,19 +19,30 @@ def test_wse2_matches_published_figures():
     # shared/reference/wse_hardware.md: user kernel region <= 750 x 994 [CSL]
     assert (a.wafer.cols, a.wafer.rows) == (750, 994)
     assert a.pe.sram_bytes == 48 * 1024  # [HC34]
-    assert a.pe.clock_hz == 1.1e9  # [HC34]
+    # the clock the [CSL] SDK converts cycles at, chosen over [HC34]'s 1.1 GHz by the measured
+    # fp32 GEMM K1 (shared/reference/measured.md; the preset's source string has the reasoning)
+    assert a.pe.clock_hz == 0.85e9
     assert a.fabric.link_bits_per_cycle == 32  # [HPDC24]
+    assert a.fabric.ramp_latency_cycles == 2  # [HPDC24] T_R ~ 2 (K2)
     assert a.io.ingress_bytes_per_s == 1.2e12 / 8  # [ALCF] 1.2 Tb/s
-    # consistency check from the reference: 24 B/cycle x PEs x clock ~ 20 PB/s memory bw,
-    # and peak fp16 = PEs x 4 FMAC x 2 FLOP x 1.1 GHz, within 15 % of the 7.5 PF of 850k cores
-    assert a.peak_flops_per_s("fp16") == pytest.approx(745_500 * 8 * 1.1e9)
-    assert a.peak_flops_per_s("fp16") == pytest.approx(7.5e15 * 745_500 / 850_000, rel=0.01)
+    # peak fp16 = PEs x 4 FMAC x 2 FLOP x clock; at [HC34]'s 1.1 GHz (kept reachable by
+    # override) it is within 1 % of the 7.5 PF quoted for 850k cores [TomsA]
+    assert a.peak_flops_per_s("fp16") == pytest.approx(745_500 * 8 * 0.85e9)
+    hc34 = a.with_overrides(["pe.clock_hz=1.1e9"])
+    assert hc34.peak_flops_per_s("fp16") == pytest.approx(7.5e15 * 745_500 / 850_000, rel=0.01)
 
 
 def test_wse3_grid_and_simd():
     a = load_arch("wse3")
     assert (a.wafer.cols, a.wafer.rows) == (755, 1170)  # [WL] kernel <= 755 x 1170
-    assert a.pe.fmac_fp16_per_cycle == 2 * load_arch("wse2").pe.fmac_fp16_per_cycle
+    # K3 (measured.md): 2.92 fp16 FMA/cycle measured on silicon, below the 8-wide SIMD [NP]
+    # and below what the SRAM ports feed an FMA y += a x: 16 B read per cycle [HC34] over
+    # x and y (2 x 2 B per element) = 4 elements per cycle
+    assert a.pe.fmac_fp16_per_cycle == 2.92 == a.pe.fmac_bf16_per_cycle
+    assert a.pe.fmac_fp16_per_cycle < a.pe.sram_read_bytes_per_cycle / (2 * 2) < 8
+    # K4: 1.125 cycles per 32-bit wavelet, 2 cycles per hop [STUDY]
+    assert 32 / a.fabric.link_bits_per_cycle == pytest.approx(1.125)
+    assert a.fabric.hop_latency_cycles == 2
 
 
 def test_every_field_has_a_source():

@@ -341,8 +341,9 @@ def test_whatif_energy_runs_and_marks_the_pareto_front(tmp_path):
     import csv
 
     mod = _whatif()
+    ghz = load_arch("wse2").pe.clock_hz / 1e9  # the preset's clock
     rc = mod.main(["--model", "cerebras-gpt-111m", "--sram-kib", "48", "--clock-ghz",
-                   "0.85,1.1", "--simd", "4", "--batch", "60", "--out", str(tmp_path)])  # fmt: skip
+                   f"{ghz:g},1.2", "--simd", "4", "--batch", "60", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "whatif_energy.csv")))
     assert (tmp_path / "whatif_energy.png").stat().st_size > 0
@@ -352,19 +353,20 @@ def test_whatif_energy_runs_and_marks_the_pareto_front(tmp_path):
     for r, (s, j) in zip(rows, pts, strict=True):
         dominated = any(s2 >= s and j2 >= j and (s2, j2) != (s, j) for s2, j2 in pts)
         assert (r["pareto"] == "True") == (not dominated)
-    # the preset point (1.1 GHz, 4-wide, 48 KiB) is the plain training run's energy
+    # the preset point (its clock, 4-wide, 48 KiB) is the plain training run's energy
     from gpt_workload.training.train import train
 
     rep = train("cerebras-gpt-111m", "wse2", steps=1, batch=60, fidelity="analytic",
                 check_sequences=0)  # fmt: skip
-    base = next(r for r in rows if float(r["clock_ghz"]) == 1.1)
+    base = next(r for r in rows if float(r["clock_ghz"]) == pytest.approx(ghz))
     assert float(base["tokens_per_j"]) == pytest.approx(rep.energy["tokens_per_j"], rel=1e-9)
 
 
 def test_whatif_energy_scaling_rules():
     mod = _whatif()
     arch = load_arch("wse2")
-    ov = dict(o.split("=", 1) for o in mod.overrides(arch, 96, 1.1 * 1.2, 8, 2.0))
+    ghz = arch.pe.clock_hz / 1e9  # the preset's clock
+    ov = dict(o.split("=", 1) for o in mod.overrides(arch, 96, ghz * 1.2, 8, 2.0))
     e = arch.energy
     assert float(ov["energy.fmac_fp16_pj"]) == pytest.approx(e.fmac_fp16_pj * 1.2**2)
     # [J21]: +0.5 pJ per 64-bit access per doubling of the bank, from 7.5 pJ
@@ -374,6 +376,6 @@ def test_whatif_energy_scaling_rules():
     # static: area (half SRAM x2, half logic x2) x clock (half x1.2)
     assert float(ov["energy.static_pe_w"]) == pytest.approx(e.static_pe_w * 2 * 1.1)
     assert int(ov["pe.sram_read_bytes_per_cycle"]) == 32  # ports widened with the SIMD
-    preset = dict(o.split("=", 1) for o in mod.overrides(arch, 48, 1.1, 4, 2.0))
+    preset = dict(o.split("=", 1) for o in mod.overrides(arch, 48, ghz, 4, 2.0))
     assert float(preset["energy.static_pe_w"]) == pytest.approx(e.static_pe_w)
     assert float(preset["energy.fmac_fp16_pj"]) == pytest.approx(e.fmac_fp16_pj)

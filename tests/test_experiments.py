@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from wse_sim.arch import load_arch
+
+CLOCK = load_arch("wse2").pe.clock_hz  # the WSE-2 preset's clock (0.85 GHz since K1)
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 UNIT = re.compile(r"\(.+\)")
 
@@ -78,7 +82,7 @@ def test_io_bandwidth_crossover_matches_the_closed_form(tmp_path):
     table, fig = mod.run(args)
     check_figure(fig, out / "whatif_io_bandwidth.png")
     assert len(read_csv(out / "crossover.csv")) == 2 and (out / "points.csv").stat().st_size
-    peak = 994 * 750 * 2 * 0.5 * 1.1e9  # WSE-2 fp32: PEs x 2 FLOP x 0.5 FMAC/cycle x clock
+    peak = 994 * 750 * 2 * 0.5 * CLOCK  # WSE-2 fp32: PEs x 2 FLOP x 0.5 FMAC/cycle x clock
     for row, bw in zip(table, (18.75e9, 37.5e9), strict=True):
         expected = closed_form_batch(5120, 40, 256, 4, peak, bw)
         assert row["closed_form_batch"] == pytest.approx(expected, rel=1e-9)
@@ -88,7 +92,7 @@ def test_io_bandwidth_crossover_matches_the_closed_form(tmp_path):
 
 def test_io_bandwidth_fp16_regimes(tmp_path):
     """fp16 (defaults): a crossover below the fabric's weight-multicast rate (40 links x 4 B x
-    1.1 GHz = 176 GB/s for 13B), none above it. At 0.5x and 1x I/O the crossover falls at 2-5
+    clock: 136 GB/s for 13B at 0.85 GHz), none above it. At 0.5x and 1x I/O the crossover falls at 2-5
     tokens per segment, where the layer computes at ~0.9 of peak, and the simulated crossover
     is within 10 % of the closed form, below it (the wafer never computes faster than its
     peak). (At 0.25x it falls at 9 tokens per segment, where the SRAM left for the fp32
@@ -98,8 +102,8 @@ def test_io_bandwidth_fp16_regimes(tmp_path):
     out = tmp_path / "fp16"
     args = mod.parse_args(["--scales", "0.5,1,2", "--workers", "0", "--out", str(out)])
     table, _ = mod.run(args)
-    peak = 994 * 750 * 2 * 4 * 1.1e9
-    fabric = 40 * 4 * 1.1e9
+    peak = 994 * 750 * 2 * 4 * CLOCK
+    fabric = 40 * 4 * CLOCK
     assert all(r["fabric_weight_bytes_per_s"] == pytest.approx(fabric) for r in table)
     for row in table:
         expected = closed_form_batch(5120, 40, 256, 2, peak, row["io_bytes_per_s"])

@@ -12,7 +12,8 @@ Algorithms (vectors of ``n`` 32-bit elements, one wavelet each):
   segment all-reduce of the weight-streaming lowering).
 * **all-reduce, ring**: reduce-scatter then all-gather around a folded ring (positions
   0, 2, 4, ..., 5, 3, 1 so each ring hop is at most two mesh hops), ``2 (p - 1)`` steps of
-  ``n / p`` elements.
+  ``ceil(n / p)`` elements, at least one wavelet per step (:func:`ring_chunk_wavelets`);
+  :func:`latency_bound_cycles` is the time no schedule can beat.
 * **2-D** (whole grid): reduce/all-reduce every row, then every column of the results.
 
 Models beside the simulation:
@@ -129,8 +130,11 @@ def closed_form_cycles(
 ) -> float:
     """Zero-load time on a line of ``p`` PEs with this engine's constants (1 packet per
     message, cut-through PEs, forward latency ``fwd``): ``n / rate`` of serialisation plus
-    the latency of the longest chain of hops and PE stages. NaN for the ring (its steps
-    overlap in a way this simple form does not capture)."""
+    the latency of the longest chain of hops and PE stages (for the tree reduce the larger
+    of the overlapped, bandwidth-bound form and the chain of its ``ceil(log2 p)`` stages'
+    latencies, so that a small vector never beats the stages' latency). NaN for the ring
+    (its steps overlap in a way this simple form does not capture; see
+    :func:`latency_bound_cycles`)."""
     if p <= 1:
         return 0.0
     ser = n / min(eng.link_rate, eng.ramp_rate)
@@ -146,8 +150,13 @@ def closed_form_cycles(
         return red + 2 * ramp + (p - 1) * hop + ser
     if algorithm == "tree" and kind == "reduce":
         stages = math.ceil(math.log2(p))
-        # the root's RAMP receives one vector per stage; the last stage's latency adds
-        return ser * stages + (2 * ramp + (1 << (stages - 1)) * hop + fwd)
+        # bandwidth-bound: the root's RAMP receives one vector per stage, then the last
+        # stage's latency; latency-bound: stage s waits for stage s - 1 (the sender of stage
+        # s first receives its own partners' sums), so every stage's latency adds
+        # (2 RAMP + 2^s hops + combine), plus one vector's serialisation
+        overlapped = ser * stages + (2 * ramp + (1 << (stages - 1)) * hop + fwd)
+        chained = sum(2 * ramp + (1 << s) * hop + fwd for s in range(stages)) + ser
+        return max(overlapped, chained)
     return float("nan")
 
 
@@ -242,15 +251,60 @@ def _reduce_line(b: _Build, line: list[Node], algorithm: str, n: float, tag, aft
     return final
 
 
+def ring_chunk_wavelets(n: float, p: int) -> float:
+    """Wavelets one ring step moves: ``ceil(n / p)``, at least one. A wavelet carries one
+    fp32 element and cannot be split, so with fewer elements than PEs every step still sends
+    a whole wavelet (some carry padding); the vector is padded to ``p x chunk``."""
+    return float(max(1, math.ceil(n / p - 1e-9)))
+
+
+def latency_bound_cycles(
+    kind: str, algorithm: str, p: int, n: float, eng: PacketFabric, fwd: float = 1.0
+) -> float:
+    """A lower bound on the time of a collective over a line of ``p`` PEs, ``n`` wavelets
+    each, on ``eng`` (hop latency ``h``, RAMP latency ``r``, rates ``link_rate``,
+    ``ramp_rate``), that no schedule of the algorithm can beat.
+
+    * **any collective**: the far end's data must reach the other end: inject through a
+      RAMP (``r``), ``p - 1`` hops (``(p - 1) h``), eject (``r``), and at least its
+      serialisation ``n / rate`` (``rate = min(link_rate, ramp_rate)``) behind the head:
+      ``2 r + (p - 1) h + n / rate``.
+    * **ring all-reduce** (reduce-scatter then all-gather, ``2 (p - 1)`` steps): step
+      ``s + 1`` of a PE forwards what step ``s`` delivered to it, so the ``2 (p - 1)``
+      messages along one ring path form a dependency chain. Each message crosses at least
+      one mesh hop between two PEs: ``2 r + h`` from its first wavelet leaving to its first
+      wavelet arriving; each forward adds the PE's ``fwd`` (cut-through: ``2 (p - 1) - 1``
+      forwards); the last one's tail arrives ``c / rate`` after its head, with ``c =``
+      :func:`ring_chunk_wavelets` ``(n, p) >= 1`` (a step moves at least one wavelet):
+      ``T >= 2 (p - 1) (2 r + h) + (2 p - 3) fwd + c / rate``. Independently, every ring
+      link carries ``2 (p - 1)`` chunks one after another: ``T >= 2 (p - 1) c / rate``.
+      The bound is the larger of the two and of the line bound above.
+
+    Returns 0 for ``p <= 1``.
+    """
+    if p <= 1:
+        return 0.0
+    rate = min(eng.link_rate, eng.ramp_rate)
+    line = 2 * eng.ramp + (p - 1) * eng.hop + n / rate
+    if kind == "allreduce" and algorithm == "ring":
+        c = ring_chunk_wavelets(n, p)
+        steps = 2 * (p - 1)
+        chain = steps * (2 * eng.ramp + eng.hop) + (steps - 1) * fwd + c / rate
+        return max(line, chain, steps * c / rate)
+    return line
+
+
 def _ring_allreduce(b: _Build, line: list[Node], n: float, tag, after=None):
-    """Folded-ring all-reduce over ``line``; returns (key, node) of the last deliveries."""
+    """Folded-ring all-reduce over ``line``; returns (key, node) of the last deliveries.
+    Each of the ``2 (p - 1)`` steps moves :func:`ring_chunk_wavelets` (at least one whole
+    wavelet) and pays its hop and RAMP latency."""
     after = after or {}
     p = len(line)
     if p <= 1:
         return []
     ring = [line[i] for i in folded_ring(p)]
     routes = [b.route(xy_route(0, ring[i], ring[(i + 1) % p])) for i in range(p)]
-    chunk = n / p
+    chunk = ring_chunk_wavelets(n, p)
     prev: list = [None] * p
     last = []
     for phase in ("rs", "ag"):
