@@ -8,6 +8,11 @@ their one-line reason. The ``top`` fastest are re-timed with ``event`` and the w
 fastest of those by event time, so ``auto`` never returns a mapping slower, by the event
 backend, than another it re-timed.
 
+``weight_streaming`` at its defaults (``pes_per_segment=auto,tokens_per_segment=auto``)
+searches its own layout, ``P`` and ``m``, by analytic time
+(:mod:`gpt_workload.mappings.ws_search`), so the candidate ``weight_streaming`` is already
+the best of its layouts (its ``meta["layout"]["layout_search"]`` says which).
+
 As a registered mapping, ``auto`` (``simulate(mapping="auto")``, ``wse-sim run --mapping
 auto``) runs the search in :meth:`AutoMapping.lower`, lowers with the winner, and records
 the ranking in ``Program.meta["layout"]["mapping_search"]`` (so ``Report.layout`` carries
