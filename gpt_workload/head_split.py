@@ -51,6 +51,7 @@ __all__ = [
     "pes_per_head",
     "rotary_exchange",
     "score_allreduce",
+    "score_receive_bytes",
     "weight_entry_bytes_per_s",
 ]
 
@@ -110,6 +111,13 @@ def io_pes_per_segment(cfg, arch) -> int:
         if weight_entry_bytes_per_s(arch, p) >= arch.io.ingress_bytes_per_s:
             return p
     return ok[-1]
+
+
+def score_receive_bytes(m: int, k: int) -> int:
+    """Extra SRAM per PE of a head split over ``k > 1`` PEs: the running partial scores of
+    one ``m x m`` key block received from the previous PE of the head's chain (fp32), held
+    beside the PE's own; 0 for whole heads."""
+    return m * m * ACC_BYTES if k > 1 else 0
 
 
 def _pairs(L, p: int) -> tuple[int, float, int]:

@@ -48,6 +48,7 @@ from gpt_workload.head_split import (
     check_pes_per_segment,
     pes_per_head,
     score_allreduce,
+    score_receive_bytes,
 )
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
@@ -206,6 +207,7 @@ def _sram_need(
     wb = _weight_buffer_share(cfg, arch, s)
     acc = m * min_chunk * ACC_BYTES + 2 * min_chunk * s
     kv_buf = 2 * 2 * m * z.f * s + m * m * ACC_BYTES + 3 * m * ACC_BYTES
+    kv_buf += score_receive_bytes(m, pes_per_head(cfg, P))
     need = {
         "qkv": z.x + z.h + z.qkv + acc,
         "attention": z.x + z.qkv + z.att + kv_buf,
@@ -630,6 +632,7 @@ class _Builder:
         kv = kv_multicast(L, kv_block)
         scores = score_allreduce(L)
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
+        sram += score_receive_bytes(L.m, L.pes_per_head)
         self.add(
             "attention",
             layer,

@@ -57,7 +57,12 @@ from gpt_workload.lowering import (
     _block_bytes,
     kv_multicast,
 )
-from gpt_workload.head_split import attention_classes, rotary_exchange, score_allreduce
+from gpt_workload.head_split import (
+    attention_classes,
+    rotary_exchange,
+    score_allreduce,
+    score_receive_bytes,
+)
 from gpt_workload.models import build_graph
 from wse_sim.errors import ConfigError
 from wse_sim.program import Transfer
@@ -218,6 +223,7 @@ class GraphBuilder(_Builder):
             trs.append(scores)
         kv_work = L.m * 2 * self.kv_width_pe * s
         sram = live + 2 * kv_work + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
+        sram += score_receive_bytes(L.m, L.pes_per_head)
         self.add("attention", layer, classes, "position", tuple(trs), sram=sram,
                  n_chunks=max(min(L.q, 16), 1))  # fmt: skip
 

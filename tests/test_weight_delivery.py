@@ -183,3 +183,21 @@ def test_split_heads_add_the_score_all_reduce() -> None:
     m, T = 4, 32
     assert t.max_link_bytes == 4 * (m * (T - m) + m * (m + 1) / 2)
     assert t.hops == 2 and t.relays == 1
+
+
+def test_split_heads_sram_holds_the_received_scores() -> None:
+    """gpt-tiny (d 64), P = 8 (k = 2), m = 4, fp16: the attention kernel holds the residual,
+    Q|K|V, the output (m x d/P each, 3 d/P for QKV), two K/V blocks (m x 2 d/P), the m x m
+    fp32 scores, 3 m fp32 softmax statistics, and, split heads only, the m x m fp32 partial
+    scores received from the head's previous PE; plus the weight buffers' share."""
+    from gpt_workload.lowering import _weight_buffer_share
+
+    cfg, a = resolve_model("gpt-tiny"), load_arch("grid32")
+    prog = parse_mapping("weight_streaming:pes_per_segment=8,tokens_per_segment=4").lower(
+        cfg, a, 2, 32, "fp16"
+    )
+    k = next(k for k in prog.kernels if k.op == "attention")
+    m, f, s = 4, 64 // 8, 2
+    live = m * f * s + m * 3 * f * s + m * f * s
+    expect = live + 2 * (m * 2 * f * s) + m * m * 4 + 3 * m * 4 + m * m * 4
+    assert k.sram_bytes == expect + _weight_buffer_share(cfg, a, s)
