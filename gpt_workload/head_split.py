@@ -18,7 +18,11 @@ distribution. That is the segment GEMM as it is: ``K`` split over the segment's 
 ``N`` reduce-scattered back over them. Nothing in it ties the width of the hidden split to
 the number of heads, and it describes no other split of the weight matrix (each column
 receives whole rows ``W[k, :]``; no 2-D block of ``W`` per PE is described), so a second
-weight-split axis would be our invention. What a hidden split wider than ``n_head`` implies
+weight-split axis would be our invention. Read as a "2-D split", the published layout splits
+the *activations* two ways (hidden along x, batch x sequence along y) and each weight
+matrix over x only, by its rows on the way in and by its output columns on the way out (the
+reduce-scatter); that is the segment layout already, and the only way it takes in more
+distinct weights is a wider hidden split, i.e. a larger ``P``. What a hidden split wider than ``n_head`` implies
 for attention is forced by the same description: the hidden (feature) slice of a PE is
 ``d / P`` contiguous features, so with ``P = k n_head`` each head's ``d_head`` features lie
 on ``k`` neighbouring PEs. We therefore choose **heads split over PEs** (option (a) of the
@@ -33,7 +37,16 @@ sums travel east, PE ``0`` first, and the totals are broadcast back west: ``m x 
 fp32 scores per segment and head, pattern ``allreduce_head``); every PE then runs the same
 softmax on the full scores and multiplies by its own ``d_head / k`` features of ``V``
 (``softmax(S) V`` stays local per feature). The numerics follow that order
-(:func:`gpt_workload.kernels_split.attention_split`).
+(:func:`gpt_workload.kernels_split.attention_split`). SRAM: each PE also holds the running
+partial scores of one ``m x m`` key block it receives (:func:`score_receive_bytes`).
+Rotate-half RoPE (llama, qwen2) pairs features ``d_head / 2`` apart, which a split head
+places on different PEs: they swap them (:func:`rotary_exchange`, pattern
+``exchange_head``); GPT-J's interleaved pairs stay on one PE. The ``packet`` backend expands
+both patterns (:mod:`wse_sim.timing.packet`); ``analytic`` and ``event`` time them from
+their bytes, hops and relays as every other transfer.
+
+Which ``P`` a run uses is searched (:mod:`gpt_workload.mappings.ws_search`), or
+``pes_per_segment=io`` takes :func:`io_pes_per_segment`.
 """
 
 from __future__ import annotations
