@@ -85,7 +85,7 @@ from gpt_workload.experiment_args import (
     parse_floats,
     run_main,
 )
-from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.lowering import choose_P, max_batch_single_micro
 from gpt_workload.plots import save
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.simulate import simulate
@@ -150,6 +150,14 @@ def validate(args: argparse.Namespace) -> None:
     check_out_dir("--out", args.out)
 
 
+def classic_mapping(args) -> str:
+    """The layout this experiment studies: ``P = n_head`` (or its largest divisor the grid
+    fits) PEs per segment, whose fabric rate caps weight delivery (the module docstring);
+    the default mapping would search wider segments (:mod:`gpt_workload.mappings.ws_search`)."""
+    P = choose_P(resolve_model(args.model), load_arch(args.arch).wafer.cols)
+    return f"weight_streaming:pes_per_segment={P}"
+
+
 def fill_batches(args) -> list[int]:
     """Batches that fill the wafer at m = 1, 2, ... tokens per segment, up to the largest
     batch that runs as one micro-batch."""
@@ -158,6 +166,7 @@ def fill_batches(args) -> list[int]:
     probe = simulate(
         cfg,
         arch,
+        mapping=classic_mapping(args),
         fidelity="analytic",
         precision=args.precision,
         batch=1,
@@ -250,6 +259,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
                 "seq_len": args.seq_len,
                 "precision": args.precision,
                 "fidelity": args.fidelity,
+                "mapping": classic_mapping(args),
             },
             "grid": {
                 "io.ingress_bytes_per_s": [s * base_bw for s in scales],

@@ -201,3 +201,41 @@ def test_split_heads_sram_holds_the_received_scores() -> None:
     live = m * f * s + m * 3 * f * s + m * f * s
     expect = live + 2 * (m * 2 * f * s) + m * m * 4 + 3 * m * 4 + m * m * 4
     assert k.sram_bytes == expect + _weight_buffer_share(cfg, a, s)
+
+
+def _packet_agrees(prog, arch) -> None:
+    """``packet`` expands every transfer (the head all-reduce and exchange included), loses
+    no wavelet, and ``event`` / ``analytic`` stay within 5 % of it."""
+    from wse_sim.timing.analytic import run_analytic
+    from wse_sim.timing.event import run_event
+    from wse_sim.timing.packet import run_packet
+
+    pk = run_packet(prog, arch, check=True)
+    c = pk.extra["conservation"]
+    assert c["missing"] == c["duplicated"] == c["unexpected"] == [] and c["in_flight"] == 0
+    for run in (run_event, run_analytic):
+        assert run(prog, arch).total_s == pytest.approx(pk.total_s, rel=0.05), run
+
+
+def test_packet_times_split_heads_gpt2() -> None:
+    """gpt-tiny on an 8 x 8 grid with fast I/O (so the fabric shows), P = 8: heads over 2 PEs."""
+    arch = load_arch("grid8", ["io.ingress_bytes_per_s=1e12"])
+    prog = parse_mapping("weight_streaming:pes_per_segment=8").lower(
+        resolve_model("gpt-tiny"), arch, 2, 32, "fp16"
+    )
+    assert any(t.pattern == "allreduce_head" for k in prog.kernels for t in k.transfers)
+    _packet_agrees(prog, arch)
+
+
+def test_packet_times_split_heads_llama(tiny_checkpoints) -> None:
+    """The tiny llama with heads over 2 PEs: the rotate-half exchange and the score
+    all-reduce on the packet engine."""
+    path, _ = tiny_checkpoints["llama"]
+    cfg, _ = load_checkpoint(path)
+    arch = load_arch("grid32", ["io.ingress_bytes_per_s=1e12"])
+    prog = parse_mapping(f"weight_streaming:pes_per_segment={2 * cfg.n_head}").lower(
+        cfg, arch, 2, 24, "fp16"
+    )
+    pats = {t.pattern for k in prog.kernels for t in k.transfers}
+    assert {"allreduce_head", "exchange_head"} <= pats
+    _packet_agrees(prog, arch)
