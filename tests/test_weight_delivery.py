@@ -228,11 +228,13 @@ def test_packet_times_split_heads_gpt2() -> None:
 
 
 def test_packet_times_split_heads_llama(tiny_checkpoints) -> None:
-    """The tiny llama with heads over 2 PEs: the rotate-half exchange and the score
-    all-reduce on the packet engine."""
+    """The tiny llama's shape with heads over 2 PEs: the rotate-half exchange and the score
+    all-reduce on the packet engine (multi-head K/V: the packet backend does not expand the
+    GQA group all-gather, with or without split heads)."""
     path, _ = tiny_checkpoints["llama"]
     cfg, _ = load_checkpoint(path)
-    arch = load_arch("grid32", ["io.ingress_bytes_per_s=1e12"])
+    cfg = dataclasses.replace(cfg, n_kv_heads=cfg.n_head, n_layer=1)
+    arch = load_arch("grid8", ["io.ingress_bytes_per_s=1e12"])
     prog = parse_mapping(f"weight_streaming:pes_per_segment={2 * cfg.n_head}").lower(
         cfg, arch, 2, 24, "fp16"
     )
