@@ -85,7 +85,7 @@ from gpt_workload.experiment_args import (
     parse_floats,
     run_main,
 )
-from gpt_workload.lowering import choose_P, max_batch_single_micro
+from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.plots import save
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.simulate import simulate
@@ -154,8 +154,7 @@ def classic_mapping(args) -> str:
     """The layout this experiment studies: ``P = n_head`` (or its largest divisor the grid
     fits) PEs per segment, whose fabric rate caps weight delivery (the module docstring);
     the default mapping would search wider segments (:mod:`gpt_workload.mappings.ws_search`)."""
-    P = choose_P(resolve_model(args.model), load_arch(args.arch).wafer.cols)
-    return f"weight_streaming:pes_per_segment={P}"
+    return "weight_streaming:pes_per_segment=heads"
 
 
 def fill_batches(args) -> list[int]:

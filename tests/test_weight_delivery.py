@@ -55,7 +55,7 @@ def test_io_layout_absorbs_the_ingress_rate(model, arch) -> None:
     )
     lay = prog.meta["layout"]
     assert lay["pes_per_segment"] == P and lay["pes_per_head"] == pes_per_head(cfg, P)
-    assert lay["weight_entry_bytes_per_s"] >= target
+    assert weight_entry_bytes_per_s(a, lay["pes_per_segment"]) >= target
 
 
 @pytest.mark.parametrize("model,arch", [("cerebras-gpt-111m", "wse2"), ("gpt-j-6b", "wse3")])
@@ -90,7 +90,7 @@ def test_search_keeps_the_fastest_candidate() -> None:
     [
         ("weight_streaming:pes_per_segment=5", r"pes_per_segment=5 .*allowed: 1, 2, 4, 8, 16, 32"),
         ("weight_streaming:pes_per_segment=64", r"pes_per_segment=64 .*allowed: 1, 2, 4, 8, 16, 32"),
-        ("weight_streaming:pes_per_segment=fast", r"pes_per_segment='fast' must be auto, io or"),
+        ("weight_streaming:pes_per_segment=fast", r"'fast' must be auto, heads, io or an int"),
         ("weight_streaming:tokens_per_segment=io", r"tokens_per_segment='io' must be auto or"),
         ("weight_streaming:attention=sequence,pes_per_segment=8", "whole heads per PE"),
     ],
@@ -241,3 +241,20 @@ def test_packet_times_split_heads_llama(tiny_checkpoints) -> None:
     pats = {t.pattern for k in prog.kernels for t in k.transfers}
     assert {"allreduce_head", "exchange_head"} <= pats
     _packet_agrees(prog, arch)
+
+
+def test_heads_is_the_classic_layout_and_the_report_gives_the_entry_rate() -> None:
+    """``pes_per_segment=heads``: P = n_head at the widest spread, not searched; the report's
+    layout gives the segment's entry rate (closed form) and its ratio to the ingress rate."""
+    from gpt_workload.lowering import lower_weight_streaming
+
+    cfg, a = resolve_model("gpt-tiny"), load_arch("grid32")
+    prog = parse_mapping("weight_streaming:pes_per_segment=heads").lower(cfg, a, 2, 32, "fp16")
+    assert "layout_search" not in prog.meta["layout"]
+    assert prog.kernels == lower_weight_streaming(cfg, a, 2, 32, "fp16").kernels
+    rep = simulate("gpt-tiny", "grid32", mapping="weight_streaming:pes_per_segment=8",
+                   fidelity="analytic", batch=2, seq_len=32, check_sequences=0)  # fmt: skip
+    assert rep.layout["weight_entry_bytes_per_s"] == pytest.approx(_entry_closed_form(a, 8))
+    assert rep.layout["weight_entry_vs_ingress"] == pytest.approx(
+        _entry_closed_form(a, 8) / a.io.ingress_bytes_per_s
+    )

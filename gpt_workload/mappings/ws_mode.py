@@ -5,17 +5,17 @@ strategy replacing the GEMM or attention lowering), and a family other than gpt2
 its op graph (:class:`gpt_workload.lowering_graph.GraphBuilder`, numerics
 :func:`gpt_workload.numerics_graph.run_graph_numerics`); ``_P`` and ``_M`` are the layout
 knobs every one of them has (``auto`` by default: searched by a mapping with
-``searches_layout``, :mod:`.ws_search`; ``io`` for ``P``: the narrowest segment whose
-columns take in the MemoryX ingress rate, :mod:`gpt_workload.head_split`). Every Program's
-``meta['layout']`` gets the segment's weight-entry rate
-(:func:`gpt_workload.head_split.head_split_summary`).
+``searches_layout``, :mod:`.ws_search`; ``heads`` for ``P``: the classic layout, ``P =
+n_head`` or its largest divisor the grid fits, at the widest spread, not searched; ``io``
+for ``P``: the narrowest segment whose columns take in the MemoryX ingress rate,
+:func:`gpt_workload.head_split.io_pes_per_segment`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt_workload.head_split import head_split_summary, io_pes_per_segment
+from gpt_workload.head_split import io_pes_per_segment
 from gpt_workload.lowering import lower_weight_streaming, max_batch_single_micro
 from gpt_workload.lowering_graph import GraphBuilder
 from gpt_workload.mappings.base import Knob, Mapping
@@ -47,10 +47,10 @@ _P = _AutoInt(
     "PEs per segment P: the feature (reduction) split over columns; a divisor of n_head or "
     "n_head x k with k dividing d_head (heads split over k PEs). auto: weight_streaming "
     "searches P and m for the least analytic time, the other mappings take n_head (or its "
-    "largest divisor the grid fits); io: the narrowest P whose columns take in the MemoryX "
-    "ingress rate",
+    "largest divisor the grid fits); heads: that classic layout, not searched; io: the "
+    "narrowest P whose columns take in the MemoryX ingress rate",
     lo=1,
-    words=("auto", "io"),
+    words=("auto", "heads", "io"),
 )
 _M = _AutoInt(
     "tokens_per_segment",
@@ -73,12 +73,13 @@ class _WSMode(Mapping):
 
     def _layout_args(self, cfg=None, arch=None) -> dict:
         """``P`` and ``m`` for the lowering: ints as given, ``auto`` -> None (the layout's own
-        choice), ``io`` -> :func:`gpt_workload.head_split.io_pes_per_segment`."""
+        choice), ``heads`` -> None, ``io`` -> :func:`gpt_workload.head_split.
+        io_pes_per_segment`."""
         P = self.values.get("pes_per_segment")
         m = self.values.get("tokens_per_segment")
         if P == "io":
             P = io_pes_per_segment(cfg, arch) if cfg is not None else None
-        return {"P": None if P == "auto" else P, "m": None if m == "auto" else m}
+        return {"P": None if P in ("auto", "heads") else P, "m": None if m == "auto" else m}
 
     def _lower_at(self, cfg, arch, batch, seq_len, precision, P, m):
         return lower_weight_streaming(
@@ -104,7 +105,8 @@ class _WSMode(Mapping):
         self.check_family(cfg)
         args = self._layout_args(cfg, arch)
         auto = [self.values.get(k) == "auto" for k in ("pes_per_segment", "tokens_per_segment")]
-        if not (self.searches_layout and any(auto)):
+        classic = self.values.get("pes_per_segment") == "heads"
+        if classic or not (self.searches_layout and any(auto)):
             prog = self._lower_at(cfg, arch, batch, seq_len, precision, **args)
         else:
             choice = search_layout(
@@ -119,8 +121,6 @@ class _WSMode(Mapping):
             )
             prog = self._lower_at(cfg, arch, batch, seq_len, precision, choice.P, choice.m)
             prog.meta["layout"]["layout_search"] = choice.describe()
-        P = prog.meta["layout"]["pes_per_segment"]
-        prog.meta["layout"].update(head_split_summary(cfg, arch, P))
         return prog
 
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:

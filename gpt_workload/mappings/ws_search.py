@@ -25,7 +25,10 @@ than :data:`KEEP_WITHIN` (1 %): the three backends agree to fractions of a perce
 smaller gain is inside the model's own spread and not worth a different layout (and the
 numerics of a run do not change on a rounding of the cost model). Other ties go to the
 narrower segment. Results are cached per (model, arch, workload, precision, fixed knobs), so
-``auto`` (which lowers its winner again) does not search twice.
+``auto`` (which lowers its winner again) does not search twice. The search reads the arch's
+I/O and clock fields (through the timing), so the layout, and the Program, depend on them: a
+sweep over ``io.ingress_bytes_per_s`` lowers again where the search's reads differ
+(:mod:`gpt_workload.sweep_cache` derives its key from the reads).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpt_workload.head_split import allowed_pes_per_segment, check_pes_per_segment
+from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
 
 __all__ = ["LayoutChoice", "search_layout"]
@@ -93,7 +97,11 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
         check_pes_per_segment(cfg, cols, P)
     if m is not None and not 1 <= m <= seq_len:
         raise ConfigError(f"tokens_per_segment={m} must be in 1..{seq_len} (seq_len)")
-    ck = None if key is None else (key, repr(cfg), repr(arch), batch, seq_len, precision, P, m)
+    # only a plain ArchConfig keys the cache: a recording view of one (the sweep's lowering
+    # cache, :mod:`gpt_workload.sweep_cache`) must see every read the search makes
+    plain = type(arch) is ArchConfig
+    ck = (key, repr(cfg), repr(arch), batch, seq_len, precision, P, m)
+    ck = ck if key is not None and plain else None
     if ck is not None and ck in _CACHE:
         return _CACHE[ck]
     tried: list = []
