@@ -150,6 +150,13 @@ def validate(args: argparse.Namespace) -> None:
     check_out_dir("--out", args.out)
 
 
+def classic_mapping(args) -> str:
+    """The layout this experiment studies: ``P = n_head`` (or its largest divisor the grid
+    fits) PEs per segment, whose fabric rate caps weight delivery (the module docstring);
+    the default mapping would search wider segments (:mod:`gpt_workload.mappings.ws_search`)."""
+    return "weight_streaming:pes_per_segment=heads"
+
+
 def fill_batches(args) -> list[int]:
     """Batches that fill the wafer at m = 1, 2, ... tokens per segment, up to the largest
     batch that runs as one micro-batch."""
@@ -158,6 +165,7 @@ def fill_batches(args) -> list[int]:
     probe = simulate(
         cfg,
         arch,
+        mapping=classic_mapping(args),
         fidelity="analytic",
         precision=args.precision,
         batch=1,
@@ -250,6 +258,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
                 "seq_len": args.seq_len,
                 "precision": args.precision,
                 "fidelity": args.fidelity,
+                "mapping": classic_mapping(args),
             },
             "grid": {
                 "io.ingress_bytes_per_s": [s * base_bw for s in scales],

@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], object]:
                 "seq_len": args.seq_len,
                 "precision": args.precision,
                 "fidelity": args.fidelity,
+                # the layout whose SRAM limits this studies (P = n_head, widest spread); the
+                # default mapping would also search wider segments (less SRAM per PE)
+                "mapping": "weight_streaming:pes_per_segment=heads",
             },
             "grid": {"model": models, "pe.sram_bytes": sizes, "batch": ["max", args.batch]},
         },

@@ -43,6 +43,13 @@ import numpy as np
 
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph_sizes import family_block_bytes
+from gpt_workload.head_split import (
+    attention_classes,
+    check_pes_per_segment,
+    pes_per_head,
+    score_allreduce,
+    score_receive_bytes,
+)
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
@@ -63,7 +70,9 @@ class WSLayout:
     """Where a micro-batch's tokens and features live on the grid.
 
     Attributes:
-        P: PEs per segment (feature split); hp = heads per PE.
+        P: PEs per segment (feature split); hp = whole heads per PE (1 when a head is split);
+        pes_per_head: PEs one head's features are split over (1: whole heads;
+            :mod:`gpt_workload.head_split`).
         m: tokens per segment; q: segments per sequence; m_last: tokens of the last segment.
         b: sequences per micro-batch; n_micro: micro-batches; batch: sequences in all.
         rows, cols: grid; segs_per_row: segment columns.
@@ -81,6 +90,7 @@ class WSLayout:
     rows: int
     cols: int
     segs_per_row: int
+    pes_per_head: int = 1
 
     @property
     def n_segments(self) -> int:
@@ -97,6 +107,7 @@ class WSLayout:
         return {
             "pes_per_segment": self.P,
             "heads_per_pe": self.hp,
+            "pes_per_head": self.pes_per_head,
             "tokens_per_segment": self.m,
             "segments_per_sequence": self.q,
             "sequences_per_micro_batch": self.b,
@@ -196,6 +207,7 @@ def _sram_need(
     wb = _weight_buffer_share(cfg, arch, s)
     acc = m * min_chunk * ACC_BYTES + 2 * min_chunk * s
     kv_buf = 2 * 2 * m * z.f * s + m * m * ACC_BYTES + 3 * m * ACC_BYTES
+    kv_buf += score_receive_bytes(m, pes_per_head(cfg, P))
     need = {
         "qkv": z.x + z.h + z.qkv + acc,
         "attention": z.x + z.qkv + z.att + kv_buf,
@@ -235,9 +247,11 @@ def plan_layout(
     """Choose P, m and the micro-batch split for ``batch`` sequences of ``seq_len`` tokens.
 
     The fewest micro-batches whose per-PE SRAM need (at the GEMM chunk ``min_chunk``) fits
-    ``pe.sram_bytes - pe.sram_reserved_bytes``. ``P`` (PEs per segment, a divisor of
-    ``n_head`` no wider than the grid) and ``m`` (tokens per segment) override the automatic
-    choices (:func:`choose_P`; as wide a spread as the grid allows).
+    ``pe.sram_bytes - pe.sram_reserved_bytes``. ``P`` (PEs per segment: a divisor of
+    ``n_head``, or ``n_head x k`` with ``k`` dividing ``d_head`` (heads split over ``k``
+    PEs), no wider than the grid; :func:`gpt_workload.head_split.allowed_pes_per_segment`)
+    and ``m`` (tokens per segment) override the automatic choices (:func:`choose_P`; as wide
+    a spread as the grid allows).
 
     Raises:
         ConfigError: batch or seq_len out of range.
@@ -248,12 +262,8 @@ def plan_layout(
     rows, cols = arch.wafer.rows, arch.wafer.cols
     if P is None:
         P = choose_P(cfg, cols)
-    elif cfg.n_head % P or P > cols:
-        ok = [p for p in range(1, min(cfg.n_head, cols) + 1) if cfg.n_head % p == 0]
-        raise ConfigError(
-            f"pes_per_segment={P} must divide n_head={cfg.n_head} and fit the grid's {cols} "
-            f"columns; allowed: {', '.join(map(str, ok))}"
-        )
+    else:
+        check_pes_per_segment(cfg, cols, P)
     if m is not None and not 1 <= m <= seq_len:
         raise ConfigError(f"tokens_per_segment={m} must be in 1..{seq_len} (seq_len)")
     m_fixed = m
@@ -299,7 +309,7 @@ def plan_layout(
     n_micro = math.ceil(batch / b)
     return WSLayout(
         P=P,
-        hp=cfg.n_head // P,
+        hp=max(cfg.n_head // P, 1),
         m=m,
         q=q,
         m_last=m_last,
@@ -310,6 +320,7 @@ def plan_layout(
         rows=rows,
         cols=cols,
         segs_per_row=spr,
+        pes_per_head=pes_per_head(cfg, P),
     )
 
 
@@ -610,30 +621,24 @@ class _Builder:
         if getattr(self.strategy, "attention", None) is not None:
             return self.strategy.attention(self, layer, live)
         L, W, ov, s, z = self.L, self.W, self.ov, self.s, self.z
-        dh, hp = z.dh, L.hp
         # the classes are the same in every layer (a function of the layout): built once
         classes = self._attention_classes
         if classes is None:
-            classes = []
-            for p in range(L.q):
-                mp = L.m_last if p == L.q - 1 else L.m
-                pairs = mp * p * L.m + mp * (mp + 1) / 2  # causal (query, key) pairs
-                blocks = mp * (p + 1)  # (query, key block) pairs
-                busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)  # QK dot, PV axpy, softmax
-                ops = hp * (2 * pairs + 3 * blocks)
-                classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
-            classes = self._attention_classes = tuple(classes)
+            classes = self._attention_classes = attention_classes(L, z.dh, W, ov)
             self._attention_flops = float(sum(c.flops * c.count for c in classes))
             self._attention_crit = max((c.cycles for c in classes), default=0.0)
-        kv_block = L.m * 2 * hp * dh * s
+        # K and V of the PE's features: hp whole heads, or d_head / k of one (= d / P)
+        kv_block = L.m * 2 * z.f * s
         kv = kv_multicast(L, kv_block)
+        scores = score_allreduce(L)
         sram = live + 2 * kv_block + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
+        sram += score_receive_bytes(L.m, L.pes_per_head)
         self.add(
             "attention",
             layer,
             classes,
             "position",
-            (kv,),
+            (kv,) if scores is None else (kv, scores),
             sram=sram,
             flops=self._attention_flops,
             n_chunks=max(min(L.q, 16), 1),
@@ -754,6 +759,7 @@ def lower_weight_streaming(
             rows=L.rows,
             cols=L.cols,
             segs_per_row=L.segs_per_row,
+            pes_per_head=L.pes_per_head,
         )
         last = builder(cfg, arch, L_last, precision, kernels, blocks, "_last", strategy)
         maps.update(_class_maps(L_last, "_last"))

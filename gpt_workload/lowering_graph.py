@@ -22,12 +22,17 @@ Per op kind:
   K/V head's features are spread over the ``group / hp`` PEs that need it (each holds
   ``kv / P`` features of K and of V after the GEMM's reduce-scatter) and are all-gathered
   among them (``K/V group all-gather``, on the ``rotary_k`` kernel) so that every PE holds
-  the whole K/V heads of its query heads; ``rotary_k`` then rotates them.
+  the whole K/V heads of its query heads; ``rotary_k`` then rotates them. With heads split
+  over ``k`` PEs (``P = k n_head``, :mod:`gpt_workload.head_split`) a PE holds ``d_head /
+  k`` features of one head; rotate-half RoPE (not interleaved) then swaps the rotated
+  features with the PE holding their partners (``rotary partner exchange``).
 * ``attention``: head-parallel as gpt2 (class = segment position). K/V blocks of earlier
   segments are multicast down the columns at the GEMM layout (``kv / P`` features of K and
   V per PE: ``n_head / n_kv_heads`` fewer bytes than multi-head attention) and
   all-gathered in each receiving PE group as above. The resident K/V of a segment is
   ``kv / P`` per PE; the working buffer holds the whole K/V heads the PE's query heads read.
+  With split heads the partial ``q . k`` scores are all-reduced along each head's ``k`` PEs
+  (:func:`gpt_workload.head_split.score_allreduce`).
 * ``activation`` (GELU 8 passes, SiLU 4), ``mul`` (the SwiGLU product, 1 pass), ``add``
   (residuals; GPT-J's parallel block adds two branches: 2 passes).
 * ``lm_head``: the streamed ``[d, V]`` GEMM (untied head, GPT-J's with its bias) fused with
@@ -52,9 +57,15 @@ from gpt_workload.lowering import (
     _block_bytes,
     kv_multicast,
 )
+from gpt_workload.head_split import (
+    attention_classes,
+    rotary_exchange,
+    score_allreduce,
+    score_receive_bytes,
+)
 from gpt_workload.models import build_graph
 from wse_sim.errors import ConfigError
-from wse_sim.program import PEClass, Transfer
+from wse_sim.program import Transfer
 
 __all__ = ["GraphBuilder", "NORM_PASSES", "ACTIVATION_PASSES"]
 
@@ -78,8 +89,11 @@ class GraphBuilder(_Builder):
         self.dims = self.graph.dims
         cfg, L = self.cfg, self.L
         self.group = cfg.n_head // int(cfg.n_kv_heads)
-        # whole K/V heads a PE's hp query heads read, and the PEs sharing one K/V head
+        # whole K/V heads a PE's hp query heads read, and the PEs sharing one K/V head;
+        # with heads split over k PEs (L.pes_per_head), a PE reads d_head / k features of
+        # one K/V head, spread over the group's PEs after the K/V GEMMs
         self.kv_heads_pe = math.ceil(L.hp / self.group)
+        self.kv_width_pe = self.kv_heads_pe * cfg.d_head // L.pes_per_head
         self.group_pes = max(self.group // L.hp, 1)
         self.syms = dict(self.graph._operand_shapes())
         self.syms["tokens"] = ("B", "T")
@@ -172,13 +186,13 @@ class GraphBuilder(_Builder):
         elif kind == "rotary":
             heads = op.attrs["heads"]
             frac = op.attrs["rotary_dim"] / self.cfg.d_head
-            if heads == "H":
-                self.elementwise(op.name, layer, z.f, 3 * frac, live)
-            else:
-                width = self.kv_heads_pe * self.cfg.d_head
-                gather = self.group_gather(1, "K/V group all-gather")
-                self.elementwise(op.name, layer, width, 3 * frac, live,
-                                 (gather,) if gather else ())  # fmt: skip
+            width = z.f if heads == "H" else self.kv_width_pe
+            trs = [] if heads == "H" else [self.group_gather(1, "K/V group all-gather")]
+            if not self.cfg.rotary_interleaved:  # rotate-half pairs across a split head
+                trs.append(rotary_exchange(self.L, width, op.attrs["rotary_dim"],
+                                           self.cfg.d_head, s))  # fmt: skip
+            self.elementwise(op.name, layer, width, 3 * frac, live,
+                             tuple(t for t in trs if t is not None))  # fmt: skip
         elif kind == "attention":
             self.gqa_attention(layer, live)
         elif kind == "activation":
@@ -196,23 +210,20 @@ class GraphBuilder(_Builder):
     def gqa_attention(self, layer: int, live: int) -> None:
         """Head-parallel causal attention with K/V heads shared by ``group`` query heads."""
         L, W, ov, s = self.L, self.W, self.ov, self.s
-        dh, hp = self.cfg.d_head, L.hp
-        classes = []
-        for p in range(L.q):
-            mp = L.m_last if p == L.q - 1 else L.m
-            pairs = mp * p * L.m + mp * (mp + 1) / 2  # causal (query, key) pairs
-            blocks = mp * (p + 1)
-            busy = hp * (pairs * 2 * dh / W + pairs * 3 / W)  # QK dot, PV axpy, softmax
-            ops = hp * (2 * pairs + 3 * blocks)
-            classes.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dh))
+        dh = self.cfg.d_head
+        classes = attention_classes(L, dh, W, ov)
         trs = [kv_multicast(L, self.kv_share_bytes())]
         gather = self.group_gather(L.q - 1, "K/V group all-gather (earlier segments)")
         if gather is not None:
             # the busiest receiving segment gathers q - 1 blocks; the wafer total is the
             # sum over positions (a mean of (q - 1) / 2 per segment)
             trs.append(dataclasses.replace(gather, link_bytes=gather.link_bytes / 2))
-        kv_work = L.m * 2 * self.kv_heads_pe * dh * s
+        scores = score_allreduce(L)
+        if scores is not None:
+            trs.append(scores)
+        kv_work = L.m * 2 * self.kv_width_pe * s
         sram = live + 2 * kv_work + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
+        sram += score_receive_bytes(L.m, L.pes_per_head)
         self.add("attention", layer, classes, "position", tuple(trs), sram=sram,
                  n_chunks=max(min(L.q, 16), 1))  # fmt: skip
 

@@ -4,7 +4,9 @@
 each, calls the Numba kernel of its op (:mod:`gpt_workload.kernels`) on tile arrays laid out
 as the lowering placed the data (``[segment, PE in segment, token, feature slice]``,
 :class:`gpt_workload.layout.TileLayout`), with the lowering's ``P`` (PEs per segment) and
-``m`` (tokens per segment). Between kernels every stored tensor is rounded to the storage
+``m`` (tokens per segment); with heads split over several PEs (``P > n_head``) attention
+computes each PE's partial ``q . k`` and chains them along the head
+(:mod:`gpt_workload.kernels_split`). Between kernels every stored tensor is rounded to the storage
 precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up front; the
 logits are the LM head's fp32 accumulators.
 
@@ -22,7 +24,9 @@ import numpy as np
 
 from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
+from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
+from gpt_workload.kernels_split import attention_split_tiled
 from gpt_workload.layout import TileLayout, qkv_column_permutation
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights
@@ -58,7 +62,9 @@ class _Weights:
 
     def __init__(self, cfg: GPTConfig, w: GPTWeights, precision: str, P: int, ff_pad: int):
         r = lambda a: round_storage(np.ascontiguousarray(a, dtype=np.float32), precision)  # noqa
-        perm = qkv_column_permutation(cfg.n_head, cfg.d_head, P)
+        # heads split over k PEs (P = k n_head): n_head k sub-heads of d_head / k features
+        ks = pes_per_head(cfg, P)
+        perm = qkv_column_permutation(cfg.n_head * ks, cfg.d_head // ks, P)
         self.wte = r(w.wte)
         self.wpe = r(w.wpe)
         self.wte_t = np.ascontiguousarray(self.wte.T)  # [d, V] streamed
@@ -88,15 +94,25 @@ class _Weights:
         self.ln_f_g, self.ln_f_b = r(w.ln_f_g), r(w.ln_f_b)
 
 
-def _heads_qk(qkv: np.ndarray, tl: TileLayout, d_head: int) -> tuple[np.ndarray, np.ndarray]:
+def _heads_qk(
+    qkv: np.ndarray, tl: TileLayout, d_head: int, ks: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Queries and keys of QKV tiles ``[S, P, m, 3 hp dh]`` (PE ``j`` holds heads
     ``j hp .. j hp + hp - 1``, columns ``[q | k | v]`` of its heads,
-    :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` views."""
+    :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` arrays;
+    with heads split over ``ks`` PEs, PE ``j`` holds features ``(j % ks) dh/ks ..`` of head
+    ``j // ks`` (:func:`gpt_workload.kernels_split.attention_split_tiled`)."""
     S, P, m, w = qkv.shape
+    K, segs = S // tl.segs_per_seq, tl.segs_per_seq
+    if ks > 1:
+        a = qkv.reshape(K, segs, P // ks, ks, m, 3, d_head // ks)
+        a = a.transpose(5, 0, 2, 1, 4, 3, 6)  # [3, K, H, segs, m, ks, dh / ks]
+        a = a.reshape(3, K, P // ks, segs * m, d_head)
+        return a[0], a[1]
     hp = w // (3 * d_head)
-    a = qkv.reshape(S // tl.segs_per_seq, tl.segs_per_seq, P, m, 3, hp, d_head)
+    a = qkv.reshape(K, segs, P, m, 3, hp, d_head)
     a = a.transpose(4, 0, 2, 5, 1, 3, 6)  # [3, K, P, hp, segs, m, dh]
-    a = a.reshape(3, a.shape[1], P * hp, tl.segs_per_seq * m, d_head)
+    a = a.reshape(3, K, P * hp, segs * m, d_head)
     return a[0], a[1]
 
 
@@ -165,7 +181,8 @@ def run_numerics(
         return health.store(op, layer, a, loc)
 
     no_bias = np.zeros(0, dtype=np.float32)
-    hp_dh = cfg.n_head // P * cfg.d_head
+    ks = pes_per_head(cfg, P)  # PEs per head (1: whole heads per PE)
+    hp_dh = max(cfg.n_head // P, 1) * cfg.d_head // ks
     scale = 1.0 / np.sqrt(cfg.d_head)
     approx = cfg.activation != "gelu"
 
@@ -205,8 +222,11 @@ def run_numerics(
             gemm_fn(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
             qkv = rnd(qkv, op, k.layer)
         elif op == "attention":
-            health.check_scores(op, k.layer, *_heads_qk(qkv, tl, cfg.d_head), T)
-            attention_fn(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
+            health.check_scores(op, k.layer, *_heads_qk(qkv, tl, cfg.d_head, ks), T)
+            if ks > 1 and attention is None:  # partial q.k per PE, chained over the head
+                attention_split_tiled(qkv, tl, cfg.n_head, cfg.d_head, scale, att)
+            else:
+                attention_fn(qkv, tl.segs_per_seq, T, scale, att, d_head=cfg.d_head)
             att = rnd(att, op, k.layer)
             assert att.shape[-1] == hp_dh
         elif op == "attn_proj":

@@ -15,7 +15,8 @@ segment, bias after the sum; widths not divisible by ``P`` zero-padded), rotary 
 that hold whole heads (:func:`kernels_llama.rotary_tiled`; a K head split across PEs is
 rotated after the group all-gather, :func:`kernels_llama.rotary_fwd` on its rows),
 grouped-query attention per (sequence, K/V head) (:func:`kernels_llama.gqa_attention_fwd`
-on the gathered rows), GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
+on the gathered rows; with each head split over ``k = P / n_head`` PEs, the per-PE partial
+``q . k`` chained along the head, :func:`gpt_workload.kernels_split.attention_split`), GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
 (float32, one rounding each, as :func:`kernels_llama.swiglu_fwd`), residual adds in the
 graph's operand order, then the cross-entropy (:func:`kernels.cross_entropy_tiled`).
 
@@ -32,7 +33,9 @@ from gpt_workload import kernels as kn
 from gpt_workload import kernels_llama as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op
+from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
+from gpt_workload.kernels_split import attention_split
 from gpt_workload.layout import TileLayout
 from gpt_workload.models import build_graph
 from gpt_workload.numerics import NumericsResult, check_tokens
@@ -55,6 +58,7 @@ class _Exec:
         self.seq = {"segs_per_seq": tl.segs_per_seq, "seq_len": tl.seq_len}
         self.loc = tile_locator(tl.segs_per_seq, tl.m, tl.seq_len)
         self.cache: dict = {}
+        self.ks = pes_per_head(cfg, tl.P)  # PEs per head (1: whole heads per PE)
         T = tl.seq_len
         if cfg.rotary_dim:
             self.cos, self.sin = kl.rotary_tables_f32(T, cfg.rotary_dim, cfg.rope_theta,
@@ -114,10 +118,13 @@ class _Exec:
             out = self.rotary(op, ins[0])
         elif kind == "attention":
             d, kv = self.dims["d"], self.dims["kv"]
-            o, _ = kl.gqa_attention_fwd(self.rows(ins[0], d), self.rows(ins[1], kv),
-                                        self.rows(ins[2], kv), self.tl.seq_len, cfg.n_head,
-                                        int(cfg.n_kv_heads), 1.0 / np.sqrt(cfg.d_head))
-            out = self.to_tiles(o, d)  # fmt: skip
+            if self.ks > 1:
+                out = self.to_tiles(self.split_attention(ins, d, kv), d)
+            else:
+                o, _ = kl.gqa_attention_fwd(self.rows(ins[0], d), self.rows(ins[1], kv),
+                                            self.rows(ins[2], kv), self.tl.seq_len, cfg.n_head,
+                                            int(cfg.n_kv_heads), 1.0 / np.sqrt(cfg.d_head))
+                out = self.to_tiles(o, d)  # fmt: skip
         elif kind == "activation":
             fn = op.attrs["fn"]
             if fn == "silu":
@@ -134,6 +141,19 @@ class _Exec:
         else:
             raise ConfigError(f"op {op.name}: kind {kind!r} has no numerics")
         env[op.outputs[0]] = self.health.store(op.name, layer, out, self.loc)
+
+    def split_attention(self, ins, d: int, kv: int) -> np.ndarray:
+        """Attention with each head split over ``ks`` PEs: per-PE partial ``q . k`` chained
+        along the head, online softmax over the layout's K/V blocks of ``m`` keys
+        (:func:`gpt_workload.kernels_split.attention_split`); rows ``[K T, d]``."""
+        cfg, tl = self.cfg, self.tl
+        K, T, dh = tl.n_seq, tl.seq_len, cfg.d_head
+        nkv = int(cfg.n_kv_heads)
+        q = self.rows(ins[0], d).reshape(K, T, cfg.n_head, dh).transpose(0, 2, 1, 3)
+        k = self.rows(ins[1], kv).reshape(K, T, nkv, dh).transpose(0, 2, 1, 3)
+        v = self.rows(ins[2], kv).reshape(K, T, nkv, dh).transpose(0, 2, 1, 3)
+        o = attention_split(q, k, v, self.ks, tl.m, 1.0 / np.sqrt(dh))
+        return np.ascontiguousarray(o.transpose(0, 2, 1, 3).reshape(K * T, d))
 
     def rotary(self, op: Op, x: np.ndarray) -> np.ndarray:
         """RoPE on whole heads: in place on the tile when each PE holds whole heads, else on

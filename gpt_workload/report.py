@@ -200,6 +200,19 @@ def si(x: float, unit: str, digits: int = 4) -> str:
     return f"{x / scale:.{digits}g} {p}{unit}"
 
 
+def _weight_entry(layout: dict) -> str:
+    """``; each head over k PEs; weights enter at X GB/s (r x I/O)`` for a weight-streaming
+    layout (:func:`gpt_workload.head_split.head_split_summary`), else ``""``."""
+    if "weight_entry_bytes_per_s" not in layout:
+        return ""
+    k = layout.get("pes_per_head", 1)
+    heads = f"; each head over {k} PEs" if k > 1 else ""
+    return (
+        f"{heads}; weights enter at {layout['weight_entry_bytes_per_s'] / 1e9:,.0f} GB/s "
+        f"({layout['weight_entry_vs_ingress']:.2f} x I/O)"
+    )
+
+
 def format_console(r: Report) -> list[tuple[str, str]]:
     """(label, value) rows of the summary table the CLI prints."""
     rows = [
@@ -216,7 +229,8 @@ def format_console(r: Report) -> list[tuple[str, str]]:
         (
             "layout",
             f"{r.layout['pes_per_segment']} PEs x {r.layout['tokens_per_segment']} "
-            f"tokens per segment, {r.layout['active_pes']:,} active PEs",
+            f"tokens per segment, {r.layout['active_pes']:,} active PEs"
+            + _weight_entry(r.layout),
         ),
         ("simulated time", si(r.simulated_time_s, "s")),
         (

@@ -19,6 +19,7 @@ import numpy as np
 from gpt_workload.config import WEIGHT_FILES, GPTConfig, forward_flops_per_token
 from gpt_workload.models import init_model_weights, require_lowered, resolve_model
 from gpt_workload.models import load_checkpoint as load_any_checkpoint
+from gpt_workload.head_split import head_split_summary
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
@@ -513,6 +514,12 @@ def simulate(
             "closed_form_flops_per_token": fpt["total"],
             "weights": numerics.get("weights", "not loaded (numerics skipped)"),
             "weight_bytes_streamed": program.weight_bytes_streamed,
+            # a weight-streaming segment's distinct-weight entry rate (gpt_workload.head_split)
+            **(
+                head_split_summary(cfg, arch_cfg, program.meta["layout"]["pes_per_segment"])
+                if "pes_per_head" in program.meta["layout"]
+                else {}
+            ),
         },
         wall_s=wall,
         events=timing.events,

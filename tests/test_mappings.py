@@ -81,9 +81,18 @@ def test_knob_combinations_that_do_not_fit():
 
 
 def test_default_mapping_is_the_lowering_bit_for_bit():
+    """The default mapping is the lowering at the layout its search chose (the search and the
+    weight-delivery summary only add keys to ``meta['layout']``)."""
     a = parse_mapping("weight_streaming").lower(TINY, GRID, 8, 64, "fp16")
-    b = lower_weight_streaming(TINY, GRID, 8, 64, "fp16")
-    assert a.kernels == b.kernels and a.meta == b.meta and a.name == b.name
+    lay = a.meta["layout"]
+    P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
+    b = lower_weight_streaming(TINY, GRID, 8, 64, "fp16", P=P, m=m)
+    assert a.kernels == b.kernels and a.name == b.name
+    added = {"layout_search", "weight_entry_bytes_per_s", "weight_entry_vs_ingress"}
+    assert {k: v for k, v in lay.items() if k not in added} == b.meta["layout"]
+    assert {k: v for k, v in a.meta.items() if k != "layout"} == {
+        k: v for k, v in b.meta.items() if k != "layout"
+    }
 
 
 @pytest.mark.parametrize("spec", WS_SPECS)

@@ -7,6 +7,7 @@ The reference is the code path without them: every point lowered afresh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -32,7 +33,8 @@ def _spec() -> SweepSpec:
                 "batch": [3, 120],
                 "io.ingress_bytes_per_s": [75e9, 150e9, 600e9],
             },
-            "zip": [{"mapping": ["weight_streaming", "summa"]}],
+            # the classic layout: the searched one reads the I/O rate (next tests)
+            "zip": [{"mapping": ["weight_streaming:pes_per_segment=heads", "summa"]}],
         },
         name="cache",
     )
@@ -80,7 +82,7 @@ def test_sweep_table_equal_with_and_without_cache(tmp_path, monkeypatch) -> None
 
 def test_key_is_what_the_lowering_reads() -> None:
     cfg = resolve_model("cerebras-gpt-111m")
-    ws = parse_mapping("weight_streaming")
+    ws = parse_mapping("weight_streaming:pes_per_segment=heads")
     cache = LoweringCache()
     base = load_arch("wse2")
     p1 = cache.lower(ws, cfg, base, 8, 2048, "fp16")
@@ -106,9 +108,27 @@ def test_key_is_what_the_lowering_reads() -> None:
     assert cache.lower(ws, cfg, fp32, 8, 2048, "fp16") is p3
 
 
+def test_searched_layout_is_keyed_by_the_io_rate_it_read() -> None:
+    """The default mapping searches its layout by analytic time, which reads the I/O rate: a
+    different rate is lowered again (and equals a fresh lowering); an unread field still
+    hits."""
+    cfg = dataclasses.replace(resolve_model("cerebras-gpt-111m"), n_layer=2)
+    ws = parse_mapping("weight_streaming")
+    cache = LoweringCache()
+    base = load_arch("wse2")
+    p1 = cache.lower(ws, cfg, base, 1, 256, "fp16")
+    slow = base.with_overrides(["io.ingress_bytes_per_s=1e9"])
+    p2 = cache.lower(ws, cfg, slow, 1, 256, "fp16")
+    assert p2 is not p1
+    fresh = ws.lower(cfg, slow, 1, 256, "fp16")
+    assert p2.kernels == fresh.kernels and p2.meta == fresh.meta
+    energy = base.with_overrides(["energy.fmac_fp16_pj=1.0"])
+    assert cache.lower(ws, cfg, energy, 1, 256, "fp16") is p1
+
+
 def test_errors_are_cached_with_their_message() -> None:
     cfg = resolve_model("cerebras-gpt-111m")
-    ws = parse_mapping("weight_streaming")
+    ws = parse_mapping("weight_streaming:pes_per_segment=heads")
     cache = LoweringCache()
     tiny = load_arch("wse2", ["pe.sram_bytes=5000"])
     with pytest.raises(FitError) as first:

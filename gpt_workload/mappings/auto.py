@@ -8,6 +8,11 @@ their one-line reason. The ``top`` fastest are re-timed with ``event`` and the w
 fastest of those by event time, so ``auto`` never returns a mapping slower, by the event
 backend, than another it re-timed.
 
+``weight_streaming`` at its defaults (``pes_per_segment=auto,tokens_per_segment=auto``)
+searches its own layout, ``P`` and ``m``, by analytic time
+(:mod:`gpt_workload.mappings.ws_search`), so the candidate ``weight_streaming`` is already
+the best of its layouts (its ``meta["layout"]["layout_search"]`` says which).
+
 As a registered mapping, ``auto`` (``simulate(mapping="auto")``, ``wse-sim run --mapping
 auto``) runs the search in :meth:`AutoMapping.lower`, lowers with the winner, and records
 the ranking in ``Program.meta["layout"]["mapping_search"]`` (so ``Report.layout`` carries
@@ -34,6 +39,7 @@ class Candidate:
         bound_by: the roofline's largest lower bound, ``compute``, ``io`` or ``fabric``.
         dominant: where the simulated time mostly went: ``compute``, ``fabric`` or ``io``
             (weight-I/O stall).
+        layout: ``P x m`` (PEs x tokens per segment) the candidate ran at, when it has one.
     """
 
     spec: str
@@ -42,6 +48,7 @@ class Candidate:
     mfu: float = 0.0
     bound_by: str = ""
     dominant: str = ""
+    layout: str = ""
 
     @property
     def time_s(self) -> float:
@@ -92,8 +99,9 @@ def search_table(d: dict) -> str:
         lines = [f"{'mapping':40s} {'analytic_s':>12s} {'event_s':>12s} {'mfu':>7s}  bound_by"]
         for c in self.ranking:
             ev = f"{c.event_s:12.6g}" if c.event_s is not None else f"{'-':>12s}"
+            name = c.spec + (f" [{c.layout}]" if c.layout else "")
             lines.append(
-                f"{c.spec:40s} {c.analytic_s:12.6g} {ev} {c.mfu:7.2%}  {c.bound_by} "
+                f"{name:40s} {c.analytic_s:12.6g} {ev} {c.mfu:7.2%}  {c.bound_by} "
                 f"(time mostly {c.dominant})"
             )
         for s, r in self.rejected:
@@ -122,7 +130,8 @@ def candidate_specs(names=None) -> list[str]:
 
 
 def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
-    """(seconds, mfu, roofline bound_by, dominant phase) of one mapping on one backend."""
+    """(seconds, mfu, roofline bound_by, dominant phase, ``P x m`` layout) of one mapping on
+    one backend."""
     from gpt_workload.simulate import _breakdown, _roofline
     from wse_sim.timing.analytic import run_analytic
     from wse_sim.timing.event import run_event
@@ -134,7 +143,13 @@ def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
     _, totals = _breakdown(timing)
     phases = {"compute": totals["compute_s"], "fabric": totals["fabric_s"], "io": totals["stall_s"]}
     bound = _roofline(program, arch, timing)["bound_by"]
-    return float(total), float(mfu), bound, max(phases, key=phases.get)
+    lay = program.meta.get("layout", {})
+    where = (
+        f"{lay['pes_per_segment']}x{lay['tokens_per_segment']}"
+        if "pes_per_segment" in lay and "tokens_per_segment" in lay
+        else ""
+    )
+    return float(total), float(mfu), bound, max(phases, key=phases.get), where
 
 
 def choose_mapping(
@@ -165,11 +180,13 @@ def choose_mapping(
             continue
         seen.add(m.spec)
         try:
-            t, mfu, bound, dom = _evaluate(m, cfg, arch, batch, seq_len, precision, "analytic")
+            t, mfu, bound, dom, where = _evaluate(
+                m, cfg, arch, batch, seq_len, precision, "analytic"
+            )
         except (FitError, ConfigError) as e:
             rejected.append((m.spec, str(e)))
             continue
-        evaluated.append(Candidate(m.spec, t, None, mfu, bound, dom))
+        evaluated.append(Candidate(m.spec, t, None, mfu, bound, dom, where))
     if not evaluated:
         raise FitError(
             "mapping=auto: no candidate mapping fits: "
@@ -177,7 +194,7 @@ def choose_mapping(
         )
     evaluated.sort(key=lambda c: c.analytic_s)
     for c in evaluated[:top]:
-        c.event_s, c.mfu, c.bound_by, c.dominant = _evaluate(
+        c.event_s, c.mfu, c.bound_by, c.dominant, _ = _evaluate(
             parse_mapping(c.spec), cfg, arch, batch, seq_len, precision, "event"
         )
     rechecked = sorted(evaluated[:top], key=lambda c: c.event_s)

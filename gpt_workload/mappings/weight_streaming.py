@@ -48,6 +48,7 @@ import math
 import numba
 import numpy as np
 
+from gpt_workload.head_split import allowed_pes_per_segment
 from gpt_workload.lowering import ACC_BYTES, COLOUR_KV, COLOUR_PSUM, choose_P, kv_multicast
 from gpt_workload.mappings.base import Knob, register
 from gpt_workload.mappings.gemm import _Lines, gemm_numerics, gemm_plan, split
@@ -505,21 +506,32 @@ class WeightStreaming(_WSMode):
         """The packet backend knows the default reduction and attention patterns only."""
         return self["reduce"] == "chain" and self["attention"] == "head"
 
+    @property
+    def searches_layout(self) -> bool:  # type: ignore[override]
+        """``auto`` P and m are searched (:mod:`.ws_search`) at reduce=chain, attention=head;
+        the other knob values keep the layout's own choice."""
+        return self.packet_ok
+
     def strategy(self, cfg, arch, precision):
         if self["reduce"] == "chain" and self["attention"] == "head":
             return None
+        P = self._layout_args(cfg, arch)["P"] or choose_P(cfg, arch.wafer.cols)
+        if self["attention"] == "sequence" and P > cfg.n_head:
+            raise ConfigError(
+                f"mapping {self.name}: attention=sequence needs whole heads per PE "
+                f"(pes_per_segment dividing n_head={cfg.n_head}), got {P}"
+            )
         if self["reduce"] == "tree":
-            P = self["pes_per_segment"] or choose_P(cfg, arch.wafer.cols)
             if P & (P - 1):
                 ok = [
                     p
-                    for p in range(1, min(cfg.n_head, arch.wafer.cols) + 1)
-                    if cfg.n_head % p == 0 and not p & (p - 1)
+                    for p in allowed_pes_per_segment(cfg, arch.wafer.cols)
+                    if not p & (p - 1)
                 ]
-                how = "" if self["pes_per_segment"] else " (the layout's choice)"
+                how = "" if isinstance(self["pes_per_segment"], int) else " (the layout's choice)"
                 raise ConfigError(
                     f"mapping {self.name}: reduce=tree needs pes_per_segment a power of two "
-                    f"dividing n_head={cfg.n_head}, got {P}{how}; allowed: "
+                    f"(n_head={cfg.n_head}), got {P}{how}; allowed: "
                     f"{', '.join(map(str, ok))}"
                 )
         return _Strategy(

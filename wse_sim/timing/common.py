@@ -23,7 +23,7 @@ Two corrections the packet backend showed at small messages, where a few cycles 
   chunk's tail has left it, ``hop_latency`` after it entered: the busiest link idles one hop
   latency between consecutive chunks, ``(n - 1) * hop_latency`` per transfer on its link
   group (not on the RAMP: a PE takes its input without waiting for a downstream credit);
-* **round trip** (``allreduce_row``: a chain reduce out, then a broadcast back through the
+* **round trip** (``allreduce_row``, ``allreduce_head``: a chain reduce out, then a broadcast back through the
   same RAMPs): the busiest RAMP takes the last chunk's outbound half (``ramp_bytes / 2 /
   n``) while that chunk's sum is still travelling to the end of the segment, so the return
   trip overlaps it: the exposed latency is the round trip less that half, and no less than
@@ -92,7 +92,7 @@ def transfer_latency_cycles(t: Transfer, n_chunks: int, arch: ArchConfig) -> flo
     """Latency ``t`` adds after its serialisation; a round trip (``allreduce_row``)
     overlaps its last chunk's outbound half at the busiest RAMP (see the module docstring)."""
     lat = path_latency_cycles(t.hops, t.turns, t.relays, arch)
-    if t.pattern == "allreduce_row" and t.hops > 0:
+    if t.pattern in ("allreduce_row", "allreduce_head") and t.hops > 0:
         half = t.ramp_bytes / 2 / max(n_chunks, 1) / ramp_bytes_per_cycle(arch)
         out = path_latency_cycles(t.hops / 2, t.turns, max(t.relays - 1, 0), arch)
         lat = max(lat - half, out)

@@ -21,6 +21,11 @@ lowering's geometry (``gpt_workload/lowering.py``), run by the packet engine
   (Nearest-first order would hold every hop back by one slice.)
 * **Segment all-reduce** (``allreduce_row``): chain reduce to the segment's east end, then a
   multicast back west; ``max_link_bytes`` each way (the busiest link, per direction).
+* **Head all-reduce** (``allreduce_head``): as ``allreduce_row`` along each group of
+  ``pes_per_head`` consecutive PEs of a segment (``meta['layout']['pes_per_head']``: a head
+  split over several PEs all-reduces its partial attention scores).
+* **Head exchange** (``exchange_head``): within each such group, PE ``c`` and PE ``c + h``
+  (``h = hops``, ``c < h``) swap ``ramp_bytes`` (the rotate-half RoPE partners).
 * **K/V** (``multicast_chain``): down each sequence's chain of segments, PE ``j`` of segment
   ``p`` sends its own block followed by every earlier block it received to PE ``j`` of segment
   ``p + 1`` (block bytes = ``max_link_bytes / hops``); attention chunk ``i`` of a segment waits
@@ -65,7 +70,14 @@ from wse_sim.timing.common import (
 )
 
 WAVELET_BYTES = 4  # 32-bit wavelet payload [HPDC24]
-PATTERNS = ("multicast_2d", "reduce_scatter_row", "allreduce_row", "multicast_chain")
+PATTERNS = (
+    "multicast_2d",
+    "reduce_scatter_row",
+    "allreduce_row",
+    "multicast_chain",
+    "allreduce_head",
+    "exchange_head",
+)
 INF = float("inf")
 
 
@@ -117,6 +129,7 @@ class _KernelRun:
         self.cmap = cmap
         layout = program.meta.get("layout", {})
         self.P = max(int(layout.get("pes_per_segment", 1)), 1)
+        self.k_head = max(int(layout.get("pes_per_head", 1)), 1)
         npe = len(self.pes)
         self.crit = int(np.argmax(self.chunk_cycles)) if npe else -1
         # per PE: next chunk, its pending inputs, when they are all there
@@ -174,11 +187,13 @@ class _KernelRun:
         C = self.eng.C
         return [(t.colour + i) % C for i in range(C)]
 
-    def segments(self) -> list[list[tuple[int, int]]]:
-        """Active PEs grouped into segments (same row, column // P), west to east."""
+    def segments(self, width: int | None = None) -> list[list[tuple[int, int]]]:
+        """Active PEs grouped into segments (same row, column // P), west to east; with
+        ``width``, into groups of that many columns (a split head's PEs)."""
+        w = width or self.P
         segs: dict[tuple[int, int], list] = {}
         for r, c in self.pes:
-            segs.setdefault((r, c // self.P), []).append((r, c))
+            segs.setdefault((r, c // w), []).append((r, c))
         return [sorted(v, key=lambda x: x[1]) for _, v in sorted(segs.items())]
 
     def build(self, has_weights: bool) -> None:
@@ -308,10 +323,28 @@ class _KernelRun:
                         (key, seg[j], west[j - 1], size, deps, 1, None, None, [(ids[j], i)], pw)
                     )
 
-    def _allreduce_row(self, t: Transfer, msgs: list, has_weights: bool) -> None:
+    def _allreduce_head(self, t: Transfer, msgs: list, has_weights: bool) -> None:
+        self._allreduce_row(t, msgs, has_weights, self.k_head)
+
+    def _exchange_head(self, t: Transfer, msgs: list, has_weights: bool) -> None:
+        h = max(int(t.hops), 1)
+        x = t.ramp_bytes / WAVELET_BYTES / self.n
+        pw = self.unit_packet(x)
+        for grp in self.segments(self.k_head):
+            ids = [int(self.pidx[self.eng.mesh.index(p)]) for p in grp]
+            for c in range(min(h, len(grp) - h)):
+                for a, b in ((c, c + h), (c + h, c)):
+                    route = self.route(lambda a=a, b=b, g=grp: xy_route(0, g[a], g[b]), t)
+                    for i in range(self.n):
+                        key = ("xh", t.name, grp[a], i)
+                        msgs.append((key, grp[a], route, x, (), 1, None, None, [(ids[a], i)], pw))
+
+    def _allreduce_row(
+        self, t: Transfer, msgs: list, has_weights: bool, width: int | None = None
+    ) -> None:
         x = t.max_link_bytes / WAVELET_BYTES / self.n  # per direction: reduce east, result west
         pw = self.unit_packet(x)
-        for seg in self.segments():
+        for seg in self.segments(width):
             m = len(seg)
             if m < 2:
                 continue
