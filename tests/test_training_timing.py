@@ -156,7 +156,14 @@ def test_micro_batch_count_is_exact():
         assert plan_training(cfg, arch, math.ceil(528 / n), 2048, "fp16", mode).n_micro == 1
         assert n == 1 or plan_training(
             cfg, arch, math.ceil(528 / (n - 1)), 2048, "fp16", mode).n_micro > 1
-    for batch in (1, 65, 66, 67, 200, 528, 1000):
+    lo, hi = 1, 1024  # the largest one-micro-batch batch, by bisection (fits at lo, not hi)
+    assert plan_training(cfg, arch, hi, 2048, "fp16").n_micro > 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        fits = plan_training(cfg, arch, mid, 2048, "fp16").n_micro == 1
+        lo, hi = (mid, hi) if fits else (lo, mid)
+    b_max = lo
+    for batch in (1, b_max - 1, b_max, b_max + 1, 200, 528, 1000):
         p = plan_training(cfg, arch, batch, 2048, "fp16")
         assert p.n_micro == math.ceil(batch / b_max), (batch, p.n_micro)
         assert (p.n_micro - 1) * p.layout.b + p.b_last == batch and 1 <= p.b_last <= p.layout.b
