@@ -58,7 +58,7 @@ from gpt_workload.precision import check_precision
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
 from wse_sim.arch import ArchConfig, load_arch
-from wse_sim.errors import ConfigError, NumericsError
+from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
@@ -71,8 +71,7 @@ MAX_BATCH = 1_000_000
 MAX_STEPS = 100_000
 #: default cap on the steps run numerically (``numerics_steps``)
 DEFAULT_NUMERICS_STEPS = 20
-#: families whose training numerics (backward, optimizer) this module runs; the others time
-#: a step (every family) and refuse ``check_sequences > 0`` with one line
+#: families whose training numerics run; the others are timed and refuse check_sequences > 0
 NUMERICS_FAMILIES = ("gpt2",)
 
 
@@ -110,9 +109,7 @@ def swarmx_reduce_s(arch: ArchConfig, nbytes: float, systems: int) -> float:
 
 
 def _phase(name: str) -> str:
-    if ".recompute." in name or "_recompute" in name:
-        return "recompute"
-    return "backward" if ".bwd." in name else "forward"
+    return "recompute" if "recompute" in name else ("backward" if ".bwd." in name else "forward")
 
 
 @dataclass
@@ -155,11 +152,28 @@ def time_training_step(
 ) -> StepTiming:
     """Lower and time one training step of ``batch`` global sequences over ``systems``
     (``checkpoint_offload``: ``auto``, ``on`` or ``off``, see
-    :mod:`gpt_workload.training.lowering`).
+    :mod:`gpt_workload.training.lowering`). When ``auto`` plans offload, the best plan
+    without it is timed too if it fits and the faster kept (``auto_choice`` in the plan).
 
     Raises:
         ConfigError, FitError: bad input (one line).
     """
+    st = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload)
+    ck = st.program.meta["training"]["checkpoint_offload"]
+    if checkpoint_offload == "auto" and ck["used"]:
+        try:
+            off = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "off")
+        except FitError:
+            ck["auto_choice"] = "offload: no plan without it fits"
+            return st
+        times = f"offload {st.step_time_s:.6g} s vs on the wafer {off.step_time_s:.6g} s"
+        st = off if off.step_time_s < st.step_time_s else st
+        st.program.meta["training"]["checkpoint_offload"].update(mode="auto", auto_choice=times)
+    return st
+
+
+def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload):
+    """:func:`time_training_step` for one ``checkpoint_offload`` value."""
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     if batch < systems:
@@ -485,10 +499,9 @@ def train(
             f"batch={batch} is smaller than systems={systems}: every system needs at least "
             "one sequence"
         )
-    numerics_on = numerics and check_sequences > 0 and numerics_steps > 0
-    if numerics_on and cfg.family not in NUMERICS_FAMILIES and 16 * cfg.n_params <= (
-        NUMERICS_MAX_WEIGHT_BYTES
-    ):
+    small = 16 * cfg.n_params <= NUMERICS_MAX_WEIGHT_BYTES  # else the numerics are skipped
+    if numerics and check_sequences * numerics_steps and small and cfg.family not in (
+            NUMERICS_FAMILIES):  # fmt: skip
         raise ConfigError(
             f"check_sequences={check_sequences}: training numerics of family {cfg.family} "
             f"({cfg.name}) are not supported yet (only {', '.join(NUMERICS_FAMILIES)}); "
@@ -513,16 +526,15 @@ def train(
         hw += (st.micro_batches - n_sim) * sum(k.flops for k in prog.kernels if k.micro_batch == 1)
     grad_bytes = sum(b.bytes for b in prog.gradient_blocks if b.optimizer_params > 0)
     ckpt_sim = prog.meta["checkpoint_bytes_simulated"]  # each way (out in forward, back in)
+    frac = st.micro_batches / n_sim
     training = {
         **prog.meta["training"],
         "per_system_batch": st.per_system_batch,
         "micro_batches": st.micro_batches,
         "simulated_micro_batches": prog.meta["simulated_micro_batches"],
         "extrapolation": prog.meta["extrapolation"],
-        "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim)
-        * (st.micro_batches / n_sim),
-        "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim)
-        * (st.micro_batches / n_sim),
+        "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim) * frac,
+        "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim) * frac,
         "optimizer": "AdamW in MemoryX, per layer as its gradients arrive; step ends after "
         "the last update (the embedding's, also the next step's first weight block)",
     }
