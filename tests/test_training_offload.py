@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from gpt_workload.models import parse_hf_dict, resolve_model
 from gpt_workload.training.activations import layer_memory
-from gpt_workload.training.lowering import lower_training, plan_training
+from gpt_workload.lowering import plan_layout
+from gpt_workload.training.lowering import lower_training, plan_training, policy_needs
 from gpt_workload.training.train import time_training_step, train
 from tests.conftest import TINY_HF_CONFIGS
 from wse_sim.arch import load_arch
@@ -201,3 +202,26 @@ def test_offload_bytes_reported_per_step():
     assert off.meta["checkpoint_bytes_simulated"] == 0
     assert on.weight_bytes_streamed - off.weight_bytes_streamed == ck
     assert on.grad_bytes_streamed - off.grad_bytes_streamed == ck
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "llama"])
+def test_a_sequence_too_big_for_one_pass_is_split(family):
+    """On an 8x8 grid with 8 KiB PEs one sequence of 64 tokens (8 per segment) fits no
+    policy, so it runs in passes of fewer tokens; the step's attention still covers the whole
+    causal context (FLOPs of the closed form for T = 64) and the earlier passes' K/V move
+    over the I/O: each pass's K/V (T/k x 2 kv x 2 bytes per layer) leave once."""
+    cfg = tiny(family, vocab_size=96)
+    arch = load_arch("grid8").with_overrides(["pe.sram_bytes=8192"])
+    whole = plan_layout(cfg, arch, 1, 64, "fp16")  # the forward alone fits one pass
+    assert whole.n_micro == 1
+    needs, _ = policy_needs(cfg, arch, whole, 2)  # training it does not
+    assert min(needs.values()) > arch.pe.sram_usable_bytes
+    p = plan_training(cfg, arch, 2, 64, "fp16")
+    assert p.passes > 1 and p.pass_tokens * p.passes >= 64 and p.n_micro == 2 * p.passes
+    assert 64 % p.passes == 0  # then the passes are exact and so are the FLOPs
+    prog = lower_training(cfg, arch, 2, 64, "fp16")
+    n_sim = len(prog.meta["simulated_micro_batches"])
+    assert model_flops(prog) * p.n_micro / n_sim == pytest.approx(
+        closed_form_train_flops(cfg, 2, 64), rel=1e-9)
+    kv_out = cfg.n_layer * p.pass_tokens * 2 * cfg.kv_dim * 2
+    assert prog.meta["cross_pass_bytes_simulated"] == n_sim * kv_out

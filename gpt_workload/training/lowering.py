@@ -48,7 +48,11 @@ so the wafer holds one checkpoint in flight instead of ``n_layer``.
 any policy fits, and at that count the first of ``store``, ``recompute``, ``offload`` that
 fits (each micro-batch streams all weights again, which costs more than moving the
 checkpoints); ``on`` forces ``offload``; ``off`` allows ``store`` and ``recompute`` only.
-A micro-batch too big for every allowed policy is made smaller (more micro-batches).
+A micro-batch too big for every allowed policy is made smaller (more micro-batches); when
+not even one sequence fits, the sequence is **split into passes** of fewer tokens (the
+fewest passes ``k`` that fit, ``ceil(seq_len / k)`` tokens each, one pass per micro-batch:
+fewer tokens per segment, so less SRAM per PE); the earlier passes' K/V stream in from
+MemoryX where a pass's attention needs them (:class:`_CrossPass`).
 
 **Gradient accumulation over micro-batches happens in MemoryX**: each micro-batch streams
 its weight gradients out, MemoryX adds them to the running sum, and only the last
@@ -87,7 +91,7 @@ from gpt_workload.training.activations import LayerMemory, layer_memory
 from gpt_workload.training.bwd_kernels import EMBED_BWD_PASSES, BwdKernels, copy_kernel
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import GradientBlock, Kernel, Program, WeightBlock
+from wse_sim.program import GradientBlock, Kernel, Program, Transfer, WeightBlock
 
 #: values of ``checkpoint_offload`` and the activation policies each allows, in preference
 OFFLOAD_CHOICES: dict[str, tuple[str, ...]] = {
@@ -134,6 +138,8 @@ class TrainingPlan:
         memory: the per-layer accounting at this layout.
         checkpoint_offload: the ``auto`` / ``on`` / ``off`` choice.
         seq_len: tokens per sequence; d_model, n_layer, s: for the offload bytes.
+        passes: passes per sequence (1, or ``k`` when even one sequence's activations do
+            not fit: module docstring); pass_tokens: tokens per pass (``ceil(seq_len / k)``).
     """
 
     layout: WSLayout
@@ -152,6 +158,8 @@ class TrainingPlan:
     d_model: int
     n_layer: int
     s: int
+    passes: int = 1
+    pass_tokens: int = 0
 
     @property
     def offload_bytes_per_step(self) -> int:
@@ -182,6 +190,8 @@ class TrainingPlan:
                 "bytes_in_per_step": self.offload_bytes_per_step,
             },
             "gradient_accumulation": "in MemoryX (each micro-batch streams its gradients out)",
+            "passes_per_sequence": self.passes,
+            "tokens_per_pass": self.pass_tokens or self.seq_len,
         }
 
 
@@ -201,6 +211,42 @@ def policy_needs(cfg: GPTConfig, arch: ArchConfig, L: WSLayout, s: int) -> tuple
         "offload": wb + max(mem.fwd_peak, mem.head_peak, layer_bwd + ck),
     }
     return needs, mem
+
+
+def _held(cfg: GPTConfig, mem: LayerMemory, policy: str) -> int:
+    """Activation bytes per PE held across layers under ``policy``."""
+    return {"store": cfg.n_layer * mem.kept_bytes, "recompute": cfg.n_layer * mem.ckpt_bytes,
+            "offload": mem.ckpt_bytes}[policy]  # fmt: skip
+
+
+def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed):
+    """``(k, layout, needs, memory)`` for the fewest passes ``k`` (2 .. ``seq_len``) of
+    ``ceil(seq_len / k)`` tokens whose one-pass micro-batch fits an allowed policy, found by
+    bisection (fewer tokens per pass need less SRAM); ``None`` if not even one token does.
+    Earlier passes' K/V are not held on the wafer (they stream in: module docstring), so a
+    pass needs what a sequence of its length needs."""
+    usable, s = arch.pe.sram_usable_bytes, bytes_per_element(precision)
+
+    def fits(k: int):
+        Lp = plan_layout(cfg, arch, 1, math.ceil(seq_len / k), precision)
+        needs, mem = policy_needs(cfg, arch, Lp, s)
+        return Lp.n_micro == 1 and min(needs[p] for p in allowed) <= usable, Lp, needs, mem
+
+    try:
+        if not fits(seq_len)[0]:
+            return None
+    except FitError:
+        return None
+    lo, hi = 1, seq_len  # fits(lo) fails (one pass: the caller's case), fits(hi) holds
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            good = fits(mid)[0]
+        except FitError:
+            good = False
+        lo, hi = (lo, mid) if good else (mid, hi)
+    _, Lp, needs, mem = fits(hi)
+    return hi, Lp, needs, mem
 
 
 def plan_training(
@@ -236,7 +282,26 @@ def plan_training(
         ok = Lb.n_micro == 1 and min(needs[p] for p in allowed) <= usable
         return ok, Lb, needs, mem
 
-    ok, Lb, needs, mem = need(batch)
+    try:
+        ok, Lb, needs, mem = need(batch)
+        layout_error = None
+    except FitError as exc:  # the forward layout of one sequence does not fit
+        ok, layout_error = False, exc
+    if not ok:  # not even one sequence per micro-batch: fewer tokens per pass?
+        split = _split_sequence(cfg, arch, seq_len, precision, allowed)
+        if split is not None:
+            k, Lp, needs, mem = split
+            policy = next(p for p in allowed if needs[p] <= usable)
+            return TrainingPlan(
+                layout=Lp, batch=batch, n_micro=batch * k, b_last=1, policy=policy,
+                sram_need_bytes=needs[policy], sram_need_store_bytes=needs["store"],
+                sram_usable_bytes=usable, stored_bytes_per_pe=_held(cfg, mem, policy),
+                needs=needs, memory=mem, checkpoint_offload=checkpoint_offload,
+                seq_len=seq_len, d_model=cfg.d_model, n_layer=cfg.n_layer, s=s, passes=k,
+                pass_tokens=Lp.seq_len,
+            )  # fmt: skip
+    if layout_error is not None:
+        raise layout_error
     if not ok:
         told = ", ".join(f"{p} {needs[p]} B" for p in allowed)
         raise FitError(
@@ -258,11 +323,7 @@ def plan_training(
     b = Lb.b
     n_micro = math.ceil(batch / b)
     policy = next(p for p in allowed if needs[p] <= usable)
-    held = {
-        "store": cfg.n_layer * mem.kept_bytes,
-        "recompute": cfg.n_layer * mem.ckpt_bytes,
-        "offload": mem.ckpt_bytes,
-    }[policy]
+    held = _held(cfg, mem, policy)
     return TrainingPlan(
         layout=Lb,
         batch=batch,
@@ -281,6 +342,65 @@ def plan_training(
         n_layer=cfg.n_layer,
         s=s,
     )
+
+
+class _CrossPass:
+    """Attention across the passes of a sequence split into ``k`` passes of ``Tp`` tokens.
+
+    Pass ``j`` attends its own tokens (the forward kernels at ``Tp``) and the ``j Tp`` keys
+    of the earlier passes, whose K/V are not held on the wafer: they stream in with the
+    layer's weights (``j Tp 2 kv s`` bytes) and are multicast down the columns like
+    weights; each pass streams its own K/V out (``Tp 2 kv s``) for the later ones. In the
+    backward (recomputed forward included) the earlier K/V stream in again, the pass's
+    accumulated dK/dV from later passes streams in (all passes but the last) and its dK/dV
+    partials for the earlier passes stream out. Passes of a step are timed as the mean
+    pass, ``j = (k - 1) / 2`` (micro-batches are simulated as identical), so the step's
+    total work and bytes are exact: its attention FLOPs equal those of whole sequences.
+    """
+
+    def __init__(self, cfg: GPTConfig, arch: ArchConfig, plan: TrainingPlan, s: int):
+        self.cfg, self.arch, self.s = cfg, arch, s
+        self.k = plan.passes
+        self.Tp = plan.pass_tokens or plan.seq_len
+        self.j = (self.k - 1) / 2
+        block = self.Tp * 2 * cfg.kv_dim * s  # one pass's K and V of one layer
+        self.kv_out = block if self.k > 1 else 0
+        self.kv_in = int(self.j * block)
+        self.dkv_in = int(block * (self.k - 1) / self.k) if self.k > 1 else 0
+
+    def bwd_in(self, rec: bool) -> int:
+        """Cross-pass bytes a layer's backward block streams in."""
+        return self.kv_in + self.dkv_in if self.k > 1 else 0
+
+    def forward(self, k: Kernel, L: WSLayout, blk: int) -> Kernel:
+        """Forward attention kernel ``k`` with the mean pass's earlier keys added."""
+        cfg = self.cfg
+        classes = []
+        per_col = self.j * self.Tp * 2 * math.ceil(cfg.kv_dim / L.P) * self.s
+        for c in k.classes:
+            mp = L.m_last if c.index == L.q - 1 else L.m
+            pairs = L.hp * mp * self.j * self.Tp  # extra (query, key) pairs of the PE
+            base = c.flops / (4 * cfg.d_head) or 1.0  # the class's own pairs
+            scale = pairs / base
+            classes.append(dataclasses.replace(
+                c, busy_cycles=c.busy_cycles * (1 + scale),
+                overhead_cycles=c.overhead_cycles * (1 + scale), flops=c.flops + pairs * 4 * cfg.d_head,
+            ))  # fmt: skip
+        mc = Transfer("earlier passes' K/V multicast", "multicast_2d", "vertical", per_col,
+                      L.n_active_pe * per_col, hops=min(L.rows, L.n_segments), turns=0,
+                      colour=0, ramp_bytes=per_col)  # fmt: skip
+        flops = sum(c.flops * c.count for c in classes)
+        return dataclasses.replace(k, classes=tuple(classes), transfers=k.transfers + (mc,),
+                                   weight_block=blk, weight_bytes=self.kv_in, flops=flops)
+
+    def backward(self, k: Kernel, blk: int, rec: bool, gblk: int) -> Kernel:
+        """The attention backward kernel with its cross-pass bytes (others unchanged)."""
+        if k.op != "attention_bwd":
+            return k
+        return dataclasses.replace(
+            k, weight_block=blk, weight_bytes=self.dkv_in + (0 if rec else self.kv_in),
+            grad_block=gblk, grad_bytes=int(self.j * self.kv_out),
+        )  # fmt: skip
 
 
 def lower_training(
@@ -322,11 +442,12 @@ def lower_training(
     rec = plan.policy in ("recompute", "offload")
     offload = plan.policy == "offload"
     builder = None if cfg.family == "gpt2" else GraphBuilder
-    fwd_main = lower_weight_streaming(cfg, arch, plan.layout.b, seq_len, precision,
+    Tp = plan.pass_tokens or seq_len  # tokens per pass (seq_len unless split)
+    fwd_main = lower_weight_streaming(cfg, arch, plan.layout.b, Tp, precision,
                                       builder=builder)  # fmt: skip
     fwd_last = fwd_main
     if plan.b_last != plan.layout.b:
-        fwd_last = lower_weight_streaming(cfg, arch, plan.b_last, seq_len, precision,
+        fwd_last = lower_weight_streaming(cfg, arch, plan.b_last, Tp, precision,
                                           builder=builder)  # fmt: skip
     n_k = len(sim) * (len(fwd_main.kernels) * (2 if rec else 1) + 3 * len(graph.layer)
                       * cfg.n_layer + 12)  # fmt: skip
@@ -341,8 +462,9 @@ def lower_training(
     maps = dict(fwd_main.class_maps)
     if fwd_last is not fwd_main:
         maps.update({k + "_last": v for k, v in fwd_last.class_maps.items()})
-    d, V, T = cfg.d_model, cfg.vocab_size, seq_len
+    d, V, T = cfg.d_model, cfg.vocab_size, Tp
     usable = plan.sram_usable_bytes
+    xp = _CrossPass(cfg, arch, plan, s)  # earlier passes of a split sequence (or none)
     held_fwd = {"store": (cfg.n_layer - 1) * plan.memory.kept_bytes,
                 "recompute": (cfg.n_layer - 1) * plan.memory.ckpt_bytes, "offload": 0}[plan.policy]
     tied = "wte" in graph.epilogue[-1].params
@@ -363,7 +485,7 @@ def lower_training(
         fwd = fwd_last if last else fwd_main
         b_mb = plan.b_last if last else plan.layout.b
         sfx = "_last" if (last and fwd_last is not fwd_main) else ""
-        Lmb = plan_layout(cfg, arch, b_mb, seq_len, precision)
+        Lmb = plan_layout(cfg, arch, b_mb, T, precision)
         ckpt = b_mb * T * d * s  # one layer's checkpoint of this micro-batch, bytes
         B = BwdKernels(cfg, arch, Lmb, precision, plan.sram_need_bytes, sfx, i)
         held_bwd = {"store": held_fwd, "recompute": held_fwd, "offload": plan.memory.ckpt_bytes}
@@ -377,13 +499,19 @@ def lower_training(
         # ---- forward: same kernels, new block ids; with offload each layer's first
         # kernel sends its input checkpoint out
         remap = {}
+        layer_blocks = {k.weight_block for k in fwd.kernels if 0 <= k.layer < cfg.n_layer}
         for wb in fwd.weight_blocks:
             remap[wb.id] = len(blocks)
-            blocks.append(WeightBlock(len(blocks), f"mb{i}.{wb.name.split('.', 1)[1]}", wb.bytes))
+            extra = xp.kv_in if wb.id in layer_blocks else 0
+            blocks.append(WeightBlock(len(blocks), f"mb{i}.{wb.name.split('.', 1)[1]}",
+                                      wb.bytes + extra))  # fmt: skip
         by_layer: dict[int, list[Kernel]] = {}
         for k in fwd.kernels:
-            by_layer.setdefault(k.layer, []).append(k)
             kw = {}
+            if k.op == "attention" and xp.k > 1:
+                k = xp.forward(k, Lmb, by_layer[k.layer][0].weight_block)
+                kw = {"grad_block": gblock(f"kv_out.layer{k.layer}", 0), "grad_bytes": xp.kv_out}
+            by_layer.setdefault(k.layer, []).append(k)
             if offload and 0 <= k.layer < cfg.n_layer and by_layer[k.layer][0] is k:
                 kw = {"grad_block": gblock(f"ckpt_out.layer{k.layer}", 0), "grad_bytes": ckpt}
             kernels.append(copy_kernel(k, i, sfx, remap.get(k.weight_block, -1), held_fwd, **kw))
@@ -407,7 +535,8 @@ def lower_training(
             fl = by_layer[layer]
             blk = len(blocks)
             wbytes = fwd.weight_blocks[fl[0].weight_block].bytes
-            blocks.append(WeightBlock(blk, f"mb{i}.bwd.layer{layer}", wbytes + ckpt * offload))
+            blocks.append(WeightBlock(blk, f"mb{i}.bwd.layer{layer}",
+                                      wbytes + ckpt * offload + xp.bwd_in(rec)))  # fmt: skip
             g = gblock(f"grad.layer{layer}", lp)
             if offload:
                 kernels.append(B.kernel("checkpoint_in", layer, B.classes(lambda mp: (0, 0, 0)),
@@ -421,7 +550,11 @@ def lower_training(
             recomp = {t: chain(t, fk) for t in plan.memory.recomputed}
             for op in reversed(graph.layer):
                 if op.name in fk:
-                    kernels += B.graph_op(op, fk[op.name], layer, dims, blk, not rec, g, recomp)
+                    ks = B.graph_op(op, fk[op.name], layer, dims, blk, not rec, g, recomp)
+                    if op.kind == "attention" and xp.k > 1:
+                        dkv = gblock(f"dkv_out.layer{layer}", 0)
+                        ks = [xp.backward(k, blk, rec, dkv) for k in ks]
+                    kernels += ks
         # ---- embedding backward: scatter-add into the rows used, reduce over tokens
         rows = min(V, Lmb.b * T)
         pos = T if cfg.learned_positions else 0
@@ -442,6 +575,8 @@ def lower_training(
         "layout": plan.layout.describe(),
         "training": plan.describe(),
         "tokens": batch * seq_len,
+        "passes_per_sequence": plan.passes,
+        "tokens_per_pass": Tp,
         "batch": batch,
         "seq_len": seq_len,
         "micro_batches": n,
@@ -459,6 +594,11 @@ def lower_training(
         "checkpoint_bytes_simulated": sum(
             k.grad_bytes for k in kernels
             if k.grad_block >= 0 and ".ckpt_out." in gblocks[k.grad_block].name
+        ),
+        # K/V the passes of split sequences send out for the later passes
+        "cross_pass_bytes_simulated": sum(
+            k.grad_bytes for k in kernels
+            if k.grad_block >= 0 and ".kv_out." in gblocks[k.grad_block].name
         ),
     }  # fmt: skip
     return Program(
