@@ -368,7 +368,7 @@ class _CrossPass:
         self.kv_in = int(self.j * block)
         self.dkv_in = int(block * (self.k - 1) / self.k) if self.k > 1 else 0
 
-    def bwd_in(self, rec: bool) -> int:
+    def bwd_in(self) -> int:
         """Cross-pass bytes a layer's backward block streams in."""
         return self.kv_in + self.dkv_in if self.k > 1 else 0
 
@@ -384,7 +384,8 @@ class _CrossPass:
             scale = pairs / base
             classes.append(dataclasses.replace(
                 c, busy_cycles=c.busy_cycles * (1 + scale),
-                overhead_cycles=c.overhead_cycles * (1 + scale), flops=c.flops + pairs * 4 * cfg.d_head,
+                overhead_cycles=c.overhead_cycles * (1 + scale),
+                flops=c.flops + pairs * 4 * cfg.d_head,
             ))  # fmt: skip
         mc = Transfer("earlier passes' K/V multicast", "multicast_2d", "vertical", per_col,
                       L.n_active_pe * per_col, hops=min(L.rows, L.n_segments), turns=0,
@@ -536,7 +537,7 @@ def lower_training(
             blk = len(blocks)
             wbytes = fwd.weight_blocks[fl[0].weight_block].bytes
             blocks.append(WeightBlock(blk, f"mb{i}.bwd.layer{layer}",
-                                      wbytes + ckpt * offload + xp.bwd_in(rec)))  # fmt: skip
+                                      wbytes + ckpt * offload + xp.bwd_in()))  # fmt: skip
             g = gblock(f"grad.layer{layer}", lp)
             if offload:
                 kernels.append(B.kernel("checkpoint_in", layer, B.classes(lambda mp: (0, 0, 0)),
