@@ -232,6 +232,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides=args.set or (),
             progress=on_numerics_step,
             allow_nonfinite=args.allow_nonfinite,
+            checkpoint_offload=args.checkpoint_offload,
         )
     _print_notices(con, rep.notices)
     t = Table(title="wse-sim train", show_header=False, title_justify="left")
@@ -478,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--seed", type=int, default=0, help="weight init and data seed")
     tr.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE")
+    tr.add_argument(
+        "--checkpoint-offload",
+        default="auto",
+        metavar="auto|on|off",
+        help="stream the layer-input activation checkpoints to MemoryX and back: auto (when "
+        "they do not fit the wafer in the fewest micro-batches), on (always) or off (never)",
+    )
     tr.add_argument("--json", help="write the training report as JSON")
     tr.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     tr.set_defaults(func=_cmd_train)

@@ -169,14 +169,13 @@ def test_cli_refusals_exit_2_one_line() -> None:
     p = cli("run", "--model", "llama-3.1-8b", "--arch", "wse3", "--mapping", "cannon")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "mapping cannon does not lower family llama yet; use weight_streaming" in p.stderr
-    p = cli("train", "--model", "llama-3.1-8b")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
-    assert "wse-sim train does not lower yet" in p.stderr and "Traceback" not in p.stderr
+    # train lowers every family (tests/test_training_offload.py); its numerics gpt2 only
 
 
 def test_train_and_sweeps_still_refuse_new_families() -> None:
     cfg = resolve_model("qwen2-7b")
     require_lowered(cfg)  # wse-sim run lowers it
-    for job in ("train", "sweep", "experiments"):
+    require_lowered(cfg, "wse-sim train", "train")  # so does wse-sim train (its timing)
+    for job in ("sweep", "experiments"):
         with pytest.raises(ConfigError, match="family qwen2, which .* does not lower yet"):
             require_lowered(cfg, job, job)

@@ -27,10 +27,13 @@ from wse_sim.arch import load_arch
 def test_training_micro_batch_count_is_the_smallest_that_fits():
     cfg = resolve_model("cerebras-gpt-1.3b")
     arch = load_arch("wse2")
-    per_mb = plan_training(cfg, arch, 66, 2048, "fp16")
-    assert per_mb.n_micro == 1  # 66 sequences fit one micro-batch
-    p = plan_training(cfg, arch, 528, 2048, "fp16")
-    assert p.n_micro == math.ceil(528 / 66), (p.n_micro, p.layout.b)
+    for mode in ("auto", "off"):  # the micro-batch size moved with the SRAM accounting
+        p = plan_training(cfg, arch, 528, 2048, "fp16", mode)
+        n = p.n_micro
+        assert plan_training(cfg, arch, math.ceil(528 / n), 2048, "fp16", mode).n_micro == 1
+        # n - 1 micro-batches would need one more sequence per micro-batch: does not fit
+        wider = plan_training(cfg, arch, math.ceil(528 / (n - 1)), 2048, "fp16", mode)
+        assert wider.n_micro > 1, (mode, n, p.layout.b)
 
 
 # Was (same cause): data-parallel scaling must not be superlinear when the per-system work

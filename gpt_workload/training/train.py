@@ -56,9 +56,9 @@ from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per
 from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.precision import check_precision
 from gpt_workload.training.energy import step_energy
-from gpt_workload.training.lowering import lower_training
+from gpt_workload.training.lowering import check_offload, lower_training
 from wse_sim.arch import ArchConfig, load_arch
-from wse_sim.errors import ConfigError, NumericsError
+from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
@@ -71,6 +71,8 @@ MAX_BATCH = 1_000_000
 MAX_STEPS = 100_000
 #: default cap on the steps run numerically (``numerics_steps``)
 DEFAULT_NUMERICS_STEPS = 20
+#: families whose training numerics run; the others are timed and refuse check_sequences > 0
+NUMERICS_FAMILIES = ("gpt2",)
 
 
 def max_systems(arch: ArchConfig) -> int:
@@ -107,9 +109,7 @@ def swarmx_reduce_s(arch: ArchConfig, nbytes: float, systems: int) -> float:
 
 
 def _phase(name: str) -> str:
-    if ".recompute." in name or name.endswith("_recompute"):
-        return "recompute"
-    return "backward" if ".bwd." in name else "forward"
+    return "recompute" if "recompute" in name else ("backward" if ".bwd." in name else "forward")
 
 
 @dataclass
@@ -148,12 +148,32 @@ def time_training_step(
     precision: str = "fp16",
     systems: int = 1,
     fidelity: str = "analytic",
+    checkpoint_offload: str = "auto",
 ) -> StepTiming:
-    """Lower and time one training step of ``batch`` global sequences over ``systems``.
+    """Lower and time one training step of ``batch`` global sequences over ``systems``
+    (``checkpoint_offload``: ``auto``, ``on`` or ``off``, see
+    :mod:`gpt_workload.training.lowering`). When ``auto`` plans offload, the best plan
+    without it is timed too if it fits and the faster kept (``auto_choice`` in the plan).
 
     Raises:
         ConfigError, FitError: bad input (one line).
     """
+    st = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload)
+    ck = st.program.meta["training"]["checkpoint_offload"]
+    if checkpoint_offload == "auto" and ck["used"]:
+        try:
+            off = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "off")
+        except FitError:
+            ck["auto_choice"] = "offload: no plan without it fits"
+            return st
+        times = f"offload {st.step_time_s:.6g} s vs on the wafer {off.step_time_s:.6g} s"
+        st = off if off.step_time_s < st.step_time_s else st
+        st.program.meta["training"]["checkpoint_offload"].update(mode="auto", auto_choice=times)
+    return st
+
+
+def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload):
+    """:func:`time_training_step` for one ``checkpoint_offload`` value."""
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     if batch < systems:
@@ -165,7 +185,8 @@ def time_training_step(
     per = math.ceil(batch / systems)
     arch_s = swarmx_arch(arch, systems)
     t0 = time.perf_counter()
-    prog = lower_training(cfg, arch_s, per, seq_len, precision, systems=systems)
+    prog = lower_training(cfg, arch_s, per, seq_len, precision, systems=systems,
+                          checkpoint_offload=checkpoint_offload)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr = FIDELITIES[fidelity](prog, arch_s)
@@ -295,6 +316,7 @@ class TrainReport:
     def console_rows(self) -> list[tuple[str, str]]:
         """``(label, value)`` rows for the console table."""
         t = self.training
+        ck = t["checkpoint_offload"]
         mf = self.model_flops_per_step
         rows = [
             ("model / arch", f"{self.model} on {self.arch} x {self.systems} system(s), "
@@ -304,6 +326,9 @@ class TrainReport:
             ("per system", f"{t['per_system_batch']} sequences in {t['micro_batches']} "
                            f"micro-batch(es) of {t['sequences_per_micro_batch']}; activations "
                            f"{t['activations']}; gradients accumulate in MemoryX"),
+            ("checkpoints", (f"offloaded to MemoryX: {ck['bytes_out_per_step'] / 1e9:.3f} GB "
+                             "out and back in per step per system" if ck["used"] else
+                             "on the wafer") + f" (--checkpoint-offload {ck['mode']})"),
             ("step time", f"{self.step_time_s * 1e3:.3f} ms ({self.total_time_s:.3f} s for "
                           f"{self.steps} step(s))"),
             ("throughput", f"{self.samples_per_s:,.1f} samples/s, {self.tokens_per_s:,.0f} "
@@ -384,6 +409,7 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     progress: Callable[[int, int], None] | None = None,
     allow_nonfinite: bool = False,
+    checkpoint_offload: str = "auto",
 ) -> TrainReport:
     """Time ``steps`` training steps of ``model`` on ``systems`` x ``arch`` and run them.
 
@@ -411,6 +437,9 @@ def train(
         allow_nonfinite: keep going when a numerics step's forward loss is not finite (the
             report then says so first). A step whose *gradients* overflow is skipped and
             counted either way (loss scaling).
+        checkpoint_offload: ``auto`` (default), ``on`` or ``off``: may / must / must not
+            stream the layer-input checkpoints to MemoryX and back
+            (:mod:`gpt_workload.training.lowering`).
 
     Raises:
         ConfigError, FitError: bad input (one-line messages).
@@ -428,6 +457,7 @@ def train(
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     check_precision(precision)
+    check_offload(checkpoint_offload)
     steps = _check_int("steps", steps, 1, MAX_STEPS)
     arch_cfg = (
         load_arch(arch, overrides)
@@ -469,7 +499,16 @@ def train(
             f"batch={batch} is smaller than systems={systems}: every system needs at least "
             "one sequence"
         )
-    st = time_training_step(cfg, arch_cfg, batch, seq_len, precision, systems, fidelity)
+    small = 16 * cfg.n_params <= NUMERICS_MAX_WEIGHT_BYTES  # else the numerics are skipped
+    if numerics and check_sequences * numerics_steps and small and cfg.family not in (
+            NUMERICS_FAMILIES):  # fmt: skip
+        raise ConfigError(
+            f"check_sequences={check_sequences}: training numerics of family {cfg.family} "
+            f"({cfg.name}) are not supported yet (only {', '.join(NUMERICS_FAMILIES)}); "
+            "--check-sequences 0 times the step alone"
+        )
+    st = time_training_step(cfg, arch_cfg, batch, seq_len, precision, systems, fidelity,
+                            checkpoint_offload)  # fmt: skip
     wall.update(st.wall_s)
     fpt = forward_flops_per_token(cfg, seq_len)
     tokens = batch * seq_len
@@ -486,14 +525,16 @@ def train(
     if st.micro_batches > n_sim:
         hw += (st.micro_batches - n_sim) * sum(k.flops for k in prog.kernels if k.micro_batch == 1)
     grad_bytes = sum(b.bytes for b in prog.gradient_blocks if b.optimizer_params > 0)
+    ckpt_sim = prog.meta["checkpoint_bytes_simulated"]  # each way (out in forward, back in)
+    frac = st.micro_batches / n_sim
     training = {
         **prog.meta["training"],
         "per_system_batch": st.per_system_batch,
         "micro_batches": st.micro_batches,
         "simulated_micro_batches": prog.meta["simulated_micro_batches"],
         "extrapolation": prog.meta["extrapolation"],
-        "weight_bytes_streamed_per_step": prog.weight_bytes_streamed * (st.micro_batches / n_sim),
-        "gradient_bytes_streamed_per_step": prog.grad_bytes_streamed * (st.micro_batches / n_sim),
+        "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim) * frac,
+        "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim) * frac,
         "optimizer": "AdamW in MemoryX, per layer as its gradients arrive; step ends after "
         "the last update (the embedding's, also the next step's first weight block)",
     }
