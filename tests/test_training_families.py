@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import hf_tiny_model  # noqa: E402
 
-from gpt_workload.models import family_module, parse_hf_dict  # noqa: E402
+from gpt_workload.models import LOWERED_FOR, family_module, parse_hf_dict  # noqa: E402
 from gpt_workload.models.weights import from_hf_state_dict, to_hf_state_dict  # noqa: E402
 from gpt_workload.training.backward_graph import (  # noqa: E402
     graph_forward_backward,
@@ -225,3 +225,94 @@ def test_bad_input_is_one_line(kw, match) -> None:
     with pytest.raises(ConfigError, match=match) as e:
         graph_forward_backward_sum(cfg, w, **args)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# wse-sim train --model CKPT_DIR --tokens IDS.npy
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli(args, capsys):
+    from gpt_workload.cli import main
+
+    rc = main(["train", "--arch", "grid32", "--fidelity", "analytic", *args])
+    return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "llama", "qwen2"])
+def test_train_fine_tunes_a_checkpoint_from_its_weights(family, tiny_checkpoints, tmp_path,
+                                                        capsys) -> None:  # fmt: skip
+    """The first step's loss is the HF model's loss on the same token ids (before any
+    update); the same batch every step (N = 2 rows <= --check-sequences) then lowers it."""
+    import json
+
+    ckpt, model = tiny_checkpoints[family]
+    tok = _tokens(model.config.vocab_size, 2, 20, seed=11)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, tok)
+    out = tmp_path / "r.json"
+    rc, cap = _cli(["--model", str(ckpt), "--tokens", str(ids), "--precision", "fp32",
+                    "--steps", "3", "--lr", "1e-3", "--json", str(out)], capsys)  # fmt: skip
+    assert rc == 0, cap.err
+    rep = json.loads(out.read_text())
+    with torch.no_grad():
+        t = torch.tensor(tok)
+        ref = float(model(t, labels=t).loss)
+    losses = [s["loss"] for s in rep["numerics"]["steps"]]
+    assert losses[0] == pytest.approx(ref, rel=1e-6)
+    assert losses[2] < losses[1] < losses[0]
+    assert rep["numerics"]["check_batch"] == [2, 20]
+    assert rep["numerics"]["weights"] == f"checkpoint {ckpt}"
+    timed = family in LOWERED_FOR["train"]  # else the numerics run untimed, and say so
+    assert ("step time" in cap.out) == timed == (rep.get("timed", True))
+    assert any("NOT TIMED" in n for n in rep["notices"]) == (not timed)
+
+
+def test_train_llama_checkpoint_lowers_the_loss_on_a_repeated_text(tmp_path, capsys) -> None:
+    """Fine-tuning a Llama checkpoint (byte vocabulary) on a repeated sentence, default fp16
+    storage with loss scaling: the loss falls by far more than the step-to-step spread of
+    the sampled windows of a periodic text."""
+    import json
+
+    from conftest import hf_tiny_checkpoint
+
+    ckpt = tmp_path / "llama"
+    hf_tiny_checkpoint("llama", ckpt, vocab_size=256)
+    txt = tmp_path / "t.txt"
+    txt.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "r.json"
+    rc, cap = _cli(["--model", str(ckpt), "--tokens", str(txt), "--steps", "6", "--lr", "3e-3",
+                    "--json", str(out)], capsys)  # fmt: skip
+    assert rc == 0, cap.err
+    steps = json.loads(out.read_text())["numerics"]["steps"]
+    assert not any(s["skipped"] for s in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.5, [s["loss"] for s in steps]
+
+
+@pytest.mark.parametrize(
+    ("array", "word"),
+    [(np.zeros((2, 8), np.float32), "holds float32"),
+     (np.zeros(8, np.int64), "2-D"),
+     (np.full((2, 8), 97), "id 97"),
+     (np.zeros((2, 65), np.int64), "T=65"),
+     (np.zeros((2, 1), np.int64), "T=1"),
+     (None, "not a readable .npy")],
+)  # fmt: skip
+def test_bad_token_ids_are_one_line(array, word, tiny_checkpoints, tmp_path, capsys) -> None:
+    ids = tmp_path / "ids.npy"
+    if array is None:
+        ids.write_text("not numpy")
+    else:
+        np.save(ids, array)
+    rc, cap = _cli(["--model", str(tiny_checkpoints["llama"][0]), "--tokens", str(ids)], capsys)
+    err = cap.err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert err.startswith("wse-sim: error: --tokens") and word in err, err
+
+
+def test_text_and_tokens_together_are_refused(tiny_checkpoints) -> None:
+    from gpt_workload.training.train import train
+
+    with pytest.raises(ConfigError, match="text and tokens"):
+        train(str(tiny_checkpoints["llama"][0]), "grid32", text="t.txt",
+              tokens=np.zeros((1, 4), np.int64))  # fmt: skip

@@ -44,7 +44,7 @@ def load_token_ids(tokens: Any, cfg: GPTConfig) -> tuple[np.ndarray, str]:
     """
     if isinstance(tokens, (str, os.PathLike)):
         path = Path(tokens)
-        where = f"tokens file {str(path)!r}"
+        where = f"--tokens {str(path)!r}"
         if not is_token_file(path):
             raise ConfigError(f"{where}: expected a .npy file of int token ids [N, T]")
         try:
