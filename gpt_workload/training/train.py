@@ -54,7 +54,7 @@ import numpy as np
 from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
-from gpt_workload.models import LOWERED_FOR
+from gpt_workload.models import LOWERED_FOR, require_lowered
 from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
@@ -482,6 +482,12 @@ def train(
                 "stored", wall, progress, allow_nonfinite, ids)  # fmt: skip
     if cfg.family not in LOWERED_FOR["train"]:  # seam: the numerics run, the step is not timed
         num = _numerics(numerics, *num_args)
+        if "skipped" in num:  # nothing would run: refuse as before, saying why
+            try:
+                require_lowered(cfg, "wse-sim train", "train")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; its training numerics are skipped: "
+                                  f"{num['skipped'].split(';')[0]}") from None  # fmt: skip
         health = num.pop("_health", {"status": "not_checked"})
         notices = [untimed_notice(cfg.name, cfg.family), *(n for n in (health.get("notice"),
                    *num.pop("_notices", ())) if n)]  # fmt: skip
