@@ -41,6 +41,9 @@ rounded (:func:`gpt_workload.precision.round_storage`) and checked by the health
 kept in fp32: the logits, norm statistics, attention probabilities and weight gradients (as
 GPT-2's). ``recompute=True`` keeps only each layer's input and re-runs the layer's forward in
 the backward with the same kernels (bitwise the same gradients).
+
+The walk takes gpt2 too (its fused Q|K|V ``split`` and ``position_add``); gpt2 trains through
+:mod:`gpt_workload.training.backward`, which the tests hold this walk against.
 """
 
 from __future__ import annotations
@@ -67,9 +70,12 @@ from gpt_workload.training.backward import (
     _gemm_tn,
     _layernorm,
     _layernorm_bwd,
+    _round_weights,
     check_tokens,
     grads_finite,
+    zeros_like_weights,
 )
+from gpt_workload.weights import GPTWeights
 from wse_sim.errors import ConfigError
 
 __all__ = ["graph_forward_backward", "graph_forward_backward_sum", "zeros_like_decoder"]
@@ -324,9 +330,11 @@ def graph_forward_backward_sum(
     ``denominator`` (as :func:`gpt_workload.training.backward.forward_backward_sum`).
 
     Args:
-        cfg: a ``gptj``, ``llama`` or ``qwen2`` configuration (any graph family works).
-        weights: fp32 master :class:`DecoderWeights` (validated), used rounded to
-            ``precision``.
+        cfg: a ``gptj``, ``llama`` or ``qwen2`` configuration; ``gpt2`` runs too (its
+            graph's fused Q|K|V split and learned positions; training uses
+            :mod:`gpt_workload.training.backward` for gpt2, this walk cross-checks it).
+        weights: fp32 master :class:`DecoderWeights` (``GPTWeights`` for gpt2), validated,
+            used rounded to ``precision``.
         tokens: integer ``[B, T]`` ids in ``[0, vocab_size)``, ``2 <= T <= n_positions``.
         precision: storage precision ``fp32``, ``fp16`` or ``bf16`` (arithmetic fp32).
         loss_scale: multiplier of the loss before backward (finite > 0).
@@ -347,10 +355,11 @@ def graph_forward_backward_sum(
     """
     check_precision(precision)
     tok = check_tokens(cfg, tokens)
-    if not isinstance(weights, DecoderWeights):
+    gpt2 = cfg.family == "gpt2"
+    if not isinstance(weights, GPTWeights if gpt2 else DecoderWeights):
         raise ConfigError(
             f"weights are a {type(weights).__name__}: family {cfg.family} trains "
-            "DecoderWeights (gpt_workload.models.weights)"
+            + ("GPTWeights" if gpt2 else "DecoderWeights (gpt_workload.models.weights)")
         )
     weights.validate(cfg)
     ls = float(loss_scale) if not isinstance(loss_scale, bool) else float("nan")
@@ -365,7 +374,7 @@ def graph_forward_backward_sum(
     if cfg.rotary_dim:
         cos, sin = kl.rotary_tables_f32(seq_len, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
     run = _Run(cfg, graph, n_seq, seq_len, precision, health, cos, sin)
-    w = _round_decoder(weights, precision)
+    w = _round_weights(weights, precision) if gpt2 else _round_decoder(weights, precision)
     if health is not None:
         health.phase = "forward"
     # ---- forward ----
@@ -392,7 +401,7 @@ def graph_forward_backward_sum(
     _cross_entropy_kernel(logits, tok, np.float32(ls / denom), loss_rows, dlogits)
     loss = float(loss_rows.sum() / denom)
     # ---- backward: the graph's backward ops, last forward op first ----
-    gw = zeros_like_decoder(w)
+    gw = zeros_like_weights(w) if gpt2 else zeros_like_decoder(w)
     grads: dict = {"logits": run.r(dlogits, "cross_entropy_bwd")}
     del logits, dlogits
     scope_env: dict = {"epilogue": (epi, grads)}
