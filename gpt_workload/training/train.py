@@ -580,11 +580,13 @@ def train(
     )
 
 
-def _numerics(on: bool, cfg, model, precision, steps, n_run, seed, *rest) -> dict:
-    """:func:`_run_numerics`, or why it was skipped (off, or a model too large)."""
+def _numerics(on: bool, cfg, model, precision, steps, n_run, seed, text, lr, pub, k,
+              *rest) -> dict:  # fmt: skip
+    """:func:`_run_numerics` (same arguments after ``on``), or why it was skipped (off, no
+    check sequences, no numerics steps, or a model too large)."""
     from gpt_workload.simulate import NUMERICS_MAX_WEIGHT_BYTES
 
-    if not on or rest[3] == 0 or n_run == 0:
+    if not on or k == 0 or n_run == 0:
         return {"skipped": "numerics off (check_sequences=0 or numerics_steps=0)"}
     if 16 * cfg.n_params > NUMERICS_MAX_WEIGHT_BYTES:
         return {
@@ -592,7 +594,7 @@ def _numerics(on: bool, cfg, model, precision, steps, n_run, seed, *rest) -> dic
             f"{16 * cfg.n_params / 2**30:.1f} GiB (limit "
             f"{NUMERICS_MAX_WEIGHT_BYTES / 2**30:.0f} GiB); timing covers the full batch"
         }
-    return _run_numerics(cfg, model, precision, steps, n_run, seed, *rest)
+    return _run_numerics(cfg, model, precision, steps, n_run, seed, text, lr, pub, k, *rest)
 
 
 def _run_numerics(
