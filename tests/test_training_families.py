@@ -335,3 +335,20 @@ def test_graph_walk_of_gpt2_matches_the_gpt2_training_backward() -> None:
     for (n, a), (m, b) in zip(g.named_arrays(), ref.named_arrays(), strict=True):
         assert n == m
         assert _scaled_err(a, b.astype(np.float64)) <= 1e-5, n
+
+
+def test_fp16_forward_overflow_is_located_at_its_op() -> None:
+    """Scaling layer 1's SwiGLU gate and up weights by 3000 keeps them in fp16's range (|w|
+    about 150 < 65504) but their product, about (8 * 150)^2 per element for unit-scale inputs
+    of width 64, passes 65504: the health tracker names op ``swiglu`` of layer 1, forward,
+    sequence 0, and the step's loss is not finite."""
+    model = hf_tiny_model("llama", seed=14)
+    cfg, w = _ours(model)
+    for f in ("gate_w", "up_w"):
+        setattr(w.layers[1], f, getattr(w.layers[1], f) * np.float32(3000))
+    tn = TrainNumerics(cfg, w, "fp16", AdamWConfig(lr=1e-3))
+    stats = tn.step(_tokens(cfg.vocab_size, 2, 8, seed=15))
+    ev = stats.health.first["forward"]
+    assert (ev.op, ev.layer, ev.kind, ev.position["sequence"]) == ("swiglu", 1, "overflow", 0)
+    assert "weights" not in stats.health.first
+    assert not np.isfinite(stats.loss) and stats.skipped
