@@ -187,9 +187,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     from rich.table import Table
 
+    from gpt_workload.training.data import is_token_file
     from gpt_workload.training.train import train
 
     _check_output_paths(args)
+    ids = is_token_file(args.tokens)
     con = _console()
     err = Console(stderr=True, highlight=False)
     # progress on stderr, only on a terminal (nothing at all when piped or redirected)
@@ -224,7 +226,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seq_len=args.seq_len,
             precision=args.precision,
             fidelity=args.fidelity,
-            text=args.tokens,
+            text=None if ids else args.tokens,
+            tokens=args.tokens if ids else None,
             lr=args.lr,
             seed=args.seed,
             check_sequences=args.check_sequences,
@@ -241,13 +244,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for k, v in rep.console_rows():
         t.add_row(k, v)
     con.print(t)
-    b = Table(title="where a step's time goes", title_justify="left")
-    for col in ("part", "ms per step", "share"):
-        b.add_column(col, justify="right" if col != "part" else "left")
-    for k, v in rep.breakdown_s.items():
-        b.add_row(k.replace("_", " "), f"{v * 1e3:.3f}", f"{v / rep.step_time_s:.1%}")
-    b.add_row("total", f"{rep.step_time_s * 1e3:.3f}", "100.0%", style="bold")
-    con.print(b)
+    if rep.breakdown_s:  # empty when the family's training step is not timed
+        b = Table(title="where a step's time goes", title_justify="left")
+        for col in ("part", "ms per step", "share"):
+            b.add_column(col, justify="right" if col != "part" else "left")
+        for k, v in rep.breakdown_s.items():
+            b.add_row(k.replace("_", " "), f"{v * 1e3:.3f}", f"{v / rep.step_time_s:.1%}")
+        b.add_row("total", f"{rep.step_time_s * 1e3:.3f}", "100.0%", style="bold")
+        con.print(b)
     steps = rep.numerics.get("steps")
     if steps:
         n = Table(
@@ -438,7 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     r.set_defaults(func=_cmd_run)
     tr = sub.add_parser("train", help="simulate training steps (timing + numerics)")
-    tr.add_argument("--model", default="cerebras-gpt-111m", help="preset name or config.json")
+    tr.add_argument(
+        "--model",
+        default="cerebras-gpt-111m",
+        help="preset name, config.json or HF checkpoint directory of any family (the numerics "
+        "fine-tune from its weights)",
+    )
     tr.add_argument("--arch", default="wse2", help="preset name or arch TOML file (one system)")
     tr.add_argument("--steps", type=int, default=1, help="optimizer steps (>= 1)")
     tr.add_argument("--systems", type=int, default=1, help="data-parallel systems through SwarmX")
@@ -458,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
     tr.add_argument(
         "--tokens",
-        help="UTF-8 text file for the numerics' check batch (byte tokens; at least "
+        help="the numerics' data: a .npy of int token ids [N, T] (each step takes "
+        "min(--check-sequences, N) rows in turn) or a UTF-8 text file (byte tokens; at least "
         "min(--seq-len, 64) bytes)",
     )
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate")

@@ -169,7 +169,8 @@ def test_cli_refusals_exit_2_one_line() -> None:
     p = cli("run", "--model", "llama-3.1-8b", "--arch", "wse3", "--mapping", "cannon")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "mapping cannon does not lower family llama yet; use weight_streaming" in p.stderr
-    # train lowers every family (tests/test_training_offload.py); its numerics gpt2 only
+    # train lowers every family (tests/test_training_offload.py) and runs its numerics
+    # (tests/test_training_families.py)
 
 
 def test_train_and_sweeps_still_refuse_new_families() -> None:

@@ -52,10 +52,14 @@ FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, gptj, llama, 
 #: the ``weight_streaming`` mapping only).
 LOWERED: tuple[str, ...] = ("gpt2", "gptj", "llama", "qwen2")
 
-#: Families each job lowers: ``run`` (forward), ``train``, ``sweep``, ``experiments``.
+#: Families each job lowers: ``run`` (forward), ``train`` (the timed training step),
+#: ``train_numerics`` (training numerics: forward, backward and AdamW through the kernels;
+#: ``wse-sim train`` runs them untimed for a family ``train`` does not lower yet),
+#: ``sweep``, ``experiments``.
 LOWERED_FOR: dict[str, tuple[str, ...]] = {
     "run": LOWERED,
     "train": LOWERED,
+    "train_numerics": LOWERED,
     "sweep": ("gpt2",),
     "experiments": ("gpt2",),
 }

@@ -54,9 +54,13 @@ import numpy as np
 from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.models import LOWERED_FOR, require_lowered
 from gpt_workload.precision import check_precision
+from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
+from gpt_workload.training.lowering import lower_training
+from gpt_workload.training.untimed import UntimedTrainReport, untimed_notice
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
@@ -72,7 +76,7 @@ MAX_STEPS = 100_000
 #: default cap on the steps run numerically (``numerics_steps``)
 DEFAULT_NUMERICS_STEPS = 20
 #: families whose training numerics run; the others are timed and refuse check_sequences > 0
-NUMERICS_FAMILIES = ("gpt2",)
+NUMERICS_FAMILIES = LOWERED_FOR["train_numerics"]
 
 
 def max_systems(arch: ArchConfig) -> int:
@@ -400,6 +404,7 @@ def train(
     precision: str = "fp16",
     fidelity: str = "event",
     text: str | Path | None = None,
+    tokens: str | Path | np.ndarray | None = None,
     lr: float | None = None,
     seed: int = 0,
     check_sequences: int = 4,
@@ -414,7 +419,8 @@ def train(
     """Time ``steps`` training steps of ``model`` on ``systems`` x ``arch`` and run them.
 
     Args:
-        model: preset name, ``config.json`` path or GPTConfig.
+        model: preset name, ``config.json`` path, checkpoint directory (any family; the
+            numerics fine-tune from its weights) or GPTConfig.
         arch: preset name, arch TOML path or ArchConfig (one system).
         steps: optimizer steps (>= 1).
         systems: data-parallel systems through SwarmX (1 .. :func:`max_systems`).
@@ -425,6 +431,9 @@ def train(
         fidelity: ``event`` or ``analytic``.
         text: path of a UTF-8 text file for the numerics' check batch (byte-tokenized);
             default the shipped public-domain text.
+        tokens: int token ids ``[N, T]`` (a ``.npy`` path or an array) for the numerics
+            instead of ``text``: each step takes ``min(check_sequences, N)`` rows in turn
+            (:mod:`gpt_workload.training.data`); ``T`` is the check batch's length.
         lr: peak learning rate; default the published one, else 6e-4. Linear decay to 10 %
             over ``steps``, no warm-up.
         check_sequences, check_seq_len: the numerics' check batch (default 4 x
@@ -445,12 +454,16 @@ def train(
         ConfigError, FitError: bad input (one-line messages).
         NumericsError: a numerics step's loss is not finite and not ``allow_nonfinite``;
             names the first op, layer, position and precision that overflowed.
+
+    A family whose training step ``lower_training`` does not lower yet (not in
+    ``LOWERED_FOR["train"]``) runs the numerics only and returns an
+    :class:`gpt_workload.training.untimed.UntimedTrainReport` that says so first.
+
+    Raises (numerics):
+        NumericsError: as above;
+            names the first op, layer, position and precision that overflowed.
     """
-    from gpt_workload.simulate import (
-        NUMERICS_MAX_WEIGHT_BYTES,
-        check_allow_nonfinite,
-        resolve_model_and_weights,
-    )
+    from gpt_workload.simulate import check_allow_nonfinite, resolve_model_and_weights
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
@@ -479,7 +492,14 @@ def train(
     numerics_steps = _check_int("numerics_steps", numerics_steps, 0, steps)
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr={lr!r} must be a finite number > 0")
-    cfg, _, _ = resolve_model_and_weights(model, seed, None, need_weights=False, job="train")
+    if text is not None and tokens is not None:
+        raise ConfigError("text and tokens are both given: the numerics take one of them")
+    cfg, _, _ = resolve_model_and_weights(model, seed, None, need_weights=False,
+                                          job="train_numerics")  # fmt: skip
+    ids = None if tokens is None else load_token_ids(tokens, cfg)
+    if ids is not None and check_seq_len not in (None, ids[0].shape[1]):
+        raise ConfigError(f"check_seq_len={check_seq_len} differs from the tokens' T="
+                          f"{ids[0].shape[1]}: the token ids set the check batch")  # fmt: skip
     if seq_len is None:
         seq_len = min(2048, cfg.n_positions)
     elif not 2 <= seq_len <= cfg.n_positions:
@@ -488,6 +508,22 @@ def train(
             f"of {cfg.name}; a next-token loss needs at least 2 tokens)"
         )
     pub = PUBLISHED_TRAINING.get(cfg.name)
+    num_args = (cfg, model, precision, steps, numerics_steps, seed, text, lr, pub,
+                check_sequences, ids[0].shape[1] if ids else (check_seq_len or min(seq_len, 64)),
+                "stored", wall, progress, allow_nonfinite, ids)  # fmt: skip
+    if cfg.family not in LOWERED_FOR["train"]:  # seam: the numerics run, the step is not timed
+        num = _numerics(numerics, *num_args)
+        if "skipped" in num:  # nothing would run: refuse as before, saying why
+            try:
+                require_lowered(cfg, "wse-sim train", "train")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; its training numerics are skipped: "
+                                  f"{num['skipped'].split(';')[0]}") from None  # fmt: skip
+        health = num.pop("_health", {"status": "not_checked"})
+        notices = [untimed_notice(cfg.name, cfg.family), *(n for n in (health.get("notice"),
+                   *num.pop("_notices", ())) if n)]  # fmt: skip
+        return UntimedTrainReport(cfg.name, cfg.family, arch_cfg.name, precision, steps, num,
+                                  wall, notices, health)  # fmt: skip
     if batch is None:
         batch = (
             int(pub["batch_sequences"])
@@ -548,21 +584,8 @@ def train(
         "formula": "bytes / min(egress, swarmx) + ceil(log2 S) x swarmx_latency (pipelined "
         "binary tree); weights broadcast at min(ingress, swarmx)",
     }
-    num: dict
-    if not numerics or check_sequences == 0 or numerics_steps == 0:
-        num = {"skipped": "numerics off (check_sequences=0 or numerics_steps=0)"}
-    elif 16 * cfg.n_params > NUMERICS_MAX_WEIGHT_BYTES:
-        num = {
-            "skipped": f"fp32 weights, gradients and two Adam moments of {cfg.name} need "
-            f"{16 * cfg.n_params / 2**30:.1f} GiB (limit "
-            f"{NUMERICS_MAX_WEIGHT_BYTES / 2**30:.0f} GiB); timing covers the full batch"
-        }
-    else:
-        num = _run_numerics(
-            cfg, model, precision, steps, numerics_steps, seed, text, lr, pub, check_sequences,
-            check_seq_len or min(seq_len, 64), prog.meta["training"]["activations"], wall,
-            progress, allow_nonfinite,
-        )  # fmt: skip
+    num_args = (*num_args[:11], prog.meta["training"]["activations"], *num_args[12:])
+    num = _numerics(numerics, *num_args)
     t0 = time.perf_counter()
     energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])
     wall["energy"] = time.perf_counter() - t0
@@ -599,49 +622,52 @@ def train(
     )
 
 
+def _numerics(on: bool, cfg, model, precision, steps, n_run, seed, text, lr, pub, k,
+              *rest) -> dict:  # fmt: skip
+    """:func:`_run_numerics` (same arguments after ``on``), or why it was skipped (off, no
+    check sequences, no numerics steps, or a model too large)."""
+    from gpt_workload.simulate import NUMERICS_MAX_WEIGHT_BYTES
+
+    if not on or k == 0 or n_run == 0:
+        return {"skipped": "numerics off (check_sequences=0 or numerics_steps=0)"}
+    if 16 * cfg.n_params > NUMERICS_MAX_WEIGHT_BYTES:
+        return {
+            "skipped": f"fp32 weights, gradients and two Adam moments of {cfg.name} need "
+            f"{16 * cfg.n_params / 2**30:.1f} GiB (limit "
+            f"{NUMERICS_MAX_WEIGHT_BYTES / 2**30:.0f} GiB); timing covers the full batch"
+        }
+    return _run_numerics(cfg, model, precision, steps, n_run, seed, text, lr, pub, k, *rest)
+
+
 def _run_numerics(
     cfg, model, precision, steps, n_run, seed, text, lr, pub, k, T, policy, wall, progress,
-    allow_nonfinite=False,
+    allow_nonfinite=False, ids=None,
 ) -> dict:
     """Run the first ``n_run`` of ``steps`` real optimizer steps (the schedule of all
     ``steps``) on a ``k x T`` check batch (:class:`gpt_workload.training.trainer.TrainNumerics`); ``_health`` and ``_notices``
-    in the result are for the caller to take out.
+    in the result are for the caller to take out. ``ids``: ``(token ids [N, T], source)``
+    of :func:`gpt_workload.training.data.load_token_ids`, used instead of ``text``.
 
     Raises:
         NumericsError: a step's forward loss is not finite and not ``allow_nonfinite``.
     """
     from gpt_workload.simulate import resolve_model_and_weights, seeded_config_notice
     from gpt_workload.training.optim import AdamWConfig
-    from gpt_workload.training.tokenizer import ByteTokenizer, load_text_batches
     from gpt_workload.training.trainer import TrainNumerics
 
     t0 = time.perf_counter()
     if T > cfg.n_positions:
         raise ConfigError(f"check_seq_len={T} exceeds n_positions={cfg.n_positions}")
-    if cfg.vocab_size < 256:
+    if ids is not None:
+        src, batches = ids[1], token_id_batches(ids[0], k)
+        k = min(k, ids[0].shape[0])
+    elif cfg.vocab_size < 256:
         raise ConfigError(
             f"the byte tokenizer needs vocab_size >= 256; {cfg.name} has {cfg.vocab_size}"
         )
-    src = "shipped public-domain text"
-    body = None
-    if text is not None:
-        try:
-            body = Path(text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"--tokens {str(text)!r} is not a readable UTF-8 text: {exc}"
-            ) from None
-        src = str(text)
-    tok = ByteTokenizer()
-    n_tok = tok.encode(body).size if body is not None else None
-    if n_tok is not None and n_tok < T:
-        raise ConfigError(
-            f"--tokens {str(text)!r} has {n_tok} byte token(s); the numerics' check batch "
-            f"needs at least {T} (check_seq_len {T}, by default min(seq_len, 64); "
-            "--check-sequences 0 skips the numerics)"
-        )
-    batches = load_text_batches(tok, k, T, seed, text=body)
-    _, w, wsrc = resolve_model_and_weights(model, seed, job="train")
+    else:
+        batches, src = text_batches(text, k, T, seed)
+    _, w, wsrc = resolve_model_and_weights(model, seed, job="train_numerics")
     peak_lr = lr if lr is not None else (float(pub["peak_lr"]) if pub else 6.0e-4)
     adamw = AdamWConfig(lr=peak_lr, warmup_steps=0, total_steps=steps)
     tn = TrainNumerics(cfg, w, precision, adamw, None, recompute=policy == "recompute")
@@ -698,3 +724,4 @@ def _run_numerics(
         "steps_skipped": n_skip,
         "steps": out,
     }
+

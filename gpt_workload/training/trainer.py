@@ -27,6 +27,7 @@ from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker
 from gpt_workload.precision import check_precision
 from gpt_workload.training.backward import check_tokens, forward_backward_sum, grads_finite
+from gpt_workload.training.backward_graph import graph_forward_backward_sum
 from gpt_workload.training.loss_scale import DynamicLossScaler
 from gpt_workload.training.optim import AdamWConfig, AdamWState, adamw_step, clip_grad_norm
 from gpt_workload.weights import GPTWeights
@@ -72,7 +73,11 @@ def accumulate_gradients(
     health: HealthTracker | None = None,
 ) -> tuple[float, GPTWeights, bool]:
     """Loss and gradients of a batch split into ``grad_accum_steps`` micro-batches along B.
-    ``health`` checks every stored tensor of every micro-batch.
+    ``health`` checks every stored tensor of every micro-batch. gpt2 runs
+    :func:`gpt_workload.training.backward.forward_backward_sum` (``GPTWeights``), the graph
+    families (gptj, llama, qwen2)
+    :func:`gpt_workload.training.backward_graph.graph_forward_backward_sum`
+    (:class:`gpt_workload.models.weights.DecoderWeights`).
 
     Each micro-batch's loss is normalised by the *full* batch's ``B * (T - 1)`` predictions,
     so the micro-batch gradients are summed (in micro-batch order, float32) into the gradient
@@ -101,8 +106,9 @@ def accumulate_gradients(
     mb = b // n
     loss = 0.0
     total: GPTWeights | None = None
+    fb = forward_backward_sum if cfg.family == "gpt2" else graph_forward_backward_sum
     for i in range(n):
-        part, g, _ = forward_backward_sum(
+        part, g, _ = fb(
             cfg, weights, tok[i * mb : (i + 1) * mb], precision, loss_scale, recompute, denom,
             health,
         )
@@ -120,8 +126,9 @@ class TrainNumerics:
     """Numerical training loop of one model: fp32 master weights, AdamW, loss scaling.
 
     Args:
-        cfg: model configuration.
-        weights: initial weights (validated; deep-copied into the fp32 master copy).
+        cfg: model configuration (any family).
+        weights: initial weights (validated; deep-copied into the fp32 master copy):
+            ``GPTWeights`` for gpt2, ``DecoderWeights`` for the graph families.
         precision: storage precision of forward/backward (``fp32``, ``fp16``, ``bf16``).
         adamw: optimizer hyper-parameters and schedule (default :class:`AdamWConfig`).
         loss_scaler: a :class:`DynamicLossScaler`; ``None`` gives the default dynamic scaler
@@ -130,7 +137,7 @@ class TrainNumerics:
         grad_accum_steps: micro-batches per step (split along B, gradients summed).
 
     Attributes:
-        master: the fp32 master weights (:class:`GPTWeights`), updated in place.
+        master: the fp32 master weights (as ``weights``), updated in place.
         opt_state: :class:`AdamWState` (moments and optimizer step count).
         scaler: the :class:`DynamicLossScaler` in use.
         n_calls: number of :meth:`step` calls so far.
@@ -201,7 +208,8 @@ class TrainNumerics:
             if "backward" not in health.first:  # only a weight gradient overflowed
                 health.phase = "backward"
                 for name, a in grads.named_arrays():
-                    layer = int(name.split(".")[1]) if name.startswith("h.") else None
+                    layer = (int(name.split(".")[1]) if name.startswith(("h.", "layers."))
+                             else None)  # fmt: skip
                     health.check(f"gradient {name}", layer, a)
             self.scaler.update(found_inf=True)
             return StepStats(self.n_calls, loss, float("inf"), scale, 0.0, True, health)
