@@ -29,17 +29,43 @@ NumPy references (``tests/test_kernels_decode.py``).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 
 from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order
 
-__all__ = ["GEMV_CHUNK", "attention_decode", "attention_partials", "gemv_partials", "gemv_split"]
+__all__ = [
+    "GEMV_CHUNK",
+    "PARALLEL_MIN_MACS",
+    "attention_decode",
+    "attention_partials",
+    "gemv_partials",
+    "gemv_split",
+    "numba_threads",
+]
+
+#: Multiply-adds from which a kernel runs on all Numba threads; below it one thread (a
+#: parallel launch costs tens of microseconds on an idle machine and milliseconds on a busy
+#: one, more than a small decode product). The results do not depend on it.
+PARALLEL_MIN_MACS = 1 << 22
 
 #: Output columns per parallel work unit of :func:`gemv_split` (a unit never spans two PEs'
 #: tiles, so the per-element order does not depend on it).
 GEMV_CHUNK = 256
+
+
+@contextmanager
+def numba_threads(n: int):
+    """Run the enclosed Numba kernels on ``n`` threads (restored afterwards). Per-element
+    reduction orders never depend on the thread count, so neither do the numbers."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 def _f32(name: str, a, ndim: int) -> np.ndarray:
@@ -62,18 +88,29 @@ def _pairs(parts: int, reduce: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+@numba.njit(inline="always")
+def _gemv_unit(x, w, units, part, u):  # pragma: no cover - jit
+    r, k0, k1, n0, n1 = units[u, 0], units[u, 1], units[u, 2], units[u, 3], units[u, 4]
+    for b in range(x.shape[0]):
+        acc = part[r, b, n0:n1]
+        acc[:] = 0
+        for k in range(k0, k1):
+            xv = x[b, k]
+            wk = w[k, n0:n1]
+            for n in range(n1 - n0):
+                acc[n] = acc[n] + xv * wk[n]
+
+
 @numba.njit(parallel=True, cache=True)
-def _gemv_partials_kernel(x, w, units, part):  # pragma: no cover - jit
-    n_b = x.shape[0]
+def _gemv_partials_parallel(x, w, units, part):  # pragma: no cover - jit
     for u in numba.prange(units.shape[0]):
-        r, k0, k1, n0, n1 = units[u, 0], units[u, 1], units[u, 2], units[u, 3], units[u, 4]
-        for b in range(n_b):
-            for n in range(n0, n1):
-                part[r, b, n] = 0
-            for k in range(k0, k1):
-                xv = x[b, k]
-                for n in range(n0, n1):
-                    part[r, b, n] = part[r, b, n] + xv * w[k, n]
+        _gemv_unit(x, w, units, part, u)
+
+
+@numba.njit(cache=True)
+def _gemv_partials_serial(x, w, units, part):  # pragma: no cover - jit
+    for u in range(units.shape[0]):
+        _gemv_unit(x, w, units, part, u)
 
 
 def gemv_partials(x: np.ndarray, w: np.ndarray, split: GemvSplit) -> np.ndarray:
@@ -105,7 +142,12 @@ def gemv_partials(x: np.ndarray, w: np.ndarray, split: GemvSplit) -> np.ndarray:
     ]
     part = np.zeros((split.rows, x.shape[0], N), np.float32)
     if units:
-        _gemv_partials_kernel(x, w, np.asarray(units, dtype=np.int64), part)
+        units = np.asarray(units, dtype=np.int64)
+        if x.shape[0] * K * N >= PARALLEL_MIN_MACS:
+            with numba_threads(numba.config.NUMBA_NUM_THREADS):
+                _gemv_partials_parallel(x, w, units, part)
+        else:
+            _gemv_partials_serial(x, w, units, part)
     return part
 
 
@@ -140,45 +182,55 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 # --------------------------------------------------------------------------------------------
 
 
-@numba.njit(parallel=True, cache=True)
-def _attn_partials_kernel(q, k, v, tb, n_head, n_kv, scale, m, l, o):  # pragma: no cover
+@numba.njit(inline="always")
+def _attn_unit(q, k, v, tb, n_head, n_kv, scale, m, l, o, u):  # pragma: no cover - jit
     dh = q.shape[0] // n_head
     group = n_head // n_kv
-    n_blocks = tb.shape[0] - 1
-    for u in numba.prange(n_blocks * n_head):
-        p = u // n_head
-        h = u % n_head
-        kh = h // group
-        qo = h * dh
-        ko = kh * dh
-        i0, i1 = tb[p], tb[p + 1]
-        z = np.empty(i1 - i0, np.float32)
-        mx = np.float32(-np.inf)
-        for i in range(i0, i1):
-            acc = np.float32(0)
-            for d in range(dh):
-                acc = acc + q[qo + d] * k[i, ko + d]
-            acc = acc * scale
-            z[i - i0] = acc
-            mx = max(mx, acc)
-        tot = np.float32(0)
-        for i in range(i0, i1):
-            e = np.float32(math.exp(np.float32(z[i - i0] - mx)))
-            z[i - i0] = e
-            tot = tot + e
+    p = u // n_head
+    h = u % n_head
+    kh = h // group
+    qo = h * dh
+    ko = kh * dh
+    i0, i1 = tb[p], tb[p + 1]
+    z = np.empty(i1 - i0, np.float32)
+    mx = np.float32(-np.inf)
+    for i in range(i0, i1):
+        acc = np.float32(0)
         for d in range(dh):
-            acc = np.float32(0)
-            for i in range(i0, i1):
-                acc = acc + z[i - i0] * v[i, ko + d]
-            o[p, h, d] = acc
-        m[p, h] = mx
-        l[p, h] = tot
+            acc = acc + q[qo + d] * k[i, ko + d]
+        acc = acc * scale
+        z[i - i0] = acc
+        mx = max(mx, acc)
+    tot = np.float32(0)
+    for i in range(i0, i1):
+        e = np.float32(math.exp(np.float32(z[i - i0] - mx)))
+        z[i - i0] = e
+        tot = tot + e
+    for d in range(dh):
+        acc = np.float32(0)
+        for i in range(i0, i1):
+            acc = acc + z[i - i0] * v[i, ko + d]
+        o[p, h, d] = acc
+    m[p, h] = mx
+    l[p, h] = tot
 
 
 @numba.njit(parallel=True, cache=True)
+def _attn_partials_parallel(q, k, v, tb, n_head, n_kv, scale, m, l, o):  # pragma: no cover
+    for u in numba.prange((tb.shape[0] - 1) * n_head):
+        _attn_unit(q, k, v, tb, n_head, n_kv, scale, m, l, o, u)
+
+
+@numba.njit(cache=True)
+def _attn_partials_serial(q, k, v, tb, n_head, n_kv, scale, m, l, o):  # pragma: no cover
+    for u in range((tb.shape[0] - 1) * n_head):
+        _attn_unit(q, k, v, tb, n_head, n_kv, scale, m, l, o, u)
+
+
+@numba.njit(cache=True)
 def _attn_merge_kernel(m, l, o, pairs, out):  # pragma: no cover - jit
     n_head, dh = o.shape[1], o.shape[2]
-    for h in numba.prange(n_head):
+    for h in range(n_head):
         for j in range(pairs.shape[0]):
             a_, b_ = pairs[j, 0], pairs[j, 1]
             mx = max(m[a_, h], m[b_, h])
@@ -216,7 +268,12 @@ def attention_partials(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int,
     m = np.empty((P, n_head), np.float32)
     l = np.empty((P, n_head), np.float32)
     o = np.empty((P, n_head, dh), np.float32)
-    _attn_partials_kernel(q, k, v, tb, n_head, n_kv, np.float32(scale), m, l, o)
+    args = (q, k, v, tb, n_head, n_kv, np.float32(scale), m, l, o)
+    if n * n_head * dh >= PARALLEL_MIN_MACS:
+        with numba_threads(numba.config.NUMBA_NUM_THREADS):
+            _attn_partials_parallel(*args)
+    else:
+        _attn_partials_serial(*args)
     return m, l, o, tb
 
 

@@ -164,3 +164,21 @@ def test_attention_decode_rejects_bad_heads():
         attention_decode(q, kv, kv, 4, 3, 0.25, KVSplit(1, 8))
     with pytest.raises(ValueError, match="k and v"):
         attention_decode(q, kv[:, :8], kv, 4, 2, 0.25, KVSplit(1, 8))
+
+
+def test_parallel_kernels_give_the_serial_numbers(monkeypatch):
+    """Above :data:`PARALLEL_MIN_MACS` the kernels run on all threads: same numbers."""
+    import gpt_workload.kernels_decode as kd
+
+    x, w, b = _data(3, 2, 50, 700)
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal(32).astype(np.float32)
+    k = rng.standard_normal((40, 16)).astype(np.float32)
+    v = rng.standard_normal((40, 16)).astype(np.float32)
+    split, kv = GemvSplit(3, 5, "tree"), KVSplit(3, 15, "tree")
+    serial = gemv_split(x, w, b, split), attention_decode(q, k, v, 4, 2, 0.25, kv)
+    monkeypatch.setattr(kd, "PARALLEL_MIN_MACS", 0)
+    with kd.numba_threads(1):  # the decode step's setting: raised for the big kernels
+        par = gemv_split(x, w, b, split), attention_decode(q, k, v, 4, 2, 0.25, kv)
+    np.testing.assert_array_equal(serial[0], par[0])
+    np.testing.assert_array_equal(serial[1], par[1])

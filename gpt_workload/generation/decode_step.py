@@ -36,7 +36,7 @@ from gpt_workload import kernels_llama as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.split import DecodePlan
 from gpt_workload.graph import Op
-from gpt_workload.kernels_decode import attention_decode, gemv_split
+from gpt_workload.kernels_decode import attention_decode, gemv_split, numba_threads
 from gpt_workload.models import build_graph
 from gpt_workload.precision import round_storage
 from wse_sim.errors import ConfigError
@@ -105,7 +105,15 @@ class Decoder:
 
     def step(self, tokens: np.ndarray, states: list[DecodeState]) -> np.ndarray:
         """Feed one token per request (``tokens[b]`` at position ``states[b].length``), append
-        its K and V to the caches, and return the logits float32 ``[B, V]``."""
+        its K and V to the caches, and return the logits float32 ``[B, V]``.
+
+        The small per-token kernels run on one Numba thread (a parallel launch would cost
+        more than their work); the large products go parallel
+        (:data:`gpt_workload.kernels_decode.PARALLEL_MIN_MACS`)."""
+        with numba_threads(1):
+            return self._step(tokens, states)
+
+    def _step(self, tokens: np.ndarray, states: list[DecodeState]) -> np.ndarray:
         g, w = self.graph, self.w
         pos = np.array([s.length for s in states], dtype=np.int64)
         env: dict = {"tokens": tokens, "_pos": pos}
