@@ -8,7 +8,7 @@ win).
 
 Usage:
     python benchmarks/bench_generate_numerics.py [--families gpt2,llama] [--prompt 32]
-        [--new-tokens 64] [--batch 1] [--repeat 3] [--out benchmarks/results/generate_numerics.json]
+        [--new-tokens 64] [--batch 1,4] [--repeat 3] [--out benchmarks/results/generate_numerics.json]
 
 Both sides generate the same greedy tokens (checked) from the same prompts; tokens/s counts new
 tokens over the whole call (prefill included), best of ``--repeat``. Prints a table and writes
@@ -54,7 +54,7 @@ def bench(family: str, prompt: int, new: int, batch: int, repeat: int, tmp: Path
     from conftest import hf_tiny_checkpoint
 
     d = tmp / family
-    d.mkdir()
+    d.mkdir(parents=True)
     hf_tiny_checkpoint(family, d, **SHAPES[family])
     cfg, w = load_checkpoint(d)
     hf = __import__("transformers").AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
@@ -98,13 +98,13 @@ def main() -> None:
     ap.add_argument("--families", default="gpt2,llama")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", default="1,4", help="comma-separated batch sizes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/generate_numerics.json")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench(f, a.prompt, a.new_tokens, a.batch, a.repeat, Path(tmp))
-                for f in a.families.split(",")]  # fmt: skip
+        rows = [bench(f, a.prompt, a.new_tokens, int(b), a.repeat, Path(tmp) / f"b{b}")
+                for f in a.families.split(",") for b in a.batch.split(",")]  # fmt: skip
     print(f"{'family':<7} {'batch':>5} {'new':>4} {'ours tok/s':>10} {'HF tok/s':>9} "
           f"{'ours/HF':>8} {'prefill s':>9} {'decode s':>8} {'same':>5}")  # fmt: skip
     for r in rows:

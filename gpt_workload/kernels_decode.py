@@ -49,7 +49,7 @@ __all__ = [
 #: Multiply-adds from which a kernel runs on all Numba threads; below it one thread (a
 #: parallel launch costs tens of microseconds on an idle machine and milliseconds on a busy
 #: one, more than a small decode product). The results do not depend on it.
-PARALLEL_MIN_MACS = 1 << 22
+PARALLEL_MIN_MACS = 1 << 24
 
 #: Output columns per parallel work unit of :func:`gemv_split` (a unit never spans two PEs'
 #: tiles, so the per-element order does not depend on it).
@@ -91,12 +91,12 @@ def _pairs(parts: int, reduce: str) -> np.ndarray:
 @numba.njit(inline="always")
 def _gemv_unit(x, w, units, part, u):  # pragma: no cover - jit
     r, k0, k1, n0, n1 = units[u, 0], units[u, 1], units[u, 2], units[u, 3], units[u, 4]
-    for b in range(x.shape[0]):
-        acc = part[r, b, n0:n1]
-        acc[:] = 0
-        for k in range(k0, k1):
+    part[r, :, n0:n1] = 0
+    for k in range(k0, k1):  # k outer: each weight row is read once for all B vectors
+        wk = w[k, n0:n1]
+        for b in range(x.shape[0]):
             xv = x[b, k]
-            wk = w[k, n0:n1]
+            acc = part[r, b, n0:n1]
             for n in range(n1 - n0):
                 acc[n] = acc[n] + xv * wk[n]
 

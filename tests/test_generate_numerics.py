@@ -1,6 +1,7 @@
 """Generation numerics (:func:`gpt_workload.generation.numerics.run_generation_numerics`)
-against Hugging Face ``generate``: small random GPT-2, Llama (GQA) and Qwen2 (GQA)
-checkpoints loaded with the project's loader, prompts of 16 to 64 tokens, 32 new tokens."""
+against Hugging Face ``generate``: small random GPT-2, Llama (GQA), Qwen2 (GQA) and GPT-J
+(partial interleaved rotary, parallel block) checkpoints loaded with the project's loader,
+prompts of 16 to 64 tokens, 32 new tokens."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from wse_sim.errors import ConfigError
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-FAMILIES = ("gpt2", "llama", "qwen2")
+FAMILIES = ("gpt2", "llama", "qwen2", "gptj")
 PROMPT_LENGTHS = (16, 37, 64)
 NEW = 32
 #: room for 64 + 32 - 1 positions (the tiny models of conftest have 64)
-POSITIONS = {"gpt2": {"n_positions": 128}, "llama": {"max_position_embeddings": 128},
+POSITIONS = {"gpt2": {"n_positions": 128}, "gptj": {"n_positions": 128},
+             "llama": {"max_position_embeddings": 128},
              "qwen2": {"max_position_embeddings": 128}}  # fmt: skip
 
 
