@@ -8,7 +8,8 @@ win).
 
 Usage:
     python benchmarks/bench_generate_numerics.py [--families gpt2,llama] [--prompt 32]
-        [--new-tokens 64] [--batch 1,4] [--repeat 3] [--out benchmarks/results/generate_numerics.json]
+        [--new-tokens 64] [--batch 1,4] [--repeat 3]
+        [--out benchmarks/results/generate_numerics.json]
 
 Both sides generate the same greedy tokens (checked) from the same prompts; tokens/s counts new
 tokens over the whole call (prefill included), best of ``--repeat``. Prints a table and writes

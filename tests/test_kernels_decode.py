@@ -106,8 +106,9 @@ def _attention_ref(q, k, v, n_head, n_kv):
 
 @pytest.mark.parametrize("n", [1, 7, 50])
 @pytest.mark.parametrize(
-    "split", [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree")]
-)  # fmt: skip
+    "split",
+    [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree")],
+)
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])
 def test_attention_decode_matches_float64(n, split, heads):
     n_head, n_kv = heads
@@ -116,8 +117,7 @@ def test_attention_decode_matches_float64(n, split, heads):
     q = (2 * rng.standard_normal(n_head * dh)).astype(np.float32)
     k = rng.standard_normal((n, n_kv * dh)).astype(np.float32)
     v = rng.standard_normal((n, n_kv * dh)).astype(np.float32)
-    assume_fits = n <= split.pes * split.block_tokens
-    if not assume_fits:
+    if n > split.pes * split.block_tokens:  # more tokens than the split holds
         with pytest.raises(ConfigError, match="KV cache holds"):
             attention_decode(q, k, v, n_head, n_kv, 1 / np.sqrt(dh), split)
         return

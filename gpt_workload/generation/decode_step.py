@@ -101,6 +101,7 @@ class Decoder:
         return self.cache[key]
 
     def store(self, a: np.ndarray) -> np.ndarray:
+        """``a`` as stored: rounded to the storage precision (a float32 copy)."""
         return round_storage(a, self.precision)
 
     def step(self, tokens: np.ndarray, states: list[DecodeState]) -> np.ndarray:
