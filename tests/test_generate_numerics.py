@@ -153,6 +153,7 @@ def test_sample_token_distribution_and_top_k():
     assert got == {0, 3}
     assert sample_token(z, Sampling(), rng) == 3
     assert sample_token(z, Sampling(1.0, top_k=99), rng) in range(5)
+    assert sample_token(z, Sampling(temperature=1e-300), rng) == 3  # no overflow
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ sampling with a seed.
 
 * Greedy (``temperature = 0``): the arg-max, the lowest index among ties (as
   ``numpy.argmax`` and Hugging Face ``generate(do_sample=False)``).
-* Sampling (``temperature > 0``): the logits, in float64, divided by the temperature; with
-  ``top_k`` only the ``k`` largest are kept (ties at the boundary: lowest indices first; a
+* Sampling (``temperature > 0``): the logits, in float64, divided by the temperature (after
+  subtracting their maximum); with ``top_k`` only the ``k`` largest are kept (ties at the boundary: lowest indices first; a
   ``top_k`` past the vocabulary keeps all); softmax; the token is the first index whose
   cumulative probability exceeds ``u * total`` for one uniform draw ``u`` in ``[0, 1)``.
   ``top_k = 1`` is therefore greedy, whatever the temperature.
@@ -86,13 +86,13 @@ def sample_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generato
     z = np.asarray(logits, dtype=np.float64)
     if sampling.greedy:
         return int(np.argmax(z))
-    z = z / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < z.shape[0]:
         keep = np.argsort(-z, kind="stable")[: sampling.top_k]
         masked = np.full_like(z, -np.inf)
         masked[keep] = z[keep]
         z = masked
-    p = np.exp(z - z.max())
+    # the maximum subtracted before dividing: no overflow at a tiny temperature
+    p = np.exp((z - z.max()) / sampling.temperature)
     c = np.cumsum(p)
     u = rng.random()
     return int(min(np.searchsorted(c, u * c[-1], side="right"), z.shape[0] - 1))
