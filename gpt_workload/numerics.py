@@ -65,6 +65,7 @@ class _Weights:
         # heads split over k PEs (P = k n_head): n_head k sub-heads of d_head / k features
         ks = pes_per_head(cfg, P)
         perm = qkv_column_permutation(cfg.n_head * ks, cfg.d_head // ks, P)
+        self.perm = perm
         self.wte = r(w.wte)
         self.wpe = r(w.wpe)
         self.wte_t = np.ascontiguousarray(self.wte.T)  # [d, V] streamed
@@ -148,6 +149,7 @@ def run_numerics(
     *,
     gemm=None,
     attention=None,
+    kv_out: list | None = None,
 ) -> NumericsResult:
     """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
 
@@ -159,6 +161,10 @@ def run_numerics(
     (:mod:`gpt_workload.mappings.weight_streaming`); None keeps the weight-streaming kernels.
 
     The result's ``health`` tracker has checked the weights and every op's stored output.
+
+    ``kv_out``: a list to which each layer's keys and values are appended as a pair of
+    float32 ``[K, T, d]`` arrays (the QKV GEMM's stored K and V columns in the original head
+    order): the KV cache a prefill leaves behind (:mod:`gpt_workload.generation`).
 
     Raises:
         ConfigError: tokens of the wrong shape, dtype or range.
@@ -221,6 +227,9 @@ def run_numerics(
         elif op == "qkv":
             gemm_fn(h, lw["attn_w"], lw["attn_b"], qkv, **seq)
             qkv = rnd(qkv, op, k.layer)
+            if kv_out is not None:
+                full = tl.from_tiles(qkv, 3 * d)[..., np.argsort(W.perm)]
+                kv_out.append((full[..., d : 2 * d].copy(), full[..., 2 * d :].copy()))
         elif op == "attention":
             health.check_scores(op, k.layer, *_heads_qk(qkv, tl, cfg.d_head, ks), T)
             if ks > 1 and attention is None:  # partial q.k per PE, chained over the head

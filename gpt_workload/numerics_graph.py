@@ -173,11 +173,20 @@ class _Exec:
 
 
 def run_graph_numerics(
-    program: Program, cfg: GPTConfig, weights, tokens: np.ndarray, precision: str | None = None
+    program: Program,
+    cfg: GPTConfig,
+    weights,
+    tokens: np.ndarray,
+    precision: str | None = None,
+    *,
+    kv_out: list | None = None,
 ) -> NumericsResult:
     """Run the first micro-batch of a graph-lowered Program on ``tokens`` [K, T].
 
     ``weights``: :class:`gpt_workload.models.weights.DecoderWeights` of ``cfg``.
+    ``kv_out``: a list to which each layer's attention keys (after rotary) and values are
+    appended as a pair of stored float32 ``[K, T, kv]`` arrays: the KV cache a prefill
+    leaves behind (:mod:`gpt_workload.generation`).
 
     Raises:
         ConfigError: tokens of the wrong shape, dtype or range; a kernel that is not an op
@@ -213,7 +222,11 @@ def run_graph_numerics(
             if k.layer != cur:  # a new layer: its input is the last layer's output
                 env = {"x": env["out"] if cur >= 0 else env["x"]}
                 cur = k.layer
-            ex.run(layer_ops[k.op], env, weights.layers[k.layer], k.layer)
+            op = layer_ops[k.op]
+            if kv_out is not None and op.kind == "attention":
+                kv = ex.dims["kv"]
+                kv_out.append(tuple(tl.from_tiles(env[a], kv) for a in op.inputs[1:]))
+            ex.run(op, env, weights.layers[k.layer], k.layer)
         elif k.op in top_ops:
             if "out" in env:
                 env = {"x": env["out"]}
