@@ -5,7 +5,7 @@ and reduce partial sums along the other (WaferLLM's MeshGEMV, He et al., OSDI 20
 plain pipelined line all-reduce of the Cerebras SDK demo as the baseline). Each is a
 collective on every *line* of the kernel's active PEs: a line is the active PEs of one grid
 row (``*_row`` patterns) or one grid column (``*_col``), in order; its first PE (west or
-north end) is the root.
+north end) is the root of a broadcast or a tree, its last PE that of a chain.
 
 Patterns (``Transfer.pattern``):
 
@@ -15,9 +15,9 @@ Patterns (``Transfer.pattern``):
   ``i`` with ``i mod 2^(s+1) = 0`` receives the partial of ``i + 2^s`` and adds it; this is
   :func:`gpt_workload.generation.split.combine_order` ``"tree"``), then the root multicasts
   the sum back along the line.
-* ``allreduce_chain_row`` / ``_col``: a chain reduce (position ``p - 1`` sends to ``p - 2``,
-  which adds and forwards, cut-through, down to the root: combine order ``"chain"`` read from
-  the far end), then the multicast back.
+* ``allreduce_chain_row`` / ``_col``: a chain reduce (position 0 sends to 1, which adds and
+  forwards, cut-through, up to the far end, which is the root of a chain: combine order
+  ``"chain"``), then the multicast back from the far end.
 
 Cost terms (:func:`line_transfer`), with ``p`` PEs per line, ``n`` wavelets per PE, ``S =
 ceil(log2 p)`` tree stages; the fields feed the closed forms of
@@ -41,6 +41,8 @@ backend, which the tests hold the closed forms to.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from wse_sim.arch import FabricConfig
 from wse_sim.errors import ConfigError
@@ -163,13 +165,17 @@ def line_transfer(
     )  # fmt: skip
 
 
-def lines_of(pes: list[tuple[int, int]], axis: str) -> list[list[tuple[int, int]]]:
+def lines_of(
+    pes: list[tuple[int, int]], axis: str, cmap: np.ndarray | None = None
+) -> list[list[tuple[int, int]]]:
     """The kernel's active PEs grouped into lines: by row (sorted west to east) for
-    ``axis="row"``, by column (north to south) for ``"col"``."""
+    ``axis="row"``, by column (north to south) for ``"col"``; with ``cmap`` (the kernel's
+    class map) PEs of different classes never share a line (a band of rows per K/V head)."""
     key, pos = (0, 1) if axis == "row" else (1, 0)
-    out: dict[int, list] = {}
+    out: dict[tuple[int, int], list] = {}
     for pe in pes:
-        out.setdefault(pe[key], []).append(pe)
+        cls = int(cmap[pe]) if cmap is not None else 0
+        out.setdefault((pe[key], cls), []).append(pe)
     return [sorted(v, key=lambda x: x[pos]) for _, v in sorted(out.items())]
 
 
@@ -181,10 +187,12 @@ def expand(run, t: Transfer, msgs: list) -> None:
     kind, alg, axis = LINE_PATTERNS[t.pattern]
     n = t.max_link_bytes / WAVELET_BYTES / run.n
     mesh = run.eng.mesh
-    for li, line in enumerate(lines_of(run.pes, axis)):
+    for li, line in enumerate(lines_of(run.pes, axis, run.cmap)):
         p = len(line)
         if p < 2:
             continue
+        if alg == "chain":  # partial 0 absorbs 1, the sum absorbs 2, ...: root at the far end
+            line = line[::-1]
         ids = [int(run.pidx[mesh.index(x)]) for x in line]
         root = line[0]
         bcast = run.route(
