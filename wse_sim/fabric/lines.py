@@ -40,6 +40,7 @@ backend, which the tests hold the closed forms to.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -119,6 +120,7 @@ def zero_load_schedule(
     return end, hops + p - 1, rel
 
 
+@functools.lru_cache(maxsize=4096)
 def line_transfer(
     name: str,
     pattern: str,

@@ -239,9 +239,18 @@ def lower_decode_step(
     system: int = 0,
     sampling: str = "greedy",
     top_k: int = 0,
+    layers: range | None = None,
+    phase: str = "decode",
 ) -> Program:
     """The Program of one decode step on ``system`` for live requests whose caches hold
     ``contexts`` tokens each once this step's token is written (one entry per live request).
+
+    Args:
+        layers: lower only these of the system's layers (default: all of them; the timing
+            of a resident step lowers one, as every layer is the same).
+        phase: ``"decode"``, or ``"prefill"``: the ``contexts`` are the tokens of one
+            prompt chunk (token ``t`` attends to the ``t + 1`` first), processed together as
+            the vectors of the same matrix products; no sampling.
 
     Returns:
         A Program; ``meta`` holds ``sram_cycles`` (per kernel, cycles beyond the FMAC bound
@@ -251,7 +260,7 @@ def lower_decode_step(
     B = len(contexts)
     b = _Builder(lay, B, system)
     g = lay.graph
-    layers = lay.layers[system]
+    layers = lay.layers[system] if layers is None else layers
     streaming = lay.placement == "streaming"
     if system == 0:
         for op in g.prologue:
@@ -261,7 +270,7 @@ def lower_decode_step(
     for li in layers:
         blk = len(b.blocks)
         for op in g.layer:
-            pre = f"L{li}."
+            pre = f"{'prefill.' if phase == 'prefill' else ''}L{li}."
             if op.kind == "linear":
                 b.gemv(pre, op, li, blk)
             elif op.kind == "attention":
@@ -271,13 +280,16 @@ def lower_decode_step(
         if streaming:
             b.blocks.append(WeightBlock(blk, f"layer{li}", 0))
     if system == lay.systems - 1:
+        if phase == "prefill":
+            b.B = 1  # the LM head of the prompt's last token only
         blk = len(b.blocks)
         for op in g.epilogue:
             if op.kind == "lm_head":
                 b.gemv("", op, lay.cfg.n_layer, blk)
             else:
                 b.elementwise("", op, lay.cfg.n_layer, blk)
-        b.sampling(sampling, top_k)
+        if phase == "decode":
+            b.sampling(sampling, top_k)
         if streaming:
             b.blocks.append(WeightBlock(blk, "head", 0))
     blocks = []

@@ -189,9 +189,10 @@ class DecodeLayout:
         """K/V cache bytes per PE on ``system`` for the whole batch."""
         return self.batch * self.kv_slots_per_pe(system) * self.kv_slot_bytes()
 
-    def buffer_bytes(self) -> dict[str, int]:
-        """Working buffers per PE by kernel kind, bytes (the batch's vectors)."""
-        g, B, s = self.graph, self.batch, self.elem_bytes
+    def buffer_bytes(self, batch: int | None = None) -> dict[str, int]:
+        """Working buffers per PE by kernel kind, bytes, for ``batch`` vectors (default the
+        layout's batch)."""
+        g, B, s = self.graph, (self.batch if batch is None else batch), self.elem_bytes
         k_max = n_max = 0
         for op in (*g.layer, *g.epilogue):
             if op.kind in ("linear", "lm_head"):
@@ -230,6 +231,15 @@ class DecodeLayout:
             "free": cap - (w + kv + buf),
             "max_context_x_batch": int(room),
         }
+
+    def prefill_chunk(self, prompt_len: int) -> int:
+        """Prompt tokens a resident prefill processes at once: as many as the buffers of
+        that many vectors fit beside the weights, the whole batch's K/V cache and the decode
+        buffers, at most ``prompt_len`` and at least 1."""
+        worst = self.worst_sram()
+        per = sum(self.buffer_bytes(1).values())
+        room = worst["capacity"] - worst["weights"] - worst["kv_cache"]
+        return int(max(1, min(prompt_len, room // max(per, 1))))
 
     def worst_sram(self) -> dict:
         """:meth:`sram` of the most loaded system, with its index as ``system``."""
