@@ -1,5 +1,5 @@
-"""The ``wse-sim`` command line: ``run``, ``train``, ``sweep``, ``plot``, ``arch list|show``,
-``models list``.
+"""The ``wse-sim`` command line: ``run``, ``train``, ``generate`` (:mod:`gpt_workload.cli_generate`),
+``sweep``, ``plot``, ``arch list|show``, ``models list``.
 
 Every user error (:class:`wse_sim.errors.WseSimError`, bad files) prints one line
 ``wse-sim: error: ...`` on stderr and exits with status 2; no traceback.
@@ -481,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", help="write the training report as JSON")
     tr.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     tr.set_defaults(func=_cmd_train)
-    from gpt_workload import plots, sweep
+    from gpt_workload import cli_generate, plots, sweep
 
+    cli_generate.add_parser(sub)
     sweep.add_parser(sub)
     plots.add_parser(sub)
     a = sub.add_parser("arch", help="architecture presets")

@@ -21,7 +21,8 @@ live requests; ``s`` bytes per element; partial sums fp32):
   - ``attention``: ``attention.gather`` (the group's q and the new k, v down each band's
     columns), ``attention`` (scores, softmax partials and weighted values over the PE's
     cached tokens, then the log-sum-exp merge along the band's rows), ``attention.merge``
-    (the merge along the band's columns). Only the PEs holding cached tokens take part.
+    (the merge along the band's columns). Only the PEs holding cached tokens take part, one
+    PE class per (band, request), so a request's merge runs on its own PEs.
 * ``norm_f``, ``lm_head`` (a GEMV over the vocabulary) and ``sampling`` (last system): local
   arg-max (or top-k) of each PE's logit slice, merged by an all-reduce of (value, index)
   pairs along the other axis, so every PE knows the token.
@@ -54,12 +55,15 @@ def sampling_wavelets(sampling: str, top_k: int) -> int:
     return 2 if sampling == "greedy" else 2 * max(top_k, 1)
 
 
-def attention_occupancy(lay: DecodeLayout, contexts: list[int]) -> tuple[int, int]:
-    """``(PEs per band holding cached tokens, tokens the busiest of them holds)`` for live
-    requests with ``contexts`` cached tokens each (after this step's token is added)."""
+def attention_occupancy(lay: DecodeLayout, contexts: list[int]) -> tuple:
+    """``(PEs of its band each live request's cache of one layer takes, tokens the busiest
+    PE holds)`` for live requests with ``contexts`` cached tokens each (after this step's
+    token is written). Request ``i`` (in live order) starts at PE ``i x pes_per_request`` of
+    the band (row-major), wrapping around it."""
     bt = lay.block_tokens
-    used = min(max(math.ceil(max(contexts) / bt), 1), lay.band_pes)
-    busiest = sum(min(bt, c) for c in contexts)
+    used = tuple(min(max(math.ceil(c / bt), 1), lay.pes_per_request) for c in contexts)
+    per_pe = math.ceil(len(contexts) * lay.pes_per_request / lay.band_pes)
+    busiest = min(per_pe, len(contexts)) * min(bt, max(contexts))
     return used, busiest
 
 
@@ -164,49 +168,54 @@ class _Builder:
         dh = cfg.d_head
         group = lay.heads_per_band * (cfg.n_head // int(cfg.n_kv_heads))
         used, toks = attention_occupancy(lay, contexts)
-        key = f"att{used}"
+        key = "att" + ",".join(map(str, used))
+        n_req = len(used)
+        u = lay.pes_per_request
         if key not in self.maps:
             cmap = np.full((self.R, self.C), -1, np.int16)
             for b in range(lay.n_bands):
                 flat = np.full(lay.band_pes, -1, np.int16)
-                flat[:used] = b
+                for i, n in enumerate(used):
+                    idx = (np.arange(n) + i * u) % lay.band_pes
+                    flat[idx] = b * n_req + i
                 cmap[b * lay.band_rows:(b + 1) * lay.band_rows] = flat.reshape(
                     lay.band_rows, self.C)  # fmt: skip
             self.maps[key] = cmap
-        cols_used = min(used, self.C)
-        rows_used = math.ceil(used / self.C)
+        longest = max(used)
+        cols_used = min(longest, self.C)
+        rows_used = math.ceil(longest / self.C)
         macs = toks * group * dh * 2
         fm = macs / self.fmac
         sr = toks * 2 * dh * lay.heads_per_band * s / self.rd
-        vec_fm = toks * group * 5 / (2 * self.fmac)
-        busy = max(fm, sr) + vec_fm
+        busy = max(fm, sr) + toks * group * 5 / (2 * self.fmac)
         over = self.ovh * 6 * group
-        n_cls = lay.n_bands
-        cnt = np.bincount(self.maps[key][self.maps[key] >= 0].ravel(), minlength=n_cls)
+        n_cls = lay.n_bands * n_req
+        cmap = self.maps[key]
+        cnt = np.bincount(cmap[cmap >= 0].ravel(), minlength=n_cls)
 
         def classes(cyc):
-            fl = 2 * macs
-            return tuple(PEClass(b, int(cnt[b]), cyc[0], cyc[1], fl) for b in range(n_cls))
+            return tuple(PEClass(c, int(cnt[c]), cyc[0], cyc[1], 2 * macs) for c in range(n_cls))
 
-        n_att = lay.n_bands * used
+        per_req = min(B, lay.requests_per_pe)
+        lines = n_req * lay.n_bands
+        fab = lay.arch.fabric
         gather = line_transfer("q, k, v to the K/V PEs", line_pattern("bcast", "tree", "col"),
-                               rows_used, cols_used * lay.n_bands, (group + 2) * dh * B * s / 4,
-                               lay.arch.fabric)  # fmt: skip
+                               rows_used, cols_used * lines, (group + 2) * dh * per_req * s / 4,
+                               fab)  # fmt: skip
         self.add(f"{prefix}attention.gather", op.name, layer, (0.0, 0.0), 0.0, 0.0, (gather,),
                  cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip
-        part = (dh + 2) * group * B * ACC_BYTES / 4
+        part = (dh + 2) * group * per_req * ACC_BYTES / 4
         row = line_transfer("softmax-partial merge (rows)",
                             line_pattern("allreduce", "tree", "row"), cols_used,
-                            rows_used * lay.n_bands, part, lay.arch.fabric)  # fmt: skip
+                            rows_used * lines, part, fab)  # fmt: skip
         flops = 4 * dh * cfg.n_head * sum(contexts)
         self.add(f"{prefix}attention", op.name, layer, (busy, over), max(sr - fm, 0.0), flops,
                  (row,), cmap=key, classes=classes((busy, over)),
                  scratch=self.buffers["attention"])  # fmt: skip
-        del n_att
         if rows_used > 1:
             col = line_transfer("softmax-partial merge (columns)",
                                 line_pattern("allreduce", "tree", "col"), rows_used,
-                                cols_used * lay.n_bands, part, lay.arch.fabric)  # fmt: skip
+                                cols_used * lines, part, fab)  # fmt: skip
             self.add(f"{prefix}attention.merge", op.name, layer, (0.0, 0.0), 0.0, 0.0, (col,),
                      cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip
 

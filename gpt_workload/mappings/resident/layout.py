@@ -22,10 +22,12 @@ MemoryX and stream in at every decode step, one layer at a time, as in training;
   each column: every GEMV pays a broadcast across the wafer's width as well.
 
 **Attention** (:class:`gpt_workload.generation.split.KVSplit`): the rows are cut into one
-band per K/V head (``R // KV`` rows; several heads per row when ``KV > R``); the cached
-tokens of a head in one layer fill consecutive PEs of its band in row-major order,
-``block_tokens`` per PE per request, and the layers' caches follow one another around the
-band, so the band's PEs share all the layers' caches.
+band per K/V head (``R // KV`` rows; several heads per row when ``KV > R``). In one layer,
+request ``i``'s cached tokens of a head fill ``u = ceil(max_context / block_tokens)``
+consecutive PEs of its band in row-major order (from PE ``i u``), ``block_tokens =
+ceil(batch x max_context / band PEs)`` per PE, so the batch spreads over the band; the
+layers' caches follow one another around the band, so its PEs share all the layers' caches
+(:meth:`DecodeLayout.kv_slots_per_pe`).
 A new token's scores, softmax partials and weighted values are computed where its K/V are,
 merged by a tree all-reduce along the band's rows, then its columns.
 
@@ -78,7 +80,7 @@ class DecodeLayout:
             columns, replicated down the rows; ``"row"``: the other way).
         band_rows: rows per K/V head band; heads_per_band: K/V heads sharing a band's PEs.
         band_pes: PEs of one band (``band_rows x cols``).
-        block_tokens: cached tokens per PE per request per head.
+        block_tokens: cached tokens of one request, layer and head per PE.
         max_context: the longest context (prompt + new tokens) the layout was sized for.
         batch: requests held at once.
         layers: per system, the layers it holds.
@@ -138,7 +140,17 @@ class DecodeLayout:
             if op.kind in ("linear", "lm_head"):
                 kp, np_ = self.split_axes(self.orient[op.name])
                 gemv[op.name] = GemvSplit(kp, np_, self.reduce)
-        return DecodePlan(gemv, KVSplit(self.band_pes, self.block_tokens, "tree"))
+        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, "tree"))
+
+    @property
+    def pes_per_request(self) -> int:
+        """PEs of a band holding one request's cache of one layer and head."""
+        return math.ceil(self.max_context / self.block_tokens)
+
+    @property
+    def requests_per_pe(self) -> int:
+        """Requests whose caches (of one layer) share a PE (1 unless rounding wraps)."""
+        return math.ceil(self.batch * self.pes_per_request / self.band_pes)
 
     # ------------------------------------------------------------------ SRAM
     def weight_bytes_per_pe(self, system: int) -> dict[str, int]:
@@ -178,16 +190,15 @@ class DecodeLayout:
         return self.heads_per_band * 2 * self.cfg.d_head * self.elem_bytes
 
     def kv_slots_per_pe(self, system: int) -> int:
-        """Token-layer slots per request a PE holds on ``system``: each layer's cache takes
-        ``ceil(max_context / block_tokens)`` PEs of the band, ``block_tokens`` each, and the
-        layers' caches are laid one after another around the band (so a band's PEs share
-        the caches of all its layers evenly)."""
-        used = math.ceil(self.max_context / self.block_tokens)
-        return math.ceil(len(self.layers[system]) * used / self.band_pes) * self.block_tokens
+        """Cached tokens (of one head, any layer and request) a PE holds on ``system``: each
+        layer's caches take ``batch x pes_per_request`` PE blocks of ``block_tokens``, laid
+        one after another around the band."""
+        blocks = len(self.layers[system]) * self.batch * self.pes_per_request
+        return math.ceil(blocks / self.band_pes) * self.block_tokens
 
     def kv_bytes_per_pe(self, system: int) -> int:
         """K/V cache bytes per PE on ``system`` for the whole batch."""
-        return self.batch * self.kv_slots_per_pe(system) * self.kv_slot_bytes()
+        return self.kv_slots_per_pe(system) * self.kv_slot_bytes()
 
     def buffer_bytes(self, batch: int | None = None) -> dict[str, int]:
         """Working buffers per PE by kernel kind, bytes, for ``batch`` vectors (default the
@@ -205,7 +216,7 @@ class DecodeLayout:
         return {
             "gemv": B * (k_max * s + n_max * ACC_BYTES),
             "vectors": B * 3 * width * s,
-            "attention": B * (self.block_tokens * group * ACC_BYTES
+            "attention": min(B, self.requests_per_pe) * (self.block_tokens * group * ACC_BYTES
                               + group * (dh + 2) * ACC_BYTES + (group + 2) * dh * s),
             "streamed_weights": (2 * k_max * n_max * s if self.placement == "streaming" else 0),
         }  # fmt: skip
@@ -361,7 +372,7 @@ def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, r
     else:
         band_rows, heads_per_band = 1, math.ceil(KV / R)
     band_pes = band_rows * C
-    block = max(math.ceil(max_context / band_pes), 1)
+    block = max(math.ceil(batch * max_context / band_pes), 1)
     return DecodeLayout(
         cfg=cfg,
         arch=arch,
