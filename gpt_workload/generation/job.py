@@ -10,9 +10,11 @@ the first ``check_requests`` requests through the per-PE kernels on the layout's
 :class:`gpt_workload.report.Report` whose ``generation`` block holds the serving metrics:
 
 * per request: ``prompt_len``, ``new_tokens``, ``ttft_s`` (time to first token: the end of its
-  prefill, prefills running one after another), ``finish_s``, ``tpot_s`` (time per output
-  token after the first: ``(finish - ttft) / (new_tokens - 1)``), ``tokens_per_s``
-  (``1 / tpot``; the decode rate a user of that request sees);
+  prefill, prefills running one after another), ``queue_s`` (from its first token until the
+  batch's decode steps start, once every prefill is done), ``finish_s``, ``tpot_s`` (time
+  per output token after the first, over the decode steps: ``(finish - decode start) /
+  (new_tokens - 1)``), ``tokens_per_s`` (``1 / tpot``; the decode rate a user of that
+  request sees);
 * aggregate: ``tokens_per_s`` (all new tokens / the run's time), ``decode_tokens_per_s``
   (tokens produced by decode steps / decode time), mean TTFT and TPOT;
 * ``sram``: bytes per PE (weights, K/V cache, buffers, capacity) of the most loaded system
@@ -180,6 +182,7 @@ def _schedule(reqs, timer: StepTimer, lay):
         per.append({"request": r.index, "prompt_len": r.prompt_len, "new_tokens": r.new_tokens,
                     "ttft_s": t, "finish_s": t})  # fmt: skip
     steps = []
+    decode_start = t
     k = 1
     while True:
         live = [r for r in reqs if r.new_tokens - 1 >= k]
@@ -196,7 +199,8 @@ def _schedule(reqs, timer: StepTimer, lay):
         k += 1
     for p in per:
         n = p["new_tokens"]
-        p["tpot_s"] = (p["finish_s"] - p["ttft_s"]) / (n - 1) if n > 1 else None
+        p["queue_s"] = decode_start - p["ttft_s"]
+        p["tpot_s"] = (p["finish_s"] - decode_start) / (n - 1) if n > 1 else None
         p["tokens_per_s"] = 1.0 / p["tpot_s"] if p["tpot_s"] else None
     return per, steps, t
 
