@@ -18,12 +18,13 @@ __all__ = ["add_parser", "cmd_generate"]
 def _systems(text: str):
     if text == "auto":
         return "auto"
+    bad = ConfigError(f"--systems {text!r} is not allowed: expected an integer >= 1 or auto")
     try:
         v = int(text)
     except ValueError:
-        raise ConfigError(f"--systems {text!r} is not allowed: expected an integer >= 1 or auto") from None
+        raise bad from None
     if v < 1:
-        raise ConfigError(f"--systems {text!r} is not allowed: expected an integer >= 1 or auto")
+        raise bad
     return v
 
 
@@ -97,33 +98,45 @@ def add_parser(sub) -> None:
 
     g = sub.add_parser("generate", help="serve requests: prefill, then decode with a K/V cache")
     g.add_argument("--model", default="llama-3-8b",
-                   help="preset name, config.json path or checkpoint directory")  # fmt: skip
+                   help="preset name, config.json path or checkpoint directory")
     g.add_argument("--arch", default="wse2", help="preset name or arch TOML file")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompt-tokens", metavar="IDS.npy", help=".npy of int ids [T] or [K, T]")
-    src.add_argument("--prompt", metavar="TEXT",
-                     help="prompt text (needs tokenizer.json in the checkpoint directory)")  # fmt: skip
-    g.add_argument("--prompt-len", type=int, default=None,
-                   help="prompt tokens per request without --prompt/--prompt-tokens (default 32)")  # fmt: skip
+    src.add_argument(
+        "--prompt", metavar="TEXT",
+        help="prompt text (needs tokenizer.json in the checkpoint directory)",
+    )  # fmt: skip
+    g.add_argument(
+        "--prompt-len", type=int, default=None,
+        help="prompt tokens per request without --prompt/--prompt-tokens (default 32)",
+    )  # fmt: skip
     g.add_argument("--new-tokens", type=int, default=32, help="new tokens per request (>= 1)")
     g.add_argument("--batch", type=int, default=1, help="concurrent requests")
     g.add_argument("--spread", type=float, default=0.0,
                    help="draw each request's prompt and output lengths uniformly within "
                         "+-SPREAD of the given ones (seeded; 0 = fixed)")  # fmt: skip
     g.add_argument("--systems", default="1", help="wafers in the pipeline, or auto")
-    g.add_argument("--placement", default="resident", choices=PLACEMENTS,
-                   help="weights resident in SRAM, or streamed from MemoryX every step")  # fmt: skip
-    g.add_argument("--gemv", default="mesh", choices=GEMVS,
-                   help="matrix-vector layout: mesh (MeshGEMV, alternating axes) or rowcol")  # fmt: skip
+    g.add_argument(
+        "--placement", default="resident", choices=PLACEMENTS,
+        help="weights resident in SRAM, or streamed from MemoryX every step",
+    )  # fmt: skip
+    g.add_argument(
+        "--gemv", default="mesh", choices=GEMVS,
+        help="matrix-vector layout: mesh (MeshGEMV, alternating axes) or rowcol",
+    )  # fmt: skip
     g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
     g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
     g.add_argument("--top-k", type=int, default=0, help="top-k sampling: K most likely tokens")
-    g.add_argument("--fidelity", default="event",
-                   help="event (SimPy), analytic (closed form) or packet (every router, <= 64x64)")  # fmt: skip
-    g.add_argument("--check-requests", type=int, default=0,
-                   help="requests whose tokens run through the per-PE kernels (0 = timing only)")  # fmt: skip
+    g.add_argument(
+        "--fidelity", default="event",
+        help="event (SimPy), analytic (closed form) or packet (every router, <= 64x64)",
+    )  # fmt: skip
+    g.add_argument(
+        "--check-requests", type=int, default=0,
+        help="requests whose tokens run through the per-PE kernels (0 = timing only)",
+    )  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="weights, random prompts and sampling")
     g.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE",
                    help="override an arch field (repeatable)")  # fmt: skip

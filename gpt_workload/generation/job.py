@@ -195,7 +195,8 @@ def _schedule(reqs, timer: StepTimer, lay):
         for r in live:
             per[r.index]["finish_s"] = t
         steps.append({"step": k, "requests": len(live), "max_context": max(ctx), "time_s": dt,
-                      "intersystem_s": x, "flops": flops, "weight_bytes": wbytes, **bound})  # fmt: skip
+                      "intersystem_s": x, "flops": flops, "weight_bytes": wbytes,
+                      **bound})  # fmt: skip
         k += 1
     for p in per:
         n = p["new_tokens"]

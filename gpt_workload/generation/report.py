@@ -40,7 +40,8 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
         if lay.placement == "resident"
         else f"streaming:gemv={lay.gemv},reduce={lay.reduce}"
     )
-    util = timer.busy_pe_cycles / (arch.n_pe * lay.systems * total * arch.pe.clock_hz) if total else 0.0
+    pe_cycles = arch.n_pe * lay.systems * total * arch.pe.clock_hz
+    util = timer.busy_pe_cycles / pe_cycles if total else 0.0
     io_bytes = sum(s["weight_bytes"] for s in steps) if lay.placement == "streaming" else 0.0
     gen = {
         "placement": lay.placement,
@@ -121,6 +122,7 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
     a = g["aggregate"]
     s = g["sram"]
     tot = r.totals.get("total_s", 0.0) or 1.0
+    ratio = r.roofline["decode_s"] / max(r.roofline["decode_bound_s"], 1e-30)
     split = ", ".join(f"{k[:-2]} {r.totals[k] / tot:.1%}" for k in SPLIT_KEYS)
     rows = [
         ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} PEs per system, "
@@ -142,7 +144,7 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
                         f"batch that fits {s['max_context_x_batch']:,}"),
         ("time split", split),
         ("decode bound", f"{si(r.roofline['decode_bound_s'], 's')}; simulated / bound = "
-                         f"{r.roofline['decode_s'] / max(r.roofline['decode_bound_s'], 1e-30):.2f}"),
+                         f"{ratio:.2f}"),
     ]  # fmt: skip
     num = r.numerics
     if "tokens" in num:

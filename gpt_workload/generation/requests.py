@@ -52,7 +52,9 @@ def read_prompt_tokens(path: str | Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--prompt-tokens {str(path)!r}: cannot read a .npy array ({exc})") from None
+        raise ConfigError(
+            f"--prompt-tokens {str(path)!r}: cannot read a .npy array ({exc})"
+        ) from None
     return check_prompt_array(arr, "--prompt-tokens")
 
 
@@ -90,11 +92,17 @@ def load_tokenizer(model: str):
     try:
         from tokenizers import Tokenizer
     except ImportError:  # pragma: no cover - installed with the test extras
-        raise ConfigError("--prompt text needs the 'tokenizers' package (pip install tokenizers)") from None
+        raise ConfigError(
+            "--prompt text needs the 'tokenizers' package (pip install tokenizers)"
+        ) from None
     try:
         return Tokenizer.from_file(str(tj))
     except Exception as exc:  # noqa: BLE001 - the library raises its own exception types
         raise ConfigError(f"{str(tj)!r} is not a readable tokenizer.json ({exc})") from None
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
 
 
 def make_requests(
@@ -114,7 +122,7 @@ def make_requests(
             context (prompt + new tokens) past ``n_positions``, ``spread`` outside ``[0,
             1)``, a prompt length below 1.
     """
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, (int, np.integer)) or new_tokens < 1:
+    if not _is_int(new_tokens) or new_tokens < 1:
         raise ConfigError(f"--new-tokens {new_tokens!r} is not allowed: expected an integer >= 1")
     if not (isinstance(spread, (int, float)) and 0.0 <= float(spread) < 1.0):
         raise ConfigError(f"--spread {spread!r} is not allowed: expected a number in [0, 1)")
@@ -132,7 +140,7 @@ def make_requests(
             prompt_len = prompt_tokens.shape[1]
     if prompt_len is None:
         prompt_len = min(32, cfg.n_positions)
-    if isinstance(prompt_len, bool) or not isinstance(prompt_len, (int, np.integer)) or prompt_len < 1:
+    if not _is_int(prompt_len) or prompt_len < 1:
         raise ConfigError(f"--prompt-len {prompt_len!r} is not allowed: expected an integer >= 1")
     rng = np.random.default_rng(seed)
     out = []

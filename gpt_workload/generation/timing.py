@@ -31,7 +31,6 @@ turns, RAMP and relay terms of [HPDC24]); the simulated step is never below it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 
 from gpt_workload.mappings.resident.decode import attention_occupancy, lower_decode_step
@@ -222,7 +221,7 @@ class StepTimer:
         as the layer timed, their time scaled by the system's layer count (``layer`` then
         names the first layer of the system and ``layers`` how many it stands for)."""
         out = []
-        for (phase, layer, op), d in sorted(self.split.items(), key=lambda x: (x[0][0], x[0][1], x[0][2])):
+        for (phase, layer, op), d in sorted(self.split.items()):
             row = {"phase": phase, "layer": layer, "op": op}
             for k in ("compute_s", "sram_s", "fabric_s", "io_s", "intersystem_s"):
                 row[k] = float(d.get(k, 0.0))
@@ -238,7 +237,8 @@ def decode_flops(lay: DecodeLayout, contexts: list[int]) -> float:
     weighted values)."""
     g = lay.graph
     mat = sum(g.param_elems(op) for op in g.layer if op.kind == "linear")
-    mat = mat * lay.cfg.n_layer + sum(g.param_elems(op) for op in g.epilogue if op.kind == "lm_head")
+    head = sum(g.param_elems(op) for op in g.epilogue if op.kind == "lm_head")
+    mat = mat * lay.cfg.n_layer + head
     att = 4 * lay.cfg.d_head * lay.cfg.n_head * lay.cfg.n_layer * sum(contexts)
     return float(2 * mat * len(contexts) + att)
 

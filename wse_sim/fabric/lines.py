@@ -41,7 +41,6 @@ backend, which the tests hold the closed forms to.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
@@ -100,7 +99,8 @@ def zero_load_schedule(
     critical path (the last PE's copy of the result); ``cycles`` includes the serialisation.
     RAMP contention between the reduce and the multicast back at a relay PE is not counted
     (the packet backend shows it adds up to ~0.4 n on a chain)."""
-    h, r, f = fabric.hop_latency_cycles, fabric.ramp_latency_cycles, fabric.pe_forward_latency_cycles
+    h, r = fabric.hop_latency_cycles, fabric.ramp_latency_cycles
+    f = fabric.pe_forward_latency_cycles
     rate = min(fabric.link_bits_per_cycle / 32.0, fabric.ramp_wavelets_per_cycle)
     ser = n / rate
     head = [(0.0, 0, 0)] * p  # (time the PE may start sending, hops, relays) on the head path

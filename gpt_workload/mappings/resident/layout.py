@@ -316,8 +316,10 @@ def make_layout(
     L = cfg.n_layer
     if systems == "auto":
         if placement == "streaming":
-            return make_layout(cfg, arch, precision=precision, placement=placement, systems=1,
-                               batch=batch, max_context=max_context, gemv=gemv, reduce=reduce)  # fmt: skip
+            return make_layout(
+                cfg, arch, precision=precision, placement=placement, systems=1, batch=batch,
+                max_context=max_context, gemv=gemv, reduce=reduce,
+            )  # fmt: skip
         last = None
         for s in range(1, L + 1):
             lay = _build(cfg, arch, precision, placement, s, batch, max_context, gemv, reduce)
