@@ -180,3 +180,19 @@ def test_cli_prompt_id_outside_vocabulary(capsys, tmp_path):
 def test_cli_check_requests_without_numerics(capsys, tmp_path):
     rc, err, out = _run(capsys, tmp_path, "--model", "gpt-tiny", "--check-requests", "1")
     assert rc == 2 and "not built in this tree" in err and not out.exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_generate_tokens_equal_hf_greedy(tiny_checkpoints, family):
+    """With the generation numerics in the tree, generate()'s checked request follows the
+    layout's DecodePlan and gives Hugging Face's greedy tokens."""
+    pytest.importorskip("gpt_workload.generation.numerics")
+    torch = pytest.importorskip("torch")
+    d, model = tiny_checkpoints[family]
+    prompt = np.random.default_rng(1).integers(0, 97, size=16)
+    r = generate(str(d), "grid32", prompt_tokens=prompt, new_tokens=8, check_requests=1,
+                 precision="fp32", fidelity="analytic")  # fmt: skip
+    with torch.no_grad():
+        out = model.generate(torch.tensor(prompt)[None], max_new_tokens=8, do_sample=False,
+                             attention_mask=torch.ones(1, 16, dtype=torch.long))  # fmt: skip
+    assert r.numerics["tokens"][0] == out[0, 16:].tolist()
