@@ -1,5 +1,10 @@
 """Prefill of one request: the forward pass over its prompt, keeping K and V in the cache.
 
+:class:`gpt_workload.generation.timing.StepTimer` times a ``streaming`` prefill with this
+whole-sequence lowering; a ``resident`` prefill there runs the prompt through the decode
+layout's resident tiles in chunks instead (:func:`.decode.lower_decode_step` with
+``phase="prefill"``). Both placements are lowered here for comparison.
+
 The forward pass is the existing whole-sequence lowering (``weight_streaming``,
 :mod:`gpt_workload.lowering` / :mod:`gpt_workload.lowering_graph`, every family) of the
 system's layers, for one sequence of the prompt's length:
