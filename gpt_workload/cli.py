@@ -1,5 +1,6 @@
-"""The ``wse-sim`` command line: ``run``, ``train``, ``sweep``, ``plot``, ``arch list|show``,
-``models list``, ``validate`` and ``kernel gemm|collective`` (:mod:`gpt_workload.cli_validate`).
+"""The ``wse-sim`` command line: ``run``, ``train``, ``generate`` (:mod:`gpt_workload.cli_generate`),
+``sweep``, ``plot``, ``arch list|show``, ``models list``, ``validate`` and
+``kernel gemm|collective`` (:mod:`gpt_workload.cli_validate`).
 
 Every user error (:class:`wse_sim.errors.WseSimError`, bad files) prints one line
 ``wse-sim: error: ...`` on stderr and exits with status 2; no traceback.
@@ -499,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", help="write the training report as JSON")
     tr.add_argument("--allow-nonfinite", action="store_true", help=_ALLOW_NONFINITE_HELP)
     tr.set_defaults(func=_cmd_train)
-    from gpt_workload import cli_validate, plots, sweep
+    from gpt_workload import cli_generate, cli_validate, plots, sweep
 
+    cli_generate.add_parser(sub)
     sweep.add_parser(sub)
     plots.add_parser(sub)
     cli_validate.add_parser(sub)

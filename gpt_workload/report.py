@@ -110,6 +110,9 @@ class Report:
     program: Any = field(default=None, repr=False)
     notices: list[str] = field(default_factory=list)
     health: dict = field(default_factory=lambda: {"status": "not_checked"})
+    #: the serving metrics of a ``generate`` run (:mod:`gpt_workload.generation.job`); empty
+    #: for ``run``
+    generation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-safe report (maps, logits and program left out; see :meth:`save_maps`):

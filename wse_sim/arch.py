@@ -182,7 +182,8 @@ class FabricConfig:
 class IOConfig:
     """Off-wafer I/O: MemoryX weight ingress and gradient egress at the wafer edge; the
     MemoryX optimizer update rate and the SwarmX interconnect of data-parallel systems
-    (used by training only)."""
+    (used by training only); the link activations cross between the systems of a serving
+    pipeline (``generate`` with several systems, weights resident)."""
 
     ingress_bytes_per_s: float = _f(0, 1e16, "MemoryX -> wafer bandwidth, bytes/s", lo_open=True)
     egress_bytes_per_s: float = _f(0, 1e16, "wafer -> MemoryX bandwidth, bytes/s", lo_open=True)
@@ -198,6 +199,10 @@ class IOConfig:
         0, 1e16, "SwarmX bandwidth per system link, bytes/s (data parallel)", lo_open=True
     )
     swarmx_latency_s: float = _f(0, 1.0, "SwarmX latency per tree level, s")
+    intersystem_bytes_per_s: float = _f(
+        0, 1e16, "activation link between pipelined systems (serving), bytes/s", lo_open=True
+    )
+    intersystem_latency_s: float = _f(0, 1.0, "latency of one crossing between systems, s")
 
     def __post_init__(self) -> None:
         _check_range("io", self)

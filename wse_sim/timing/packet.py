@@ -56,6 +56,8 @@ from wse_sim.errors import ConfigError
 from wse_sim.fabric.engines import ENGINES
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
+from wse_sim.fabric.lines import LINE_PATTERNS
+from wse_sim.fabric.lines import expand as expand_line
 from wse_sim.fabric.routing import RouteTable, tree_route, xy_path, xy_route
 from wse_sim.fabric.stats import FabricStats
 from wse_sim.fabric.topology import Mesh
@@ -77,7 +79,7 @@ PATTERNS = (
     "multicast_chain",
     "allreduce_head",
     "exchange_head",
-)
+) + tuple(LINE_PATTERNS)  # the line collectives of the decode lowering: wse_sim.fabric.lines
 INF = float("inf")
 
 
@@ -213,7 +215,10 @@ class _KernelRun:
         for t in k.transfers:
             if t.max_link_bytes <= 0:
                 continue
-            getattr(self, "_" + t.pattern)(t, msgs, has_weights)
+            if t.pattern in LINE_PATTERNS:
+                expand_line(self, t, msgs)
+            else:
+                getattr(self, "_" + t.pattern)(t, msgs, has_weights)
         self.eng.clear_routes()
         self.eng.install(self.table)
         self.flow = Dataflow(self.eng, self.fwd, on_message=self._on_message)

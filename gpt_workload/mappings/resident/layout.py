@@ -1,0 +1,396 @@
+"""Where a served model lives on the wafer(s): the decode layout and its SRAM budget.
+
+**Placement.** ``resident``: every weight sits in PE SRAM for the whole run (Cerebras
+inference, WaferLLM). The layers are split as evenly as possible over ``S`` systems
+(wafers) in a pipeline (layer ``l`` on system ``l * S // L``-ish, :func:`split_layers`); the
+embedding on the first, the final norm and LM head on the last (a tied table is held twice
+when they differ, as Megatron-LM does). Within a system every matrix of every layer it holds
+is tiled over the whole ``R x C`` grid, so each PE holds one tile of each (WaferLLM's
+decode layout; He et al., OSDI 2025, section 4.2). ``streaming``: the weights live in
+MemoryX and stream in at every decode step, one layer at a time, as in training; one system.
+
+**Matrix-vector products** (the ``gemv`` knob; :class:`gpt_workload.generation.split.GemvSplit`):
+
+* ``mesh`` (default; WaferLLM's MeshGEMV): a vector lives split along one grid axis and
+  replicated along the other. A GEMV whose input is split over the columns holds ``K``
+  over the columns and ``N`` over the rows; each PE multiplies its tile, then the partial
+  sums are all-reduced along each row (tree or chain, the ``reduce`` knob), which leaves the
+  output split over the rows and replicated along them: the next GEMV holds its matrix the
+  other way round. The orientation alternates, so no vector is ever transposed.
+* ``rowcol`` (plain): every GEMV holds ``K`` over the rows and ``N`` over the columns; its
+  input is broadcast along the rows from the west column, the partials all-reduced along
+  each column: every GEMV pays a broadcast across the wafer's width as well.
+
+**Attention** (:class:`gpt_workload.generation.split.KVSplit`): the rows are cut into one
+band per K/V head (``R // KV`` rows; several heads per row when ``KV > R``). In one layer,
+request ``i``'s cached tokens of a head fill ``u = ceil(max_context / block_tokens)``
+consecutive PEs of its band in row-major order (from PE ``i u``), ``block_tokens =
+ceil(batch x max_context / band PEs)`` per PE, so the batch spreads over the band; the
+layers' caches follow one another around the band, so its PEs share all the layers' caches
+(:meth:`DecodeLayout.kv_slots_per_pe`).
+A new token's scores, softmax partials and weighted values are computed where its K/V are,
+merged by a tree all-reduce along the band's rows, then its columns.
+
+**SRAM per PE** (:meth:`DecodeLayout.sram`): weight tiles, the K/V blocks of every layer of
+the system for every request, and the working buffers (the largest GEMV's input slice and
+fp32 partial sums, the attention scores, the residual and activation slices), against
+``pe.sram_usable_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gpt_workload.config import GPTConfig
+from gpt_workload.generation.split import DecodePlan, GemvSplit, KVSplit, bounds
+from gpt_workload.graph import Op, OpGraph
+from gpt_workload.models import build_graph
+from gpt_workload.precision import bytes_per_element
+from wse_sim.arch import ArchConfig
+from wse_sim.errors import ConfigError, FitError
+
+__all__ = ["PLACEMENTS", "GEMVS", "REDUCES", "DecodeLayout", "make_layout", "split_layers"]
+
+PLACEMENTS = ("resident", "streaming")
+GEMVS = ("mesh", "rowcol")
+REDUCES = ("tree", "chain")
+ACC_BYTES = 4  # fp32 partial sums and attention partials
+
+
+def split_layers(n_layer: int, systems: int) -> list[range]:
+    """The layers each of ``systems`` wafers holds: contiguous, as even as possible (the first
+    ``n_layer % systems`` one more)."""
+    b = bounds(n_layer, systems)
+    return [range(int(b[i]), int(b[i + 1])) for i in range(systems)]
+
+
+def _tile(n: int, parts: int) -> int:
+    return -(-n // parts)
+
+
+@dataclass
+class DecodeLayout:
+    """The decode layout of one model on ``systems`` wafers of ``arch`` (see the module
+    docstring). Built by :func:`make_layout`.
+
+    Attributes:
+        rows, cols: the grid of each system.
+        orient: op name -> axis its *input* vector is split over (``"col"``: over the grid
+            columns, replicated down the rows; ``"row"``: the other way).
+        band_rows: rows per K/V head band; heads_per_band: K/V heads sharing a band's PEs.
+        band_pes: PEs of one band (``band_rows x cols``).
+        block_tokens: cached tokens of one request, layer and head per PE.
+        max_context: the longest context (prompt + new tokens) the layout was sized for.
+        batch: requests held at once.
+        layers: per system, the layers it holds.
+    """
+
+    cfg: GPTConfig
+    arch: ArchConfig
+    precision: str
+    placement: str
+    gemv: str
+    reduce: str
+    systems: int
+    batch: int
+    max_context: int
+    rows: int
+    cols: int
+    graph: OpGraph
+    orient: dict[str, str]
+    band_rows: int
+    heads_per_band: int
+    block_tokens: int
+    layers: list[range] = field(default_factory=list)
+
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes per stored element at the layout's precision."""
+        return bytes_per_element(self.precision)
+
+    @property
+    def band_pes(self) -> int:
+        """PEs of one K/V band."""
+        return self.band_rows * self.cols
+
+    @property
+    def n_bands(self) -> int:
+        """Bands in use (one per ``heads_per_band`` K/V heads)."""
+        return -(-int(self.cfg.n_kv_heads) // self.heads_per_band)
+
+    def split_axes(self, axis_in: str) -> tuple[int, int]:
+        """``(K pieces, N pieces)`` of a GEMV whose input is split over ``axis_in``."""
+        return (self.cols, self.rows) if axis_in == "col" else (self.rows, self.cols)
+
+    def reduce_axis(self, axis_in: str) -> str:
+        """The grid axis whose lines all-reduce the partials: along the rows (``"row"``)
+        when ``K`` is split over the columns."""
+        return "row" if axis_in == "col" else "col"
+
+    def gemv_dims(self, op: Op) -> tuple[int, int]:
+        """``(K, N)`` of a linear or LM-head op."""
+        dm = self.graph.dims
+        return dm[op.attrs["n_in"]], dm[op.attrs["n_out"]]
+
+    def plan(self) -> DecodePlan:
+        """The :class:`DecodePlan` the numerics follow: every GEMV's split and the K/V split."""
+        gemv = {}
+        for op in (*self.graph.layer, *self.graph.epilogue):
+            if op.kind in ("linear", "lm_head"):
+                kp, np_ = self.split_axes(self.orient[op.name])
+                gemv[op.name] = GemvSplit(kp, np_, self.reduce)
+        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, "tree"))
+
+    @property
+    def pes_per_request(self) -> int:
+        """PEs of a band holding one request's cache of one layer and head."""
+        return math.ceil(self.max_context / self.block_tokens)
+
+    @property
+    def requests_per_pe(self) -> int:
+        """Requests whose caches (of one layer) share a PE (1 unless rounding wraps)."""
+        return math.ceil(self.batch * self.pes_per_request / self.band_pes)
+
+    # ------------------------------------------------------------------ SRAM
+    def weight_bytes_per_pe(self, system: int) -> dict[str, int]:
+        """Weight bytes per PE on ``system`` by op name (the largest tile; resident only)."""
+        if self.placement != "resident":
+            return {}
+        g, s = self.graph, self.elem_bytes
+        out: dict[str, int] = {}
+        n_layers = len(self.layers[system])
+        d = g.dims["d"]
+        for op in g.layer:
+            out[op.name] = n_layers * self._op_tile_elems(op) * s
+        if system == 0:
+            for op in g.prologue:
+                rows = g.dims["V"] if op.kind == "embedding" else self.cfg.n_positions
+                out[op.name] = _tile(rows, self.rows) * _tile(d, self.cols) * s
+        if system == self.systems - 1:
+            for op in g.epilogue:
+                out[op.name] = self._op_tile_elems(op) * s
+            if self.cfg.tie_embeddings and system == 0:
+                out["lm_head"] = 0  # the embedding table is the head
+        return out
+
+    def _op_tile_elems(self, op: Op) -> int:
+        if op.kind in ("linear", "lm_head"):
+            K, N = self.gemv_dims(op)
+            kp, np_ = self.split_axes(self.orient[op.name])
+            return _tile(K, kp) * _tile(N, np_) + (_tile(N, np_) if len(op.params) > 1 else 0)
+        if op.kind == "norm":
+            p = self.cols if self.orient[op.name] == "col" else self.rows
+            return _tile(self.graph.dims["d"], p) * len(op.params)
+        return 0
+
+    def kv_slot_bytes(self) -> int:
+        """K and V bytes of one cached token of one layer and one request on a PE (every
+        head sharing the PE)."""
+        return self.heads_per_band * 2 * self.cfg.d_head * self.elem_bytes
+
+    def kv_slots_per_pe(self, system: int) -> int:
+        """Cached tokens (of one head, any layer and request) a PE holds on ``system``: each
+        layer's caches take ``batch x pes_per_request`` PE blocks of ``block_tokens``, laid
+        one after another around the band."""
+        blocks = len(self.layers[system]) * self.batch * self.pes_per_request
+        return math.ceil(blocks / self.band_pes) * self.block_tokens
+
+    def kv_bytes_per_pe(self, system: int) -> int:
+        """K/V cache bytes per PE on ``system`` for the whole batch."""
+        return self.kv_slots_per_pe(system) * self.kv_slot_bytes()
+
+    def buffer_bytes(self, batch: int | None = None) -> dict[str, int]:
+        """Working buffers per PE by kernel kind, bytes, for ``batch`` vectors (default the
+        layout's batch)."""
+        g, B, s = self.graph, (self.batch if batch is None else batch), self.elem_bytes
+        k_max = n_max = 0
+        for op in (*g.layer, *g.epilogue):
+            if op.kind in ("linear", "lm_head"):
+                K, N = self.gemv_dims(op)
+                kp, np_ = self.split_axes(self.orient[op.name])
+                k_max, n_max = max(k_max, _tile(K, kp)), max(n_max, _tile(N, np_))
+        width = max(_tile(g.dims["ff"], min(self.rows, self.cols)), _tile(g.dims["qkv"], self.rows))
+        group = self.heads_per_band * (self.cfg.n_head // int(self.cfg.n_kv_heads))
+        dh = self.cfg.d_head
+        return {
+            "gemv": B * (k_max * s + n_max * ACC_BYTES),
+            "vectors": B * 3 * width * s,
+            "attention": min(B, self.requests_per_pe) * (self.block_tokens * group * ACC_BYTES
+                              + group * (dh + 2) * ACC_BYTES + (group + 2) * dh * s),
+            "streamed_weights": (2 * k_max * n_max * s if self.placement == "streaming" else 0),
+        }  # fmt: skip
+
+    def sram(self, system: int = 0) -> dict:
+        """SRAM per PE on ``system``: ``weights``, ``kv_cache``, ``buffers``, ``total``,
+        ``capacity`` (bytes), ``free`` (capacity - total), and the largest context x batch
+        that fits (``max_context_x_batch``: cached tokens per head summed over the requests,
+        when the caches fill every free byte of the bands)."""
+        w = sum(self.weight_bytes_per_pe(system).values())
+        kv = self.kv_bytes_per_pe(system)
+        buf = sum(self.buffer_bytes().values())
+        cap = self.arch.pe.sram_usable_bytes
+        slots = max(cap - w - buf, 0) // self.kv_slot_bytes()
+        n_layers = max(len(self.layers[system]), 1)
+        room = slots * self.band_pes // n_layers
+        return {
+            "weights": w,
+            "kv_cache": kv,
+            "buffers": buf,
+            "total": w + kv + buf,
+            "capacity": cap,
+            "free": cap - (w + kv + buf),
+            "max_context_x_batch": int(room),
+        }
+
+    def prefill_chunk(self, prompt_len: int) -> int:
+        """Prompt tokens a resident prefill processes at once: as many as the buffers of
+        that many vectors fit beside the weights, the whole batch's K/V cache and the decode
+        buffers, at most ``prompt_len`` and at least 1."""
+        worst = self.worst_sram()
+        per = sum(self.buffer_bytes(1).values())
+        room = worst["capacity"] - worst["weights"] - worst["kv_cache"]
+        return int(max(1, min(prompt_len, room // max(per, 1))))
+
+    def worst_sram(self) -> dict:
+        """:meth:`sram` of the most loaded system, with its index as ``system``."""
+        rows = [dict(self.sram(i), system=i) for i in range(self.systems)]
+        return max(rows, key=lambda r: r["total"])
+
+
+def _orientations(g: OpGraph, gemv: str) -> dict[str, str]:
+    """Axis each op's input vector is split over (see the module docstring)."""
+    where = {"x": "col", "tokens": "col"}
+    out: dict[str, str] = {}
+    for op in (*g.prologue, *g.layer, *g.epilogue):
+        src = op.inputs[0]
+        axis = where.get(src, "col")
+        if op.kind in ("linear", "lm_head"):
+            if gemv == "rowcol":
+                axis = "row"
+            out[op.name] = axis
+            res = "row" if axis == "col" else "col"
+        elif op.kind == "attention":
+            out[op.name] = axis
+            res = axis
+        else:
+            out[op.name] = axis
+            res = axis
+        for o in op.outputs:
+            where[o] = res
+        if op.name in ("residual_2", "residual") and where.get("out") != "col":
+            raise ConfigError(f"decode layout: the residual stream changed axis at {op.name}")
+    return out
+
+
+def make_layout(
+    cfg: GPTConfig,
+    arch: ArchConfig,
+    *,
+    precision: str,
+    placement: str = "resident",
+    systems: int | str = 1,
+    batch: int = 1,
+    max_context: int,
+    gemv: str = "mesh",
+    reduce: str = "tree",
+) -> DecodeLayout:
+    """The decode layout of ``cfg`` for ``batch`` requests of up to ``max_context`` tokens.
+
+    Args:
+        systems: wafers in the pipeline, or ``"auto"``: the fewest whose SRAM holds the
+            weights, the K/V cache and the buffers.
+
+    Raises:
+        ConfigError: unknown placement, gemv or reduce; more systems than layers; streaming
+            with more than one system.
+        FitError: it does not fit: the bytes per PE short (and, for ``"auto"``, that no
+            number of systems up to the layer count fits).
+    """
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"placement={placement!r} unknown; allowed: {', '.join(PLACEMENTS)}")
+    if gemv not in GEMVS:
+        raise ConfigError(f"gemv={gemv!r} unknown; allowed: {', '.join(GEMVS)}")
+    if reduce not in REDUCES:
+        raise ConfigError(f"reduce={reduce!r} unknown; allowed: {', '.join(REDUCES)}")
+    L = cfg.n_layer
+    if systems == "auto":
+        if placement == "streaming":
+            return make_layout(
+                cfg, arch, precision=precision, placement=placement, systems=1, batch=batch,
+                max_context=max_context, gemv=gemv, reduce=reduce,
+            )  # fmt: skip
+        last = None
+        for s in range(1, L + 1):
+            lay = _build(cfg, arch, precision, placement, s, batch, max_context, gemv, reduce)
+            last = lay.worst_sram()
+            if last["free"] >= 0:
+                return lay
+        raise FitError(
+            f"{cfg.name} does not fit even on {L} systems (one layer each) of {arch.name}: "
+            f"{-last['free']:,} B per PE short ({last['total']:,} B needed of "
+            f"{last['capacity']:,} B: weights {last['weights']:,}, K/V cache "
+            f"{last['kv_cache']:,}, buffers {last['buffers']:,}); lower the batch or the context"
+        )
+    if isinstance(systems, bool) or not isinstance(systems, int) or systems < 1:
+        raise ConfigError(f"systems={systems!r} must be an integer >= 1 or 'auto'")
+    if systems > L:
+        raise ConfigError(f"systems={systems} exceeds the model's {L} layers (one layer each)")
+    if placement == "streaming" and systems != 1:
+        raise ConfigError(
+            f"systems={systems} with placement streaming: weights stream from MemoryX to one "
+            "system; use placement resident for a pipeline of systems"
+        )
+    lay = _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, reduce)
+    worst = lay.worst_sram()
+    if worst["free"] < 0:
+        need = None
+        for s in range(systems + 1, L + 1):
+            if _build(cfg, arch, precision, placement, s, batch, max_context, gemv,
+                      reduce).worst_sram()["free"] >= 0:  # fmt: skip
+                need = s
+                break
+        hint = (
+            f"it needs --systems {need} (or --systems auto)"
+            if need is not None and placement == "resident"
+            else "lower the batch or the context"
+        )
+        raise FitError(
+            f"{cfg.name} x batch {batch} x context {max_context} does not fit {systems} "
+            f"system(s) of {arch.name} ({placement}): {-worst['free']:,} B per PE short on "
+            f"system {worst['system']} ({worst['total']:,} B needed of {worst['capacity']:,} B: "
+            f"weights {worst['weights']:,}, K/V cache {worst['kv_cache']:,}, buffers "
+            f"{worst['buffers']:,}); {hint}"
+        )
+    return lay
+
+
+def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, reduce):
+    g = build_graph(cfg)
+    R, C = arch.wafer.rows, arch.wafer.cols
+    KV = int(cfg.n_kv_heads)
+    if KV <= R:
+        band_rows, heads_per_band = R // KV, 1
+    else:
+        band_rows, heads_per_band = 1, math.ceil(KV / R)
+    band_pes = band_rows * C
+    block = max(math.ceil(batch * max_context / band_pes), 1)
+    return DecodeLayout(
+        cfg=cfg,
+        arch=arch,
+        precision=precision,
+        placement=placement,
+        gemv=gemv,
+        reduce=reduce,
+        systems=systems,
+        batch=batch,
+        max_context=max_context,
+        rows=R,
+        cols=C,
+        graph=g,
+        orient=_orientations(g, gemv),
+        band_rows=band_rows,
+        heads_per_band=heads_per_band,
+        block_tokens=block,
+        layers=split_layers(cfg.n_layer, systems),
+    )
