@@ -130,16 +130,14 @@ def test_prediction_and_unrunnable_rows_do_not_fail(tmp_path):
     assert main(["validate", "--data", data]) == 0
 
 
-def test_train_and_generate_rows_run_or_say_why():
-    """T1 / I1 call the public training and generation entry points; until those lower the
-    model they are rows with the project's error message, never a failure."""
+def test_train_and_generate_rows_run():
+    """T1 / I1 call the public training and generation entry points (GPT-J trained as its own
+    family, Llama-3-8B served resident); both run and give a finite positive rate."""
     rows = {r.id: r for r in validate(only=["T1", "I1"])}
+    assert set(rows) == {"T1", "I1"}
     for r in rows.values():
-        assert r.status in (OK, OUT, CANNOT)
-        if r.status == CANNOT:
-            assert r.reason and r.simulated is None
-        else:
-            assert math.isfinite(r.simulated) and r.simulated > 0
+        assert r.status in (OK, OUT), (r.id, r.status, r.reason)
+        assert math.isfinite(r.simulated) and r.simulated > 0
 
 
 @pytest.mark.parametrize(

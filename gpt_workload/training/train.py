@@ -75,8 +75,6 @@ MAX_BATCH = 1_000_000
 MAX_STEPS = 100_000
 #: default cap on the steps run numerically (``numerics_steps``)
 DEFAULT_NUMERICS_STEPS = 20
-#: families whose training numerics run; the others are timed and refuse check_sequences > 0
-NUMERICS_FAMILIES = LOWERED_FOR["train_numerics"]
 
 
 def max_systems(arch: ArchConfig) -> int:
@@ -534,14 +532,6 @@ def train(
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least "
             "one sequence"
-        )
-    small = 16 * cfg.n_params <= NUMERICS_MAX_WEIGHT_BYTES  # else the numerics are skipped
-    if numerics and check_sequences * numerics_steps and small and cfg.family not in (
-            NUMERICS_FAMILIES):  # fmt: skip
-        raise ConfigError(
-            f"check_sequences={check_sequences}: training numerics of family {cfg.family} "
-            f"({cfg.name}) are not supported yet (only {', '.join(NUMERICS_FAMILIES)}); "
-            "--check-sequences 0 times the step alone"
         )
     st = time_training_step(cfg, arch_cfg, batch, seq_len, precision, systems, fidelity,
                             checkpoint_offload)  # fmt: skip

@@ -14,7 +14,7 @@ relay      arch, metric (cycles | cycles_per_wavelet |         cycles, cycles/wa
 train      model, arch, batch, seq_len, precision (fp16),      samples/s of
            systems (1)                                         :func:`gpt_workload.training.train.train`
 generate   model, arch, batch (1), precision (fp16)            tokens/s per request of
-                                                               ``gpt_workload.generation.generate``
+                                                               ``gpt_workload.generation.job.generate``
 ========== =================================================== ==================================
 
 A scenario that the simulator cannot run yet (a model family ``train`` does not lower, no
@@ -157,30 +157,18 @@ def check_scenario(where: str, table: object, units: str) -> dict:
     return out
 
 
-def _generate_fn():
-    """The generation entry point, ``generate`` of ``gpt_workload.generation`` (or of
-    ``gpt_workload.generate``, or a submodule ``generate`` of either holding that function),
-    or None while the generation job is not built. Called as ``generate(model, arch,
-    batch=, precision=, fidelity=)``; its report gives ``tokens_per_s_per_request`` (or
-    ``decode_tokens_per_s``, ``tokens_per_s``: divided by the batch)."""
-    import importlib
+def _decode_rate(sc: dict, fidelity: str) -> tuple[float, str]:
+    """Decode tokens/s per request of :func:`gpt_workload.generation.job.generate` (the
+    mean time per output token of the requests, inverted), and a detail string."""
+    from gpt_workload.generation.job import generate
 
-    for name in ("gpt_workload.generation", "gpt_workload.generate"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        fn = getattr(mod, "generate", None)
-        if fn is not None and not callable(fn):  # a submodule named generate
-            fn = getattr(fn, "generate", None)
-        if fn is None:
-            try:
-                fn = importlib.import_module(name + ".generate").generate
-            except (ImportError, AttributeError):
-                fn = None
-        if callable(fn):
-            return fn
-    return None
+    rep = generate(sc["model"], sc["arch"], batch=sc["batch"], precision=sc["precision"],
+                   fidelity=fidelity, placement="resident")  # fmt: skip
+    agg = rep.generation["aggregate"]
+    rate = agg["tokens_per_s_per_request"]
+    if not rate:
+        raise ConfigError("the generate scenario produced no decode step (new_tokens < 2)")
+    return float(rate), f"TPOT {agg['mean_tpot_s'] * 1e6:.0f} us; TTFT {agg['mean_ttft_s'] * 1e3:.2f} ms"
 
 
 def run_scenario(sc: dict, fidelity: str = "analytic") -> tuple[float, str]:
@@ -247,22 +235,5 @@ def run_scenario(sc: dict, fidelity: str = "analytic") -> tuple[float, str]:
         )  # fmt: skip
         return rep.samples_per_s, f"step {rep.step_time_s:.3f} s; MFU {rep.mfu:.1%}"
     if kind == "generate":
-        fn = _generate_fn()
-        if fn is None:
-            raise ConfigError(
-                "generate job not built yet (no gpt_workload.generation.generate to call)"
-            )
-        try:
-            rep = fn(sc["model"], sc["arch"], batch=sc["batch"], precision=sc["precision"],
-                     fidelity=fidelity)  # fmt: skip
-        except TypeError as exc:
-            raise ConfigError(f"gpt_workload.generation.generate(...) refused the call: {exc}") from None
-        for name in ("tokens_per_s_per_request", "decode_tokens_per_s_per_request",
-                     "decode_tokens_per_s", "tokens_per_s"):  # fmt: skip
-            v = getattr(rep, name, None)
-            if v is None and isinstance(rep, dict):
-                v = rep.get(name)
-            if isinstance(v, (int, float)):
-                return float(v) / (1 if "per_request" in name else sc["batch"]), name
-        raise ConfigError("gpt_workload.generation.generate's report has no tokens/s per request")
+        return _decode_rate(sc, fidelity)
     raise ConfigError(f"scenario kind {kind!r} unknown")  # pragma: no cover - checked on load
