@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order
+from gpt_workload.kernels import _as_f32 as _f32
 
 __all__ = [
     "GEMV_CHUNK",
@@ -67,15 +68,6 @@ def numba_threads(n: int):
     finally:
         numba.set_num_threads(old)
 
-
-def _f32(name: str, a, ndim: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _pairs(parts: int, reduce: str) -> np.ndarray:

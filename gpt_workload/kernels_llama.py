@@ -29,6 +29,8 @@ import math
 import numba
 import numpy as np
 
+from gpt_workload.kernels import _as_f32 as _f32
+
 __all__ = [
     "rmsnorm_tiled",
     "rotary_tiled",
@@ -43,16 +45,6 @@ __all__ = [
     "swiglu_fwd",
 ]
 
-
-def _f32(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
-    """``a`` as a C-contiguous float32 array of ``ndim`` dims (TypeError / ValueError)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _same(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
