@@ -152,8 +152,11 @@ def test_whatif_fabric(tmp_path):
     # wider links never slow a run down; narrower than a wavelet per cycle, they show
     link = sorted((r["fabric.link_bits_per_cycle"], r) for r in results["link_bandwidth"])
     tps = [r["tokens_per_s"] for _, r in link]
-    share = [r["fabric_s"] / r["simulated_time_s"] for _, r in link]
-    assert tps[0] < tps[1] <= tps[2] and share[0] > share[1] >= share[2]
+    fab = [r["fabric_s"] for _, r in link]
+    assert tps[0] < tps[1] and fab[0] > fab[1]
+    # past 32 bits the RAMP (one wavelet per cycle) caps every link: 64-bit links are no
+    # faster (test_experiment_inputs.py lifts the cap), the same run to rounding
+    assert tps[2] == pytest.approx(tps[1], rel=1e-4)
     hop = sorted((r["fabric.hop_latency_cycles"], r) for r in results["hop_latency"])
     assert hop[0][1]["tokens_per_s"] > hop[1][1]["tokens_per_s"]
 

@@ -178,15 +178,6 @@ def test_bad_offload_values_are_one_line_errors(tmp_path):
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "checkpoint_offload='sometimes' is not allowed" in p.stderr
-    # the training numerics of the new families are not on this branch: one line
-    cfg_path = tmp_path / "config.json"
-    cfg_path.write_text(json.dumps({**TINY_HF_CONFIGS["llama"], "model_type": "llama",
-                                    "vocab_size": 300}))  # fmt: skip
-    p = subprocess.run([sys.executable, "-m", "gpt_workload.cli", "train", "--model",
-                        str(cfg_path), "--arch", "grid32", "--check-sequences", "2"],
-                       capture_output=True, text=True)  # fmt: skip
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert "training numerics of family llama" in p.stderr and "--check-sequences 0" in p.stderr
 
 
 def test_offload_bytes_reported_per_step():
