@@ -101,20 +101,23 @@ def add_parser(sub) -> None:
                    help="preset name, config.json path or checkpoint directory")
     g.add_argument("--arch", default="wse2", help="preset name or arch TOML file")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--prompt-tokens", metavar="IDS.npy", help=".npy of int ids [T] or [K, T]")
+    src.add_argument("--prompt-tokens", metavar="IDS.npy", help=".npy of int ids [T] or [K, T]: K = --batch rows (one per request) "
+                     "or 1 row (used for every request); used as given, never cut or repeated")
     src.add_argument(
         "--prompt", metavar="TEXT",
         help="prompt text (needs tokenizer.json in the checkpoint directory)",
     )  # fmt: skip
     g.add_argument(
         "--prompt-len", type=int, default=None,
-        help="prompt tokens per request without --prompt/--prompt-tokens (default 32)",
+        help="prompt tokens per request of random ids (default 32); refused with "
+             "--prompt/--prompt-tokens, whose prompt keeps its own length",
     )  # fmt: skip
     g.add_argument("--new-tokens", type=int, default=32, help="new tokens per request (>= 1)")
     g.add_argument("--batch", type=int, default=1, help="concurrent requests")
     g.add_argument("--spread", type=float, default=0.0,
                    help="draw each request's prompt and output lengths uniformly within "
-                        "+-SPREAD of the given ones (seeded; 0 = fixed)")  # fmt: skip
+                        "+-SPREAD of the given ones (seeded; 0 = fixed); with --prompt or "
+                        "--prompt-tokens only the output lengths vary")  # fmt: skip
     g.add_argument("--systems", default="1", help="wafers in the pipeline, or auto")
     g.add_argument(
         "--placement", default="resident", choices=PLACEMENTS,

@@ -83,11 +83,13 @@ def generate(
 
     Args:
         model: preset, ``config.json``, checkpoint directory or a GPTConfig.
-        prompt_tokens: int ``[T]`` or ``[K, T]`` prompt ids (request ``i`` takes row
-            ``i % K``); ``prompt``: text, tokenized by the checkpoint's ``tokenizer.json``;
-            neither: seeded random ids of ``prompt_len`` (default 32) tokens.
+        prompt_tokens: int ``[T]`` or ``[K, T]`` prompt ids with ``K == batch`` (request
+            ``i`` takes row ``i``) or ``K == 1`` (every request); ``prompt``: text, tokenized
+            by the checkpoint's ``tokenizer.json``; neither: seeded random ids of
+            ``prompt_len`` (default 32) tokens. ``prompt_len`` is refused with a given prompt.
         new_tokens: tokens each request generates (>= 1); ``spread``: lengths drawn
-            uniformly within +-``spread`` of the given ones (seeded; 0 = fixed).
+            uniformly within +-``spread`` of the given ones (seeded; 0 = fixed); with a given
+            prompt only the output lengths vary.
         systems: wafers in the pipeline, or ``"auto"`` (the fewest that hold the model).
         placement: ``resident`` (weights in SRAM) or ``streaming`` (from MemoryX each step).
         gemv, reduce: decode layout knobs (``mesh``/``rowcol``, ``tree``/``chain``).
@@ -150,7 +152,8 @@ def generate(
             raise ConfigError("--prompt text encodes to no tokens")
         prompt_tokens = np.asarray(ids, dtype=np.int64)
     reqs = make_requests(cfg, batch=batch, new_tokens=new_tokens, prompt_tokens=prompt_tokens,
-                         prompt_len=prompt_len, spread=float(spread), seed=seed)  # fmt: skip
+                         prompt_len=prompt_len, spread=float(spread), seed=seed,
+                         prompt_opt="--prompt" if prompt is not None else "--prompt-tokens")  # fmt: skip
     max_ctx = max(r.context for r in reqs)
     lay = make_layout(cfg, arch_cfg, precision=precision, placement=placement, systems=systems,
                       batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce)  # fmt: skip

@@ -1,0 +1,90 @@
+"""wse-sim generate: user input is used as given or refused in one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gpt_workload.cli import main
+from gpt_workload.generation.job import generate
+from wse_sim.errors import ConfigError
+
+
+def _run(capsys, tmp_path, *args):
+    out = tmp_path / "out.json"
+    rc = main(["generate", "--arch", "grid32", "--fidelity", "analytic", "--model", "gpt-tiny",
+               "--json", str(out), *args])  # fmt: skip
+    cap = capsys.readouterr()
+    return rc, cap.err, cap.out, out
+
+
+def _ids(tmp_path, shape, seed=0, name="ids.npy"):
+    p = tmp_path / name
+    arr = np.random.default_rng(seed).integers(0, 512, size=shape)
+    np.save(p, arr)
+    return str(p), arr
+
+
+# ------------------------------------------------------------------ 1. prompts as given
+PROMPT_BAD = {
+    "2 rows at batch 1": ((2, 20), [], ["--prompt-tokens", "2 prompt rows", "--batch 1"]),
+    "2 rows at batch 3": ((2, 20), ["--batch", "3"], ["--prompt-tokens", "--batch 3"]),
+    "prompt-len with file": ((20,), ["--prompt-len", "40"], ["--prompt-len 40",
+                                                              "--prompt-tokens"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(PROMPT_BAD))
+def test_prompt_file_that_would_be_changed_is_refused(capsys, tmp_path, case):
+    shape, extra, needles = PROMPT_BAD[case]
+    path, _ = _ids(tmp_path, shape)
+    rc, err, _, out = _run(capsys, tmp_path, "--prompt-tokens", path, *extra)
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("wse-sim: error:"), err
+    for n in needles:
+        assert n in err
+    assert not out.exists()
+
+
+def test_prompt_rows_equal_to_batch_are_used_as_given_with_spread(capsys, tmp_path):
+    """batch 3, 3 rows, spread 0.5: each request's prompt is its row, whole; only the output
+    lengths vary."""
+    path, arr = _ids(tmp_path, (3, 20), seed=4)
+    rc, err, _, out = _run(capsys, tmp_path, "--prompt-tokens", path, "--batch", "3",
+                           "--spread", "0.5", "--new-tokens", "8")  # fmt: skip
+    assert rc == 0, err
+    reqs = json.loads(out.read_text())["generation"]["requests"]
+    assert [r["prompt_len"] for r in reqs] == [20, 20, 20]
+    news = [r["new_tokens"] for r in reqs]
+    assert all(4 <= n <= 12 for n in news)
+
+
+def test_prompt_ids_reach_requests_unchanged():
+    """The Request objects carry exactly the file's rows (one row: every request)."""
+    from gpt_workload.generation.requests import make_requests
+    from gpt_workload.models import resolve_model
+
+    cfg = resolve_model("gpt-tiny")
+    arr = np.random.default_rng(2).integers(0, 512, size=(3, 20))
+    reqs = make_requests(cfg, batch=3, new_tokens=4, prompt_tokens=arr, spread=0.5, seed=1)
+    for r, row in zip(reqs, arr):
+        np.testing.assert_array_equal(r.prompt, row)
+    one = make_requests(cfg, batch=3, new_tokens=4, prompt_tokens=arr[:1])
+    for r in one:
+        np.testing.assert_array_equal(r.prompt, arr[0])
+
+
+def test_prompt_len_with_text_prompt_names_prompt(tmp_path, tiny_checkpoints):
+    import shutil
+
+    d = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints["gpt2"][0], d)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "wafer": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="--prompt-len 8 cannot be combined with --prompt:"):
+        generate(str(d), "grid32", prompt="hello wafer", prompt_len=8, new_tokens=2,
+                 fidelity="analytic")  # fmt: skip
