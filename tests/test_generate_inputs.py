@@ -88,3 +88,36 @@ def test_prompt_len_with_text_prompt_names_prompt(tmp_path, tiny_checkpoints):
     with pytest.raises(ConfigError, match="--prompt-len 8 cannot be combined with --prompt:"):
         generate(str(d), "grid32", prompt="hello wafer", prompt_len=8, new_tokens=2,
                  fidelity="analytic")  # fmt: skip
+
+
+# ------------------------------------------------------------------ 2. time split labels
+@pytest.mark.parametrize("systems", [1, 2])
+def test_resident_split_rows_name_the_layers_they_sum(systems):
+    """Resident timing scales one layer: each row says it sums layers [first, last], and the
+    spans of one (phase, op) tile the model's 32 layers exactly once."""
+    r = generate("llama-3-8b", "wse2", new_tokens=2, prompt_len=4, systems=systems,
+                 fidelity="analytic")  # fmt: skip
+    assert all("layer" not in row for row in r.breakdown)
+    layer_ops = {x["op"] for x in r.breakdown if x["n_layers"] > 0}
+    assert {"attention", "lm_head"} & layer_ops == {"attention"}
+    for phase in ("prefill", "decode"):
+        for op in layer_ops:
+            spans = sorted(tuple(x["layers"]) for x in r.breakdown
+                           if x["phase"] == phase and x["op"] == op)  # fmt: skip
+            assert len(spans) == systems
+            covered = [i for a, b in spans for i in range(a, b + 1)]
+            assert covered == list(range(32))
+            for x in r.breakdown:
+                if x["phase"] == phase and x["op"] == op:
+                    assert x["n_layers"] == x["layers"][1] - x["layers"][0] + 1
+    head = [x for x in r.breakdown if x["op"] == "lm_head"]
+    assert head and all(x["layers"] == [32, 32] and x["n_layers"] == 0 for x in head)
+    assert r.generation["time_split"]["rows"] == r.breakdown
+
+
+def test_streaming_split_rows_are_one_layer_each():
+    r = generate("gpt-tiny", "grid32", new_tokens=2, placement="streaming", fidelity="analytic")
+    qkv = sorted(tuple(x["layers"]) for x in r.breakdown if x["op"] == "qkv"
+                 and x["phase"] == "decode")  # fmt: skip
+    assert qkv == [(0, 0), (1, 1)]
+    assert all(x["n_layers"] == 1 for x in r.breakdown if x["op"] == "qkv")

@@ -20,8 +20,10 @@ the first ``check_requests`` requests through the per-PE kernels on the layout's
 * ``sram``: bytes per PE (weights, K/V cache, buffers, capacity) of the most loaded system
   and ``max_context_x_batch``; ``steps``: every decode step's time, FLOPs, weight bytes and
   its lower bound (:func:`gpt_workload.generation.timing.step_bound`);
-* ``time_split``: per (phase, layer, op) compute, SRAM, fabric, weight-I/O and inter-system
-  seconds (the report's ``breakdown`` too).
+* ``time_split``: per (phase, layer span, op) compute, SRAM, fabric, weight-I/O and
+  inter-system seconds (the report's ``breakdown`` too); each row's ``layers: [first,
+  last]`` and ``n_layers`` say which layers it sums (resident: all of a system's layers
+  in one row; see :meth:`gpt_workload.generation.timing.StepTimer.split_rows`).
 """
 
 from __future__ import annotations

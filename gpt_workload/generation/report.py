@@ -2,8 +2,8 @@
 
 The :class:`gpt_workload.report.Report` of the ``run`` job is reused: ``simulated_time_s`` is
 the whole run (every prefill and decode step), ``tokens`` the new tokens, ``tokens_per_s``
-the aggregate rate, ``breakdown`` the time split per (phase, layer, op), ``sram_peak_bytes``
-the most loaded system's PE, and ``generation`` the serving metrics
+the aggregate rate, ``breakdown`` the time split per (phase, layer span, op),
+``sram_peak_bytes`` the most loaded system's PE, and ``generation`` the serving metrics
 (:mod:`gpt_workload.generation.job`).
 """
 
