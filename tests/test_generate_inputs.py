@@ -121,3 +121,25 @@ def test_streaming_split_rows_are_one_layer_each():
                  and x["phase"] == "decode")  # fmt: skip
     assert qkv == [(0, 0), (1, 1)]
     assert all(x["n_layers"] == 1 for x in r.breakdown if x["op"] == "qkv")
+
+
+# ------------------------------------------------------------------ 3. undefined values
+def test_one_new_token_prints_dash_for_undefined_values(capsys, tmp_path):
+    """--new-tokens 1: no decode steps, so the decode rate and the bound ratio are undefined
+    (null in the JSON) and the console says "-", not 0."""
+    rc, err, text, out = _run(capsys, tmp_path, "--new-tokens", "1")
+    assert rc == 0, err
+    a = json.loads(out.read_text())["generation"]["aggregate"]
+    assert a["decode_steps"] == 0 and a["decode_tokens_per_s"] is None
+    assert "decode steps alone -)" in text and "decode steps alone 0" not in text
+    assert "simulated / bound = 0.00" not in text and "decode bound" in text
+    bound_line = next(ln for ln in text.splitlines() if "decode bound" in ln)
+    assert "│ - (no decode steps" in bound_line
+
+
+def test_several_new_tokens_print_the_ratio(capsys, tmp_path):
+    rc, err, text, out = _run(capsys, tmp_path, "--new-tokens", "3")
+    assert rc == 0, err
+    rep = json.loads(out.read_text())
+    ratio = rep["roofline"]["decode_s"] / rep["roofline"]["decode_bound_s"]
+    assert f"simulated / bound = {ratio:.2f}" in text

@@ -117,12 +117,18 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
 
 
 def console_rows(r: Report) -> list[tuple[str, str]]:
-    """``(label, text)`` rows of the console table of ``wse-sim generate``."""
+    """``(label, text)`` rows of the console table of ``wse-sim generate``; a value that is
+    undefined for the run (``null`` in the JSON, or a ratio over no decode steps) is
+    ``-``."""
     g = r.generation
     a = g["aggregate"]
     s = g["sram"]
     tot = r.totals.get("total_s", 0.0) or 1.0
-    ratio = r.roofline["decode_s"] / max(r.roofline["decode_bound_s"], 1e-30)
+    # undefined values (no decode steps: every request asked for 1 token) print as "-"
+    steps = a["decode_steps"]
+    bound = r.roofline["decode_bound_s"]
+    ratio = f"{r.roofline['decode_s'] / bound:.2f}" if steps and bound else "-"
+    dtps = a["decode_tokens_per_s"]
     split = ", ".join(f"{k[:-2]} {r.totals[k] / tot:.1%}" for k in SPLIT_KEYS)
     rows = [
         ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} PEs per system, "
@@ -138,13 +144,13 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
         ("time per token", "-" if a["mean_tpot_s"] is None else
          f"mean {si(a['mean_tpot_s'], 's')} = {1 / a['mean_tpot_s']:,.0f} tokens/s per request"),
         ("aggregate", f"{a['tokens_per_s']:,.0f} tokens/s (decode steps alone "
-                      f"{a['decode_tokens_per_s'] or 0:,.0f} tokens/s)"),
+                      + ("-)" if dtps is None else f"{dtps:,.0f} tokens/s)")),
         ("SRAM per PE", f"{s['total']:,} B of {s['capacity']:,} B (weights {s['weights']:,}, "
                         f"K/V {s['kv_cache']:,}, buffers {s['buffers']:,}); largest context x "
                         f"batch that fits {s['max_context_x_batch']:,}"),
         ("time split", split),
-        ("decode bound", f"{si(r.roofline['decode_bound_s'], 's')}; simulated / bound = "
-                         f"{ratio:.2f}"),
+        ("decode bound", (f"{si(bound, 's')}; simulated / bound = {ratio}" if steps else
+                          "- (no decode steps: the prefill gives the only token)")),
     ]  # fmt: skip
     num = r.numerics
     if "tokens" in num:
