@@ -130,8 +130,11 @@ def add_parser(sub) -> None:
     g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
     g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-    g.add_argument("--top-k", type=int, default=0, help="top-k sampling: K most likely tokens")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (> 0, default 1.0) for --sampling temperature "
+                        "or top_k; refused with greedy")  # fmt: skip
+    g.add_argument("--top-k", type=int, default=None,
+                   help="K most likely tokens, for --sampling top_k only")  # fmt: skip
     g.add_argument(
         "--fidelity", default="event",
         help="event (SimPy), analytic (closed form) or packet (every router, <= 64x64)",

@@ -143,3 +143,29 @@ def test_several_new_tokens_print_the_ratio(capsys, tmp_path):
     rep = json.loads(out.read_text())
     ratio = rep["roofline"]["decode_s"] / rep["roofline"]["decode_bound_s"]
     assert f"simulated / bound = {ratio:.2f}" in text
+
+
+# ------------------------------------------------------------------ 4. ignored options
+SAMPLING_BAD = {
+    "temperature with greedy": (["--temperature", "0.7"], ["--temperature 0.7", "greedy"]),
+    "top-k with greedy": (["--top-k", "5"], ["--top-k 5", "greedy"]),
+    "top-k with temperature": (["--sampling", "temperature", "--top-k", "5"],
+                               ["--top-k 5", "--sampling temperature"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLING_BAD))
+def test_sampling_option_that_would_be_ignored_is_refused(capsys, tmp_path, case):
+    args, needles = SAMPLING_BAD[case]
+    rc, err, _, out = _run(capsys, tmp_path, *args)
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("wse-sim: error:"), err
+    for n in needles:
+        assert n in err
+    assert not out.exists()
+
+
+def test_sampling_options_that_apply_are_accepted(capsys, tmp_path):
+    rc, err, _, out = _run(capsys, tmp_path, "--sampling", "top_k", "--top-k", "3",
+                           "--temperature", "0.5", "--new-tokens", "2")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out.read_text())["generation"]["sampling"] == "top_k"

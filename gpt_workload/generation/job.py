@@ -75,8 +75,8 @@ def generate(
     fidelity: str = "event",
     check_requests: int = 0,
     sampling: str = "greedy",
-    temperature: float = 1.0,
-    top_k: int = 0,
+    temperature: float | None = None,
+    top_k: int | None = None,
     seed: int = 0,
     overrides: list[str] | tuple[str, ...] = (),
     weights=None,
@@ -98,7 +98,9 @@ def generate(
         fidelity: ``event``, ``analytic`` or ``packet`` (grids up to 64 x 64).
         check_requests: requests whose tokens the per-PE numerics compute (0: timing only).
         sampling: ``greedy``, ``temperature`` (softmax at ``temperature``) or ``top_k``
-            (``top_k`` most likely, at ``temperature``); seeded by ``seed``.
+            (``top_k`` most likely, at ``temperature``); seeded by ``seed``. ``temperature``
+            (default 1.0) is refused with ``greedy`` and ``top_k`` with anything but
+            ``top_k``: they would be ignored.
 
     Raises:
         ConfigError: bad input (one line naming the option); FitError: the model, K/V cache
@@ -112,6 +114,14 @@ def generate(
     check_precision(precision)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"--sampling {sampling!r} is unknown; allowed: {', '.join(SAMPLINGS)}")
+    if sampling == "greedy" and temperature is not None:
+        raise ConfigError(f"--temperature {temperature!r} has no effect with --sampling greedy; "
+                          "use --sampling temperature or top_k, or drop --temperature")
+    if sampling != "top_k" and top_k is not None:
+        raise ConfigError(f"--top-k {top_k!r} has no effect with --sampling {sampling}; use "
+                          "--sampling top_k, or drop --top-k")
+    temperature = 1.0 if temperature is None else temperature
+    top_k = 0 if top_k is None else top_k
     if not (isinstance(temperature, (int, float)) and 0 < float(temperature) < float("inf")):
         raise ConfigError(f"--temperature {temperature!r} is not allowed: expected a number > 0")
     top_k = _int_arg("--top-k", top_k, 0)
