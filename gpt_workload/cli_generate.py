@@ -64,7 +64,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     con = _console()
     t = Table(title="wse-sim generate", show_header=False, title_justify="left")
     t.add_column("", style="bold")
-    t.add_column("")
+    t.add_column("", overflow="fold")  # wrap long rows (token ids), never crop them
     for label, text in console_rows(rep):
         t.add_row(label, text)
     con.print(t)

@@ -169,3 +169,28 @@ def test_sampling_options_that_apply_are_accepted(capsys, tmp_path):
                            "--temperature", "0.5", "--new-tokens", "2")  # fmt: skip
     assert rc == 0, err
     assert json.loads(out.read_text())["generation"]["sampling"] == "top_k"
+
+
+# ------------------------------------------------------------------ 5. tokens on the console
+def test_console_tokens_say_what_is_left_out_and_crop_nothing(capsys, tmp_path):
+    """5 checked requests of 18 tokens: 4 request rows of 16 tokens each with "... (2 more;
+    all in --json)", then "... (1 more requests; ...)"; every shown id is printed whole."""
+    pytest.importorskip("gpt_workload.generation.numerics")
+    rc, err, text, out = _run(capsys, tmp_path, "--batch", "5", "--check-requests", "5",
+                              "--new-tokens", "18", "--precision", "fp32")  # fmt: skip
+    assert rc == 0, err
+    toks = json.loads(out.read_text())["numerics"]["tokens"]
+    assert len(toks) == 5 and all(len(t) == 18 for t in toks)
+    lines = text.splitlines()
+    for i, tk in enumerate(toks[:4]):
+        want = f"request {i}: " + " ".join(map(str, tk[:16])) + " ... (2 more; all in --json)"
+        assert any(want in ln for ln in lines), want
+    assert any("... (1 more requests; all in --json)" in ln for ln in lines)
+    assert not any("request 4:" in ln for ln in lines)
+
+
+def test_token_rows_of_short_outputs_have_no_ellipsis():
+    from gpt_workload.generation.report import _token_rows
+
+    rows = _token_rows([[101234, 7], [5, 99999]], None)
+    assert rows == [("tokens", "request 0: 101234 7"), ("", "request 1: 5 99999")]

@@ -154,16 +154,35 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
     ]  # fmt: skip
     num = r.numerics
     if "tokens" in num:
-        rows.append(("tokens", " | ".join(" ".join(str(t) for t in tk[:16]) for tk in
-                                          num["tokens"][:4])))  # fmt: skip
-        if num.get("text"):
-            rows.append(("text", " | ".join(repr(t) for t in num["text"][:4])))
+        rows += _token_rows(num["tokens"], num.get("text"))
         if num.get("max_abs_logit_error") is not None:
             rows.append(("vs float64", f"max |logit error| {num['max_abs_logit_error']:.3e}; "
                                        f"first divergence {num.get('first_divergence')}"))
     else:
         rows.append(("numerics", str(num.get("skipped", "-"))))
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
+    return rows
+
+
+#: tokens shown per checked request, and checked requests shown, on the console
+SHOW_TOKENS, SHOW_REQUESTS = 16, 4
+
+
+def _token_rows(tokens: list[list[int]], text: list[str] | None) -> list[tuple[str, str]]:
+    """One ``tokens`` row per checked request (the first :data:`SHOW_REQUESTS`), each with
+    its first :data:`SHOW_TOKENS` ids and ``... (N more; all in --json)`` for the rest; a
+    last row counts the requests not shown. ``text`` (decoded, when a tokenizer was used)
+    adds a ``text`` row per request shown."""
+    rows = []
+    for i, tk in enumerate(tokens[:SHOW_REQUESTS]):
+        line = " ".join(str(t) for t in tk[:SHOW_TOKENS])
+        if len(tk) > SHOW_TOKENS:
+            line += f" ... ({len(tk) - SHOW_TOKENS} more; all in --json)"
+        rows.append(("tokens" if i == 0 else "", f"request {i}: {line}"))
+    if len(tokens) > SHOW_REQUESTS:
+        rows.append(("", f"... ({len(tokens) - SHOW_REQUESTS} more requests; all in --json)"))
+    for i, t in enumerate((text or [])[:SHOW_REQUESTS]):
+        rows.append(("text" if i == 0 else "", f"request {i}: {t!r}"))
     return rows
 
 
