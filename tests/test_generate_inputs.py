@@ -194,3 +194,24 @@ def test_token_rows_of_short_outputs_have_no_ellipsis():
 
     rows = _token_rows([[101234, 7], [5, 99999]], None)
     assert rows == [("tokens", "request 0: 101234 7"), ("", "request 1: 5 99999")]
+
+
+# ------------------------------------------------------------------ 6. missing model paths
+@pytest.mark.parametrize("cmd", ["run", "train", "generate"])
+@pytest.mark.parametrize("spec", ["/nonexistent/dir", "nope/config.json", "missing.json"])
+def test_missing_model_path_says_no_such_file(capsys, tmp_path, cmd, spec):
+    """resolve_model (shared by run, train and generate) says a path-like --model does not
+    exist instead of listing presets."""
+    out = tmp_path / "o.json"
+    rc = main([cmd, "--model", spec, "--arch", "grid32", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"model {spec!r}: no such file or directory" in err
+    assert "unknown model" not in err and not out.exists()
+
+
+def test_unknown_preset_name_still_lists_presets():
+    from gpt_workload.models import resolve_model
+
+    with pytest.raises(ConfigError, match="unknown model 'gpt-nine'.*gpt-tiny"):
+        resolve_model("gpt-nine")
