@@ -215,3 +215,29 @@ def test_unknown_preset_name_still_lists_presets():
 
     with pytest.raises(ConfigError, match="unknown model 'gpt-nine'.*gpt-tiny"):
         resolve_model("gpt-nine")
+
+
+# ------------------------------------------------------------------ 7. context that fits
+def test_max_context_by_batch_is_achievable_and_capped_at_positions():
+    """Each reported (batch, context) is a run that make_layout accepts, one token more is
+    refused (unless capped at n_positions), and batch 1 never exceeds the model's
+    positions."""
+    from gpt_workload.mappings.resident import make_layout
+    from gpt_workload.models import resolve_model
+    from wse_sim.arch import load_arch
+    from wse_sim.errors import FitError
+
+    cfg, arch = resolve_model("llama-3-8b"), load_arch("wse2")
+    r = generate(cfg, arch, batch=9, prompt_len=4, new_tokens=2, fidelity="analytic")
+    table = r.generation["max_context_by_batch"]
+    assert [row["batch"] for row in table][:4] == [1, 2, 4, 8] and 9 in [x["batch"] for x in table]
+    assert table[0]["max_context"] == cfg.n_positions
+    assert table[-1]["max_context"] == 0  # the table runs to the first batch that fits none
+    for row in table:
+        b, c = row["batch"], row["max_context"]
+        assert c <= cfg.n_positions
+        if c:
+            make_layout(cfg, arch, precision="fp16", batch=b, max_context=c)
+        if c < cfg.n_positions:
+            with pytest.raises(FitError):
+                make_layout(cfg, arch, precision="fp16", batch=b, max_context=c + 1)

@@ -18,7 +18,8 @@ the first ``check_requests`` requests through the per-PE kernels on the layout's
 * aggregate: ``tokens_per_s`` (all new tokens / the run's time), ``decode_tokens_per_s``
   (tokens produced by decode steps / decode time), mean TTFT and TPOT;
 * ``sram``: bytes per PE (weights, K/V cache, buffers, capacity) of the most loaded system
-  and ``max_context_x_batch``; ``steps``: every decode step's time, FLOPs, weight bytes and
+  and ``max_context_by_batch`` (the longest context per request that fits at batch 1, 2,
+  4, ... and the run's batch, at most ``n_positions``); ``steps``: every decode step's time, FLOPs, weight bytes and
   its lower bound (:func:`gpt_workload.generation.timing.step_bound`);
 * ``time_split``: per (phase, layer span, op) compute, SRAM, fabric, weight-I/O and
   inter-system seconds (the report's ``breakdown`` too); each row's ``layers: [first,

@@ -62,7 +62,7 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
             "decode_steps": len(steps),
         },
         "sram": sram,
-        "max_context_x_batch": sram["max_context_x_batch"],
+        "max_context_by_batch": max_context_table(lay),
         "steps": steps,
         "time_split": {"rows": split, "totals": totals},
         "numerics_built": "skipped" not in numerics or "not built" not in numerics["skipped"],
@@ -146,8 +146,8 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
         ("aggregate", f"{a['tokens_per_s']:,.0f} tokens/s (decode steps alone "
                       + ("-)" if dtps is None else f"{dtps:,.0f} tokens/s)")),
         ("SRAM per PE", f"{s['total']:,} B of {s['capacity']:,} B (weights {s['weights']:,}, "
-                        f"K/V {s['kv_cache']:,}, buffers {s['buffers']:,}); largest context x "
-                        f"batch that fits {s['max_context_x_batch']:,}"),
+                        f"K/V {s['kv_cache']:,}, buffers {s['buffers']:,})"),
+        ("longest context", _context_text(g["max_context_by_batch"], a["requests"])),
         ("time split", split),
         ("decode bound", (f"{si(bound, 's')}; simulated / bound = {ratio}" if steps else
                           "- (no decode steps: the prefill gives the only token)")),
@@ -162,6 +162,31 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
         rows.append(("numerics", str(num.get("skipped", "-"))))
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
     return rows
+
+
+def max_context_table(lay, limit: int = 1024) -> list[dict]:
+    """``[{"batch", "max_context"}]``: the longest context (prompt + new tokens, at most the
+    model's ``n_positions``) every one of ``batch`` requests can reach on ``lay``'s systems
+    (:meth:`~gpt_workload.mappings.resident.layout.DecodeLayout.max_context_at`), for batch
+    1, 2, 4, ... up to the first that fits no token (or ``limit``) and the layout's own
+    batch, sorted by batch."""
+    batches = {lay.batch}
+    b = 1
+    while b <= limit:
+        batches.add(b)
+        if lay.max_context_at(b) == 0:
+            break
+        b *= 2
+    return [{"batch": b, "max_context": lay.max_context_at(b)} for b in sorted(batches)]
+
+
+def _context_text(table: list[dict], batch: int) -> str:
+    parts = []
+    for row in table:
+        b, c = row["batch"], row["max_context"]
+        tag = " (this run)" if b == batch else ""
+        parts.append(f"batch {b}{tag}: {c:,}" if c else f"batch {b}{tag}: none")
+    return "per request, that fits: " + ", ".join(parts)
 
 
 #: tokens shown per checked request, and checked requests shown, on the console
