@@ -241,3 +241,45 @@ def test_max_context_by_batch_is_achievable_and_capped_at_positions():
         if c < cfg.n_positions:
             with pytest.raises(FitError):
                 make_layout(cfg, arch, precision="fp16", batch=b, max_context=c + 1)
+
+
+# ------------------------------------------------------------------ 8. empty tiles skipped
+def _gemv_fabric_reference(x, w, split):
+    """NumPy float32: every PE row's partial (k ascending, one rounding per multiply and
+    add), empty rows included as zeros, combined over *all* rows in the fabric's order."""
+    from gpt_workload.generation.split import combine_order
+
+    kb = split.k_bounds(w.shape[0])
+    part = np.zeros((split.rows, x.shape[0], w.shape[1]), np.float32)
+    for r in range(split.rows):
+        for k in range(kb[r], kb[r + 1]):
+            part[r] = part[r] + x[:, k:k + 1] * w[k][None, :]
+    for dst, src in combine_order(split.rows, split.reduce):
+        part[dst] = part[dst] + part[src]
+    return part[0]
+
+
+@pytest.mark.parametrize("reduce", ["tree", "chain"])
+@pytest.mark.parametrize("rows,cols", [(994, 750), (70, 3), (5, 200), (64, 64)])
+def test_gemv_on_a_grid_wider_than_the_matrix_matches_the_full_fabric_order(rows, cols,
+                                                                              reduce):
+    """A 64 x 48 matrix on grids with mostly empty tiles: skipping them gives the float32
+    result of reducing every PE's partial (zeros included) in the fabric's order, bit for
+    bit, and gemv_partials still returns every row's partial."""
+    from gpt_workload.generation.split import GemvSplit
+    from gpt_workload.kernels_decode import gemv_partials, gemv_split
+
+    rng = np.random.default_rng(rows + cols)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    x[:, 5] = 0.0
+    w[7] = -0.0
+    split = GemvSplit(rows, cols, reduce)
+    got = gemv_split(x, w, None, split)
+    want = _gemv_fabric_reference(x, w, split)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    part = gemv_partials(x, w, split)
+    assert part.shape == (rows, 3, 48)
+    kb = split.k_bounds(64)
+    empty = kb[1:] == kb[:-1]
+    assert not part[empty].any()
