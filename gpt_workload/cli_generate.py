@@ -64,7 +64,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     con = _console()
     t = Table(title="wse-sim generate", show_header=False, title_justify="left")
     t.add_column("", style="bold")
-    t.add_column("")
+    t.add_column("", overflow="fold")  # wrap long rows (token ids), never crop them
     for label, text in console_rows(rep):
         t.add_row(label, text)
     con.print(t)
@@ -101,20 +101,23 @@ def add_parser(sub) -> None:
                    help="preset name, config.json path or checkpoint directory")
     g.add_argument("--arch", default="wse2", help="preset name or arch TOML file")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--prompt-tokens", metavar="IDS.npy", help=".npy of int ids [T] or [K, T]")
+    src.add_argument("--prompt-tokens", metavar="IDS.npy", help=".npy of int ids [T] or [K, T]: K = --batch rows (one per request) "
+                     "or 1 row (used for every request); used as given, never cut or repeated")
     src.add_argument(
         "--prompt", metavar="TEXT",
         help="prompt text (needs tokenizer.json in the checkpoint directory)",
     )  # fmt: skip
     g.add_argument(
         "--prompt-len", type=int, default=None,
-        help="prompt tokens per request without --prompt/--prompt-tokens (default 32)",
+        help="prompt tokens per request of random ids (default 32); refused with "
+             "--prompt/--prompt-tokens, whose prompt keeps its own length",
     )  # fmt: skip
     g.add_argument("--new-tokens", type=int, default=32, help="new tokens per request (>= 1)")
     g.add_argument("--batch", type=int, default=1, help="concurrent requests")
     g.add_argument("--spread", type=float, default=0.0,
                    help="draw each request's prompt and output lengths uniformly within "
-                        "+-SPREAD of the given ones (seeded; 0 = fixed)")  # fmt: skip
+                        "+-SPREAD of the given ones (seeded; 0 = fixed); with --prompt or "
+                        "--prompt-tokens only the output lengths vary")  # fmt: skip
     g.add_argument("--systems", default="1", help="wafers in the pipeline, or auto")
     g.add_argument(
         "--placement", default="resident", choices=PLACEMENTS,
@@ -127,8 +130,11 @@ def add_parser(sub) -> None:
     g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
     g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-    g.add_argument("--top-k", type=int, default=0, help="top-k sampling: K most likely tokens")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (> 0, default 1.0) for --sampling temperature "
+                        "or top_k; refused with greedy")  # fmt: skip
+    g.add_argument("--top-k", type=int, default=None,
+                   help="K most likely tokens, for --sampling top_k only")  # fmt: skip
     g.add_argument(
         "--fidelity", default="event",
         help="event (SimPy), analytic (closed form) or packet (every router, <= 64x64)",

@@ -10,7 +10,10 @@ the ones the wafer's reduction order gives, bit for bit:
   ``k`` ascending in float32 (one rounding per multiply and per add, no fused multiply-add);
   the ``rows`` partials of each output column are combined in
   :func:`~gpt_workload.generation.split.combine_order` order (``dst = dst + src``, float32);
-  the bias is added to the combined sum (as :func:`gpt_workload.kernels.gemm_ws`).
+  the bias is added to the combined sum (as :func:`gpt_workload.kernels.gemm_ws`). PEs
+  whose tile is empty (a matrix narrower than the grid) are not visited: their partials are
+  exact zeros, and the combine applies the fabric's order to the non-empty partials with
+  the same float32 results (``v + 0`` kept where it differs from ``v``: ``-0.0``).
 * :func:`attention_decode` (a :class:`~gpt_workload.generation.split.KVSplit` of the cached
   tokens in contiguous blocks): PE ``p`` holds block ``p`` of every K/V head and computes, for
   each query head ``h`` sharing K/V head ``h // (H / KV)`` (GQA), the partial softmax of its
@@ -121,26 +124,48 @@ def gemv_partials(x: np.ndarray, w: np.ndarray, split: GemvSplit) -> np.ndarray:
     Raises:
         TypeError, ValueError: not float32 arrays of matching shapes.
     """
+    rows, part = _nonempty_partials(x, w, split)
+    full = np.zeros((split.rows, x.shape[0], w.shape[1]), np.float32)
+    full[rows] = part
+    return full
+
+
+def _nonempty_partials(x: np.ndarray, w: np.ndarray,
+                       split: GemvSplit) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The partials of the PE rows whose row block of ``w`` is not empty: ``(rows [R'],
+    part [R', B, N])`` (see :func:`gemv_partials`); the other rows' partials are exact
+    zeros. Only PEs whose tile has rows and columns are visited: a matrix narrower than the
+    grid (64 wide on 994 x 750 PEs) leaves most tiles empty.
+
+    Raises:
+        TypeError, ValueError: not float32 arrays of matching shapes.
+    """
     x, w = _f32("x", x, 2), _f32("w", w, 2)
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"x has {x.shape[1]} features but w has {w.shape[0]} rows")
     K, N = w.shape
     kb, nb = split.k_bounds(K), split.n_bounds(N)
-    units = [
-        (r, kb[r], kb[r + 1], n0, min(n0 + GEMV_CHUNK, nb[c + 1]))
-        for r in range(split.rows)
-        for c in range(split.cols)
-        for n0 in range(int(nb[c]), int(nb[c + 1]), GEMV_CHUNK)
-    ]
-    part = np.zeros((split.rows, x.shape[0], N), np.float32)
-    if units:
-        units = np.asarray(units, dtype=np.int64)
+    rows = np.flatnonzero(kb[1:] > kb[:-1])
+    cols = np.flatnonzero(nb[1:] > nb[:-1])
+    # column chunks of the non-empty column blocks (a chunk never spans two PEs' tiles)
+    chunks = [(n0, min(n0 + GEMV_CHUNK, int(nb[c + 1])))
+              for c in cols for n0 in range(int(nb[c]), int(nb[c + 1]), GEMV_CHUNK)]  # fmt: skip
+    part = np.zeros((rows.shape[0], x.shape[0], N), np.float32)
+    if rows.shape[0] and chunks:
+        ch = np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
+        # unit = (index into part, k0, k1, n0, n1)
+        units = np.empty((rows.shape[0] * ch.shape[0], 5), np.int64)
+        units[:, 0] = np.repeat(np.arange(rows.shape[0]), ch.shape[0])
+        units[:, 1] = np.repeat(kb[rows], ch.shape[0])
+        units[:, 2] = np.repeat(kb[rows + 1], ch.shape[0])
+        units[:, 3] = np.tile(ch[:, 0], rows.shape[0])
+        units[:, 4] = np.tile(ch[:, 1], rows.shape[0])
         if x.shape[0] * K * N >= PARALLEL_MIN_MACS:
             with numba_threads(numba.config.NUMBA_NUM_THREADS):
                 _gemv_partials_parallel(x, w, units, part)
         else:
             _gemv_partials_serial(x, w, units, part)
-    return part
+    return rows, part
 
 
 def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
@@ -157,10 +182,24 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     Raises:
         TypeError, ValueError: not float32 arrays of matching shapes.
     """
-    part = gemv_partials(x, w, split)
+    rows, part = _nonempty_partials(x, w, split)
+    # The fabric's combine order over all rows, applied to the non-empty partials only:
+    # adding an empty (all +0.0) partial is ``v + 0.0``, which is ``v`` except that it
+    # turns -0.0 into +0.0, so that case is kept (and a pair of empty partials is skipped).
+    slot = {int(r): i for i, r in enumerate(rows)}
+    y = np.zeros((x.shape[0], w.shape[1]), np.float32) if 0 not in slot else None
     for dst, src in combine_order(split.rows, split.reduce):
-        np.add(part[dst], part[src], out=part[dst])
-    y = part[0]
+        d, s_ = slot.get(dst), slot.get(src)
+        if s_ is not None and d is not None:
+            np.add(part[d], part[s_], out=part[d])
+        elif d is not None:
+            np.add(part[d], np.float32(0.0), out=part[d])
+        elif s_ is not None:
+            np.add(part[s_], np.float32(0.0), out=part[s_])  # empty dst: 0.0 + src
+            slot[dst] = s_
+            slot.pop(src)
+    if 0 in slot:
+        y = part[slot[0]]
     if bias is not None and np.size(bias):
         bias = _f32("bias", bias, 1)
         if bias.shape[0] != w.shape[1]:

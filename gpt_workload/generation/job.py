@@ -18,10 +18,13 @@ the first ``check_requests`` requests through the per-PE kernels on the layout's
 * aggregate: ``tokens_per_s`` (all new tokens / the run's time), ``decode_tokens_per_s``
   (tokens produced by decode steps / decode time), mean TTFT and TPOT;
 * ``sram``: bytes per PE (weights, K/V cache, buffers, capacity) of the most loaded system
-  and ``max_context_x_batch``; ``steps``: every decode step's time, FLOPs, weight bytes and
+  and ``max_context_by_batch`` (the longest context per request that fits at batch 1, 2,
+  4, ... and the run's batch, at most ``n_positions``); ``steps``: every decode step's time, FLOPs, weight bytes and
   its lower bound (:func:`gpt_workload.generation.timing.step_bound`);
-* ``time_split``: per (phase, layer, op) compute, SRAM, fabric, weight-I/O and inter-system
-  seconds (the report's ``breakdown`` too).
+* ``time_split``: per (phase, layer span, op) compute, SRAM, fabric, weight-I/O and
+  inter-system seconds (the report's ``breakdown`` too); each row's ``layers: [first,
+  last]`` and ``n_layers`` say which layers it sums (resident: all of a system's layers
+  in one row; see :meth:`gpt_workload.generation.timing.StepTimer.split_rows`).
 """
 
 from __future__ import annotations
@@ -73,8 +76,8 @@ def generate(
     fidelity: str = "event",
     check_requests: int = 0,
     sampling: str = "greedy",
-    temperature: float = 1.0,
-    top_k: int = 0,
+    temperature: float | None = None,
+    top_k: int | None = None,
     seed: int = 0,
     overrides: list[str] | tuple[str, ...] = (),
     weights=None,
@@ -83,18 +86,22 @@ def generate(
 
     Args:
         model: preset, ``config.json``, checkpoint directory or a GPTConfig.
-        prompt_tokens: int ``[T]`` or ``[K, T]`` prompt ids (request ``i`` takes row
-            ``i % K``); ``prompt``: text, tokenized by the checkpoint's ``tokenizer.json``;
-            neither: seeded random ids of ``prompt_len`` (default 32) tokens.
+        prompt_tokens: int ``[T]`` or ``[K, T]`` prompt ids with ``K == batch`` (request
+            ``i`` takes row ``i``) or ``K == 1`` (every request); ``prompt``: text, tokenized
+            by the checkpoint's ``tokenizer.json``; neither: seeded random ids of
+            ``prompt_len`` (default 32) tokens. ``prompt_len`` is refused with a given prompt.
         new_tokens: tokens each request generates (>= 1); ``spread``: lengths drawn
-            uniformly within +-``spread`` of the given ones (seeded; 0 = fixed).
+            uniformly within +-``spread`` of the given ones (seeded; 0 = fixed); with a given
+            prompt only the output lengths vary.
         systems: wafers in the pipeline, or ``"auto"`` (the fewest that hold the model).
         placement: ``resident`` (weights in SRAM) or ``streaming`` (from MemoryX each step).
         gemv, reduce: decode layout knobs (``mesh``/``rowcol``, ``tree``/``chain``).
         fidelity: ``event``, ``analytic`` or ``packet`` (grids up to 64 x 64).
         check_requests: requests whose tokens the per-PE numerics compute (0: timing only).
         sampling: ``greedy``, ``temperature`` (softmax at ``temperature``) or ``top_k``
-            (``top_k`` most likely, at ``temperature``); seeded by ``seed``.
+            (``top_k`` most likely, at ``temperature``); seeded by ``seed``. ``temperature``
+            (default 1.0) is refused with ``greedy`` and ``top_k`` with anything but
+            ``top_k``: they would be ignored.
 
     Raises:
         ConfigError: bad input (one line naming the option); FitError: the model, K/V cache
@@ -108,6 +115,14 @@ def generate(
     check_precision(precision)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"--sampling {sampling!r} is unknown; allowed: {', '.join(SAMPLINGS)}")
+    if sampling == "greedy" and temperature is not None:
+        raise ConfigError(f"--temperature {temperature!r} has no effect with --sampling greedy; "
+                          "use --sampling temperature or top_k, or drop --temperature")
+    if sampling != "top_k" and top_k is not None:
+        raise ConfigError(f"--top-k {top_k!r} has no effect with --sampling {sampling}; use "
+                          "--sampling top_k, or drop --top-k")
+    temperature = 1.0 if temperature is None else temperature
+    top_k = 0 if top_k is None else top_k
     if not (isinstance(temperature, (int, float)) and 0 < float(temperature) < float("inf")):
         raise ConfigError(f"--temperature {temperature!r} is not allowed: expected a number > 0")
     top_k = _int_arg("--top-k", top_k, 0)
@@ -150,7 +165,8 @@ def generate(
             raise ConfigError("--prompt text encodes to no tokens")
         prompt_tokens = np.asarray(ids, dtype=np.int64)
     reqs = make_requests(cfg, batch=batch, new_tokens=new_tokens, prompt_tokens=prompt_tokens,
-                         prompt_len=prompt_len, spread=float(spread), seed=seed)  # fmt: skip
+                         prompt_len=prompt_len, spread=float(spread), seed=seed,
+                         prompt_opt="--prompt" if prompt is not None else "--prompt-tokens")  # fmt: skip
     max_ctx = max(r.context for r in reqs)
     lay = make_layout(cfg, arch_cfg, precision=precision, placement=placement, systems=systems,
                       batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce)  # fmt: skip

@@ -2,8 +2,8 @@
 
 The :class:`gpt_workload.report.Report` of the ``run`` job is reused: ``simulated_time_s`` is
 the whole run (every prefill and decode step), ``tokens`` the new tokens, ``tokens_per_s``
-the aggregate rate, ``breakdown`` the time split per (phase, layer, op), ``sram_peak_bytes``
-the most loaded system's PE, and ``generation`` the serving metrics
+the aggregate rate, ``breakdown`` the time split per (phase, layer span, op),
+``sram_peak_bytes`` the most loaded system's PE, and ``generation`` the serving metrics
 (:mod:`gpt_workload.generation.job`).
 """
 
@@ -62,7 +62,7 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
             "decode_steps": len(steps),
         },
         "sram": sram,
-        "max_context_x_batch": sram["max_context_x_batch"],
+        "max_context_by_batch": max_context_table(lay),
         "steps": steps,
         "time_split": {"rows": split, "totals": totals},
         "numerics_built": "skipped" not in numerics or "not built" not in numerics["skipped"],
@@ -117,12 +117,18 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
 
 
 def console_rows(r: Report) -> list[tuple[str, str]]:
-    """``(label, text)`` rows of the console table of ``wse-sim generate``."""
+    """``(label, text)`` rows of the console table of ``wse-sim generate``; a value that is
+    undefined for the run (``null`` in the JSON, or a ratio over no decode steps) is
+    ``-``."""
     g = r.generation
     a = g["aggregate"]
     s = g["sram"]
     tot = r.totals.get("total_s", 0.0) or 1.0
-    ratio = r.roofline["decode_s"] / max(r.roofline["decode_bound_s"], 1e-30)
+    # undefined values (no decode steps: every request asked for 1 token) print as "-"
+    steps = a["decode_steps"]
+    bound = r.roofline["decode_bound_s"]
+    ratio = f"{r.roofline['decode_s'] / bound:.2f}" if steps and bound else "-"
+    dtps = a["decode_tokens_per_s"]
     split = ", ".join(f"{k[:-2]} {r.totals[k] / tot:.1%}" for k in SPLIT_KEYS)
     rows = [
         ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} PEs per system, "
@@ -138,26 +144,70 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
         ("time per token", "-" if a["mean_tpot_s"] is None else
          f"mean {si(a['mean_tpot_s'], 's')} = {1 / a['mean_tpot_s']:,.0f} tokens/s per request"),
         ("aggregate", f"{a['tokens_per_s']:,.0f} tokens/s (decode steps alone "
-                      f"{a['decode_tokens_per_s'] or 0:,.0f} tokens/s)"),
+                      + ("-)" if dtps is None else f"{dtps:,.0f} tokens/s)")),
         ("SRAM per PE", f"{s['total']:,} B of {s['capacity']:,} B (weights {s['weights']:,}, "
-                        f"K/V {s['kv_cache']:,}, buffers {s['buffers']:,}); largest context x "
-                        f"batch that fits {s['max_context_x_batch']:,}"),
+                        f"K/V {s['kv_cache']:,}, buffers {s['buffers']:,})"),
+        ("longest context", _context_text(g["max_context_by_batch"], a["requests"])),
         ("time split", split),
-        ("decode bound", f"{si(r.roofline['decode_bound_s'], 's')}; simulated / bound = "
-                         f"{ratio:.2f}"),
+        ("decode bound", (f"{si(bound, 's')}; simulated / bound = {ratio}" if steps else
+                          "- (no decode steps: the prefill gives the only token)")),
     ]  # fmt: skip
     num = r.numerics
     if "tokens" in num:
-        rows.append(("tokens", " | ".join(" ".join(str(t) for t in tk[:16]) for tk in
-                                          num["tokens"][:4])))  # fmt: skip
-        if num.get("text"):
-            rows.append(("text", " | ".join(repr(t) for t in num["text"][:4])))
+        rows += _token_rows(num["tokens"], num.get("text"))
         if num.get("max_abs_logit_error") is not None:
             rows.append(("vs float64", f"max |logit error| {num['max_abs_logit_error']:.3e}; "
                                        f"first divergence {num.get('first_divergence')}"))
     else:
         rows.append(("numerics", str(num.get("skipped", "-"))))
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))
+    return rows
+
+
+def max_context_table(lay, limit: int = 1024) -> list[dict]:
+    """``[{"batch", "max_context"}]``: the longest context (prompt + new tokens, at most the
+    model's ``n_positions``) every one of ``batch`` requests can reach on ``lay``'s systems
+    (:meth:`~gpt_workload.mappings.resident.layout.DecodeLayout.max_context_at`), for batch
+    1, 2, 4, ... up to the first that fits no token (or ``limit``) and the layout's own
+    batch, sorted by batch."""
+    batches = {lay.batch}
+    b = 1
+    while b <= limit:
+        batches.add(b)
+        if lay.max_context_at(b) == 0:
+            break
+        b *= 2
+    return [{"batch": b, "max_context": lay.max_context_at(b)} for b in sorted(batches)]
+
+
+def _context_text(table: list[dict], batch: int) -> str:
+    parts = []
+    for row in table:
+        b, c = row["batch"], row["max_context"]
+        tag = " (this run)" if b == batch else ""
+        parts.append(f"batch {b}{tag}: {c:,}" if c else f"batch {b}{tag}: none")
+    return "per request, that fits: " + ", ".join(parts)
+
+
+#: tokens shown per checked request, and checked requests shown, on the console
+SHOW_TOKENS, SHOW_REQUESTS = 16, 4
+
+
+def _token_rows(tokens: list[list[int]], text: list[str] | None) -> list[tuple[str, str]]:
+    """One ``tokens`` row per checked request (the first :data:`SHOW_REQUESTS`), each with
+    its first :data:`SHOW_TOKENS` ids and ``... (N more; all in --json)`` for the rest; a
+    last row counts the requests not shown. ``text`` (decoded, when a tokenizer was used)
+    adds a ``text`` row per request shown."""
+    rows = []
+    for i, tk in enumerate(tokens[:SHOW_REQUESTS]):
+        line = " ".join(str(t) for t in tk[:SHOW_TOKENS])
+        if len(tk) > SHOW_TOKENS:
+            line += f" ... ({len(tk) - SHOW_TOKENS} more; all in --json)"
+        rows.append(("tokens" if i == 0 else "", f"request {i}: {line}"))
+    if len(tokens) > SHOW_REQUESTS:
+        rows.append(("", f"... ({len(tokens) - SHOW_REQUESTS} more requests; all in --json)"))
+    for i, t in enumerate((text or [])[:SHOW_REQUESTS]):
+        rows.append(("text" if i == 0 else "", f"request {i}: {t!r}"))
     return rows
 
 

@@ -4,9 +4,12 @@ A run serves ``batch`` concurrent requests. Request ``i`` has a prompt of ``prom
 tokens and asks for ``new_tokens_i`` new tokens. Lengths are fixed (every request the same)
 or, with ``spread = f > 0``, drawn from a seeded uniform distribution: ``prompt_len_i`` in
 ``[P (1 - f), P (1 + f)]`` and ``new_tokens_i`` in ``[N (1 - f), N (1 + f)]`` (rounded, at
-least 1). Prompt ids come from ``prompt_tokens`` (a ``[K, T]`` or ``[T]`` array: request
-``i`` takes row ``i % K``, cut to its length), from ``prompt`` text through the checkpoint's
-``tokenizer.json`` (the ``tokenizers`` library), or are drawn from the seed.
+least 1). Prompt ids come from ``prompt_tokens`` (a ``[K, T]`` or ``[T]`` array with ``K ==
+batch`` rows, request ``i`` taking row ``i``, or one row used by every request), from
+``prompt`` text through the checkpoint's ``tokenizer.json`` (the ``tokenizers`` library), or
+are drawn from the seed. A given prompt is used exactly as given: its length is ``T`` for
+every request, ``prompt_len`` is refused with it, and ``spread`` varies only the output
+lengths.
 
 Every check raises a one-line :class:`wse_sim.errors.ConfigError` naming the option.
 """
@@ -114,13 +117,18 @@ def make_requests(
     prompt_len: int | None = None,
     spread: float = 0.0,
     seed: int = 0,
+    prompt_opt: str = "--prompt-tokens",
 ) -> list[Request]:
     """The ``batch`` requests of a run (see the module docstring).
+
+    ``prompt_opt`` names the option the given prompt came from (``--prompt-tokens`` or
+    ``--prompt``) in error messages.
 
     Raises:
         ConfigError: ``new_tokens < 1``, a prompt id outside ``0 .. vocab_size - 1``, a
             context (prompt + new tokens) past ``n_positions``, ``spread`` outside ``[0,
-            1)``, a prompt length below 1.
+            1)``, a prompt length below 1, ``prompt_len`` together with ``prompt_tokens``, a
+            ``prompt_tokens`` array whose rows are neither 1 nor ``batch``.
     """
     if not _is_int(new_tokens) or new_tokens < 1:
         raise ConfigError(f"--new-tokens {new_tokens!r} is not allowed: expected an integer >= 1")
@@ -136,8 +144,18 @@ def make_requests(
                 f"prompt token id {int(prompt_tokens[k, t])} (sequence {k}, position {t}) is "
                 f"outside the vocabulary of {cfg.name}: allowed 0..{V - 1}"
             )
-        if prompt_len is None:
-            prompt_len = prompt_tokens.shape[1]
+        if prompt_len is not None:
+            raise ConfigError(
+                f"--prompt-len {prompt_len!r} cannot be combined with {prompt_opt}: the "
+                f"prompt's own length ({prompt_tokens.shape[1]} tokens) is used"
+            )
+        K = prompt_tokens.shape[0]
+        if K not in (1, batch):
+            raise ConfigError(
+                f"{prompt_opt}: {K} prompt rows do not match --batch {batch}; give {batch} "
+                "rows (one per request) or 1 row (used for every request)"
+            )
+        prompt_len = prompt_tokens.shape[1]
     if prompt_len is None:
         prompt_len = min(32, cfg.n_positions)
     if not _is_int(prompt_len) or prompt_len < 1:
@@ -147,13 +165,14 @@ def make_requests(
     for i in range(batch):
         if spread > 0:
             p = int(round(rng.uniform(prompt_len * (1 - spread), prompt_len * (1 + spread))))
+            if prompt_tokens is not None:  # a given prompt keeps its length
+                p = int(prompt_len)
             n = int(round(rng.uniform(new_tokens * (1 - spread), new_tokens * (1 + spread))))
             p, n = max(p, 1), max(n, 1)
         else:
             p, n = int(prompt_len), int(new_tokens)
         if prompt_tokens is not None:
-            row = prompt_tokens[i % prompt_tokens.shape[0]]
-            ids = np.resize(row, p) if p > row.shape[0] else row[:p]
+            ids = prompt_tokens[i % prompt_tokens.shape[0]]  # K is 1 or batch
         else:
             ids = rng.integers(0, V, size=p, dtype=np.int64)
         if p + n > cfg.n_positions:

@@ -81,7 +81,8 @@ def step_bound(lay: DecodeLayout, flops: float, weight_bytes: float, latency_s: 
 
 class StepTimer:
     """Times prefills and decode steps of a layout with one backend, caching Programs and
-    timings by what they depend on, and accumulating the time split by (phase, layer, op).
+    timings by what they depend on, and accumulating the time split by (phase, layer span,
+    op) (:meth:`split_rows`).
 
     Args:
         fidelity: ``analytic``, ``event`` or ``packet``.
@@ -103,7 +104,11 @@ class StepTimer:
 
     # ------------------------------------------------------------------ timing
     def _time(self, prog: Program, scale_layers: int, first_layer: int):
-        """(seconds, [(layer, op, compute, sram, fabric, io)], busy PE-cycles) of ``prog``."""
+        """(seconds, [((first, last, n_layers), op, compute, sram, fabric, io, mult)], busy
+        PE-cycles) of ``prog``: a row of the timed layer of a one-layer timing stands for
+        layers ``first .. last`` (``n_layers = scale_layers``); other rows are one layer
+        (``first == last``; ``n_layers`` 1 for a transformer layer, 0 for the embedding
+        ``-1`` and the head ``n_layer``)."""
         res: TimingResult = self.run(prog, self.lay.arch)
         self.programs_timed += 1
         clk = self.lay.arch.pe.clock_hz
@@ -115,8 +120,12 @@ class StepTimer:
         for kt in res.kernels:
             k = by_name[kt.name]
             mult = scale_layers if (self.layers == "one" and k.layer == first_layer) else 1
+            if mult > 1:
+                span = (k.layer, k.layer + mult - 1, mult)
+            else:
+                span = (k.layer, k.layer, int(0 <= k.layer < self.lay.cfg.n_layer))
             sr = min(sram.get(kt.name, 0.0) / clk, kt.compute_s)
-            rows.append((k.layer, kt.op, mult * (kt.compute_s - sr), mult * sr,
+            rows.append((span, kt.op, mult * (kt.compute_s - sr), mult * sr,
                          mult * kt.fabric_s, mult * kt.stall_s, mult))  # fmt: skip
             total += mult * kt.duration_s
             busy += mult * k.busy_pe_cycles
@@ -204,25 +213,31 @@ class StepTimer:
         return t + x, x, fl
 
     def _accumulate(self, phase: str, rows, x: float) -> None:
-        for layer, op, comp, sram, fab, io, _ in rows:
-            d = self.split[(phase, layer, op)]
+        for (first, last, n), op, comp, sram, fab, io, _ in rows:
+            d = self.split[(phase, first, last, n, op)]
             d["compute_s"] += comp
             d["sram_s"] += sram
             d["fabric_s"] += fab
             d["io_s"] += io
         if x:
-            self.split[(phase, -1, "intersystem")]["intersystem_s"] += x
+            self.split[(phase, -1, -1, 0, "intersystem")]["intersystem_s"] += x
 
     def split_rows(self) -> list[dict]:
-        """The time split per (phase, layer, op): ``compute_s`` (FMAC-bound work and vector
-        setup), ``sram_s`` (beyond it, waiting on SRAM bandwidth), ``fabric_s`` (transfers
-        and their latency not hidden), ``io_s`` (waiting for weights from MemoryX),
-        ``intersystem_s``; ``total_s`` their sum. Layers of a one-layer timing are listed
-        as the layer timed, their time scaled by the system's layer count (``layer`` then
-        names the first layer of the system and ``layers`` how many it stands for)."""
+        """The time split per (phase, layer span, op), summed over the run's steps:
+        ``compute_s`` (FMAC-bound work and vector setup), ``sram_s`` (beyond it, waiting on
+        SRAM bandwidth), ``fabric_s`` (transfers and their latency not hidden), ``io_s``
+        (waiting for weights from MemoryX), ``intersystem_s``; ``total_s`` their sum.
+
+        ``layers`` is ``[first, last]``, the model layers the row's time covers, and
+        ``n_layers`` their count. A one-layer timing (resident) times the first layer of a
+        system and scales it, so its rows are *sums over the system's layers* ``[first,
+        last]`` (``n_layers = last - first + 1``), not one layer's time; the whole-step
+        timing (streaming) gives one row per layer (``first == last``, ``n_layers = 1``).
+        The embedding is ``[-1, -1]``, the final norm, LM head and sampling ``[n_layer,
+        n_layer]`` and the inter-system transfers ``[-1, -1]``, all with ``n_layers = 0``."""
         out = []
-        for (phase, layer, op), d in sorted(self.split.items()):
-            row = {"phase": phase, "layer": layer, "op": op}
+        for (phase, first, last, n, op), d in sorted(self.split.items()):
+            row = {"phase": phase, "layers": [first, last], "n_layers": n, "op": op}
             for k in ("compute_s", "sram_s", "fabric_s", "io_s", "intersystem_s"):
                 row[k] = float(d.get(k, 0.0))
             row["total_s"] = sum(row[k] for k in ("compute_s", "sram_s", "fabric_s", "io_s",

@@ -162,7 +162,8 @@ def resolve_model(spec: str | os.PathLike) -> GPTConfig:
     a checkpoint directory -> :class:`GPTConfig`.
 
     Raises:
-        ConfigError: empty or unknown spec (listing the presets), a directory without
+        ConfigError: empty or unknown spec (listing the presets), a path (a spec with a
+            ``/`` or ending in ``.json``) that does not exist, a directory without
             ``config.json`` or without weights (:data:`gpt_workload.config.WEIGHT_FILES`; a
             ``config.json`` alone runs on seeded weights only when given as a file path), or a
             bad config.
@@ -195,6 +196,11 @@ def resolve_model(spec: str | os.PathLike) -> GPTConfig:
         raise ConfigError(
             f"model={text!r} is empty: expected a preset ({names}), a config.json path or a "
             "checkpoint directory"
+        )
+    if ("/" in text or os.sep in text or key.endswith(".json")) and not p.exists():
+        raise ConfigError(
+            f"model {text!r}: no such file or directory (expected a config.json path, a "
+            "checkpoint directory or a preset name)"
         )
     tests = ", ".join(f"{n} (test model)" for n in TEST_PRESETS)
     raise ConfigError(

@@ -223,9 +223,11 @@ class DecodeLayout:
 
     def sram(self, system: int = 0) -> dict:
         """SRAM per PE on ``system``: ``weights``, ``kv_cache``, ``buffers``, ``total``,
-        ``capacity`` (bytes), ``free`` (capacity - total), and the largest context x batch
-        that fits (``max_context_x_batch``: cached tokens per head summed over the requests,
-        when the caches fill every free byte of the bands)."""
+        ``capacity`` (bytes), ``free`` (capacity - total), and ``max_context_x_batch``: the
+        cached tokens per head (summed over requests) that the bytes left beside the weights
+        and this batch's buffers would hold, a capacity figure that ignores the model's
+        positions and the buffers and block rounding of other batches (the context a batch
+        actually reaches is :meth:`max_context_at`)."""
         w = sum(self.weight_bytes_per_pe(system).values())
         kv = self.kv_bytes_per_pe(system)
         buf = sum(self.buffer_bytes().values())
@@ -242,6 +244,27 @@ class DecodeLayout:
             "free": cap - (w + kv + buf),
             "max_context_x_batch": int(room),
         }
+
+    def max_context_at(self, batch: int) -> int:
+        """The longest context (prompt + new tokens) each of ``batch`` requests can reach on
+        this layout's systems, placement and knobs: the largest ``c <= n_positions`` whose
+        layout (:func:`make_layout` with ``batch``, ``max_context=c``) fits every system's
+        SRAM, found by bisection (the bytes needed grow with the context); 0 when not even
+        one token fits. Unlike ``sram()["max_context_x_batch"]`` (free bytes over the bytes
+        of a cached token, a capacity figure), this counts the buffers and the block
+        rounding that grow with the batch, and the model's positions."""
+        def fits(c: int) -> bool:
+            lay = _build(self.cfg, self.arch, self.precision, self.placement, self.systems,
+                         batch, c, self.gemv, self.reduce)  # fmt: skip
+            return lay.worst_sram()["free"] >= 0
+
+        lo, hi = 0, int(self.cfg.n_positions)
+        if fits(hi):
+            return hi
+        while hi - lo > 1:  # fits(lo) (or lo == 0), not fits(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
     def prefill_chunk(self, prompt_len: int) -> int:
         """Prompt tokens a resident prefill processes at once: as many as the buffers of
