@@ -245,7 +245,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for k, v in rep.console_rows():
         t.add_row(k, v)
     con.print(t)
-    if rep.breakdown_s:  # empty when the family's training step is not timed
+    if rep.breakdown_s:
         b = Table(title="where a step's time goes", title_justify="left")
         for col in ("part", "ms per step", "share"):
             b.add_column(col, justify="right" if col != "part" else "left")

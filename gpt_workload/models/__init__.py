@@ -53,8 +53,7 @@ FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (gpt2, gptj, llama, 
 LOWERED: tuple[str, ...] = ("gpt2", "gptj", "llama", "qwen2")
 
 #: Families each job lowers: ``run`` (forward), ``train`` (the timed training step),
-#: ``train_numerics`` (training numerics: forward, backward and AdamW through the kernels;
-#: ``wse-sim train`` runs them untimed for a family ``train`` does not lower yet),
+#: ``train_numerics`` (training numerics: forward, backward and AdamW through the kernels),
 #: ``sweep``, ``experiments``.
 LOWERED_FOR: dict[str, tuple[str, ...]] = {
     "run": LOWERED,

@@ -54,13 +54,12 @@ import numpy as np
 from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
-from gpt_workload.models import LOWERED_FOR, require_lowered
+from gpt_workload.models import require_lowered
 from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
 from gpt_workload.training.lowering import lower_training
-from gpt_workload.training.untimed import UntimedTrainReport, untimed_notice
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
@@ -453,10 +452,6 @@ def train(
         NumericsError: a numerics step's loss is not finite and not ``allow_nonfinite``;
             names the first op, layer, position and precision that overflowed.
 
-    A family whose training step ``lower_training`` does not lower yet (not in
-    ``LOWERED_FOR["train"]``) runs the numerics only and returns an
-    :class:`gpt_workload.training.untimed.UntimedTrainReport` that says so first.
-
     Raises (numerics):
         NumericsError: as above;
             names the first op, layer, position and precision that overflowed.
@@ -509,19 +504,7 @@ def train(
     num_args = (cfg, model, precision, steps, numerics_steps, seed, text, lr, pub,
                 check_sequences, ids[0].shape[1] if ids else (check_seq_len or min(seq_len, 64)),
                 "stored", wall, progress, allow_nonfinite, ids)  # fmt: skip
-    if cfg.family not in LOWERED_FOR["train"]:  # seam: the numerics run, the step is not timed
-        num = _numerics(numerics, *num_args)
-        if "skipped" in num:  # nothing would run: refuse as before, saying why
-            try:
-                require_lowered(cfg, "wse-sim train", "train")
-            except ConfigError as exc:
-                raise ConfigError(f"{exc}; its training numerics are skipped: "
-                                  f"{num['skipped'].split(';')[0]}") from None  # fmt: skip
-        health = num.pop("_health", {"status": "not_checked"})
-        notices = [untimed_notice(cfg.name, cfg.family), *(n for n in (health.get("notice"),
-                   *num.pop("_notices", ())) if n)]  # fmt: skip
-        return UntimedTrainReport(cfg.name, cfg.family, arch_cfg.name, precision, steps, num,
-                                  wall, notices, health)  # fmt: skip
+    require_lowered(cfg, "wse-sim train", "train")
     if batch is None:
         batch = (
             int(pub["batch_sequences"])
