@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from gpt_workload.experiment_args import (
@@ -35,6 +34,7 @@ from gpt_workload.experiment_args import (
     parse_ints,
     parse_names,
     run_main,
+    write_rows_csv,
 )
 from gpt_workload.generation.job import generate
 from gpt_workload.models import resolve_model
@@ -141,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv)
         archs, batches, out = validate(a)
         rows = run(a.model, archs, batches, a.prompt_len, a.new_tokens)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "inference_frontier.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows_csv(rows, out / "inference_frontier.csv")
         png = save(figure(a, rows), out / "inference_frontier.png")
         print(f"wrote {out / 'inference_frontier.csv'} and {png}")
         return 0

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from gpt_workload.experiment_args import (
@@ -31,6 +30,7 @@ from gpt_workload.experiment_args import (
     check_out_dir,
     parse_names,
     run_main,
+    write_rows_csv,
 )
 from gpt_workload.generation.job import generate
 from gpt_workload.models import resolve_model
@@ -134,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv)
         models, out = validate(a)
         rows = run(models, a.arch, a.batch, a.prompt_len, a.new_tokens)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "inference_scaling.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows_csv(rows, out / "inference_scaling.csv")
         png = save(figure(a, rows), out / "inference_scaling.png")
         print(f"wrote {out / 'inference_scaling.csv'} and {png}")
         return 0

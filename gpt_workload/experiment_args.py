@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import math
 import os
 import sys
@@ -595,3 +596,21 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0 if rc is None else rc
+
+
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write ``rows`` (dicts sharing the first row's keys, in that order) as a CSV with a
+    header at ``path`` (its directory created) and return the path.
+
+    Raises:
+        ValueError: ``rows`` is empty (an experiment always has at least one row).
+    """
+    if not rows:
+        raise ValueError("no rows to write")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
