@@ -24,6 +24,9 @@ import networkx as nx
 import numpy as np
 
 from wse_sim.fabric import _compiled_core as core
+from wse_sim.fabric import _flow_core as fl
+from wse_sim.fabric._loop_core import run_loop
+from wse_sim.fabric.compiled_flow import empty_state
 from wse_sim.fabric.engine import (
     _DIR_INDEX,
     _MODES,
@@ -174,6 +177,7 @@ class CompiledFabric(PacketFabric):
         self._F = np.zeros(core.F_LEN)
         self._tags: list = [None]  # tag 0 = None
         self._calls: list = []
+        self._W = empty_state()  # PE programs run in the loop (compiled_flow); off
         self._stage_reset()
         self._cp = self._cj = 0  # key prefix and count for pushes made from Python
         self._pid_next = 0
@@ -220,10 +224,11 @@ class CompiledFabric(PacketFabric):
 
     def _grow(self):
         I = self._I
-        if I[core.I_HN] + 64 > len(self._H[0]):
-            self._H = self._grown(self._H, 2 * len(self._H[0]) + 64)
-        if I[core.I_NPK] + 8 > len(self._P[0]):
-            self._P = self._grown(self._P, 2 * len(self._P[0]) + 8)
+        m = int(self._W[0][fl.W_MARGIN]) if self._W[0][fl.W_ON] else 0  # the flow's margin
+        if I[core.I_HN] + 64 + m > len(self._H[0]):
+            self._H = self._grown(self._H, 2 * len(self._H[0]) + 64 + m)
+        if I[core.I_NPK] + 8 + m > len(self._P[0]):
+            self._P = self._grown(self._P, 2 * len(self._P[0]) + 8 + m)
         if I[core.I_NLOG] + 2 > len(self._L[0]):
             self._L = self._grown(self._L, 2 * len(self._L[0]))
         if I[core.I_NPEND] + 2 > len(self._D[0]):
@@ -528,9 +533,10 @@ class CompiledFabric(PacketFabric):
     def _loop(self, until: float) -> int:
         I = self._I
         I[core.I_CURP], I[core.I_CURJ] = self._cp, self._cj
-        code = core.run_loop(
+        code = run_loop(
             until, self.deadlock_cycles, self._S, self._H, I, self._F, self._P, self._Q,
             self._R, self._Rl, self._X, self._T, self._L, self._D, self._caps, self._ports,
+            self._W,
         )  # fmt: skip
         self._cp, self._cj = int(I[core.I_CURP]), int(I[core.I_CURJ])
         return code

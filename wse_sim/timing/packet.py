@@ -53,6 +53,8 @@ import simpy
 
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError
+from wse_sim.fabric.compiled import CompiledFabric
+from wse_sim.fabric.compiled_flow import KernelFlow, MessageTable, build_state
 from wse_sim.fabric.engines import ENGINES
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
@@ -168,6 +170,7 @@ class _KernelRun:
         self.flow: Dataflow | None = None
         self.fwd = float(arch.fabric.pe_forward_latency_cycles)
         self.pending_msgs: list = []
+        self.cf: KernelFlow | None = None  # the PE programs compiled into the engine
 
     # ------------------------------------------------------------------ building
     def route(self, make, t: Transfer):
@@ -221,6 +224,9 @@ class _KernelRun:
                 getattr(self, "_" + t.pattern)(t, msgs, has_weights)
         self.eng.clear_routes()
         self.eng.install(self.table)
+        if isinstance(self.eng, CompiledFabric) and not self.eng.check:
+            self._build_compiled(msgs)
+            return
         self.flow = Dataflow(self.eng, self.fwd, on_message=self._on_message)
         ids: dict = {}
         for key, src, route, size, deps, gates, edge, feeds, outs, pw in msgs:
@@ -246,6 +252,32 @@ class _KernelRun:
                 self.out_gates.setdefault((pe, chunk), []).append(mid)
             if edge is not None and gates:
                 self.weight_msgs[key[-1]].append(mid)
+
+    def _build_compiled(self, msgs: list) -> None:
+        """The messages as a :class:`MessageTable`, run by the compiled engine in its loop
+        (same order, same results as the :class:`Dataflow` path)."""
+        tab = MessageTable(self.eng)
+        ids: dict = {}
+        index = self.eng.mesh.index
+        dcache: dict = {}
+        wmsgs: list[list[int]] = [[] for _ in range(self.n)]
+        for key, src, route, size, deps, gates, edge, feeds, outs, pw in msgs:
+            d = dcache.get(id(route))
+            if d is None:
+                d = dcache[id(route)] = tuple(index(x) for x in route.dests)
+            s = index(src) if isinstance(src, tuple) else int(src)
+            dp = tuple((ids[dk], float(off)) for dk, off in deps)
+            mid = tab.add(s, route.colour, float(size), dp, gates, edge, feeds, outs, pw or 0.0, d)
+            ids[key] = mid
+            if edge is not None and gates:
+                wmsgs[key[-1]].append(mid)
+        W = build_state(
+            tab, pidx=self.pidx, n=self.n, chunk_cycles=self.chunk_cycles, crit=self.crit,
+            has_weights=self.has_weights, weight_gate_pe=self.weight_gate_pe,
+            weight_msgs=wmsgs, fwd=self.fwd, t0=self.t0, t_now=self.eng.now,
+        )  # fmt: skip
+        self.cf = KernelFlow(self.eng, W, tab.n)
+        self.cf.begin()
 
     def _multicast_2d(self, t: Transfer, msgs: list, has_weights: bool) -> None:
         per_pe = t.link_bytes / max(len(self.pes), 1)
@@ -376,11 +408,17 @@ class _KernelRun:
 
     # ------------------------------------------------------------------- running
     def start(self) -> None:
+        if self.cf is not None:
+            self.cf.start(self.t0)
+            return
         for pi in range(len(self.pes)):
             self._try(pi, self.t0)
 
     def weights_arrived(self, i: int, t: float) -> None:
         """Chunk ``i`` of the kernel's weights is on the wafer at cycle ``t``."""
+        if self.cf is not None:
+            self.cf.weights_arrived(i, t)
+            return
         self.weights_at[i] = t
         for mid in self.weight_msgs[i]:
             self.flow.open_gate(mid, t)
@@ -393,7 +431,7 @@ class _KernelRun:
                     self._try(pi, t)
 
     def add_weight_gates(self) -> None:
-        if self.weight_gate_pe:
+        if self.weight_gate_pe and self.cf is None:  # (the compiled flow adds its own)
             for pi in range(len(self.pes)):
                 for i in range(self.n):
                     self.need[pi][i] += 1
@@ -438,7 +476,16 @@ class _KernelRun:
         else:
             self.pes_done += 1
 
+    def finish(self) -> None:
+        """Take the compiled flow's results (stall, last tail, PEs' last chunk ends)."""
+        if self.cf is not None:
+            self.stall, self.last_tail = self.cf.stall, self.cf.last_tail
+            self.prev_done = self.cf.prev_done()
+            self.cf.finish()
+
     def done(self) -> bool:
+        if self.cf is not None:
+            return self.cf.done()
         return (
             self.pes_done == len(self.pes)
             and self.eng.in_flight == 0
@@ -530,6 +577,7 @@ def run_packet(
                 if t_next == INF:
                     raise RuntimeError(f"kernel {k.name} cannot finish (nothing left to run)")
                 yield env.timeout(max(t_next - env.now, 0.0))
+            kr.finish()
             end = max(eng.now, env.now, kr.last_tail, max(kr.prev_done, default=start))
             if end > env.now:
                 yield env.timeout(end - env.now)
