@@ -36,45 +36,124 @@ def empty_state() -> tuple:
 
 
 class MessageTable:
-    """A kernel's messages as columns, appended in declaration order.
+    """A kernel's messages as columns, in declaration order.
 
-    ``add`` takes one message; ``add_block`` many at once (numpy arrays of equal length; a
-    message's packet dependency is at most one, given by index into this table, -1: none).
+    Built from the rows (or :class:`MessageBlock` s) the ``packet`` backend's pattern expansions make:
+    ``(key, src, route, size, deps, gates, edge, feeds, outs, packet wavelets)`` with ``src``
+    a PE ``(r, c)`` or router index, ``route`` a :class:`~wse_sim.fabric.routing.Route`,
+    ``deps`` ``((key of an earlier message, offset), ...)``, ``edge`` None (the PE's RAMP) or
+    the side of the edge port it enters by, ``feeds`` the chunk it is an input of (or None),
+    ``outs`` ``((PE number, chunk), ...)`` whose end opens one of its ``gates``.
+
+    Attributes (numpy arrays, one entry per message unless said): ``src``, ``colour``,
+    ``size`` (wavelets), ``gates``, ``entry`` (RAMP or edge direction index), ``feeds`` (-1:
+    none), ``pw`` (packet wavelets, 0: the engine's), ``rid`` (route number), ``dep`` (rows
+    ``(message, message it depends on, offset)``), ``outs`` (rows ``(message, PE, chunk)``),
+    ``routes`` (list of route objects), ``keys`` (message keys).
     """
 
-    def __init__(self, eng):
+    def __init__(self, eng, rows: list):
         self.eng = eng
-        self.src: list = []
-        self.colour: list = []
-        self.size: list = []
-        self.gates: list = []
-        self.edge: list = []  # entry port: RAMP or the edge direction index
-        self.feeds: list = []
-        self.pw: list = []
-        self.ndest: list = []
-        self.dep: list = []  # (mid array, dep array, offset array) blocks
-        self.outs: list = []  # (mid array, pe array, chunk array) blocks
-        self.dests: list = []  # per message: route-destination router indices (tuple)
-        self.n = 0
+        self.routes: list = []
+        self._rnum: dict = {}
+        self.keys: list = []
+        ids: dict = {}
+        parts: list = []
+        run: list = []
+        n = 0
+        for item in rows + [None]:
+            if isinstance(item, tuple):
+                run.append(item)
+                continue
+            if run:
+                parts.append(self._rows(run, n, ids))
+                n += len(run)
+                run = []
+            if item is not None:
+                parts.append(self._block(item, n))
+                n += len(item.src)
+        self.n = n
+        cols = list(zip(*parts, strict=True)) if parts else [()] * 11
+        cat = [np.concatenate(c) if c else np.zeros(0) for c in cols]
+        self.src, self.rid, self.size, self.gates, self.entry, self.feeds = (
+            cat[0].astype(_I64), cat[1].astype(_I64), cat[2].astype(float),
+            cat[3].astype(_I64), cat[4].astype(_I64), cat[5].astype(_I64))  # fmt: skip
+        self.pw = cat[6].astype(float)
+        self.dep = (cat[7].astype(_I64), cat[8].astype(_I64), cat[9].astype(float))
+        self.outs = (cat[10][:, 0].astype(_I64), cat[10][:, 1].astype(_I64),
+                     cat[10][:, 2].astype(_I64)) if len(cat[10]) else (np.zeros(0, _I64),) * 3
+        self.colour = np.fromiter((r.colour for r in self.routes), _I64, len(self.routes))[
+            self.rid] if n else np.zeros(0, _I64)  # fmt: skip
 
-    def add(self, src, colour, size, deps, gates, edge, feeds, outs, pw, dests) -> int:
-        """Append one message; ``deps``: ``((mid, offset), ...)``; ``outs``: ``((pe,
-        chunk), ...)`` whose finishing opens one gate; ``dests``: route destination routers."""
-        mid = self.n
-        self.n += 1
-        for col, val in (
-            (self.src, src), (self.colour, colour), (self.size, size), (self.gates, gates),
-            (self.edge, RAMP if edge is None else _DIR_INDEX[edge]),
-            (self.feeds, -1 if feeds is None else feeds), (self.pw, pw),
-            (self.ndest, len(dests)),
-        ):  # fmt: skip
-            col.append(val)
-        self.dests.append(dests)
-        for d, off in deps:
-            self.dep.append((mid, d, off))
-        for pe, chunk in outs:
-            self.outs.append((mid, pe, chunk))
-        return mid
+    def _route_ids(self, routes) -> list[int]:
+        out = []
+        for r in routes:
+            j = self._rnum.get(id(r))
+            if j is None:
+                j = self._rnum[id(r)] = len(self.routes)
+                self.routes.append(r)
+            out.append(j)
+        return out
+
+    def _rows(self, rows: list, m0: int, ids: dict) -> tuple:
+        n = len(rows)
+        index = self.eng.mesh.index
+        keys, src, route, size, deps, gates, edge, feeds, outs, pw = zip(*rows, strict=True)
+        self.keys.extend(keys)
+        ids.update({k: m0 + i for i, k in enumerate(keys)})
+        dep = [(m0 + i, ids[dk], float(off)) for i, d in enumerate(deps) if d for dk, off in d]
+        dm, dd, do = (np.asarray(c) for c in zip(*dep, strict=True)) if dep else ((),) * 3
+        ot = [(m0 + i, pe, ch) for i, o in enumerate(outs) if o for pe, ch in o]
+        return (
+            np.fromiter((index(x) if isinstance(x, tuple) else int(x) for x in src), _I64, n),
+            np.asarray(self._route_ids(route), _I64),
+            np.asarray(size, float),
+            np.asarray(gates, _I64),
+            np.fromiter((RAMP if e is None else _DIR_INDEX[e] for e in edge), _I64, n),
+            np.fromiter((-1 if f is None else f for f in feeds), _I64, n),
+            np.fromiter((p or 0.0 for p in pw), float, n),
+            np.asarray(dm, _I64), np.asarray(dd, _I64), np.asarray(do, float),
+            np.asarray(ot, _I64).reshape(-1, 3),
+        )  # fmt: skip
+
+    def _block(self, b: MessageBlock, m0: int) -> tuple:
+        k = len(b.src)
+        self.keys.extend([None] * k)
+        rid = np.asarray(self._route_ids(b.routes), _I64)[b.rid]
+        has = b.dep >= 0
+        out = np.stack([m0 + np.arange(k), b.out_pe, b.out_chunk], axis=1)[b.out_pe >= 0]
+        return (
+            b.src, rid, b.size, np.full(k, b.gates, _I64), np.full(k, RAMP, _I64),
+            np.full(k, -1, _I64), np.full(k, b.pw, float), m0 + np.flatnonzero(has),
+            m0 + b.dep[has], b.dep_off[has], out,
+        )  # fmt: skip
+
+
+class MessageBlock:
+    """Many messages at once, in order (a pattern expansion's fast path): each leaves its
+    source PE's RAMP, feeds no chunk, waits for ``gates`` gates, and has at most one packet
+    dependency and one output gate.
+
+    Args:
+        src: source router per message; routes: route objects; rid: index into ``routes``
+            per message; size: wavelets per message; gates: gates per message (one value);
+        pw: packet wavelets (0: the engine's); dep: the message it depends on (index in this
+            block, -1: none); dep_off: that dependency's offset; out_pe, out_chunk: the
+            (PE, chunk) whose end opens a gate (-1: none).
+    """
+
+    def __init__(self, src, routes, rid, size, gates, pw, dep, dep_off, out_pe, out_chunk):
+        self.src, self.routes, self.rid, self.size = src, routes, rid, size
+        self.gates, self.pw, self.dep, self.dep_off = gates, pw, dep, dep_off
+        self.out_pe, self.out_chunk = out_pe, out_chunk
+
+
+def _csr(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order of rows by group, and each group's first row (length ``n_groups + 1``)."""
+    order = np.argsort(groups, kind="stable")
+    start = np.zeros(n_groups + 1, _I64)
+    np.cumsum(np.bincount(groups, minlength=n_groups), out=start[1:])
+    return order, start
 
 
 def build_state(tab: MessageTable, *, pidx, n, chunk_cycles, crit, has_weights,
@@ -96,14 +175,12 @@ def build_state(tab: MessageTable, *, pidx, n, chunk_cycles, crit, has_weights,
     """
     eng = tab.eng
     nm = tab.n
+    nn = eng.mesh.n_nodes
     npe = len(chunk_cycles)
-    src = np.asarray(tab.src, _I64)
-    colour = np.asarray(tab.colour, _I64)
-    size = np.asarray(tab.size, float)
-    entry = np.asarray(tab.edge, _I64)
+    pidx = np.asarray(pidx, _I64)
+    src, colour, size, entry = tab.src, tab.colour, tab.size, tab.entry
     slot = np.where(entry == RAMP, SLOT_PE, SLOT_EDGE + entry)
-    pw = np.asarray(tab.pw, float)
-    S = np.where(pw > 0, pw, float(eng.packet_wavelets))
+    S = np.where(tab.pw > 0, tab.pw, float(eng.packet_wavelets))
     npk = np.maximum(np.ceil(size / S - 1e-9), 1).astype(_I64)
     pk0 = np.zeros(nm + 1, _I64)
     np.cumsum(npk, out=pk0[1:])
@@ -115,9 +192,8 @@ def build_state(tab: MessageTable, *, pidx, n, chunk_cycles, crit, has_weights,
     mi[:nm, fl.M_COLOUR] = colour
     mi[:nm, fl.M_NP] = npk
     mi[:nm, fl.M_PK0] = pk0[:-1]
-    mi[:nm, fl.M_GATES] = np.asarray(tab.gates, _I64)
-    mi[:nm, fl.M_FEEDS] = np.asarray(tab.feeds, _I64)
-    mi[:nm, fl.M_NDEST] = np.asarray(tab.ndest, _I64)
+    mi[:nm, fl.M_GATES] = tab.gates
+    mi[:nm, fl.M_FEEDS] = tab.feeds
     mf[:nm, fl.MF_SIZE] = size
     mf[:nm, fl.MF_S] = S
     mf[:nm, fl.MF_GATE_T] = t_now
@@ -131,64 +207,72 @@ def build_state(tab: MessageTable, *, pidx, n, chunk_cycles, crit, has_weights,
     last[pk0[1:] - 1] = True
     qf[:nq, fl.QF_SIZE] = np.where(last, size[qmid] - S[qmid] * (npk[qmid] - 1), S[qmid])
     # packet dependencies (CSR by message) and dependents (CSR by the message depended on)
-    if tab.dep:
-        dm, dd, do = (np.asarray(c) for c in zip(*tab.dep, strict=True))
-    else:
-        dm = dd = np.zeros(0, _I64)
-        do = np.zeros(0)
-    dm, dd, do = dm.astype(_I64), dd.astype(_I64), do.astype(float)
-    mi[:nm, fl.M_NDEP] = np.bincount(dm, minlength=nm)[:nm] if nm else 0
-    mi[:nm, fl.M_DEP0] = np.cumsum(mi[:nm, fl.M_NDEP]) - mi[:nm, fl.M_NDEP]
-    order = np.argsort(dd, kind="stable")
+    dm, dd, do = tab.dep
+    ndep = np.bincount(dm, minlength=nm)[:nm]
+    mi[:nm, fl.M_NDEP] = ndep
+    mi[:nm, fl.M_DEP0] = np.cumsum(ndep) - ndep
+    order, dt0 = _csr(dd, nm)
     dt_mid, dt_off = dm[order], do[order]
-    mi[:nm, fl.M_NDT] = np.bincount(dd, minlength=nm)[:nm] if nm else 0
-    mi[:nm, fl.M_DT0] = np.cumsum(mi[:nm, fl.M_NDT]) - mi[:nm, fl.M_NDT]
-    # destination slots: the routers the engine delivers each message to, sorted
-    cache: dict = {}
-    ds_nodes = []
-    for m in range(nm):
-        key = (tab.src[m], tab.edge[m], tab.colour[m])
-        d = cache.get(key)
-        if d is None:
-            d = cache[key] = np.sort(np.asarray(eng._dests(key[0], key[1], key[2], 0, -1), _I64))
-        ds_nodes.append(d)
-    nds = np.fromiter((len(d) for d in ds_nodes), _I64, nm)
+    mi[:nm, fl.M_DT0] = dt0[:-1]
+    mi[:nm, fl.M_NDT] = np.diff(dt0)
+    # destination slots: the routers the engine delivers each message to (sorted), and the
+    # routers its route lists (for the inputs PEs wait for), both per route and source
+    combo = (tab.rid * nn + src) * 16 + entry
+    uc, inv = np.unique(combo, return_inverse=True)
+    eds, rds = [], []
+    for c in uc.tolist():
+        r, rest = divmod(c, nn * 16)
+        s_, e_ = divmod(rest, 16)
+        rt = tab.routes[r]
+        eds.append(np.sort(np.asarray(eng._dests(s_, e_, int(rt.colour), 0, -1), _I64)))
+        rds.append(np.asarray([eng.mesh.index(x) for x in rt.dests], _I64))
+    elen = np.asarray([len(x) for x in eds], _I64)
+    eoff = np.cumsum(elen) - elen
+    ecat = np.concatenate(eds) if eds else np.zeros(0, _I64)
+    nds = elen[inv] if nm else np.zeros(0, _I64)
     mi[:nm, fl.M_NDS] = nds
-    mi[:nm, fl.M_DS0] = np.cumsum(nds) - nds
-    ds_node = np.concatenate(ds_nodes) if nm else np.zeros(0, _I64)
-    ns = max(len(ds_node), 1)
+    ds0 = np.cumsum(nds) - nds
+    mi[:nm, fl.M_DS0] = ds0
+    tot = int(nds.sum())
+    ds_node = ecat[np.repeat(eoff[inv] - ds0, nds) + np.arange(tot)] if tot else np.zeros(0, _I64)
+    rlen = np.asarray([len(x) for x in rds], _I64)
+    mi[:nm, fl.M_NDEST] = rlen[inv] if nm else 0
+    ns = max(tot, 1)
     ds_i = np.zeros((ns, fl.D_LEN), _I64)
     ds_i[:, fl.D_PH0] = -1
     ds_f = np.zeros((ns, fl.DF_LEN))
     # packet heads kept where a dependent watches: (depended-on message, dependent's source)
     ph_len = 0
-    for e in range(len(dd)):
-        m, node = int(dd[e]), int(src[dm[e]])
-        a = int(mi[m, fl.M_DS0])
-        j = a + int(np.searchsorted(ds_node[a : a + nds[m]], node))
-        if j < a + nds[m] and ds_node[j] == node and ds_i[j, fl.D_PH0] < 0:
-            ds_i[j, fl.D_PH0] = ph_len
-            ph_len += int(npk[m])
+    if len(dd):
+        gkey = np.repeat(np.arange(nm, dtype=_I64), nds) * nn + ds_node
+        j = np.searchsorted(gkey, dd * nn + src[dm])
+        ok = j < tot
+        ok[ok] = gkey[j[ok]] == (dd * nn + src[dm])[ok]
+        slots = np.unique(j[ok])
+        smsg = np.repeat(np.arange(nm, dtype=_I64), nds)[slots]
+        ln = npk[smsg]
+        ds_i[slots, fl.D_PH0] = np.cumsum(ln) - ln
+        ph_len = int(ln.sum())
     ph = np.full(max(ph_len, 1), np.nan)
     # PEs: inputs each chunk waits for, outputs each chunk's end opens
     need = np.zeros((max(npe, 1), n), _I64)
-    feeds = mi[:nm, fl.M_FEEDS]
-    for m in np.flatnonzero(feeds >= 0).tolist():
-        for dn in tab.dests[m]:
-            pi = pidx[dn]
-            if pi >= 0:
-                need[pi, feeds[m]] += 1
+    fm = np.flatnonzero(tab.feeds >= 0)
+    if len(fm):
+        rcat = np.concatenate(rds) if rds else np.zeros(0, _I64)
+        roff = np.cumsum(rlen) - rlen
+        cnt = rlen[inv[fm]]
+        dst = rcat[np.repeat(roff[inv[fm]], cnt) + np.arange(int(cnt.sum())) -
+                   np.repeat(np.cumsum(cnt) - cnt, cnt)]  # fmt: skip
+        pis = pidx[dst]
+        chs = np.repeat(tab.feeds[fm], cnt)
+        keep = pis >= 0
+        np.add.at(need, (pis[keep], chs[keep]), 1)
     if weight_gate_pe:
         need[:npe] += 1
-    if tab.outs:
-        om, ope, och = (np.asarray(c, _I64) for c in zip(*tab.outs, strict=True))
-    else:
-        om = ope = och = np.zeros(0, _I64)
+    om, ope, och = tab.outs
     g = ope * n + och
-    order = np.argsort(g, kind="stable")
+    order, og0 = _csr(g, max(npe, 1) * n)
     og_mid = om[order]
-    og0 = np.zeros(max(npe, 1) * n + 1, _I64)
-    np.cumsum(np.bincount(g, minlength=max(npe, 1) * n), out=og0[1:])
     wm0 = np.zeros(n + 1, _I64)
     np.cumsum([len(w) for w in weight_msgs], out=wm0[1:])
     wm_mid = np.asarray([m for w in weight_msgs for m in w] or [0], _I64)
@@ -216,9 +300,9 @@ def build_state(tab: MessageTable, *, pidx, n, chunk_cycles, crit, has_weights,
     wf[fl.WF_FWD] = fwd
     z1, zf = np.zeros(1, _I64), np.zeros(1)
     W = (wi, wf, mi, mf, qi, qf, dd if len(dd) else z1, do if len(do) else zf,
-         dt_mid if len(dt_mid) else z1, dt_off if len(dt_off) else zf, ds_node if len(ds_node) else
-         np.zeros(1, _I64), ds_i, ds_f, ph, pe_i, pe_f, need, np.full((max(npe, 1), n), float(t0)),
-         np.asarray(pidx, _I64), og0, og_mid if len(og_mid) else np.zeros(1, _I64), wm0,
+         dt_mid if len(dt_mid) else z1, dt_off if len(dt_off) else zf,
+         ds_node if len(ds_node) else z1, ds_i, ds_f, ph, pe_i, pe_f, need,
+         np.full((max(npe, 1), n), float(t0)), pidx, og0, og_mid if len(og_mid) else z1, wm0,
          wm_mid, np.full(n, float(t0)))  # fmt: skip
     fl.init_pending(W)
     return W

@@ -54,8 +54,9 @@ import simpy
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError
 from wse_sim.fabric.compiled import CompiledFabric
-from wse_sim.fabric.compiled_flow import KernelFlow, MessageTable, build_state
+from wse_sim.fabric.compiled_flow import KernelFlow, MessageBlock, MessageTable, build_state
 from wse_sim.fabric.engines import ENGINES
+from wse_sim.fabric.ports import RAMP
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.lines import LINE_PATTERNS
@@ -171,6 +172,7 @@ class _KernelRun:
         self.fwd = float(arch.fabric.pe_forward_latency_cycles)
         self.pending_msgs: list = []
         self.cf: KernelFlow | None = None  # the PE programs compiled into the engine
+        self.compiled = isinstance(eng, CompiledFabric) and not eng.check
 
     # ------------------------------------------------------------------ building
     def route(self, make, t: Transfer):
@@ -224,7 +226,7 @@ class _KernelRun:
                 getattr(self, "_" + t.pattern)(t, msgs, has_weights)
         self.eng.clear_routes()
         self.eng.install(self.table)
-        if isinstance(self.eng, CompiledFabric) and not self.eng.check:
+        if self.compiled:
             self._build_compiled(msgs)
             return
         self.flow = Dataflow(self.eng, self.fwd, on_message=self._on_message)
@@ -256,21 +258,10 @@ class _KernelRun:
     def _build_compiled(self, msgs: list) -> None:
         """The messages as a :class:`MessageTable`, run by the compiled engine in its loop
         (same order, same results as the :class:`Dataflow` path)."""
-        tab = MessageTable(self.eng)
-        ids: dict = {}
-        index = self.eng.mesh.index
-        dcache: dict = {}
+        tab = MessageTable(self.eng, msgs)
         wmsgs: list[list[int]] = [[] for _ in range(self.n)]
-        for key, src, route, size, deps, gates, edge, feeds, outs, pw in msgs:
-            d = dcache.get(id(route))
-            if d is None:
-                d = dcache[id(route)] = tuple(index(x) for x in route.dests)
-            s = index(src) if isinstance(src, tuple) else int(src)
-            dp = tuple((ids[dk], float(off)) for dk, off in deps)
-            mid = tab.add(s, route.colour, float(size), dp, gates, edge, feeds, outs, pw or 0.0, d)
-            ids[key] = mid
-            if edge is not None and gates:
-                wmsgs[key[-1]].append(mid)
+        for mid in np.flatnonzero((tab.entry != RAMP) & (tab.gates > 0)).tolist():
+            wmsgs[tab.keys[mid][-1]].append(mid)
         W = build_state(
             tab, pidx=self.pidx, n=self.n, chunk_cycles=self.chunk_cycles, crit=self.crit,
             has_weights=self.has_weights, weight_gate_pe=self.weight_gate_pe,
@@ -331,6 +322,9 @@ class _KernelRun:
             return
         sl = t.max_link_bytes / (self.P - 1) / WAVELET_BYTES / self.n  # one slice, one chunk
         pw = self.unit_packet(sl)
+        if self.compiled:
+            self._reduce_scatter_block(t, msgs, sl, pw)
+            return
         for seg in self.segments():
             m = len(seg)
             if m < 2:
@@ -359,6 +353,54 @@ class _KernelRun:
                     msgs.append(
                         (key, seg[j], west[j - 1], size, deps, 1, None, None, [(ids[j], i)], pw)
                     )
+
+    def _reduce_scatter_block(self, t: Transfer, msgs: list, sl: float, pw: float) -> None:
+        """``_reduce_scatter_row``'s messages, same order, as one :class:`MessageBlock`
+        (shortcut for speed: numpy per segment instead of a tuple per message)."""
+        n = self.n
+        index = self.eng.mesh.index
+        routes: list = []
+        parts: list = []
+        for seg in self.segments():
+            m = len(seg)
+            if m < 2:
+                continue
+            nodes = np.asarray([index(x) for x in seg], np.int64)
+            ids = self.pidx[nodes]
+            r0 = len(routes)
+            routes += [
+                self.route(lambda j=j, seg=seg: xy_route(0, seg[j], seg[j + 1]), t)
+                for j in range(m - 1)
+            ]
+            routes += [
+                self.route(lambda j=j, seg=seg: xy_route(0, seg[j], seg[j - 1]), t)
+                for j in range(1, m)
+            ]
+            je = np.arange(m - 1)
+            jw = np.arange(m - 1, 0, -1)
+            j = np.concatenate([je, jw])  # one chunk: east j = 0..m-2, then west j = m-1..1
+            rid = r0 + np.concatenate([je, (m - 1) + jw - 1])
+            size = np.concatenate([(m - 1 - je) * sl, jw * sl])
+            dep = np.arange(2 * (m - 1)) - 1
+            dep[[0, m - 1]] = -1  # the first of each direction depends on nothing
+            k = 2 * (m - 1)
+            base = np.arange(n)[:, None] * k
+            parts.append((
+                np.tile(nodes[j], n), np.tile(rid, n), np.tile(size, n),
+                np.where(np.tile(dep, n) >= 0, (base + dep).ravel(), -1),
+                np.tile(ids[j], n), np.repeat(np.arange(n), k),
+            ))  # fmt: skip
+        if not parts:
+            return
+        cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
+        off = np.repeat(np.cumsum([0] + [len(p[0]) for p in parts[:-1]]), [len(p[0]) for p in parts])
+        dep = np.where(cols[3] >= 0, cols[3] + off, -1)
+        msgs.append(
+            MessageBlock(
+                cols[0], routes, cols[1], cols[2], 1, pw, dep, np.zeros(len(dep)), cols[4],
+                cols[5],
+            )
+        )
 
     def _allreduce_head(self, t: Transfer, msgs: list, has_weights: bool) -> None:
         self._allreduce_row(t, msgs, has_weights, self.k_head)
