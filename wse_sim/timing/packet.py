@@ -114,6 +114,7 @@ class _KernelRun:
         eng: PacketFabric,
         t0: float,
         route_cache: dict,
+        pe_programs: str = "compiled",
     ):
         self.k = k
         self.eng = eng
@@ -172,7 +173,9 @@ class _KernelRun:
         self.fwd = float(arch.fabric.pe_forward_latency_cycles)
         self.pending_msgs: list = []
         self.cf: KernelFlow | None = None  # the PE programs compiled into the engine
-        self.compiled = isinstance(eng, CompiledFabric) and not eng.check
+        self.compiled = (
+            pe_programs == "compiled" and isinstance(eng, CompiledFabric) and not eng.check
+        )
 
     # ------------------------------------------------------------------ building
     def route(self, make, t: Transfer):
@@ -543,6 +546,7 @@ def run_packet(
     max_pes: int = 64 * 64,
     check: bool = False,
     engine: str = "compiled",
+    pe_programs: str = "compiled",
 ) -> TimingResult:
     """Simulate ``program`` on ``arch`` router by router; time unit inside is the PE cycle.
 
@@ -556,13 +560,18 @@ def run_packet(
         engine: ``"compiled"`` (:class:`~wse_sim.fabric.compiled.CompiledFabric`, default)
             or ``"reference"`` (:class:`~wse_sim.fabric.engine.PacketFabric`, the
             pure-Python engine the compiled one is held to); same results.
+        pe_programs: ``"compiled"`` (default: the PE programs run inside the compiled
+            engine's loop, :mod:`wse_sim.fabric.compiled_flow`) or ``"python"`` (as Python
+            callbacks, :class:`~wse_sim.fabric.dataflow.Dataflow`; always so on the reference
+            engine or with ``check``); same results.
 
     Returns:
         A :class:`TimingResult`; ``extra`` holds the fabric statistics (``fabric`` summary,
         ``fabric_stats`` object with the link-utilisation maps, ``conservation``).
 
     Raises:
-        ConfigError: grid larger than ``max_pes``, an unknown ``engine``, or a transfer
+        ConfigError: grid larger than ``max_pes``, an unknown ``engine`` or
+            ``pe_programs``, or a transfer
             pattern it cannot expand.
         FabricDeadlock: the routes deadlock (a lowering bug).
     """
@@ -575,6 +584,8 @@ def run_packet(
         )
     if engine not in ENGINES:
         raise ConfigError(f"packet engine {engine!r} unknown; choose from {', '.join(ENGINES)}")
+    if pe_programs not in ("compiled", "python"):
+        raise ConfigError(f"pe_programs {pe_programs!r} unknown; choose from compiled, python")
     wall0 = time.perf_counter()
     clk = arch.pe.clock_hz
     mesh = Mesh(program.rows, program.cols)
@@ -592,7 +603,7 @@ def run_packet(
         for k in program.kernels:
             start = env.now
             eng.now = max(eng.now, start)
-            kr = _KernelRun(k, program, arch, eng, start, route_cache)
+            kr = _KernelRun(k, program, arch, eng, start, route_cache, pe_programs)
             blk = k.weight_block
             has_w = blk >= 0 and k.weight_bytes > 0
             kr.build(has_w)
