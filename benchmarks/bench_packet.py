@@ -13,14 +13,19 @@
    Both counts are each simulator's own; the loads above a mesh's bisection bound (0.3 on
    16 x 16 and 32 x 32) saturate both, so the flit-hops then differ.
 2. **Transformer block**: wall and CPU time of ``run_packet`` on the Cerebras-GPT-shaped
-   block of ``tests/test_fidelity_agreement.py`` (``--block-grids``, default 32 x 32) with the
-   compiled and the reference engine (same result, checked), and ``event`` / ``analytic``
-   relative to it. The engine is a small part of this run: the PE programs (message
-   dependencies, chunk scheduling) are Python.
+   block of ``tests/test_fidelity_agreement.py`` in the lowering's own chunks
+   (``--block-grids``, default 32, 64 and 128: ``grid32`` resized), with the PE programs
+   compiled into the engine's loop (``pe_programs="compiled"``, the default) and, on grids up
+   to ``--before-max`` (default 32), as Python callbacks (``"python"``, the code path before
+   they were compiled; same result, checked), and ``event`` / ``analytic`` relative to it.
+   ``--reference`` adds the reference engine there too.
 
 Usage:
     python benchmarks/bench_packet.py [--sizes 8,16,32] [--loads 0.05,0.3] [--cycles 1000]
-        [--repeats 3] [--reference] [--block-grids 32] [--out benchmarks/results/packet.json]
+        [--repeats 3] [--reference] [--block-grids 32,64,128] [--before-max 32]
+        [--out benchmarks/results/packet.json]
+
+``--sizes ''`` times the blocks only and keeps the engine comparison already in ``--out``.
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy (this one is
 shared; CPU seconds are less noisy than wall seconds), read the ratios.
@@ -126,9 +131,9 @@ def versus_booksim(sizes, loads, cycles, repeats, seed, reference) -> list[dict]
     return rows
 
 
-def block_backend(grid: int, engine: str = "compiled") -> dict:
-    """Wall time of ``run_packet`` on the transformer block on a ``grid x grid`` arch, and
-    ``event`` / ``analytic`` relative to it."""
+def block_backend(grid: int, engine: str = "compiled", pe_programs: str = "compiled") -> dict:
+    """Wall and CPU time of ``run_packet`` on the transformer block on a ``grid x grid``
+    arch, and ``event`` / ``analytic`` relative to it."""
     from gpt_workload.config import GPTConfig
     from gpt_workload.lowering import lower_weight_streaming
     from wse_sim.arch import load_arch
@@ -150,13 +155,14 @@ def block_backend(grid: int, engine: str = "compiled") -> dict:
     )
     prog = lower_weight_streaming(cfg, arch, 8, 128, "fp16")
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run_packet(prog, arch, engine=engine)
+    res = run_packet(prog, arch, engine=engine, pe_programs=pe_programs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ev, an = run_event(prog, arch).total_s, run_analytic(prog, arch).total_s
     hops = res.extra["fabric"]["wavelet_hops"]
     return {
         "grid": [prog.rows, prog.cols],
         "engine": engine,
+        "pe_programs": pe_programs,
         "packet_wavelets": res.extra["packet_wavelets"],
         "wall_s": wall,
         "cpu_s": cpu,
@@ -178,7 +184,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference", action="store_true", help="also time the Python engine")
-    ap.add_argument("--block-grids", default="32", help="block grids ('' to skip)")
+    ap.add_argument("--block-grids", default="32,64,128", help="block grids ('' to skip)")
+    ap.add_argument(
+        "--before-max", type=int, default=32,
+        help="largest block grid also timed with the PE programs in Python",
+    )  # fmt: skip
     ap.add_argument("--out", default="benchmarks/results/packet.json")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -192,20 +202,39 @@ def main(argv=None) -> int:
         ),
         "block_backend": [],
     }
+    old = Path(args.out)
+    if not sizes and old.exists():  # block timings only: keep the file's engine comparison
+        prev = json.loads(old.read_text())
+        for key in ("cycles", "repeats", "points"):
+            out[key] = prev.get(key, out[key])
+        print(f"--sizes '': engine-vs-BookSim2 points kept from {old}")
+    warm_up()
     for g in (int(x) for x in args.block_grids.split(",") if x):
-        for engine in ("compiled", "reference"):
-            b = block_backend(g, engine)
+        modes = [("compiled", "compiled")]
+        if g <= args.before_max:
+            modes.append(("compiled", "python"))
+            if args.reference:
+                modes.append(("reference", "python"))
+        rows = []
+        for engine, pe in modes:
+            b = block_backend(g, engine, pe)
+            rows.append(b)
             out["block_backend"].append(b)
             print(
-                f"run_packet ({engine}), transformer block on {b['grid'][0]}x{b['grid'][1]}: "
-                f"{b['wall_s']:.1f} s wall ({b['cpu_s']:.1f} s CPU), {b['events']:,} events, "
-                f"{b['simulated_s'] * 1e6:.3f} us simulated; event "
-                f"{b['event_vs_packet']:+.2%}, analytic {b['analytic_vs_packet']:+.2%}",
+                f"run_packet ({engine} engine, {pe} PE programs), transformer block on "
+                f"{b['grid'][0]}x{b['grid'][1]}: {b['wall_s']:.1f} s wall ({b['cpu_s']:.1f} s "
+                f"CPU), {b['events']:,} events, {b['wavelet_hops']:,.0f} wavelet-hops, "
+                f"{b['simulated_s'] * 1e6:.6f} us simulated; event {b['event_vs_packet']:+.3%}, "
+                f"analytic {b['analytic_vs_packet']:+.3%}",
                 flush=True,
             )
-        c, r = out["block_backend"][-2:]
-        if c["simulated_s"] != r["simulated_s"] or c["events"] != r["events"]:
-            raise RuntimeError("compiled and reference engines disagree on the block")
+        for r in rows[1:]:
+            if (r["simulated_s"], r["events"], r["wavelet_hops"]) != (
+                rows[0]["simulated_s"], rows[0]["events"], rows[0]["wavelet_hops"]
+            ):
+                raise RuntimeError(f"{r['engine']}/{r['pe_programs']} disagrees on the block")
+        if len(rows) > 1:
+            print(f"  compiled PE programs: {rows[1]['cpu_s'] / rows[0]['cpu_s']:.1f}x less CPU")
     p = Path(args.out)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(out, indent=2))

@@ -137,7 +137,7 @@ def add_parser(sub) -> None:
                    help="K most likely tokens, for --sampling top_k only")  # fmt: skip
     g.add_argument(
         "--fidelity", default="event",
-        help="event (SimPy), analytic (closed form) or packet (every router, <= 64x64)",
+        help="event (SimPy), analytic (closed form) or packet (every router, <= 128x128)",
     )  # fmt: skip
     g.add_argument(
         "--check-requests", type=int, default=0,

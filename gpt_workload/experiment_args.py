@@ -429,7 +429,7 @@ def add_run_options(
     p.add_argument(
         "--fidelity",
         default="analytic",
-        help="analytic or event (packet only on grids of <= 4096 PEs) (default: %(default)s)",
+        help="analytic or event (packet only on grids of <= 16384 PEs) (default: %(default)s)",
     )
     p.add_argument(
         "--out", default=out, help="output directory, created if missing (default: %(default)s)"

@@ -338,7 +338,7 @@ def simulate(
             ``NAME[:knob=value,...]`` (``wse-sim mappings list``; default
             ``weight_streaming``).
         fidelity: timing backend, ``event`` (SimPy, default), ``analytic`` or ``packet``
-            (every router; grids up to 64 x 64 PEs).
+            (every router; grids up to 128 x 128 PEs).
         precision: ``fp32``, ``fp16`` or ``bf16`` (16-bit storage, fp32 accumulation).
         batch: sequences timed; default :func:`default_batch`.
         seq_len: tokens per sequence; default ``min(2048, n_positions)``.

@@ -80,81 +80,65 @@ def _less(ht, hk, i, j):
 
 
 @njit(cache=True, _nrt=False)
-def _swap(ht, hk, hkind, ha, hp, hx, i, j):
-    ht[i], ht[j] = ht[j], ht[i]
-    hk[i], hk[j] = hk[j], hk[i]
-    hkind[i], hkind[j] = hkind[j], hkind[i]
-    ha[i], ha[j] = ha[j], ha[i]
-    hp[i], hp[j] = hp[j], hp[i]
-    hx[i], hx[j] = hx[j], hx[i]
+def _sift_up(H, i, t, k, kind, a, p, x):
+    """Place an event at hole ``i`` and move it up: parents that follow it move down into
+    the hole (one copy per level instead of a swap; keys are unique, so the pop order is the
+    same whatever the heap's shape)."""
+    ht, hk, hkind, ha, hp, hx = H
+    while i > 0:
+        par = (i - 1) >> 1
+        if t < ht[par] or (t == ht[par] and k < hk[par]):
+            ht[i], hk[i], hkind[i], ha[i], hp[i], hx[i] = (
+                ht[par], hk[par], hkind[par], ha[par], hp[par], hx[par])
+            i = par
+        else:
+            break
+    ht[i], hk[i], hkind[i], ha[i], hp[i], hx[i] = t, k, kind, a, p, x
 
 
 @njit(cache=True, _nrt=False)
 def hpush(H, I, t, kind, a, p, x):
     """Push an event with the next key of the current prefix."""
-    ht, hk, hkind, ha, hp, hx = H
     i = I[I_HN]
     I[I_HN] = i + 1
-    ht[i] = t
-    hk[i] = (I[I_CURP] << KEY_BITS) | I[I_CURJ]
+    k = (I[I_CURP] << KEY_BITS) | I[I_CURJ]
     I[I_CURJ] += 1
-    hkind[i] = kind
-    ha[i] = a
-    hp[i] = p
-    hx[i] = x
-    while i > 0:
-        par = (i - 1) >> 1
-        if _less(ht, hk, i, par):
-            _swap(ht, hk, hkind, ha, hp, hx, i, par)
-            i = par
-        else:
-            break
+    _sift_up(H, i, t, k, kind, a, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def hpop(H, I):
-    """Remove the top event (its fields must have been read)."""
+    """Remove the top event (its fields must have been read): the last event goes down from
+    the root's hole, the smaller child moving up at each level."""
     ht, hk, hkind, ha, hp, hx = H
     n = I[I_HN] - 1
     I[I_HN] = n
     if n == 0:
         return
-    _swap(ht, hk, hkind, ha, hp, hx, 0, n)
+    t, k, kind, a, p, x = ht[n], hk[n], hkind[n], ha[n], hp[n], hx[n]
     i = 0
     while True:
-        lft = 2 * i + 1
-        if lft >= n:
+        c = 2 * i + 1
+        if c >= n:
             break
-        m = lft
-        if lft + 1 < n and _less(ht, hk, lft + 1, lft):
-            m = lft + 1
-        if _less(ht, hk, m, i):
-            _swap(ht, hk, hkind, ha, hp, hx, m, i)
-            i = m
+        if c + 1 < n and _less(ht, hk, c + 1, c):
+            c += 1
+        if ht[c] < t or (ht[c] == t and hk[c] < k):
+            ht[i], hk[i], hkind[i], ha[i], hp[i], hx[i] = (
+                ht[c], hk[c], hkind[c], ha[c], hp[c], hx[c])
+            i = c
         else:
             break
+    ht[i], hk[i], hkind[i], ha[i], hp[i], hx[i] = t, k, kind, a, p, x
 
 
 @njit(cache=True, _nrt=False)
 def bulk_push(H, I, ts, kinds, as_, ps, xs, keys):
     """Push staged events with their own keys (injections made from Python)."""
-    ht, hk, hkind, ha, hp, hx = H
     for q in range(ts.shape[0]):
         i = I[I_HN]
         I[I_HN] = i + 1
-        ht[i] = ts[q]
-        hk[i] = keys[q]
-        hkind[i] = kinds[q]
-        ha[i] = as_[q]
-        hp[i] = ps[q]
-        hx[i] = xs[q]
-        while i > 0:
-            par = (i - 1) >> 1
-            if _less(ht, hk, i, par):
-                _swap(ht, hk, hkind, ha, hp, hx, i, par)
-                i = par
-            else:
-                break
+        _sift_up(H, i, ts[q], keys[q], kinds[q], as_[q], ps[q], xs[q])
 
 
 # ----------------------------------------------------------------------------- handlers

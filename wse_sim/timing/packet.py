@@ -39,8 +39,10 @@ PE waited for weights still in MemoryX, ``compute`` that PE's cycles, ``fabric``
 The SimPy process of the weight stream and the packet engine run in lock step: the engine
 processes its events up to the next SimPy event, then SimPy runs (a weight chunk arrives and
 opens gates in the engine), and so on. The engine is the compiled one
-(:mod:`wse_sim.fabric.compiled`) unless ``engine="reference"``. Grids above ``max_pes`` PEs
-(64 x 64) are refused; use ``event`` for the whole wafer.
+(:mod:`wse_sim.fabric.compiled`) unless ``engine="reference"``; on it the PE programs above
+(message dependencies, gates, chunks) run inside its compiled loop
+(:mod:`wse_sim.fabric.compiled_flow`), not as Python callbacks. Grids above ``max_pes`` PEs
+(128 x 128) are refused; use ``event`` for the whole wafer.
 """
 
 from __future__ import annotations
@@ -543,7 +545,7 @@ def run_packet(
     arch: ArchConfig,
     *,
     packet_wavelets: int = 1024,
-    max_pes: int = 64 * 64,
+    max_pes: int = 128 * 128,
     check: bool = False,
     engine: str = "compiled",
     pe_programs: str = "compiled",
@@ -553,9 +555,8 @@ def run_packet(
     Args:
         packet_wavelets: largest packet (1 = wavelet-exact; the default moves each chunk of a
             flow in a few packets, which keeps a 32 x 32 transformer block to seconds).
-        max_pes: largest grid accepted (64 x 64: the PE programs, in Python, not the
-            compiled engine, set the pace of a transformer block; see
-            benchmarks/bench_packet.py).
+        max_pes: largest grid accepted (128 x 128: a transformer block there takes about
+            a minute of CPU on a 2-core machine; see benchmarks/bench_packet.py).
         check: engine conservation bookkeeping (tests).
         engine: ``"compiled"`` (:class:`~wse_sim.fabric.compiled.CompiledFabric`, default)
             or ``"reference"`` (:class:`~wse_sim.fabric.engine.PacketFabric`, the
