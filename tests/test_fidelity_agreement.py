@@ -73,6 +73,21 @@ def test_transformer_block_on_32x32(overrides, batch, seq_len, max_chunks):
     assert pk.pe_busy_cycles.shape == (32, 32)
 
 
+@pytest.mark.slow
+def test_transformer_block_on_128x128():
+    """The same block on a 128 x 128 grid (grid32 resized; the lowering spreads it over
+    4,096 PEs, one token per segment, 128 segments per sequence) in the lowering's own
+    chunks: ``event`` and ``analytic`` within the tolerances they meet on 32 x 32 (about a
+    minute of CPU: the PE programs run inside the compiled engine)."""
+    arch = load_arch("grid32", ["io.ingress_bytes_per_s=1e12", "wafer.rows=128", "wafer.cols=128"])
+    prog = lower_weight_streaming(BLOCK, arch, 8, 128, "fp16")
+    assert (prog.rows, prog.cols) == (128, 128)
+    d_ev, d_an, pk = _agree(prog, arch)
+    assert abs(d_ev) <= 0.05, d_ev
+    assert abs(d_an) <= 0.15, d_an
+    assert pk.pe_busy_cycles.shape == (128, 128)
+
+
 MICRO = [
     ("reduce_scatter_row", 4, 32, 4),
     ("reduce_scatter_row", 4, 24, 12),  # Cerebras-GPT-111M's 12-PE segments
