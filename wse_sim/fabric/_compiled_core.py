@@ -25,8 +25,9 @@ with key >= the oldest pending callback's ``P << 24`` or a later time), so the o
 reference's exactly.
 
 Scalar state lives in ``I`` (int64) and ``F`` (float64) with the indices below. Status codes
-returned by :func:`run_loop`: ``DONE`` (heap empty or next event at/after ``until``),
-``PENDING`` (callbacks to run), ``GROW`` (an array is nearly full: grow and call again),
+returned by the loop (:func:`wse_sim.fabric._loop_core.run_loop`): ``DONE`` (heap empty or
+next event at/after ``until``), ``PENDING`` (callbacks to run), ``GROW`` (an array is
+nearly full: grow and call again),
 ``DEADLOCK_CHECK`` (nothing moved for ``deadlock_cycles``), ``ERR_NORULE``/``ERR_EDGE``
 (route errors, operands in ``I[I_E0:I_E0+3]``).
 """

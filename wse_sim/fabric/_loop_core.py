@@ -9,6 +9,7 @@ from numba import njit
 from wse_sim.fabric import _flow_core as fl
 from wse_sim.fabric._compiled_core import (
     ARRIVE,
+    CALL,
     DEADLOCK_CHECK,
     DELIVER,
     DONE,
@@ -36,7 +37,6 @@ from wse_sim.fabric._compiled_core import (
     PENDING,
     POP,
     PORT,
-    CALL,
     _arb,
     _head_ready,
     _release,

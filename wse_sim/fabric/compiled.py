@@ -11,8 +11,9 @@ occupancy, event count) on random traffic.
 Python keeps the setup (routes, relays, conservation bookkeeping), statistics and the hooks:
 ``on_deliver`` and :meth:`schedule` callbacks run in Python when the loop hands them back,
 with the tie-breaking keys they would have had in the reference (see the core's docstring),
-so PE programs (:mod:`wse_sim.fabric.dataflow`) run unchanged. Injections made from Python
-are staged and pushed into the compiled heap in bulk.
+so PE programs (:mod:`wse_sim.fabric.dataflow`) run unchanged; the ``packet`` backend's PE
+programs can instead run inside the loop (:mod:`wse_sim.fabric.compiled_flow`, state in
+``_W``). Injections made from Python are staged and pushed into the compiled heap in bulk.
 
 Memory: about ``rows * cols * 10 * colours * 60`` bytes (buffers, request-queue nodes) plus
 the events in flight; a 128 x 128 grid with 24 colours takes about 240 MB.

@@ -9,9 +9,10 @@ path): a message is cut into packets of its packet size; a packet leaves when it
 open and every packet it depends on has arrived (cut-through, ``forward_latency`` later); a PE
 starts chunk ``i`` when chunk ``i - 1`` is done and its inputs are there.
 
-A message is given as ``(src router, colour, size wavelets, deps, gates, edge, feeds, outs,
-packet wavelets, route destinations)`` rows in :class:`MessageTable`, in the order the Python
-path declares them (that order breaks ties in time).
+A kernel's messages come as the pattern expansions' rows (or :class:`MessageBlock` s) in the
+order the Python path declares them (that order breaks ties in time): :class:`MessageTable`
+turns them into columns, :func:`build_state` into the loop's state, :class:`KernelFlow` runs
+them on the engine.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def empty_state() -> tuple:
 class MessageTable:
     """A kernel's messages as columns, in declaration order.
 
-    Built from the rows (or :class:`MessageBlock` s) the ``packet`` backend's pattern expansions make:
+    Built from the rows (or :class:`MessageBlock` s) the ``packet`` backend's pattern
+    expansions make:
     ``(key, src, route, size, deps, gates, edge, feeds, outs, packet wavelets)`` with ``src``
     a PE ``(r, c)`` or router index, ``route`` a :class:`~wse_sim.fabric.routing.Route`,
     ``deps`` ``((key of an earlier message, offset), ...)``, ``edge`` None (the PE's RAMP) or

@@ -60,7 +60,7 @@ from collections.abc import Callable
 
 from wse_sim.fabric.engine_report import EngineReport
 from wse_sim.fabric.errors import RouteError
-from wse_sim.fabric.ports import (  # noqa: F401  (re-exported: the compiled engine, tests)
+from wse_sim.fabric.ports import (
     _DC,
     _DIR_INDEX,
     _DR,
@@ -68,7 +68,6 @@ from wse_sim.fabric.ports import (  # noqa: F401  (re-exported: the compiled eng
     _OPP,
     _STATIC,
     _XY,
-    _YX,
     INF,
     RAMP,
     SLOT_EDGE,
@@ -77,9 +76,9 @@ from wse_sim.fabric.ports import (  # noqa: F401  (re-exported: the compiled eng
     SLOTS,
     E,
     N,
+    Packet,
     S,
     W,
-    Packet,
 )
 from wse_sim.fabric.routing import RouteTable
 from wse_sim.fabric.topology import Mesh

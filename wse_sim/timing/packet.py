@@ -58,11 +58,11 @@ from wse_sim.errors import ConfigError
 from wse_sim.fabric.compiled import CompiledFabric
 from wse_sim.fabric.compiled_flow import KernelFlow, MessageBlock, MessageTable, build_state
 from wse_sim.fabric.engines import ENGINES
-from wse_sim.fabric.ports import RAMP
 from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.lines import LINE_PATTERNS
 from wse_sim.fabric.lines import expand as expand_line
+from wse_sim.fabric.ports import RAMP
 from wse_sim.fabric.routing import RouteTable, tree_route, xy_path, xy_route
 from wse_sim.fabric.stats import FabricStats
 from wse_sim.fabric.topology import Mesh
@@ -398,7 +398,8 @@ class _KernelRun:
         if not parts:
             return
         cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
-        off = np.repeat(np.cumsum([0] + [len(p[0]) for p in parts[:-1]]), [len(p[0]) for p in parts])
+        lens = [len(p[0]) for p in parts]
+        off = np.repeat(np.cumsum([0] + lens[:-1]), lens)
         dep = np.where(cols[3] >= 0, cols[3] + off, -1)
         msgs.append(
             MessageBlock(
