@@ -134,7 +134,7 @@ def main() -> None:
             spec.points, a.baseline_rev, Path(tmp)
         )
         run_point(spec.points[0])  # imports and first-call costs
-        from gpt_workload import sweep_cache
+        from gpt_workload.sweep import cache as sweep_cache
 
         sweep_cache.worker_cache().clear()
         t0, c0 = time.perf_counter(), time.process_time()

@@ -219,7 +219,7 @@ def test_csv_on_request_and_extended_grid_reuses_rows(spec_file, reference, tmp_
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.store as sw
     from gpt_workload.cli import main
 
     stage, n = sys.argv[1], int(sys.argv[2])
@@ -497,7 +497,7 @@ def _server(reply: bytes | None):
 def test_scheduler_that_is_not_dask_fails_fast(reply, fragment):
     """A user's ``--scheduler`` at an HTTP server hung until killed; an address whose peer
     sent junk gave "out of host memory" (Dask read a garbage frame length)."""
-    from gpt_workload.sweep import _probe_scheduler
+    from gpt_workload.sweep.runner import _probe_scheduler
 
     addr, srv = _server(reply)
     t0 = time.monotonic()
@@ -544,7 +544,7 @@ def test_scheduler_without_workers_is_refused(tmp_path, monkeypatch):
     failed scheduler check leaves no part files behind."""
     from distributed import LocalCluster
 
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.runner as sw
 
     monkeypatch.setattr(sw, "WORKER_WAIT_S", 1.0)
     spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
@@ -566,7 +566,7 @@ def test_a_cluster_that_loses_every_worker_stops_the_sweep(monkeypatch):
     """Every worker of an external cluster gone mid-sweep: nothing can finish, and the sweep
     waited forever; now it stops with one ClusterError line after LOST_WORKERS_S (finished
     points are kept by the caller, as for any cluster failure)."""
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.runner as sw
 
     class AsCompleted:  # two futures finish, then nothing ever does
         def __init__(self):

@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 
-from gpt_workload import sweep_cache
+from gpt_workload.sweep import cache as sweep_cache
 from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.sweep import SweepSpec, read_table, run_point, run_sweep
-from gpt_workload.sweep_cache import LoweringCache, load_arch_cached
+from gpt_workload.sweep.cache import LoweringCache, load_arch_cached
 from wse_sim.arch import load_arch
 from wse_sim.errors import FitError
 from wse_sim.timing.common import per_pe_maps
