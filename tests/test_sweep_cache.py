@@ -124,6 +124,35 @@ def test_searched_layout_is_keyed_by_the_io_rate_it_read() -> None:
     assert p2.kernels == fresh.kernels and p2.meta == fresh.meta
     energy = base.with_overrides(["energy.fmac_fp16_pj=1.0"])
     assert cache.lower(ws, cfg, energy, 1, 256, "fp16") is p1
+    # the candidate layouts do not read the I/O rate: the second search lowered none of
+    # the candidates the first had lowered, and its result did not leak into p1's meta
+    assert cache.shared_hits >= p2.meta["layout"]["layout_search"]["candidates"] // 2
+    assert p1.meta == ws.lower(cfg, base, 1, 256, "fp16").meta
+
+
+def test_searched_layout_rows_equal_uncached_rows(monkeypatch) -> None:
+    """A sweep of the default (searched) mapping over batch, SRAM and I/O rate: the same rows
+    with the shared candidate lowerings as with every point lowered afresh."""
+    spec = SweepSpec.from_dict(
+        {
+            "base": {"model": "cerebras-gpt-111m", "model.n_layer": 2, "seq_len": 512},
+            "grid": {
+                "batch": [2, 16],
+                "pe.sram_bytes": [32768, 49152],
+                "io.ingress_bytes_per_s": [40e9, 150e9, 600e9],
+            },
+        },
+        name="searched",
+    )
+    monkeypatch.setenv("WSE_SIM_SWEEP_CACHE", "0")
+    plain = [run_point(p) for p in spec.points]
+    monkeypatch.setenv("WSE_SIM_SWEEP_CACHE", "1")
+    cache = sweep_cache.worker_cache()
+    cache.clear()
+    shared = [run_point(p) for p in spec.points]
+    assert all(_same(a, b) for a, b in zip(plain, shared, strict=True))
+    assert all(r["status"] == "ok" for r in shared)
+    assert cache.misses == len(spec.points) and cache.shared_hits > cache.shared_misses
 
 
 def test_errors_are_cached_with_their_message() -> None:

@@ -53,10 +53,9 @@ from gpt_workload.sweep.spec import (
     point_key,
 )
 from gpt_workload.sweep.store import (
-    PartStore,
+    RowStore,
     atomic_write_bytes,
     build_table,
-    part_schema,
     read_table,
     write_table,
 )
@@ -70,9 +69,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "WORKER_WAIT_S",
     "ClusterError",
-    "PartStore",
     "PointConfig",
     "Progress",
+    "RowStore",
     "SweepResult",
     "SweepSpec",
     "add_parser",
@@ -89,7 +88,6 @@ __all__ = [
     "metrics_of",
     "one_line",
     "open_client",
-    "part_schema",
     "point_key",
     "read_table",
     "resolve_output",

@@ -14,7 +14,13 @@ from typing import Any
 
 from gpt_workload.sweep.point import error_row, one_line, run_point, run_points
 from gpt_workload.sweep.spec import PointConfig, SweepSpec, check_values, load_spec
-from gpt_workload.sweep.store import PartStore, build_table, remove_stale_tmp, write_table
+from gpt_workload.sweep.store import (
+    RowStore,
+    build_table,
+    journal_path,
+    remove_stale_tmp,
+    write_table,
+)
 from wse_sim.errors import ConfigError, WseSimError
 
 log = logging.getLogger(__name__)
@@ -384,12 +390,13 @@ def run_sweep(
     retry_failed: bool = False,
     progress: Progress | None = None,
 ) -> SweepResult:
-    """Run every point of ``spec`` not already in the output's part files, then write the
+    """Run every point of ``spec`` not already in the output's row journal, then write the
     table.
 
     Args:
         spec: a :class:`SweepSpec` or the path of a spec TOML.
-        output: the table's path (default: the spec's); parts go to ``<output>.parts/``.
+        output: the table's path (default: the spec's); finished rows are journalled in
+            ``<output>.rows`` (:class:`gpt_workload.sweep.store.RowStore`) as they arrive.
         fmt: ``parquet`` or ``csv`` (default: the spec's format).
         scheduler: address of an existing Dask scheduler (``tcp://HOST:PORT``).
         workers: worker processes of the local cluster (default: one per core); ``0`` runs
@@ -424,15 +431,14 @@ def run_sweep(
         path, fmt = resolve_output(spec, output, fmt)
         remove_stale_tmp(path.parent, path.name)
         try:
-            store = PartStore(path.with_name(path.name + ".parts"))
+            store = stack.enter_context(RowStore(journal_path(path)))
         except OSError as exc:
             raise ConfigError(
-                f"--output {str(path)!r}: its part files cannot be written next to it "
+                f"--output {str(path)!r}: its row journal cannot be written next to it "
                 f"({exc.strerror})"
             ) from None
 
-        wanted = set(spec.keys)
-        rows = store.read(store.done() & wanted)
+        rows = {k: store.rows[k] for k in spec.keys if k in store.rows}
         if retry_failed:
             for k in [k for k, r in rows.items() if r["status"] != "ok"]:
                 del rows[k]

@@ -68,7 +68,7 @@ MAX_POINTS = 100_000
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: bump when the meaning of a configuration or of a result column changes, or when the
-#: simulator times a configuration differently: old parts are then recomputed instead of
+#: simulator times a configuration differently: old rows are then recomputed instead of
 #: reused (2: streamed GEMMs pipeline weight-row piece by piece, not in 8 chunks)
 SCHEMA_VERSION = 2
 
