@@ -151,8 +151,18 @@ def _fresh(program: Any) -> Any:
     kept on the Program (:func:`wse_sim.timing.common.per_pe_maps`,
     :func:`wse_sim.timing.common.program_active_cycles`) stay shared."""
     c = copy.copy(program)
-    c.meta = copy.deepcopy(program.meta)
+    c.meta = _copy_tree(program.meta)
     return c
+
+
+def _copy_tree(obj: Any) -> Any:
+    """``obj`` with its dicts and lists copied, recursively (what a writer of a Program's
+    meta may change); other values shared (meta holds numbers and strings)."""
+    if type(obj) is dict:
+        return {k: _copy_tree(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_copy_tree(v) for v in obj]
+    return obj
 
 
 def _leaks(obj: Any, depth: int = 0) -> bool:
