@@ -37,7 +37,7 @@ sums travel east, PE ``0`` first, and the totals are broadcast back west: ``m x 
 fp32 scores per segment and head, pattern ``allreduce_head``); every PE then runs the same
 softmax on the full scores and multiplies by its own ``d_head / k`` features of ``V``
 (``softmax(S) V`` stays local per feature). The numerics follow that order
-(:func:`gpt_workload.kernels_split.attention_split`). SRAM: each PE also holds the running
+(:func:`gpt_workload.kernels.split_heads.attention_split`). SRAM: each PE also holds the running
 partial scores of one ``m x m`` key block it receives (:func:`score_receive_bytes`).
 Rotate-half RoPE (llama, qwen2) pairs features ``d_head / 2`` apart, which a split head
 places on different PEs: they swap them (:func:`rotary_exchange`, pattern

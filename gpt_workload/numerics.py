@@ -6,9 +6,9 @@ as the lowering placed the data (``[segment, PE in segment, token, feature slice
 :class:`gpt_workload.layout.TileLayout`), with the lowering's ``P`` (PEs per segment) and
 ``m`` (tokens per segment); with heads split over several PEs (``P > n_head``) attention
 computes each PE's partial ``q . k`` and chains them along the head
-(:mod:`gpt_workload.kernels_split`). Between kernels every stored tensor is rounded to the storage
-precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up front; the
-logits are the LM head's fp32 accumulators.
+(:mod:`gpt_workload.kernels.split_heads`). Between kernels every stored tensor is rounded to
+the storage precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up
+front; the logits are the LM head's fp32 accumulators.
 
 Every stored tensor is checked by a :class:`gpt_workload.health.HealthTracker` (op, layer,
 position of the first value that leaves the format's range or is not finite; the fp32
@@ -26,7 +26,7 @@ from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
 from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
-from gpt_workload.kernels_split import attention_split_tiled
+from gpt_workload.kernels.split_heads import attention_split_tiled
 from gpt_workload.layout import TileLayout, qkv_column_permutation
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights
@@ -102,7 +102,7 @@ def _heads_qk(
     ``j hp .. j hp + hp - 1``, columns ``[q | k | v]`` of its heads,
     :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` arrays;
     with heads split over ``ks`` PEs, PE ``j`` holds features ``(j % ks) dh/ks ..`` of head
-    ``j // ks`` (:func:`gpt_workload.kernels_split.attention_split_tiled`)."""
+    ``j // ks`` (:func:`gpt_workload.kernels.split_heads.attention_split_tiled`)."""
     S, P, m, w = qkv.shape
     K, segs = S // tl.segs_per_seq, tl.segs_per_seq
     if ks > 1:

@@ -8,16 +8,17 @@ Program's ``P`` and ``m``). Operands live in an environment keyed by the graph's
 names, so the layer sequence is the graph's, not another copy of it.
 
 Per op kind: the embedding (:func:`kernels.embed_tiled`, no position table), LayerNorm
-(:func:`kernels.layernorm_tiled`) or RMSNorm (:func:`kernels_llama.rmsnorm_tiled`: the
+(:func:`kernels.layernorm_tiled`) or RMSNorm (:func:`kernels.rmsnorm_tiled`: the
 sum of squares chained across the segment's PEs), linears and the LM head as the
 weight-streaming GEMM (:func:`kernels.gemm_ws`: PE-local partial sums chained along the
 segment, bias after the sum; widths not divisible by ``P`` zero-padded), rotary on the PEs
-that hold whole heads (:func:`kernels_llama.rotary_tiled`; a K head split across PEs is
-rotated after the group all-gather, :func:`kernels_llama.rotary_fwd` on its rows),
-grouped-query attention per (sequence, K/V head) (:func:`kernels_llama.gqa_attention_fwd`
+that hold whole heads (:func:`kernels.rotary_tiled`; a K head split across PEs is
+rotated after the group all-gather, :func:`kernels.rotary_fwd` on its rows),
+grouped-query attention per (sequence, K/V head) (:func:`kernels.gqa_attention_fwd`
 on the gathered rows; with each head split over ``k = P / n_head`` PEs, the per-PE partial
-``q . k`` chained along the head, :func:`gpt_workload.kernels_split.attention_split`), GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
-(float32, one rounding each, as :func:`kernels_llama.swiglu_fwd`), residual adds in the
+``q . k`` chained along the head, :func:`gpt_workload.kernels.split_heads.attention_split`),
+GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
+(float32, one rounding each, as :func:`kernels.swiglu_fwd`), residual adds in the
 graph's operand order, then the cross-entropy (:func:`kernels.cross_entropy_tiled`).
 
 Every stored tensor is rounded to the storage precision and checked by a
@@ -30,12 +31,12 @@ from __future__ import annotations
 import numpy as np
 
 from gpt_workload import kernels as kn
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op
 from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
-from gpt_workload.kernels_split import attention_split
+from gpt_workload.kernels.split_heads import attention_split
 from gpt_workload.layout import TileLayout
 from gpt_workload.models import build_graph
 from gpt_workload.numerics import NumericsResult, check_tokens
@@ -145,7 +146,7 @@ class _Exec:
     def split_attention(self, ins, d: int, kv: int) -> np.ndarray:
         """Attention with each head split over ``ks`` PEs: per-PE partial ``q . k`` chained
         along the head, online softmax over the layout's K/V blocks of ``m`` keys
-        (:func:`gpt_workload.kernels_split.attention_split`); rows ``[K T, d]``."""
+        (:func:`gpt_workload.kernels.split_heads.attention_split`); rows ``[K T, d]``."""
         cfg, tl = self.cfg, self.tl
         K, T, dh = tl.n_seq, tl.seq_len, cfg.d_head
         nkv = int(cfg.n_kv_heads)

@@ -1,4 +1,4 @@
-"""Decode kernels (:mod:`gpt_workload.kernels_decode`) against NumPy references: the tiled
+"""Decode kernels (:mod:`gpt_workload.kernels.decode`) against NumPy references: the tiled
 GEMV bit for bit against a float32 NumPy emulation of the same order and within rounding of
 float64 ``x @ W``; the split-KV attention against a float64 softmax reference with GQA."""
 
@@ -10,7 +10,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from gpt_workload.generation.split import GemvSplit, KVSplit, bounds, combine_order
-from gpt_workload.kernels_decode import (
+from gpt_workload.kernels.decode import (
     attention_decode,
     attention_partials,
     gemv_partials,
@@ -168,7 +168,7 @@ def test_attention_decode_rejects_bad_heads():
 
 def test_parallel_kernels_give_the_serial_numbers(monkeypatch):
     """Above :data:`PARALLEL_MIN_MACS` the kernels run on all threads: same numbers."""
-    import gpt_workload.kernels_decode as kd
+    import gpt_workload.kernels.decode as kd
 
     x, w, b = _data(3, 2, 50, 700)
     rng = np.random.default_rng(3)

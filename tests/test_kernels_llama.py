@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload import reference as ref
 from gpt_workload.rope import RopeScaling
 

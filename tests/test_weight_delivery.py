@@ -22,7 +22,7 @@ from gpt_workload.head_split import (
     weight_entry_bytes_per_s,
 )
 from gpt_workload.kernels import attention_tiled
-from gpt_workload.kernels_split import attention_split, attention_split_tiled
+from gpt_workload.kernels.split_heads import attention_split, attention_split_tiled
 from gpt_workload.layout import TileLayout
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.models import load_checkpoint, resolve_model

@@ -57,7 +57,7 @@ import numpy as np
 
 from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker, check_op_input, rows_locator
-from gpt_workload.kernels import _gelu_kernel
+from gpt_workload.kernels.elementwise import _gelu_kernel
 from gpt_workload.precision import check_precision, round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
 from wse_sim.errors import ConfigError

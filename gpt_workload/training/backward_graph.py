@@ -18,7 +18,7 @@ in ascending order. Per op kind (``N = B*T``)::
 
     embedding     x = wte[tok]                        dwte[tok] += dx (rows ascending)
     norm          LayerNorm (mean, rstd)              dx, dg (, db)       backward._layernorm*
-                  RMSNorm x * rstd * g                dx, dg              kernels_llama.rmsnorm_*
+                  RMSNorm x * rstd * g                dx, dg              kernels.rmsnorm_*
     linear        y = x @ W (+ b)                     dx = dy W^T; dW = x^T dy; db = sum dy
     lm_head       y = x @ W^T (+ b), W [V, d]         dx = dy W; dW = dy^T x; db = sum dy
     split         q | k | v column blocks            dx = [dq | dk | dv]
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import BackwardOp, Op, OpGraph
 from gpt_workload.health import HealthTracker, check_op_input, rows_locator
