@@ -3,7 +3,7 @@ non-finite.
 
 A :class:`HealthTracker` is handed every tensor an executor stores (the forward numerics of
 :mod:`gpt_workload.numerics` and the mappings, training's forward and backward in
-:mod:`gpt_workload.training.backward`; decode can use the same object) at op granularity:
+:mod:`gpt_workload.training.backward_graph`; decode can use the same object) at op granularity:
 one cheap test per op output (a float32 sum, exact when finite; the element-wise search runs
 only when it is not), never inside a kernel's inner loop. It keeps
 

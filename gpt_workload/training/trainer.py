@@ -26,7 +26,7 @@ import numpy as np
 from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker
 from gpt_workload.precision import check_precision
-from gpt_workload.training.backward import check_tokens, forward_backward_sum, grads_finite
+from gpt_workload.training.backward import check_tokens, grads_finite
 from gpt_workload.training.backward_graph import graph_forward_backward_sum
 from gpt_workload.training.loss_scale import DynamicLossScaler
 from gpt_workload.training.optim import AdamWConfig, AdamWState, adamw_step, clip_grad_norm
@@ -73,11 +73,9 @@ def accumulate_gradients(
     health: HealthTracker | None = None,
 ) -> tuple[float, GPTWeights, bool]:
     """Loss and gradients of a batch split into ``grad_accum_steps`` micro-batches along B.
-    ``health`` checks every stored tensor of every micro-batch. gpt2 runs
-    :func:`gpt_workload.training.backward.forward_backward_sum` (``GPTWeights``), the graph
-    families (gptj, llama, qwen2)
-    :func:`gpt_workload.training.backward_graph.graph_forward_backward_sum`
-    (:class:`gpt_workload.models.weights.DecoderWeights`).
+    ``health`` checks every stored tensor of every micro-batch. Every family runs
+    :func:`gpt_workload.training.backward_graph.graph_forward_backward_sum` (``GPTWeights``
+    for gpt2, :class:`gpt_workload.models.weights.DecoderWeights` for gptj, llama, qwen2).
 
     Each micro-batch's loss is normalised by the *full* batch's ``B * (T - 1)`` predictions,
     so the micro-batch gradients are summed (in micro-batch order, float32) into the gradient
@@ -85,12 +83,12 @@ def accumulate_gradients(
 
     Args:
         cfg, weights, precision, loss_scale, recompute: as
-            :func:`gpt_workload.training.backward.forward_backward`.
+            :func:`gpt_workload.training.backward_graph.graph_forward_backward`.
         tokens: int ``[B, T]``; ``B`` must be divisible by ``grad_accum_steps``.
         grad_accum_steps: number of micro-batches (int >= 1).
 
     Returns:
-        ``(loss, grads, finite)`` as ``forward_backward`` for the whole batch.
+        ``(loss, grads, finite)`` as ``graph_forward_backward`` for the whole batch.
 
     Raises:
         ConfigError: ``grad_accum_steps`` not a positive integer dividing ``B``, bad tokens.
@@ -106,9 +104,8 @@ def accumulate_gradients(
     mb = b // n
     loss = 0.0
     total: GPTWeights | None = None
-    fb = forward_backward_sum if cfg.family == "gpt2" else graph_forward_backward_sum
     for i in range(n):
-        part, g, _ = fb(
+        part, g, _ = graph_forward_backward_sum(
             cfg, weights, tok[i * mb : (i + 1) * mb], precision, loss_scale, recompute, denom,
             health,
         )
