@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import forward_flops_per_token
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.numerics import run_numerics
 from gpt_workload.simulate import default_batch
 from gpt_workload.weights import init_weights

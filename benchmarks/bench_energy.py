@@ -26,8 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.simulate import FIDELITIES, default_batch, simulate
 from wse_sim.arch import load_arch
 from wse_sim.energy import energy_report

@@ -75,7 +75,8 @@ Locator = Callable[
 
 
 def tile_locator(segs_per_seq: int, m: int, seq_len: int) -> Locator:
-    """Locator of a tile array ``[S, P, m, ft]`` (:class:`gpt_workload.layout.TileLayout`):
+    """Locator of a tile array ``[S, P, m, ft]``
+    (:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`):
     segment ``s`` is segment ``s % segs_per_seq`` of sequence ``s // segs_per_seq``; PE
     ``j`` holds features ``j ft .. (j + 1) ft - 1``. Padded token slots map to tokens
     ``>= seq_len`` and rank after every real token."""

@@ -3,7 +3,8 @@
 :func:`run_numerics` walks the kernels of the Program's first micro-batch in order and, for
 each, calls the Numba kernel of its op (:mod:`gpt_workload.kernels`) on tile arrays laid out
 as the lowering placed the data (``[segment, PE in segment, token, feature slice]``,
-:class:`gpt_workload.layout.TileLayout`), with the lowering's ``P`` (PEs per segment) and
+:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`), with the lowering's ``P`` (PEs
+per segment) and
 ``m`` (tokens per segment); with heads split over several PEs (``P > n_head``) attention
 computes each PE's partial ``q . k`` and chains them along the head
 (:mod:`gpt_workload.kernels.split_heads`). Between kernels every stored tensor is rounded to
@@ -24,10 +25,10 @@ import numpy as np
 
 from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
-from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
 from gpt_workload.kernels.split_heads import attention_split_tiled
-from gpt_workload.layout import TileLayout, qkv_column_permutation
+from gpt_workload.mappings.weight_streaming.head_split import pes_per_head
+from gpt_workload.mappings.weight_streaming.layout import TileLayout, qkv_column_permutation
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights
 from wse_sim.errors import ConfigError
@@ -100,7 +101,8 @@ def _heads_qk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Queries and keys of QKV tiles ``[S, P, m, 3 hp dh]`` (PE ``j`` holds heads
     ``j hp .. j hp + hp - 1``, columns ``[q | k | v]`` of its heads,
-    :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` arrays;
+    :func:`gpt_workload.mappings.weight_streaming.layout.qkv_column_permutation`) as ``[K, H,
+    T_pad, dh]`` arrays;
     with heads split over ``ks`` PEs, PE ``j`` holds features ``(j % ks) dh/ks ..`` of head
     ``j // ks`` (:func:`gpt_workload.kernels.split_heads.attention_split_tiled`)."""
     S, P, m, w = qkv.shape

@@ -1,9 +1,11 @@
-"""Numerics of a Program lowered from the op graph (:mod:`gpt_workload.lowering_graph`).
+"""Numerics of a Program lowered from the op graph
+(:mod:`gpt_workload.mappings.weight_streaming.graph_builder`).
 
 :func:`run_graph_numerics` walks the kernels of the Program's first micro-batch; each kernel
 is one op of the family's graph (:func:`gpt_workload.models.build_graph`, looked up by name)
 and runs on tile arrays laid out as the lowering placed the data (``[segment, PE in
-segment, token, feature slice]``, :class:`gpt_workload.layout.TileLayout`, with the
+segment, token, feature slice]``,
+:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`, with the
 Program's ``P`` and ``m``). Operands live in an environment keyed by the graph's operand
 names, so the layer sequence is the graph's, not another copy of it.
 
@@ -30,14 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpt_workload import kernels as kn
 from gpt_workload import kernels as kl
+from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op
-from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
 from gpt_workload.kernels.split_heads import attention_split
-from gpt_workload.layout import TileLayout
+from gpt_workload.mappings.weight_streaming.head_split import pes_per_head
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
 from gpt_workload.models import build_graph
 from gpt_workload.numerics import NumericsResult, check_tokens
 from gpt_workload.precision import round_storage

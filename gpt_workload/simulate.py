@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import WEIGHT_FILES, GPTConfig, forward_flops_per_token
+from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
+from gpt_workload.mappings.weight_streaming.head_split import head_split_summary
 from gpt_workload.models import init_model_weights, require_lowered, resolve_model
 from gpt_workload.models import load_checkpoint as load_any_checkpoint
-from gpt_workload.head_split import head_split_summary
-from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report, add_power_to_timeline
 from gpt_workload.weights import GPTWeights, load_checkpoint
 from wse_sim.arch import ArchConfig, load_arch
+from wse_sim.energy import energy_report
 from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
-from wse_sim.energy import energy_report
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, fabric_bound_s, n_directed_links
 from wse_sim.timing.event import run_event

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.mappings.gemm import gemm_plan
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from wse_sim.arch import load_arch
 from wse_sim.energy import (
     COMPONENTS,

@@ -17,7 +17,6 @@ import pytest
 
 from gpt_workload import strict_json
 from gpt_workload.cli import main
-from gpt_workload.models import resolve_model
 from gpt_workload.health import (
     FORMAT_MAX,
     OVERFLOW_AT,
@@ -25,7 +24,8 @@ from gpt_workload.health import (
     rows_locator,
     tile_locator,
 )
-from gpt_workload.layout import TileLayout
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
+from gpt_workload.models import resolve_model
 from gpt_workload.precision import round_storage
 from gpt_workload.simulate import simulate
 from gpt_workload.training.loss_scale import DynamicLossScaler

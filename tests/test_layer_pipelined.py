@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.mappings.gemm import gemm_plan
 from gpt_workload.mappings.layer_pipelined import TICK_CHUNKS, summa_resident_closed_form
+from gpt_workload.models import resolve_model
 from gpt_workload.reference import reference_forward
 from gpt_workload.simulate import simulate
 from gpt_workload.weights import init_weights
@@ -196,7 +196,7 @@ def test_folded_column_multicast_equals_a_per_link_count(rows, nseg, P):
 def test_fold_changes_the_gemm_grid_and_off_keeps_the_band():
     """fold=on: GEMMs on a rows (cols // P) x P grid, cols % P columns idle; fold=off: the
     full band; both lower and validate."""
-    from gpt_workload.lowering import choose_P
+    from gpt_workload.mappings.weight_streaming.plan import choose_P
 
     cfg, arch = resolve_model("gpt-tiny"), load_arch("grid32")
     P = choose_P(cfg, arch.wafer.cols)

@@ -8,9 +8,9 @@ import pytest
 
 from gpt_workload.cli import main
 from gpt_workload.config import GPTConfig
-from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.mappings import MAPPINGS, parse_mapping
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.models import resolve_model
 from gpt_workload.precision import unit_roundoff
 from gpt_workload.reference import final_hidden, reference_forward
 from gpt_workload.simulate import simulate
@@ -195,7 +195,7 @@ def test_block_gemm_chunks_fit_and_cost_no_more_than_column_chunks(algorithm):
     from types import SimpleNamespace
 
     from gpt_workload.mappings.gemm import gemm_plan
-    from gpt_workload.mappings.weight_streaming import _BlockGemm
+    from gpt_workload.mappings.weight_streaming.variants import _BlockGemm
 
     arch = load_arch("wse2")
     P, pr, M, K, N = 8, 8, 48, 2048, 1024
@@ -226,7 +226,7 @@ def test_block_gemm_refuses_when_no_chunk_fits():
     """No cut fits a 1-byte budget: a one-line FitError naming the kernel and the bytes."""
     from types import SimpleNamespace
 
-    from gpt_workload.mappings.weight_streaming import _BlockGemm
+    from gpt_workload.mappings.weight_streaming.variants import _BlockGemm
 
     bld = SimpleNamespace(
         L=SimpleNamespace(P=4), cfg=TINY, precision="fp16", arch=load_arch("wse2")

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.simulate import simulate
 from wse_sim.arch import load_arch
 from wse_sim.errors import ConfigError, FitError
@@ -156,7 +156,8 @@ def test_shrunk_sequence_wraps_in_a_one_row_grid():
 
 def test_weight_row_pipeline_is_what_the_packet_engine_times():
     """A streamed GEMM overlaps compute and fabric weight-row piece by weight-row piece
-    (:func:`gpt_workload.lowering.pipeline_chunks`), not in 8 coarse chunks: on the packet
+    (:func:`gpt_workload.mappings.weight_streaming.plan.pipeline_chunks`), not in 8 coarse chunks:
+    on the packet
     engine (every wavelet of every chunk) the finer pipeline is faster, by about the
     ``min(compute, fabric) / 8`` fill it removes, and ``event`` / ``analytic`` follow
     ``packet`` at both granularities."""

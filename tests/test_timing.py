@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt_workload.config import GPTConfig
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.mappings.weight_streaming.plan import max_batch_single_micro, plan_layout
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming, max_batch_single_micro, plan_layout
 from wse_sim.arch import load_arch
 from wse_sim.errors import ConfigError, FitError
 from wse_sim.timing.analytic import run_analytic

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gpt_workload.mappings.weight_streaming.plan import plan_layout
 from gpt_workload.models import parse_hf_dict, resolve_model
 from gpt_workload.training.activations import layer_memory
-from gpt_workload.lowering import plan_layout
 from gpt_workload.training.lowering import lower_training, plan_training, policy_needs
 from gpt_workload.training.train import time_training_step, train
 from tests.conftest import TINY_HF_CONFIGS

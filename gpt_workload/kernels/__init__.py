@@ -12,7 +12,8 @@ of sequence ``r // T``) serve training and the graph families; tile forms serve 
 weight-streaming numerics.
 
 Tile layout: every activation tensor of width ``F`` is a float32 tile array ``tiles[S, P, m, F
-// P]`` (see :mod:`gpt_workload.layout`): segment ``s`` of ``m`` tokens, PE ``j`` of its
+// P]`` (see :mod:`gpt_workload.mappings.weight_streaming.layout`): segment ``s`` of ``m`` tokens,
+PE ``j`` of its
 row-group, token slot ``t``, local feature ``f``. Segment ``s`` is segment ``s % S_seq`` of
 sequence ``s // S_seq``, so token slot ``t`` of segment ``s`` has position ``(s % S_seq) * m +
 t``; it is *padding* when that position is ``>= seq_len``. Padded slots are 0 on input and

@@ -140,7 +140,8 @@ def attention_tiled(
 
     PE ``j`` holds ``hp`` heads (``j*hp .. j*hp+hp-1``); the last dim of its qkv tile is
     ``[q of its hp heads | k of its hp heads | v of its hp heads]``, each head-major with
-    ``d_head`` features (use :func:`gpt_workload.layout.qkv_column_permutation` on the fused
+    ``d_head`` features (use
+    :func:`gpt_workload.mappings.weight_streaming.layout.qkv_column_permutation` on the fused
     QKV weight to get this order). The output tile of PE ``j`` holds its ``hp`` heads'
     outputs, head-major.
 

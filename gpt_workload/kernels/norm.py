@@ -1,7 +1,8 @@
 """Norms: LayerNorm on tile arrays, RMSNorm on token rows (forward, backward) and on tiles.
 
 The row forms take float32 ``[N, F]`` token rows, sequence-major, as the training kernels;
-the tile forms ``[S, P, m, F // P]`` (:mod:`gpt_workload.layout`) reduce a token's statistics
+the tile forms ``[S, P, m, F // P]`` (:mod:`gpt_workload.mappings.weight_streaming.layout`) reduce
+a token's statistics
 across the segment's PEs in chain order. Layout and arithmetic rules:
 :mod:`gpt_workload.kernels`.
 """

@@ -1,7 +1,8 @@
 """Causal attention with each head's features split over ``k`` PEs (Numba, float32).
 
 The numerics of the weight-streaming layout with ``P = k n_head`` PEs per segment
-(:mod:`gpt_workload.head_split`): PE ``c`` of a head (``c = 0 .. k - 1``) holds features
+(:mod:`gpt_workload.mappings.weight_streaming.head_split`): PE ``c`` of a head (``c = 0 .. k - 1``)
+holds features
 ``c dh/k .. (c + 1) dh/k - 1`` of the head's query, key and value. Order, per (sequence,
 head, query position ``t``):
 
@@ -103,9 +104,10 @@ def attention_split_tiled(qkv_tiles, tl, n_head: int, d_head: int, scale: float,
 
     ``qkv_tiles`` ``[S, P, m, 3 dh/k]``: PE ``j`` holds ``[q | k | v]`` of features ``(j %
     k) dh/k ..`` of head ``j // k`` (``k = P / n_head``; the QKV weight's columns permuted by
-    :func:`gpt_workload.layout.qkv_column_permutation` ``(n_head k, dh / k, P)``);
+    :func:`gpt_workload.mappings.weight_streaming.layout.qkv_column_permutation` ``(n_head k, dh /
+    k, P)``);
     ``out_tiles`` ``[S, P, m, dh/k]`` gets each PE's features of its head's output (padded
-    token slots 0). ``tl``: the :class:`gpt_workload.layout.TileLayout`.
+    token slots 0). ``tl``: the :class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`.
     """
     S, P, m, w = qkv_tiles.shape
     ks = P // n_head

@@ -10,8 +10,8 @@ backend, than another it re-timed.
 
 ``weight_streaming`` at its defaults (``pes_per_segment=auto,tokens_per_segment=auto``)
 searches its own layout, ``P`` and ``m``, by analytic time
-(:mod:`gpt_workload.mappings.ws_search`), so the candidate ``weight_streaming`` is already
-the best of its layouts (its ``meta["layout"]["layout_search"]`` says which).
+(:mod:`gpt_workload.mappings.weight_streaming.search`), so the candidate ``weight_streaming`` is
+already the best of its layouts (its ``meta["layout"]["layout_search"]`` says which).
 
 As a registered mapping, ``auto`` (``simulate(mapping="auto")``, ``wse-sim run --mapping
 auto``) runs the search in :meth:`AutoMapping.lower`, lowers with the winner, and records

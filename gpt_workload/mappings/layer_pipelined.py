@@ -50,8 +50,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import ACC_BYTES, _segments_for, check_workload, choose_P
 from gpt_workload.mappings.base import Knob, Mapping, register
+from gpt_workload.mappings.weight_streaming.plan import (
+    ACC_BYTES,
+    _segments_for,
+    check_workload,
+    choose_P,
+)
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError

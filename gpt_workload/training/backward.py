@@ -6,7 +6,8 @@ The training numerics of every family, GPT-2 included, are one walk of the famil
 calls for the GPT-2 ops (the rotary families' own ops are in :mod:`gpt_workload.kernels`).
 
 Layout: **plain 2-D token-major arrays**, not the per-PE tile layout of
-:mod:`gpt_workload.layout`. An activation of width ``F`` for ``B`` sequences of ``T`` tokens is a
+:mod:`gpt_workload.mappings.weight_streaming.layout`. An activation of width ``F`` for ``B``
+sequences of ``T`` tokens is a
 C-contiguous float32 array ``X[B*T, F]`` with row ``b*T + t`` holding token ``t`` of sequence
 ``b``. Weight gradients are therefore full sums over all ``B*T`` rows, accumulated in a fixed
 order (rows ascending), not per-PE partial sums reduced across segments.

@@ -14,7 +14,8 @@ import dataclasses
 import math
 
 from gpt_workload.graph import Op
-from gpt_workload.lowering import ACC_BYTES, WSLayout, pipeline_chunks
+from gpt_workload.mappings.weight_streaming.layout import WSLayout
+from gpt_workload.mappings.weight_streaming.plan import ACC_BYTES, pipeline_chunks
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.training.activations import MIN_CHUNK
 from wse_sim.program import Kernel, PEClass, Transfer

@@ -77,14 +77,14 @@ import math
 from dataclasses import dataclass
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import (
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.mappings.weight_streaming.graph_builder import GraphBuilder
+from gpt_workload.mappings.weight_streaming.layout import WSLayout
+from gpt_workload.mappings.weight_streaming.plan import (
     MAX_KERNELS,
-    WSLayout,
     _weight_buffer_share,
-    lower_weight_streaming,
     plan_layout,
 )
-from gpt_workload.lowering_graph import GraphBuilder
 from gpt_workload.models import build_graph
 from gpt_workload.precision import bytes_per_element, check_precision
 from gpt_workload.training.activations import LayerMemory, layer_memory

@@ -53,13 +53,12 @@ import numpy as np
 
 from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
-from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.mappings.weight_streaming.plan import max_batch_single_micro
 from gpt_workload.models import require_lowered
 from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
-from gpt_workload.training.lowering import lower_training
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program

@@ -2,7 +2,7 @@
 weight-streaming mapping.
 
 The segment width ``P`` trades weight delivery against everything else. Distinct weights
-enter over the segment's ``P`` columns (:func:`gpt_workload.head_split.
+enter over the segment's ``P`` columns (:func:`gpt_workload.mappings.weight_streaming.head_split.
 weight_entry_bytes_per_s`), so a narrow segment starves an I/O-bound run; a wide one splits
 heads over PEs (shorter vector ops and a score all-reduce in attention), holds fewer
 segments per grid row (longer segments ``m``, so longer partial-sum reductions), and may need
@@ -11,7 +11,8 @@ the default batch of 120 x 2048 tokens is compute-bound), so no closed form rank
 search simply times the candidates with the ``analytic`` backend (microseconds per kernel,
 the same closed forms the event backend refines) and keeps the fastest:
 
-* ``P``: every allowed value (:func:`gpt_workload.head_split.allowed_pes_per_segment`), or
+* ``P``: every allowed value
+(:func:`gpt_workload.mappings.weight_streaming.head_split.allowed_pes_per_segment`), or
   the given one;
 * ``m``: for each ``P``, the widest spread the grid allows (``m_0``, the layout's own
   choice), then ``2 m_0, 4 m_0, ...`` while the time keeps falling (fewer, longer
@@ -20,7 +21,8 @@ the same closed forms the event backend refines) and keeps the fastest:
 
 Candidates that do not fit (:class:`wse_sim.errors.FitError`) are skipped. The layout's own
 choice (``P`` = ``n_head`` or its largest divisor the grid fits, ``m_0``;
-:func:`gpt_workload.lowering.choose_P`) is kept unless another candidate is faster by more
+:func:`gpt_workload.mappings.weight_streaming.plan.choose_P`) is kept unless another candidate is
+faster by more
 than :data:`KEEP_WITHIN` (1 %): the three backends agree to fractions of a percent, so a
 smaller gain is inside the model's own spread and not worth a different layout (and the
 numerics of a run do not change on a rounding of the cost model). Other ties go to the
@@ -35,7 +37,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt_workload.head_split import allowed_pes_per_segment, check_pes_per_segment
+from gpt_workload.mappings.weight_streaming.head_split import (
+    allowed_pes_per_segment,
+    check_pes_per_segment,
+)
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
 
@@ -89,7 +94,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
             lowering).
         FitError: no candidate fits (the last candidate's reason).
     """
-    from gpt_workload.lowering import choose_P
+    from gpt_workload.mappings.weight_streaming.plan import choose_P
     from wse_sim.timing.analytic import run_analytic
 
     cols = arch.wafer.cols
