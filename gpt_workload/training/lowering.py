@@ -140,6 +140,8 @@ class TrainingPlan:
         seq_len: tokens per sequence; d_model, n_layer, s: for the offload bytes.
         passes: passes per sequence (1, or ``k`` when even one sequence's activations do
             not fit: module docstring); pass_tokens: tokens per pass (``ceil(seq_len / k)``).
+        search: how the plan was chosen among others, when it was
+            (:func:`gpt_workload.training.plan_search.search_training_plan`), else None.
     """
 
     layout: WSLayout
@@ -160,6 +162,7 @@ class TrainingPlan:
     s: int
     passes: int = 1
     pass_tokens: int = 0
+    search: dict | None = None
 
     @property
     def offload_bytes_per_step(self) -> int:
@@ -192,6 +195,9 @@ class TrainingPlan:
             "gradient_accumulation": "in MemoryX (each micro-batch streams its gradients out)",
             "passes_per_sequence": self.passes,
             "tokens_per_pass": self.pass_tokens or self.seq_len,
+            "pes_per_segment": self.layout.P,
+            "tokens_per_segment": self.layout.m,
+            "plan_search": self.search or "none: the plan that fits with the fewest micro-batches",
         }
 
 
@@ -219,7 +225,7 @@ def _held(cfg: GPTConfig, mem: LayerMemory, policy: str) -> int:
             "offload": mem.ckpt_bytes}[policy]  # fmt: skip
 
 
-def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed):
+def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed, P=None):
     """``(k, layout, needs, memory)`` for the fewest passes ``k`` (2 .. ``seq_len``) of
     ``ceil(seq_len / k)`` tokens whose one-pass micro-batch fits an allowed policy, found by
     bisection (fewer tokens per pass need less SRAM); ``None`` if not even one token does.
@@ -228,7 +234,7 @@ def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed):
     usable, s = arch.pe.sram_usable_bytes, bytes_per_element(precision)
 
     def fits(k: int):
-        Lp = plan_layout(cfg, arch, 1, math.ceil(seq_len / k), precision)
+        Lp = plan_layout(cfg, arch, 1, math.ceil(seq_len / k), precision, P=P)
         needs, mem = policy_needs(cfg, arch, Lp, s)
         return Lp.n_micro == 1 and min(needs[p] for p in allowed) <= usable, Lp, needs, mem
 
@@ -256,6 +262,7 @@ def plan_training(
     seq_len: int,
     precision: str,
     checkpoint_offload: str = "auto",
+    P: int | None = None,
 ) -> TrainingPlan:
     """Micro-batch size and activation policy for ``batch`` sequences on one system.
 
@@ -265,6 +272,10 @@ def plan_training(
     ``n`` the first allowed policy that fits. ``n`` is found by bisection over
     ``1 .. batch`` (the need grows with the micro-batch), so no count is skipped; the
     micro-batches are then balanced (``ceil(batch / n)`` each, the last one the rest).
+    ``P``: PEs per segment (None: the layout's own choice,
+    :func:`gpt_workload.lowering.choose_P`). This is the plan that *fits* with the fewest
+    micro-batches; which plan is *fastest* is searched by
+    :func:`gpt_workload.training.plan_search.search_training_plan`.
 
     Raises:
         ConfigError: bad batch, seq_len or checkpoint_offload. FitError: not even one
@@ -273,11 +284,11 @@ def plan_training(
     allowed = OFFLOAD_CHOICES[check_offload(checkpoint_offload)]
     usable = arch.pe.sram_usable_bytes
     s = bytes_per_element(precision)
-    plan_layout(cfg, arch, batch, seq_len, precision)  # validates batch and seq_len
+    plan_layout(cfg, arch, batch, seq_len, precision, P=P)  # validates batch, seq_len, P
 
     def need(n: int):
         b = math.ceil(batch / n)
-        Lb = plan_layout(cfg, arch, b, seq_len, precision)
+        Lb = plan_layout(cfg, arch, b, seq_len, precision, P=P)
         needs, mem = policy_needs(cfg, arch, Lb, s)
         ok = Lb.n_micro == 1 and min(needs[p] for p in allowed) <= usable
         return ok, Lb, needs, mem
@@ -288,7 +299,7 @@ def plan_training(
     except FitError as exc:  # the forward layout of one sequence does not fit
         ok, layout_error = False, exc
     if not ok:  # not even one sequence per micro-batch: fewer tokens per pass?
-        split = _split_sequence(cfg, arch, seq_len, precision, allowed)
+        split = _split_sequence(cfg, arch, seq_len, precision, allowed, P)
         if split is not None:
             k, Lp, needs, mem = split
             policy = next(p for p in allowed if needs[p] <= usable)
@@ -413,6 +424,7 @@ def lower_training(
     systems: int = 1,
     max_simulated: int = 3,
     checkpoint_offload: str = "auto",
+    plan: TrainingPlan | None = None,
 ) -> Program:
     """Lower one training step of one system (``batch`` sequences of ``seq_len`` tokens).
 
@@ -422,6 +434,9 @@ def lower_training(
             backends' SwarmX gradient path).
         max_simulated: most micro-batches lowered (>= 3; see the module docstring).
         checkpoint_offload: ``auto``, ``on`` or ``off`` (module docstring).
+        plan: the step plan to lower (layout, micro-batches, activation policy; e.g. the
+            fastest of :func:`gpt_workload.training.plan_search.search_training_plan`);
+            None: :func:`plan_training`'s plan with the fewest micro-batches.
 
     Returns:
         A Program with ``gradient_blocks``; ``meta`` holds the plan, the simulated
@@ -434,7 +449,9 @@ def lower_training(
     check_precision(precision)
     if not isinstance(max_simulated, int) or max_simulated < 3:
         raise ConfigError(f"max_simulated={max_simulated!r} must be an integer >= 3")
-    plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    if plan is None:
+        plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    P = plan.layout.P
     graph = build_graph(cfg)
     dims = graph.dims
     s = bytes_per_element(precision)
@@ -445,11 +462,11 @@ def lower_training(
     builder = None if cfg.family == "gpt2" else GraphBuilder
     Tp = plan.pass_tokens or seq_len  # tokens per pass (seq_len unless split)
     fwd_main = lower_weight_streaming(cfg, arch, plan.layout.b, Tp, precision,
-                                      builder=builder)  # fmt: skip
+                                      builder=builder, P=P)  # fmt: skip
     fwd_last = fwd_main
     if plan.b_last != plan.layout.b:
         fwd_last = lower_weight_streaming(cfg, arch, plan.b_last, Tp, precision,
-                                          builder=builder)  # fmt: skip
+                                          builder=builder, P=P)  # fmt: skip
     n_k = len(sim) * (len(fwd_main.kernels) * (2 if rec else 1) + 3 * len(graph.layer)
                       * cfg.n_layer + 12)  # fmt: skip
     if n_k > MAX_KERNELS:
@@ -486,7 +503,7 @@ def lower_training(
         fwd = fwd_last if last else fwd_main
         b_mb = plan.b_last if last else plan.layout.b
         sfx = "_last" if (last and fwd_last is not fwd_main) else ""
-        Lmb = plan_layout(cfg, arch, b_mb, T, precision)
+        Lmb = plan_layout(cfg, arch, b_mb, T, precision, P=P)
         ckpt = b_mb * T * d * s  # one layer's checkpoint of this micro-batch, bytes
         B = BwdKernels(cfg, arch, Lmb, precision, plan.sram_need_bytes, sfx, i)
         held_bwd = {"store": held_fwd, "recompute": held_fwd, "offload": plan.memory.ckpt_bytes}

@@ -59,7 +59,7 @@ from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
-from gpt_workload.training.lowering import lower_training
+from gpt_workload.training.plan_search import search_training_plan
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
@@ -153,28 +153,25 @@ def time_training_step(
 ) -> StepTiming:
     """Lower and time one training step of ``batch`` global sequences over ``systems``
     (``checkpoint_offload``: ``auto``, ``on`` or ``off``, see
-    :mod:`gpt_workload.training.lowering`). When ``auto`` plans offload, the best plan
-    without it is timed too if it fits and the faster kept (``auto_choice`` in the plan).
+    :mod:`gpt_workload.training.lowering`). The step plan (segment width, micro-batches,
+    activation policy) is the fastest by ``analytic`` time among those that fit
+    (:mod:`gpt_workload.training.plan_search`; ``plan_search`` in the plan).
 
     Raises:
         ConfigError, FitError: bad input (one line).
     """
-    st = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload)
-    ck = st.program.meta["training"]["checkpoint_offload"]
-    if checkpoint_offload == "auto" and ck["used"]:
-        try:
-            off = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "off")
-        except FitError:
-            ck["auto_choice"] = "offload: no plan without it fits"
-            return st
-        times = f"offload {st.step_time_s:.6g} s vs on the wafer {off.step_time_s:.6g} s"
-        st = off if off.step_time_s < st.step_time_s else st
-        st.program.meta["training"]["checkpoint_offload"].update(mode="auto", auto_choice=times)
-    return st
+    if batch < systems or fidelity not in FIDELITIES:  # the one-line errors of _time_step
+        return _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "auto")
+    run, co = (cfg, arch, batch, seq_len, precision, systems), checkpoint_offload
+    choice = search_training_plan(
+        cfg, swarmx_arch(arch, systems), math.ceil(batch / systems), seq_len, precision, co,
+        lambda p: _time_step(*run, "analytic", co, p).step_time_s, systems)  # fmt: skip
+    return _time_step(*run, fidelity, co, choice.plan)
 
 
-def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload):
-    """:func:`time_training_step` for one ``checkpoint_offload`` value."""
+def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
+               plan=None):
+    """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
     if batch < systems:
@@ -187,7 +184,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
     arch_s = swarmx_arch(arch, systems)
     t0 = time.perf_counter()
     prog = lower_training(cfg, arch_s, per, seq_len, precision, systems=systems,
-                          checkpoint_offload=checkpoint_offload)  # fmt: skip
+                          checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr = FIDELITIES[fidelity](prog, arch_s)
@@ -325,8 +322,9 @@ class TrainReport:
             ("workload", f"batch {self.batch} x seq {self.seq_len} = {self.tokens_per_step:,} "
                          f"tokens/step, {self.precision}, {self.steps} step(s)"),
             ("per system", f"{t['per_system_batch']} sequences in {t['micro_batches']} "
-                           f"micro-batch(es) of {t['sequences_per_micro_batch']}; activations "
-                           f"{t['activations']}; gradients accumulate in MemoryX"),
+                           f"micro-batch(es) of {t['sequences_per_micro_batch']} (segments of "
+                           f"{t['pes_per_segment']} PEs x {t['tokens_per_segment']} tokens); "
+                           f"activations {t['activations']}; gradients accumulate in MemoryX"),
             ("checkpoints", (f"offloaded to MemoryX: {ck['bytes_out_per_step'] / 1e9:.3f} GB "
                              "out and back in per step per system" if ck["used"] else
                              "on the wafer") + f" (--checkpoint-offload {ck['mode']})"),
