@@ -29,11 +29,13 @@ egress, optimizer; the closed forms the ``event`` backend refines) and keeps the
 as :mod:`gpt_workload.mappings.ws_search` does for the forward layout:
 
 * ``P``: every allowed width;
-* micro-batches: from the fewest that fit at that ``P`` up to twice as many, keeping only
+* policies: every one the ``checkpoint_offload`` choice allows
+  (:data:`gpt_workload.training.lowering.OFFLOAD_CHOICES`);
+* micro-batches: for each ``P`` and policy, from the fewest whose SRAM need fits
+  (:func:`gpt_workload.training.lowering.policy_needs`; ``store`` usually needs many more
+  than ``recompute``, which needs more than ``offload``) up to twice as many, keeping only
   counts whose main micro-batch occupies more PEs than every smaller count did (another
-  count re-streams the weights for nothing);
-* policies: every one the ``checkpoint_offload`` choice allows that fits the SRAM
-  (:func:`gpt_workload.training.lowering.policy_needs`).
+  count re-streams the weights for nothing).
 
 Candidates are timed in increasing order of a lower bound on their step time (the model's
 ``3 x forward`` FLOPs, plus the recomputed forward, spread over the PEs the layout keeps
@@ -62,6 +64,7 @@ from gpt_workload.training.lowering import (
     _held,
     check_offload,
     plan_training,
+    policy_needs,
 )
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import FitError
@@ -114,12 +117,12 @@ def candidate_plans(cfg, arch: ArchConfig, batch: int, seq_len: int, precision: 
     """
     allowed = OFFLOAD_CHOICES[check_offload(checkpoint_offload)]
     usable = arch.pe.sram_usable_bytes
+    s = bytes_per_element(precision)
     own = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
     out = [own]
-    p_own = own.layout.P
     for P in allowed_pes_per_segment(cfg, arch.wafer.cols):
         try:
-            p0 = own if P == p_own else plan_training(
+            p0 = own if P == own.layout.P else plan_training(
                 cfg, arch, batch, seq_len, precision, checkpoint_offload, P=P)  # fmt: skip
         except FitError:
             continue
@@ -128,20 +131,29 @@ def candidate_plans(cfg, arch: ArchConfig, batch: int, seq_len: int, precision: 
                                         stored_bytes_per_pe=_held(cfg, p0.memory, p))
                     for p in allowed if p0.needs[p] <= usable]  # fmt: skip
             continue
-        busy = 0
-        for n in range(p0.n_micro, min(batch, MAX_MICRO_FACTOR * p0.n_micro) + 1):
-            b = math.ceil(batch / n)
-            if math.ceil(batch / b) != n:  # the same micro-batch size as a smaller n
+
+        def fits(n: int, policy: str, P=P) -> bool:
+            L = plan_layout(cfg, arch, math.ceil(batch / n), seq_len, precision, P=P)
+            return L.n_micro == 1 and policy_needs(cfg, arch, L, s)[0][policy] <= usable
+
+        for policy in allowed:
+            if not fits(batch, policy):
                 continue
-            L = plan_layout(cfg, arch, b, seq_len, precision, P=P)
-            if L.n_micro != 1 or L.n_active_pe <= busy:
-                continue
-            busy = L.n_active_pe
-            base = plan_training(cfg, arch, b, seq_len, precision, checkpoint_offload, P=P)
-            if base.n_micro != 1:
-                continue
-            out += [_with(base, cfg, batch, n, p, checkpoint_offload)
-                    for p in allowed if base.needs[p] <= usable]  # fmt: skip
+            lo, hi = p0.n_micro - 1, batch  # the fewest micro-batches that fit this policy
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if fits(mid, policy) else (mid, hi)
+            busy = 0
+            for n in range(hi, min(batch, MAX_MICRO_FACTOR * hi) + 1):
+                b = math.ceil(batch / n)
+                if math.ceil(batch / b) != n:  # the same micro-batch size as a smaller n
+                    continue
+                L = plan_layout(cfg, arch, b, seq_len, precision, P=P)
+                if L.n_active_pe <= busy or not fits(n, policy):
+                    continue
+                busy = L.n_active_pe
+                base = plan_training(cfg, arch, b, seq_len, precision, checkpoint_offload, P=P)
+                out.append(_with(base, cfg, batch, n, policy, checkpoint_offload))
     # the own plan appears again among the P = p_own candidates: keep its first copy
     seen, uniq = set(), []
     for p in out:
