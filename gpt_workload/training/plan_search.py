@@ -109,20 +109,24 @@ def _with(base: TrainingPlan, cfg, batch: int, n: int, policy: str, mode: str) -
 def candidate_plans(cfg, arch: ArchConfig, batch: int, seq_len: int, precision: str,
                     checkpoint_offload: str = "auto") -> list[TrainingPlan]:  # fmt: skip
     """Every candidate plan of the search (module docstring), the fewest-micro-batch plan at
-    the layout's own ``P`` first.
+    the layout's own ``P`` first (when it fits; else the first candidate that does).
 
     Raises:
-        ConfigError: bad batch, seq_len or checkpoint_offload. FitError: no plan fits (the
-            reason at the layout's own ``P``).
+        ConfigError: bad batch, seq_len or checkpoint_offload. FitError: no plan fits at any
+            ``P`` (the reason at the layout's own ``P``).
     """
     allowed = OFFLOAD_CHOICES[check_offload(checkpoint_offload)]
     usable = arch.pe.sram_usable_bytes
     s = bytes_per_element(precision)
-    own = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
-    out = [own]
+    own = own_error = None
+    try:
+        own = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    except FitError as exc:  # another width may fit
+        own_error = exc
+    out = [own] if own else []
     for P in allowed_pes_per_segment(cfg, arch.wafer.cols):
         try:
-            p0 = own if P == own.layout.P else plan_training(
+            p0 = own if own and P == own.layout.P else plan_training(
                 cfg, arch, batch, seq_len, precision, checkpoint_offload, P=P)  # fmt: skip
         except FitError:
             continue
@@ -154,6 +158,8 @@ def candidate_plans(cfg, arch: ArchConfig, batch: int, seq_len: int, precision: 
                 busy = L.n_active_pe
                 base = plan_training(cfg, arch, b, seq_len, precision, checkpoint_offload, P=P)
                 out.append(_with(base, cfg, batch, n, policy, checkpoint_offload))
+    if not out:
+        raise own_error
     # the own plan appears again among the P = p_own candidates: keep its first copy
     seen, uniq = set(), []
     for p in out:
@@ -169,22 +175,25 @@ def lower_bound_s(cfg, arch: ArchConfig, plan: TrainingPlan, precision: str,
     """A lower bound on the step time of ``plan`` (seconds), no lowering needed.
 
     Compute: the training FLOPs (``3 x`` the forward's matrix FLOPs of the plan's tokens,
-    plus the layers' forward again when the policy recomputes) over the PEs the main
-    micro-batch's layout keeps busy at the per-PE peak (``2 x fmac_per_cycle x clock``);
+    plus the layers' forward again when the policy recomputes) of each micro-batch over the
+    PEs its layout keeps busy, at the per-PE peak (``2 x fmac_per_cycle x clock``);
     every kernel takes at least its average PE's work. I/O: the layer weights streamed twice
     per micro-batch (forward and backward) plus the checkpoints streamed back in, over
     ``io.ingress_bytes_per_s``.
     """
     g = build_graph(cfg)
     T = plan.pass_tokens or plan.seq_len
-    seqs = plan.batch * plan.seq_len / T  # passes of T tokens
-    fwd = g.forward_flops(1, T)["matrix"] * seqs
-    head = sum(g.flops(op, 1, T)[0] for op in g.epilogue) * seqs
+    fwd = g.forward_flops(1, T)["matrix"]  # one sequence (or pass) of T tokens
+    head = sum(g.flops(op, 1, T)[0] for op in g.epilogue)
     rec = plan.policy in ("recompute", "offload")
-    flops = 3 * fwd + (fwd - head if rec else 0)
+    per_seq = 3 * fwd + (fwd - head if rec else 0)
     pe = arch.pe
     per_pe = 2 * pe.fmac_per_cycle(precision) * pe.clock_hz
-    compute = flops / (plan.layout.n_active_pe * per_pe)
+    L = plan.layout
+    last = L.n_active_pe  # the last micro-batch may be smaller, spread over more PEs
+    if plan.b_last != L.b:
+        last = plan_layout(cfg, arch, plan.b_last, T, precision, P=L.P).n_active_pe
+    compute = per_seq * ((plan.n_micro - 1) * L.b / L.n_active_pe + plan.b_last / last) / per_pe
     s = bytes_per_element(precision)
     layers = _block_bytes(cfg, s, T)[1] * cfg.n_layer
     io = (2 * layers * plan.n_micro + plan.offload_bytes_per_step) / arch.io.ingress_bytes_per_s
