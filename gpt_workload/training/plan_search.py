@@ -177,7 +177,10 @@ def lower_bound_s(cfg, arch: ArchConfig, plan: TrainingPlan, precision: str,
     Compute: the training FLOPs (``3 x`` the forward's matrix FLOPs of the plan's tokens,
     plus the layers' forward again when the policy recomputes) of each micro-batch over the
     PEs its layout keeps busy, at the per-PE peak (``2 x fmac_per_cycle x clock``);
-    every kernel takes at least its average PE's work. I/O: the layer weights streamed twice
+    every kernel takes at least its average PE's work; plus, per micro-batch, the add of
+    the partial weight gradient arriving down the column to every PE's own (``ceil(K / P)
+    x N`` elements per linear, whatever the tokens per segment:
+    :meth:`gpt_workload.training.bwd_kernels.BwdKernels.dw`). I/O: the layer weights streamed twice
     per micro-batch (forward and backward) plus the checkpoints streamed back in, over
     ``io.ingress_bytes_per_s``.
     """
@@ -194,6 +197,10 @@ def lower_bound_s(cfg, arch: ArchConfig, plan: TrainingPlan, precision: str,
     if plan.b_last != L.b:
         last = plan_layout(cfg, arch, plan.b_last, T, precision, P=L.P).n_active_pe
     compute = per_seq * ((plan.n_micro - 1) * L.b / L.n_active_pe + plan.b_last / last) / per_pe
+    dims = g.dims
+    adds = sum(math.ceil(dims[op.attrs["n_in"]] / L.P) * dims[op.attrs["n_out"]]
+               for op in (*g.layer * cfg.n_layer, *g.epilogue) if op.kind in ("linear", "lm_head"))
+    compute += plan.n_micro * adds / (per_pe / 2)  # fmt: skip
     s = bytes_per_element(precision)
     layers = _block_bytes(cfg, s, T)[1] * cfg.n_layer
     io = (2 * layers * plan.n_micro + plan.offload_bytes_per_step) / arch.io.ingress_bytes_per_s
