@@ -117,3 +117,11 @@ def test_wider_segments_fill_the_grid_gptj_wse3():
     cands = candidate_plans(cfg, arch, 120, 2048, "fp16")
     got = {(p.layout.P, p.layout.b): p.layout.n_active_pe for p in cands}
     assert got[(16, 60)] == busy(16, 60) and got[(32, 60)] == busy(32, 60)
+
+
+def test_a_plan_for_another_batch_is_refused():
+    from gpt_workload.training.lowering import lower_training
+
+    plan = candidate_plans(TINY, GRID32, 8, 64, "fp16")[0]
+    with pytest.raises(ConfigError, match="plan is for batch=8 x seq_len=64, not batch=9"):
+        lower_training(TINY, GRID32, 9, 64, "fp16", plan=plan)

@@ -48,6 +48,10 @@ so the wafer holds one checkpoint in flight instead of ``n_layer``.
 any policy fits, and at that count the first of ``store``, ``recompute``, ``offload`` that
 fits (each micro-batch streams all weights again, which costs more than moving the
 checkpoints); ``on`` forces ``offload``; ``off`` allows ``store`` and ``recompute`` only.
+That is :func:`plan_training`'s plan, the one that fits with the fewest micro-batches; the
+train API runs the fastest plan that fits instead, searched over segment widths, micro-batch
+counts and the allowed policies (:mod:`gpt_workload.training.plan_search`), and lowers it
+here (``plan=``).
 A micro-batch too big for every allowed policy is made smaller (more micro-batches); when
 not even one sequence fits, the sequence is **split into passes** of fewer tokens (the
 fewest passes ``k`` that fit, ``ceil(seq_len / k)`` tokens each, one pass per micro-batch:
@@ -451,6 +455,9 @@ def lower_training(
         raise ConfigError(f"max_simulated={max_simulated!r} must be an integer >= 3")
     if plan is None:
         plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    elif (plan.batch, plan.seq_len) != (batch, seq_len):
+        raise ConfigError(f"plan is for batch={plan.batch} x seq_len={plan.seq_len}, "
+                          f"not batch={batch} x seq_len={seq_len}")  # fmt: skip
     P = plan.layout.P
     graph = build_graph(cfg)
     dims = graph.dims
