@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from gpt_workload.cli.console import check_output_paths, console
 from wse_sim.errors import ConfigError
 
 __all__ = ["add_parser", "cmd_generate"]
@@ -32,12 +33,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Run ``generate()`` with the command line's options; print, then write the outputs."""
     from rich.table import Table
 
-    from gpt_workload.cli import _check_output_paths, _console
     from gpt_workload.generation.job import generate
     from gpt_workload.generation.report import console_rows, write_generation_trace
     from gpt_workload.generation.requests import read_prompt_tokens
 
-    _check_output_paths(args)
+    check_output_paths(args)
     prompt_tokens = read_prompt_tokens(args.prompt_tokens) if args.prompt_tokens else None
     rep = generate(
         args.model,
@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=args.set or (),
     )
-    con = _console()
+    con = console()
     t = Table(title="wse-sim generate", show_header=False, title_justify="left")
     t.add_column("", style="bold")
     t.add_column("", overflow="fold")  # wrap long rows (token ids), never crop them
