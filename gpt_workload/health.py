@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gpt_workload.precision import check_precision, round_storage
+from gpt_workload.precision import Precision, check_precision, round_storage
 
 #: largest finite value of each storage format (IEEE 754 binary16 ``(2 - 2**-10) 2**15``,
 #: bfloat16 ``(2 - 2**-7) 2**127``, binary32 ``(2 - 2**-23) 2**127``)
@@ -508,13 +508,14 @@ def _are(what: str) -> str:
     return "are" if what.endswith("s") and not what.endswith("ss") else "is"
 
 
-def suggestion(precision: str) -> str:
+def suggestion(precision: str | Precision) -> str:
     """What to try when ``precision`` overflows."""
-    if precision == "fp16":
+    precision = Precision.parse(precision)
+    if precision is Precision.FP16:
         return (
             "try --precision bf16 (2 bytes, range to 3.4e38) or fp32, or scale the weights "
             "down; in training, loss scaling handles gradient overflow but not a forward one"
         )
-    if precision == "bf16":
+    if precision is Precision.BF16:
         return "try --precision fp32, or check the weights and inputs"
     return "the values overflow even fp32: check the weights and inputs"

@@ -103,7 +103,6 @@ def test_run_writes_json_logits_and_plots(tmp_path, tiny_ckpt):
             ["--model", "cerebras-gpt-13b", "--arch", "grid8"],
             ["does not fit one sequence", "short by"],
         ),
-        (["--precision", "fp8"], ["fp8", "fp16"]),
         (["--fidelity", "exact"], ["fidelity"]),
         (["--batch", "0"], ["batch=0"]),
         (["--seq-len", "99999"], ["seq_len=99999"]),

@@ -117,6 +117,29 @@ def test_check_precision_message() -> None:
         check_precision("fp8")
 
 
+def test_precision_type_carries_the_format() -> None:
+    """wse_sim's Precision: sizes from the element types (NumPy, torch), ``u`` from their
+    machine epsilon, the arch fields it names exist, and it stands in for its name."""
+    from wse_sim.arch import load_arch
+    from wse_sim.precision import Precision
+
+    sizes = {"fp32": np.dtype(np.float32).itemsize, "fp16": np.dtype(np.float16).itemsize,
+             "bf16": torch.empty(0, dtype=torch.bfloat16).element_size()}  # fmt: skip
+    arch = load_arch("wse2")
+    for p in Precision:
+        assert Precision.parse(p.value) is p and Precision.parse(p) is p
+        assert p == p.value and hash(p) == hash(p.value) and f"{p}" == p.value
+        assert repr(p) == repr(p.value)
+        assert p.bytes_per_element == sizes[p.value]
+        assert p.unit_roundoff == unit_roundoff(p.value)
+        assert p.accumulation is Precision.FP32
+        assert arch.pe.fmac_per_cycle(p) == getattr(arch.pe, p.fmac_field)
+        assert arch.energy.fmac_pj(p) == getattr(arch.energy, p.fmac_energy_field)
+        assert check_precision(p.value) is p
+    with pytest.raises(ConfigError, match=r"^--precision='int8' is not supported; allowed: "):
+        Precision.parse("int8", "--precision")
+
+
 def test_fp32_is_copy() -> None:
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     y = round_storage(x, "fp32")

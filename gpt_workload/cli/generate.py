@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from gpt_workload.checks import not_allowed
 from gpt_workload.cli.console import check_output_paths, console
-from wse_sim.errors import ConfigError
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["add_parser", "cmd_generate"]
 
@@ -19,13 +20,12 @@ __all__ = ["add_parser", "cmd_generate"]
 def _systems(text: str):
     if text == "auto":
         return "auto"
-    bad = ConfigError(f"--systems {text!r} is not allowed: expected an integer >= 1 or auto")
     try:
         v = int(text)
     except ValueError:
-        raise bad from None
-    if v < 1:
-        raise bad
+        v = None
+    if v is None or v < 1:
+        raise not_allowed("--systems", text, "an integer >= 1 or auto")
     return v
 
 
@@ -128,7 +128,7 @@ def add_parser(sub) -> None:
         help="matrix-vector layout: mesh (MeshGEMV, alternating axes) or rowcol",
     )  # fmt: skip
     g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
-    g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    g.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
     g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (> 0, default 1.0) for --sampling temperature "

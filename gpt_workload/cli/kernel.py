@@ -11,6 +11,7 @@ import argparse
 
 from gpt_workload.cli.console import print_kv
 from wse_sim.errors import ConfigError
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["add_parser", "cmd_kernel_collective", "cmd_kernel_gemm"]
 
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     place.add_argument("--streamed", dest="operands", action="store_const", const="streamed",
                        help="B streams in from MemoryX")  # fmt: skip
     g.set_defaults(operands="resident")
-    g.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, fp16 or bf16")
     g.add_argument("--fidelity", default="analytic", help="analytic, event or packet")
     g.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE", help="arch override")
     g.set_defaults(func=cmd_kernel_gemm)

@@ -16,6 +16,7 @@ from gpt_workload.plots import (
     utilisation_heatmap,
 )
 from wse_sim.errors import ConfigError
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["RUN_KINDS", "add_parser", "cmd_plot"]
 
@@ -38,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--arch", default="wse2", help="arch preset or TOML")
     g.add_argument("--batch", type=int, default=None, help="sequences (default as run)")
     g.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
-    g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    g.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     g.add_argument("--fidelity", default="event", help="event or analytic")
     g.add_argument("--set", action="append", metavar="LEVEL.FIELD=VALUE", help="arch override")
     g.add_argument("--op", help="heatmap: only this op (e.g. qkv, attention)")

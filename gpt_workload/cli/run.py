@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 
+from gpt_workload.checks import check_token_ids
 from gpt_workload.cli.console import (
     ALLOW_NONFINITE_HELP,
     check_output_paths,
@@ -13,6 +14,7 @@ from gpt_workload.cli.console import (
     print_notices,
 )
 from wse_sim.errors import ConfigError
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["add_parser", "cmd_run", "print_energy_table"]
 
@@ -41,7 +43,7 @@ def add_parser(sub) -> None:
         help="sequences timed (default: the "
         "published training batch, capped at what fits one micro-batch)",
     )
-    r.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    r.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     r.add_argument(
         "--mapping",
         default="weight_streaming",
@@ -115,11 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--tokens {args.tokens!r} is not a readable .npy file: {exc}"
             ) from None
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ConfigError(
-                f"--tokens must hold int token ids of shape [K, T], got "
-                f"{tokens.dtype} {tokens.shape}"
-            )
+        tokens = check_token_ids(tokens, name="--tokens")
     check_output_paths(args)
     if args.save_logits and args.check_sequences == 0:
         raise ConfigError("--save-logits needs the numerics, but --check-sequences is 0")

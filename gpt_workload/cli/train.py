@@ -10,6 +10,7 @@ from gpt_workload.cli.console import (
     console,
     print_notices,
 )
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["add_parser", "cmd_train"]
 
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
         default=None,
         help="tokens per sequence, 2..n_positions (default min(2048, n_positions))",
     )
-    tr.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    tr.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     tr.add_argument("--fidelity", default="event", help="event (SimPy) or analytic")
     tr.add_argument(
         "--tokens",
