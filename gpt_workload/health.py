@@ -47,22 +47,16 @@ from gpt_workload.precision import Precision, check_precision, round_storage
 
 #: largest finite value of each storage format (IEEE 754 binary16 ``(2 - 2**-10) 2**15``,
 #: bfloat16 ``(2 - 2**-7) 2**127``, binary32 ``(2 - 2**-23) 2**127``)
-FORMAT_MAX: dict[str, float] = {
-    "fp16": 65504.0,
-    "bf16": (2 - 2**-7) * 2.0**127,
-    "fp32": float(np.finfo(np.float32).max),
-}
+FORMAT_MAX: dict[str, float] = {p.value: p.max_finite for p in Precision}
 #: smallest magnitude that rounds to +-inf when stored (round to nearest, ties to even:
 #: halfway between :data:`FORMAT_MAX` and the next power of two, where the tie goes to inf
 #: because FORMAT_MAX's significand is odd); no finite float32 overflows fp32 storage
 OVERFLOW_AT: dict[str, float] = {
-    "fp16": 65520.0,
-    "bf16": (2 - 2**-8) * 2.0**127,
-    "fp32": math.inf,
+    p.value: math.inf if p is Precision.FP32 else p.overflow_threshold for p in Precision
 }
 #: smallest magnitude an fp32 operation rounds to +-inf (``(2 - 2**-24) 2**127``): the limit
 #: of every accumulation, whatever the storage format (fp32 arithmetic throughout)
-FP32_OVERFLOW_AT: float = (2 - 2**-24) * 2.0**127
+FP32_OVERFLOW_AT: float = Precision.FP32.overflow_threshold
 
 PHASES = ("weights", "forward", "backward", "decode")
 

@@ -140,6 +140,23 @@ def test_precision_type_carries_the_format() -> None:
         Precision.parse("int8", "--precision")
 
 
+def test_precision_range_matches_the_element_types() -> None:
+    """max_finite is NumPy's / torch's finfo max; overflow_threshold is where rounding the
+    float32 value to the format gives inf (round_storage, NumPy's float16 cast)."""
+    from wse_sim.precision import Precision
+
+    fmax = {"fp32": np.finfo(np.float32).max, "fp16": np.finfo(np.float16).max,
+            "bf16": torch.finfo(torch.bfloat16).max}  # fmt: skip
+    for p in (Precision.FP16, Precision.BF16):
+        assert p.max_finite == float(fmax[p.value])
+        at = np.float32(p.overflow_threshold)
+        below = np.nextafter(at, np.float32(0))
+        assert float(at) == p.overflow_threshold  # exactly a float32
+        assert np.isinf(round_storage(np.array([at]), p.value))[0]
+        assert round_storage(np.array([below]), p.value)[0] == p.max_finite
+    assert Precision.FP32.max_finite == float(fmax["fp32"])
+
+
 def test_fp32_is_copy() -> None:
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     y = round_storage(x, "fp32")

@@ -8,6 +8,11 @@ pass it where a name is expected. Each member carries what the machine needs to 
 * :attr:`~Precision.significand_bits` and :attr:`~Precision.unit_roundoff`: ``t`` with the
   implicit bit, ``u = 2**-t`` under round-to-nearest (Higham, *Accuracy and Stability of
   Numerical Algorithms*, 2nd ed., SIAM 2002, §2.1): fp32 t=24, fp16 t=11, bf16 t=8;
+* :attr:`~Precision.max_exponent`, :attr:`~Precision.max_finite` and
+  :attr:`~Precision.overflow_threshold`: ``emax`` (15 for fp16, 127 for bf16 and fp32), the
+  largest finite value ``(2 - 2**(1-t)) 2**emax`` and the smallest magnitude that rounds to
+  infinity under round-to-nearest-even, ``(2 - 2**-t) 2**emax`` (IEEE 754-2019 §3.3, §4.3.1;
+  bfloat16 is binary32's exponent with a 8-bit significand);
 * :attr:`~Precision.accumulation`: the precision products are accumulated in: fp32 for every
   storage format (the simulator's model: 16-bit formats are storage, arithmetic is fp32);
 * :attr:`~Precision.fmac_field` / :attr:`~Precision.fmac_energy_field`: the names of the
@@ -82,6 +87,24 @@ class Precision(str, Enum):
     def unit_roundoff(self) -> float:
         """Unit roundoff ``u = 2**-t`` (round-to-nearest; Higham 2002, §2.1), dimensionless."""
         return 2.0 ** -self.significand_bits
+
+    @property
+    def max_exponent(self) -> int:
+        """``emax`` of the format: 15 (fp16), 127 (bf16 and fp32)."""
+        return 15 if self is Precision.FP16 else 127
+
+    @property
+    def max_finite(self) -> float:
+        """Largest finite value ``(2 - 2**(1-t)) 2**emax``: 65504 (fp16), about 3.39e38
+        (bf16), about 3.40e38 (fp32)."""
+        return (2.0 - 2.0 ** (1 - self.significand_bits)) * 2.0**self.max_exponent
+
+    @property
+    def overflow_threshold(self) -> float:
+        """Smallest magnitude that rounds to +-inf under round-to-nearest-even: halfway
+        between :attr:`max_finite` and ``2**(emax+1)``, where the tie goes to infinity (the
+        largest significand is odd): ``(2 - 2**-t) 2**emax``, 65520 for fp16."""
+        return (2.0 - 2.0 ** -self.significand_bits) * 2.0**self.max_exponent
 
     @property
     def accumulation(self) -> Precision:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker
 from gpt_workload.precision import Precision, check_precision
@@ -97,9 +98,7 @@ def accumulate_gradients(
         ConfigError: ``grad_accum_steps`` not a positive integer dividing ``B``, bad tokens.
     """
     tok = check_training_tokens(cfg, tokens)
-    n = grad_accum_steps
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"grad_accum_steps={n!r} must be a positive integer")
+    n = check_int("grad_accum_steps", grad_accum_steps, 1)
     b, t = tok.shape
     if b % n:
         raise ConfigError(f"grad_accum_steps={n} must divide the batch size B={b}")
@@ -159,9 +158,7 @@ class TrainNumerics:
     ) -> None:
         precision = check_precision(precision)
         weights.validate(cfg)
-        n = grad_accum_steps
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"grad_accum_steps={n!r} must be a positive integer")
+        n = check_int("grad_accum_steps", grad_accum_steps, 1)
         if adamw is not None and not isinstance(adamw, AdamWConfig):
             raise ConfigError(f"adamw is a {type(adamw).__name__}: expected an AdamWConfig")
         self.cfg = cfg
