@@ -40,7 +40,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpt_workload.checks import check_int, check_workers, max_workers  # noqa: F401 (re-exported)
 from wse_sim.errors import ConfigError, WseSimError
+from wse_sim.precision import PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt_workload.config import GPTConfig
@@ -157,21 +159,6 @@ def parse_floats(
             raise _fail(opt, text, f"{allowed}{eg} ({item} is out of range)")
         values.append(v)
     return values
-
-
-def check_int(opt: str, value: int, lo: int, hi: int | None = None, note: str = "") -> int:
-    """``value`` (already an int, as argparse's ``type=int`` gives it) in ``[lo, hi]``.
-
-    Raises:
-        ConfigError: out of range, naming ``opt``, the value and the range (and ``note``,
-            e.g. where the upper bound comes from).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(opt, value, "an integer")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-        raise _fail(opt, value, rng + (f" ({note})" if note else ""))
-    return value
 
 
 def check_float(
@@ -425,7 +412,12 @@ def add_run_options(
         default=seq_len,
         help=f"tokens per sequence, 1..the {whose} n_positions (default: %(default)s)",
     )
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="fp16, bf16 or fp32 (default: %(default)s)",
+    )
     p.add_argument(
         "--fidelity",
         default="analytic",
@@ -441,27 +433,6 @@ def add_run_options(
         help="local Dask workers, 0 (in this process) to 4 per core (default: one per core)",
     )
     p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
-
-
-def max_workers() -> int:
-    """Most local Dask worker processes an experiment starts: 4 per core this process may
-    use, as for ``wse-sim sweep`` (:func:`gpt_workload.sweep.max_workers`)."""
-    from gpt_workload.sweep import max_workers as sweep_max_workers
-
-    return sweep_max_workers()
-
-
-def check_workers(opt: str, workers: int | None) -> int | None:
-    """None (the default: one local worker per core) or an integer in 0..:func:`max_workers`
-    (0 = run the points in this process, without Dask).
-
-    Raises:
-        ConfigError: out of range, naming the allowed range.
-    """
-    if workers is None:
-        return None
-    hi = max_workers()
-    return check_int(opt, workers, 0, hi, f"0 = in this process; at most 4 per core: {hi}")
 
 
 def check_scheduler(opt: str, address: str | None) -> str | None:

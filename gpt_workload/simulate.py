@@ -21,6 +21,7 @@ from gpt_workload.models import init_model_weights, require_lowered, resolve_mod
 from gpt_workload.models import load_checkpoint as load_any_checkpoint
 from gpt_workload.head_split import head_split_summary
 from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
+from gpt_workload.checks import check_int
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report, add_power_to_timeline
@@ -111,23 +112,6 @@ def check_allow_nonfinite(value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ConfigError(f"allow_nonfinite={value!r} must be True or False")
     return bool(value)
-
-
-def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool = False):
-    """``value`` as an int in ``[lo, hi]`` (numpy ints accepted, bools and floats not).
-
-    Raises:
-        ConfigError: naming ``name``, the value and the allowed range.
-    """
-    if value is None and allow_none:
-        return None
-    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name}={value!r} must be {allowed}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        raise ConfigError(f"{name}={value!r} must be {allowed}")
-    return value
 
 
 def default_batch(
@@ -378,17 +362,17 @@ def simulate(
             f"fidelity=packet cannot time mapping={mapping.spec}: its transfer patterns have "
             "no packet-level expansion; use fidelity=event or analytic"
         )
-    check_precision(precision)
+    precision = check_precision(precision)
     check_allow_nonfinite(allow_nonfinite)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
         else (arch.with_overrides(overrides) if overrides else arch)
     )
-    seed = _int_arg("seed", seed, 0, 2**63 - 1)
-    batch = _int_arg("batch", batch, 1, MAX_BATCH, allow_none=True)
-    seq_len = _int_arg("seq_len", seq_len, 1, allow_none=True)
-    check_sequences = _int_arg("check_sequences", check_sequences, 0, allow_none=True)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    batch = check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
+    seq_len = check_int("seq_len", seq_len, 1, allow_none=True)
+    check_sequences = check_int("check_sequences", check_sequences, 0, allow_none=True)
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:

@@ -50,12 +50,13 @@ from typing import Any
 import numpy as np
 
 from wse_sim.arch import ArchConfig
+from wse_sim.precision import Precision
 from wse_sim.program import Kernel, Program
 from wse_sim.timing.common import TimingResult, swarmx_depth
 
 COMPONENTS = ("compute", "sram", "fabric", "io", "static")
 WAVELET_BYTES = 4.0  # 32-bit wavelet payload [HPDC24]
-ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0}
+ELEMENT_BYTES = {p.value: float(p.bytes_per_element) for p in Precision}
 PJ = 1e-12
 
 # Published figures the default run is held beside (shared/reference/wse_hardware.md, energy.md)

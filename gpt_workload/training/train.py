@@ -55,6 +55,7 @@ from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
 from gpt_workload.lowering import max_batch_single_micro
 from gpt_workload.models import require_lowered
+from gpt_workload.checks import check_int
 from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
@@ -377,17 +378,6 @@ class TrainReport:
         return rows
 
 
-def _check_int(name: str, v, lo: int, hi: int | None = None, allow_none: bool = False):
-    if v is None and allow_none:
-        return None
-    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise ConfigError(f"{name}={v!r} must be {allowed}")
-    if v < lo or (hi is not None and v > hi):
-        raise ConfigError(f"{name}={v!r} must be {allowed}")
-    return int(v)
-
-
 def train(
     model: str | GPTConfig = "cerebras-gpt-111m",
     arch: str | ArchConfig = "wse2",
@@ -460,27 +450,27 @@ def train(
     check_allow_nonfinite(allow_nonfinite)
     if fidelity not in FIDELITIES:
         raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
-    check_precision(precision)
+    precision = check_precision(precision)
     check_offload(checkpoint_offload)
-    steps = _check_int("steps", steps, 1, MAX_STEPS)
+    steps = check_int("steps", steps, 1, MAX_STEPS)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
         else (arch.with_overrides(overrides) if overrides else arch)
     )
-    systems = _check_int("systems", systems, 1, max_systems(arch_cfg))
-    batch = _check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
+    systems = check_int("systems", systems, 1, max_systems(arch_cfg))
+    batch = check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
     seq_len_arg = seq_len
     if seq_len is not None and (
         isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, (int, np.integer))
     ):
         seq_len = -1  # reported with the allowed range below
-    seed = _check_int("seed", seed, 0, 2**63 - 1)
-    check_sequences = _check_int("check_sequences", check_sequences, 0, 64)
-    check_seq_len = _check_int("check_seq_len", check_seq_len, 2, allow_none=True)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    check_sequences = check_int("check_sequences", check_sequences, 0, 64)
+    check_seq_len = check_int("check_seq_len", check_seq_len, 2, allow_none=True)
     if numerics_steps is None:
         numerics_steps = min(steps, DEFAULT_NUMERICS_STEPS)
-    numerics_steps = _check_int("numerics_steps", numerics_steps, 0, steps)
+    numerics_steps = check_int("numerics_steps", numerics_steps, 0, steps)
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr={lr!r} must be a finite number > 0")
     if text is not None and tokens is not None:
