@@ -133,11 +133,10 @@ def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
     """(seconds, mfu, roofline bound_by, dominant phase, ``P x m`` layout) of one mapping on
     one backend."""
     from gpt_workload.simulate import _breakdown, _roofline
-    from wse_sim.timing.analytic import run_analytic
-    from wse_sim.timing.event import run_event
+    from wse_sim.timing import BACKENDS
 
     program = mapping.lower(cfg, arch, batch, seq_len, precision)
-    timing = (run_analytic if backend == "analytic" else run_event)(program, arch)
+    timing = BACKENDS[backend](program, arch)
     total = timing.total_s
     mfu = program.flops / (total * arch.peak_flops_per_s(precision))
     _, totals = _breakdown(timing)

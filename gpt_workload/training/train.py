@@ -63,11 +63,12 @@ from gpt_workload.training.lowering import lower_training
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
-from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing import WAFER_BACKENDS, get_backend
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
-from wse_sim.timing.event import run_event
 
-FIDELITIES = {"event": run_event, "analytic": run_analytic}
+#: fidelities that time a training step: the whole-wafer backends of
+#: :data:`wse_sim.timing.BACKENDS` (``packet`` models no gradient streams)
+FIDELITIES = WAFER_BACKENDS
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
 #: most steps of a run
@@ -175,8 +176,7 @@ def time_training_step(
 
 def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload):
     """:func:`time_training_step` for one ``checkpoint_offload`` value."""
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+    get_backend(fidelity, FIDELITIES)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
@@ -190,7 +190,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
                           checkpoint_offload=checkpoint_offload)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = FIDELITIES[fidelity](prog, arch_s)
+    tr = get_backend(fidelity, FIDELITIES)(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
@@ -460,8 +460,7 @@ def train(
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+    get_backend(fidelity, FIDELITIES)
     check_precision(precision)
     check_offload(checkpoint_offload)
     steps = _check_int("steps", steps, 1, MAX_STEPS)
