@@ -46,9 +46,26 @@ def closed_form_train_flops(cfg, batch: int, T: int) -> float:
     return 6 * n_mat * batch * T + 3 * 4 * H * dh * pairs * cfg.n_layer
 
 
-def model_flops(prog) -> float:
-    """FLOPs of the program's kernels that are not recomputation."""
-    return sum(k.flops for k in prog.kernels if "recompute" not in k.name)
+def model_flops(prog, phases=("forward", "backward")) -> float:
+    """FLOPs of the program's kernels of ``phases`` (default: all but recomputation)."""
+    return sum(k.flops for k in prog.kernels if k.phase in phases)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_kernel_phases_split_the_step_as_forward_and_backward(family):
+    """A kernel's phase is a typed field set by the lowering: the forward kernels carry one
+    third of the step's closed-form model FLOPs (2 N + attention per token), the backward ones
+    two thirds; with recomputation the recompute kernels redo forward work only."""
+    cfg = tiny(family, vocab_size=96)
+    batch, T = 4, 64
+    prog = lower_training(cfg, GRID32, batch, T, "fp16", checkpoint_offload="on")
+    prog.validate()
+    want = closed_form_train_flops(cfg, batch, T)
+    assert model_flops(prog, ("forward",)) == pytest.approx(want / 3, rel=1e-9)
+    assert model_flops(prog, ("backward",)) == pytest.approx(2 * want / 3, rel=1e-9)
+    rec = [k for k in prog.kernels if k.phase == "recompute"]
+    assert rec and all(k.op.endswith(("_recompute", "_recompute_bwd")) for k in rec)
+    assert 0 < model_flops(prog, ("recompute",)) <= want / 3
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gptj", "llama", "qwen2"])

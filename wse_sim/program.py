@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
@@ -115,6 +116,15 @@ class GradientBlock:
     optimizer_params: int = 0
 
 
+#: what part of a step a kernel belongs to (:attr:`Kernel.phase`)
+Phase = Literal["forward", "recompute", "backward"]
+#: the allowed :data:`Phase` values: ``forward`` (a forward pass, inference or the forward of
+#: a training step), ``recompute`` (a training step's forward work redone in the backward to
+#: regenerate activations it did not keep), ``backward`` (gradients). The optimizer update is
+#: not a kernel: it runs in MemoryX (:func:`wse_sim.timing.common.optimizer_schedule`).
+PHASES: tuple[str, ...] = ("forward", "recompute", "backward")
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One op lowered onto the wafer.
@@ -135,6 +145,7 @@ class Kernel:
         grad_block: id of the gradient block it produces (training), or -1.
         grad_bytes: weight-gradient bytes it hands to the egress when it ends; it holds one
             of ``io.gradient_buffer_slots`` from its start until they have left the wafer.
+        phase: one of :data:`PHASES`, set by the lowering (never parsed from the name).
     """
 
     name: str
@@ -151,6 +162,7 @@ class Kernel:
     n_chunks: int = 8
     grad_block: int = -1
     grad_bytes: int = 0
+    phase: Phase = "forward"
 
     @cached_property
     def critical_cycles(self) -> float:
@@ -210,12 +222,15 @@ class Program:
         """Check internal consistency (class maps cover the grid, classes are in range).
 
         Raises:
-            ValueError: the Program is malformed (a lowering bug, not user input).
+            ValueError: the Program is malformed (a lowering bug, not user input), or a
+                kernel's phase is not one of :data:`PHASES`.
         """
         for key, cmap in self.class_maps.items():
             if cmap.shape != (self.rows, self.cols):
                 raise ValueError(f"class map {key!r} has shape {cmap.shape}")
         for k in self.kernels:
+            if k.phase not in PHASES:
+                raise ValueError(f"kernel {k.name}: phase {k.phase!r} is not one of {PHASES}")
             cmap = self.class_maps[k.class_map]
             counts = np.bincount(cmap[cmap >= 0].ravel(), minlength=len(k.classes))
             for c in k.classes:

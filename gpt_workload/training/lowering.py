@@ -527,7 +527,8 @@ def lower_training(
         kernels.append(copy_kernel(lm, i, sfx, head_blk, plan.sram_need_bytes - lm.sram_bytes,
                                    tag="bwd", weight_bytes=0))  # fmt: skip
         kernels[-1] = dataclasses.replace(
-            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute"
+            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute",
+            phase="recompute",
         )
         for op in reversed(graph.epilogue):
             kernels += B.graph_op(op, head[op.name], cfg.n_layer, dims, head_blk, False, g, {})
@@ -545,7 +546,7 @@ def lower_training(
             if rec:
                 for k in fl:
                     kernels.append(copy_kernel(k, i, sfx, blk, plan.sram_need_bytes - k.sram_bytes,
-                                               tag="recompute"))  # fmt: skip
+                                               tag="recompute", phase="recompute"))  # fmt: skip
                     kernels[-1] = dataclasses.replace(kernels[-1], op=k.op + "_recompute")
             fk = {k.op: k for k in fl}
             recomp = {t: chain(t, fk) for t in plan.memory.recomputed}

@@ -110,10 +110,6 @@ def swarmx_reduce_s(arch: ArchConfig, nbytes: float, systems: int) -> float:
     return nbytes / bw + swarmx_depth(systems) * io.swarmx_latency_s
 
 
-def _phase(name: str) -> str:
-    return "recompute" if "recompute" in name else ("backward" if ".bwd." in name else "forward")
-
-
 @dataclass
 class StepTiming:
     """Time of one training step of one system (all systems run in lock-step).
@@ -198,8 +194,9 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
     w_stall = 0.0
     per_mb: dict[int, dict] = {}
     ends: dict[int, float] = {}
+    phase = {k.name: k.phase for k in prog.kernels}
     for kt in tr.kernels:
-        ph = _phase(kt.name)
+        ph = phase[kt.name]
         br[ph] += kt.compute_s + kt.fabric_s
         w_stall += kt.stall_s
         m = per_mb.setdefault(kt.micro_batch, {"forward": 0.0, "recompute": 0.0, "backward": 0.0,
