@@ -132,16 +132,16 @@ def candidate_specs(names=None) -> list[str]:
 def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
     """(seconds, mfu, roofline bound_by, dominant phase, ``P x m`` layout) of one mapping on
     one backend."""
-    from gpt_workload.simulate import _breakdown, _roofline
+    from wse_sim import metrics
     from wse_sim.timing import BACKENDS
 
     program = mapping.lower(cfg, arch, batch, seq_len, precision)
     timing = BACKENDS[backend](program, arch)
     total = timing.total_s
-    mfu = program.flops / (total * arch.peak_flops_per_s(precision))
-    _, totals = _breakdown(timing)
+    mfu = metrics.mfu(program.flops, total, arch.peak_flops_per_s(precision))
+    _, totals = metrics.breakdown(timing)
     phases = {"compute": totals["compute_s"], "fabric": totals["fabric_s"], "io": totals["stall_s"]}
-    bound = _roofline(program, arch, timing)["bound_by"]
+    bound = metrics.roofline(program, arch, timing)["bound_by"]
     lay = program.meta.get("layout", {})
     where = (
         f"{lay['pes_per_segment']}x{lay['tokens_per_segment']}"
