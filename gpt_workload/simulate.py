@@ -356,7 +356,7 @@ def simulate(
         mapping=mapping.spec,
         batch=batch,
         seq_len=seq_len,
-        micro_batches=program.meta["micro_batches"],
+        micro_batches=program.workload.micro_batches,
         tokens=tokens_n,
         simulated_time_s=total,
         tokens_per_s=tokens_n / total,
@@ -378,15 +378,15 @@ def simulate(
         roofline=metrics.roofline(program, arch_cfg, timing),
         numerics=numerics,
         layout={
-            **program.meta["layout"],
+            **program.layout.describe(),
             "model_flops_per_token": flops / tokens_n,
             "closed_form_flops_per_token": fpt["total"],
             "weights": numerics.get("weights", "not loaded (numerics skipped)"),
             "weight_bytes_streamed": program.weight_bytes_streamed,
             # a weight-streaming segment's distinct-weight entry rate (gpt_workload.head_split)
             **(
-                head_split_summary(cfg, arch_cfg, program.meta["layout"]["pes_per_segment"])
-                if "pes_per_head" in program.meta["layout"]
+                head_split_summary(cfg, arch_cfg, program.layout.pes_per_segment)
+                if program.layout.pes_per_head is not None
                 else {}
             ),
         },
@@ -440,7 +440,7 @@ def _numerics(
     cfg, w, wsrc = resolve_model_and_weights(
         cfg if isinstance(model, GPTConfig) else model, seed, weights
     )
-    T = program.meta["seq_len"]
+    T = program.workload.seq_len
     if tokens is None:
         tokens = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, size=(k_seq, T))
     wall["weights"] = time.perf_counter() - t0

@@ -107,7 +107,7 @@ class StepTimer:
         res: TimingResult = self.run(prog, self.lay.arch)
         self.programs_timed += 1
         clk = self.lay.arch.pe.clock_hz
-        sram = prog.meta.get("sram_cycles", {})
+        sram = prog.sram_cycles
         rows = []
         total = 0.0
         busy = 0.0
@@ -142,7 +142,7 @@ class StepTimer:
             ts, rows, b = self._time(prog, len(rng), rng.start)
             t, busy = t + ts, busy + b
             lat += reduction_latency_s(prog, lay.arch, len(rng) if one else 1, rng.start)
-            wbytes += prog.meta["weight_bytes"]
+            wbytes += prog.weight_bytes_read
             rows_all += rows
         return t, lat, wbytes, rows_all, busy
 

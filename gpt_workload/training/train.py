@@ -116,7 +116,7 @@ class StepTiming:
 
     Attributes:
         step_time_s: simulated seconds per step (extrapolated over the micro-batches not
-            simulated, see ``Program.meta["extrapolation"]``).
+            simulated, see ``Program.training.extrapolation``).
         breakdown: seconds per step: ``forward``, ``recompute``, ``backward`` (each its
             kernels' compute + fabric), ``weight_io_stall``, ``gradient_egress_stall`` (kernels
             waiting for a gradient buffer), ``gradient_tail`` (last gradients leaving after the
@@ -126,6 +126,8 @@ class StepTiming:
             ``gradient_egress_s``, ``optimizer_s``.
         program, timing: the lowered Program and its raw timing.
         per_system_batch: sequences per system; micro_batches: per system per step.
+        offload_choice: how ``checkpoint_offload=auto`` chose (``mode``, ``auto_choice``),
+            merged into the report's ``checkpoint_offload`` plan; empty when it did not.
     """
 
     step_time_s: float
@@ -136,6 +138,7 @@ class StepTiming:
     per_system_batch: int
     micro_batches: int
     wall_s: dict = field(default_factory=dict)
+    offload_choice: dict = field(default_factory=dict)
 
 
 def time_training_step(
@@ -157,16 +160,15 @@ def time_training_step(
         ConfigError, FitError: bad input (one line).
     """
     st = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload)
-    ck = st.program.meta["training"]["checkpoint_offload"]
-    if checkpoint_offload == "auto" and ck["used"]:
+    if checkpoint_offload == "auto" and st.program.training.activations == "offload":
         try:
             off = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "off")
         except FitError:
-            ck["auto_choice"] = "offload: no plan without it fits"
+            st.offload_choice = {"auto_choice": "offload: no plan without it fits"}
             return st
         times = f"offload {st.step_time_s:.6g} s vs on the wafer {off.step_time_s:.6g} s"
         st = off if off.step_time_s < st.step_time_s else st
-        st.program.meta["training"]["checkpoint_offload"].update(mode="auto", auto_choice=times)
+        st.offload_choice = {"mode": "auto", "auto_choice": times}
     return st
 
 
@@ -204,8 +206,8 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
         m[ph] += kt.compute_s + kt.fabric_s
         m["stall"] += kt.stall_s
         ends[kt.micro_batch] = kt.end_s
-    n_sim = len(prog.meta["simulated_micro_batches"])
-    n = prog.meta["micro_batches"]
+    n_sim = len(prog.training.simulated_micro_batches)
+    n = prog.workload.micro_batches
     extra_mb = n - n_sim
     step = tr.total_s
     in_bw = arch_s.io.ingress_bytes_per_s
@@ -525,19 +527,21 @@ def train(
     }
     peak = arch_cfg.peak_flops_per_s(precision)
     prog = st.program
-    n_sim = len(prog.meta["simulated_micro_batches"])
+    n_sim = len(prog.training.simulated_micro_batches)
     hw = prog.flops
     if st.micro_batches > n_sim:
         hw += (st.micro_batches - n_sim) * sum(k.flops for k in prog.kernels if k.micro_batch == 1)
     grad_bytes = sum(b.bytes for b in prog.gradient_blocks if b.optimizer_params > 0)
-    ckpt_sim = prog.meta["checkpoint_bytes_simulated"]  # each way (out in forward, back in)
+    ckpt_sim = prog.training.checkpoint_bytes_simulated  # each way (out in forward, back in)
     frac = st.micro_batches / n_sim
+    ck = {**prog.training.plan["checkpoint_offload"], **st.offload_choice}  # how auto chose
     training = {
-        **prog.meta["training"],
+        **prog.training.plan,  # the lowering's plan, for the report
+        "checkpoint_offload": ck,
         "per_system_batch": st.per_system_batch,
         "micro_batches": st.micro_batches,
-        "simulated_micro_batches": prog.meta["simulated_micro_batches"],
-        "extrapolation": prog.meta["extrapolation"],
+        "simulated_micro_batches": list(prog.training.simulated_micro_batches),
+        "extrapolation": prog.training.extrapolation,
         "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim) * frac,
         "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim) * frac,
         "optimizer": "AdamW in MemoryX, per layer as its gradients arrive; step ends after "
@@ -553,7 +557,7 @@ def train(
         "formula": "bytes / min(egress, swarmx) + ceil(log2 S) x swarmx_latency (pipelined "
         "binary tree); weights broadcast at min(ingress, swarmx)",
     }
-    num_args = (*num_args[:11], prog.meta["training"]["activations"], *num_args[12:])
+    num_args = (*num_args[:11], prog.training.activations, *num_args[12:])
     num = _numerics(numerics, *num_args)
     t0 = time.perf_counter()
     energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])
