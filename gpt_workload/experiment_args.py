@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from gpt_workload.checks import check_int, check_workers, max_workers  # noqa: F401 (re-exported)
 from wse_sim.errors import ConfigError, WseSimError
 from wse_sim.precision import PRECISIONS
+from wse_sim.timing import BACKENDS, WAFER_BACKENDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt_workload.config import GPTConfig
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: fidelities that time a whole wafer; ``packet`` simulates every router and is refused above
 #: :func:`packet_max_pes` PEs
-WAFER_FIDELITIES: tuple[str, ...] = ("analytic", "event")
+WAFER_FIDELITIES: tuple[str, ...] = WAFER_BACKENDS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -292,7 +293,7 @@ def fidelities_for(archs: Iterable[ArchConfig]) -> tuple[str, ...]:
     """The timing fidelities that can time every arch of ``archs``: ``analytic`` and
     ``event`` always; ``packet`` too when every grid has at most :func:`packet_max_pes` PEs."""
     small = all(a.n_pe <= packet_max_pes() for a in archs)
-    return (*WAFER_FIDELITIES, "packet") if small else WAFER_FIDELITIES
+    return tuple(BACKENDS) if small else WAFER_FIDELITIES
 
 
 def check_fidelity(opt: str, fidelity: str, allowed: Iterable[str] | None = None) -> str:
@@ -304,13 +305,11 @@ def check_fidelity(opt: str, fidelity: str, allowed: Iterable[str] | None = None
             when it is a known fidelity left out of ``allowed`` (it is refused above
             :func:`packet_max_pes` PEs).
     """
-    from gpt_workload.simulate import FIDELITIES
-
-    allowed = tuple(FIDELITIES) if allowed is None else tuple(allowed)
+    allowed = tuple(BACKENDS) if allowed is None else tuple(allowed)
     if fidelity in allowed:
         return fidelity
     why = ""
-    if fidelity == "packet" and fidelity in FIDELITIES:
+    if fidelity == "packet" and fidelity in BACKENDS:
         why = (
             f" (packet simulates every router and is refused for grids above "
             f"{packet_max_pes()} PEs, such as a whole wafer)"

@@ -53,7 +53,15 @@ from gpt_workload.head_split import (
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
+from wse_sim.program import (
+    Kernel,
+    LayoutGeometry,
+    PEClass,
+    Program,
+    Transfer,
+    WeightBlock,
+    Workload,
+)
 
 ACC_BYTES = 4  # fp32 accumulators and partial sums
 KERNELS_PER_LAYER = 10  # ln_1, qkv, attention, proj, residual, ln_2, fc, gelu, fc2, residual
@@ -102,19 +110,23 @@ class WSLayout:
         """PEs holding tokens in one micro-batch."""
         return self.n_segments * self.P
 
+    def geometry(self) -> LayoutGeometry:
+        """The layout as the Program carries it (:attr:`wse_sim.program.Program.layout`)."""
+        return LayoutGeometry(
+            grid=(self.rows, self.cols),
+            pes_per_segment=self.P,
+            tokens_per_segment=self.m,
+            heads_per_pe=self.hp,
+            pes_per_head=self.pes_per_head,
+            segments_per_sequence=self.q,
+            sequences_per_micro_batch=self.b,
+            micro_batches=self.n_micro,
+            active_pes=self.n_active_pe,
+        )
+
     def describe(self) -> dict:
-        """JSON-safe summary for the report."""
-        return {
-            "pes_per_segment": self.P,
-            "heads_per_pe": self.hp,
-            "pes_per_head": self.pes_per_head,
-            "tokens_per_segment": self.m,
-            "segments_per_sequence": self.q,
-            "sequences_per_micro_batch": self.b,
-            "micro_batches": self.n_micro,
-            "active_pes": self.n_active_pe,
-            "grid": [self.rows, self.cols],
-        }
+        """JSON-safe summary for the report (:meth:`geometry`'s)."""
+        return self.geometry().describe()
 
 
 def pipeline_chunks(chunks: int, rows_per_chunk: int) -> int:
@@ -719,7 +731,7 @@ def lower_weight_streaming(
     ``P``, ``m``: layout overrides (:func:`plan_layout`); ``strategy``: an object whose
     ``gemm`` / ``attention`` methods (either may be None) replace :meth:`_Builder.gemm` /
     :meth:`_Builder.attention` (see :mod:`gpt_workload.mappings.weight_streaming`);
-    ``spec``: the mapping spec stored in ``meta['mapping']``; ``builder``: a
+    ``spec``: the mapping spec stored in ``Program.mapping``; ``builder``: a
     :class:`_Builder` subclass whose ``micro_batch`` lowers the model (None: ``_Builder``,
     gpt2's layer; :class:`gpt_workload.lowering_graph.GraphBuilder` walks the op graph).
 
@@ -767,15 +779,6 @@ def lower_weight_streaming(
         bld = last if mb == L.n_micro - 1 else main
         bld.mb = mb
         bld.micro_batch()
-    meta = {
-        "layout": L.describe(),
-        "tokens": batch * seq_len,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": L.n_micro,
-        "mapping": spec,
-        "sequences_in_last_micro_batch": b_last,
-    }
     return Program(
         f"{cfg.name}/{spec}",
         arch.wafer.rows,
@@ -784,5 +787,7 @@ def lower_weight_streaming(
         kernels,
         blocks,
         maps,
-        meta,
+        L.geometry(),
+        mapping=spec,
+        workload=Workload(batch, seq_len, L.n_micro, b_last),
     )

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from wse_sim import metrics
 from wse_sim.errors import ConfigError
 
 #: units of well-known metric and field names (others are derived from the name's suffix)
@@ -311,26 +312,8 @@ def timeline_chart(report, micro_batch: int | None = 0, ax=None) -> Any:
 def op_stats(report) -> list[dict[str, Any]]:
     """Per op over the run: ``{"op", "flops", "weight_bytes", "time_s",
     "achieved_flops_per_s", "intensity_flops_per_byte"}`` (intensity None without weight
-    bytes), from ``report.timeline``."""
-    acc: dict[str, dict[str, float]] = {}
-    for k in report.timeline.get("kernels", []):
-        a = acc.setdefault(k["op"], {"flops": 0.0, "weight_bytes": 0.0, "time_s": 0.0})
-        a["flops"] += k["flops"]
-        a["weight_bytes"] += k["weight_bytes"]
-        a["time_s"] += k["end_s"] - k["start_s"]
-    out = []
-    for op, a in acc.items():
-        out.append(
-            {
-                "op": op,
-                **a,
-                "achieved_flops_per_s": a["flops"] / a["time_s"] if a["time_s"] > 0 else 0.0,
-                "intensity_flops_per_byte": (
-                    a["flops"] / a["weight_bytes"] if a["weight_bytes"] > 0 else None
-                ),
-            }
-        )
-    return out
+    bytes), from ``report.timeline`` (:func:`wse_sim.metrics.op_stats`)."""
+    return metrics.op_stats(report.timeline.get("kernels", []))
 
 
 def roofline_chart(report, ax=None) -> Any:

@@ -56,7 +56,7 @@ def test_event_simulates_every_pe_of_wse2(default_program, default_event):
         assert cmap.shape == (994, 750)
     default_program.validate()
     active = (default_program.class_maps["tokens"] >= 0).sum()
-    assert active == default_program.meta["layout"]["active_pes"] == 120 * 512 * 12
+    assert active == default_program.layout.active_pes == 120 * 512 * 12
     assert (default_event.pe_busy_cycles[default_program.class_maps["tokens"] >= 0] > 0).all()
 
 
@@ -136,7 +136,7 @@ def test_micro_batching_when_batch_does_not_fit():
     one_pass = lower_weight_streaming(cfg, WSE2, 1, 2048, "fp16").weight_bytes_streamed
     # every micro-batch streams every weight again (embedding rows depend on the tokens)
     assert prog.weight_bytes_streamed >= lay.n_micro * 0.9 * one_pass
-    assert prog.meta["micro_batches"] == lay.n_micro
+    assert prog.workload.micro_batches == lay.n_micro
     assert {k.micro_batch for k in prog.kernels} == set(range(lay.n_micro))
 
 

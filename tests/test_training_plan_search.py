@@ -82,12 +82,12 @@ def test_offload_choice_limits_the_policies(mode, allowed):
     for p in candidate_plans(TINY, GRID32, 128, 128, "fp16", mode):
         assert p.policy in allowed and p.checkpoint_offload == mode
     st = time_training_step(TINY, GRID32, 128, 128, "fp16", checkpoint_offload=mode)
-    assert st.program.meta["training"]["activations"] in allowed
+    assert st.program.training.activations in allowed
 
 
 def test_timed_step_is_the_searched_plan_and_never_slower():
     st = time_training_step(TINY, GRID32, 128, 128, "fp16", fidelity="analytic")
-    t = st.program.meta["training"]
+    t = st.program.training.plan
     s = t["plan_search"]
     assert s["chosen"]["pes_per_segment"] == t["pes_per_segment"]
     assert s["chosen"]["micro_batches"] == t["micro_batches"]

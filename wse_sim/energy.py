@@ -28,7 +28,7 @@ sources and process nodes in the presets). Components (joules):
   edge link where MemoryX weights enter a column as a hop, the packet engine does not
   (a few % of the hops).
 * **io**: bytes over the MemoryX links (weights in, gradients out) x
-  ``memoryx_io_pj_per_byte``; a data-parallel training program (``meta["systems"] = S``)
+  ``memoryx_io_pj_per_byte``; a data-parallel training program (``Program.systems = S``)
   adds those bytes x ``swarmx_io_pj_per_byte`` x ``ceil(log2 S)`` tree levels, per system.
 * **static**: ``static_pe_w`` x PEs of the grid (leakage + clock of the wafer, whether
   busy or not) plus ``system_static_w`` (the system's non-wafer parts) x simulated time.
@@ -118,7 +118,7 @@ def io_pj_per_byte(program: Program, arch: ArchConfig) -> float:
     """Energy of one byte over the off-wafer links, pJ: MemoryX plus, for ``S > 1`` systems,
     one SwarmX link per tree level."""
     e = arch.energy
-    s = int(program.meta.get("systems", 1))
+    s = program.systems
     return e.memoryx_io_pj_per_byte + e.swarmx_io_pj_per_byte * swarmx_depth(s)
 
 

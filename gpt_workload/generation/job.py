@@ -36,13 +36,14 @@ import numpy as np
 from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.requests import load_tokenizer, make_requests
-from gpt_workload.generation.timing import BACKENDS, StepTimer, step_bound
+from gpt_workload.generation.timing import StepTimer, step_bound
 from gpt_workload.mappings.resident import make_layout
 from gpt_workload.precision import check_precision
 from gpt_workload.report import Report
 from gpt_workload.simulate import resolve_model_and_weights
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError
+from wse_sim.timing import BACKENDS
 
 __all__ = ["SAMPLINGS", "generate", "numerics_available"]
 

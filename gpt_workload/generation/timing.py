@@ -37,15 +37,10 @@ from gpt_workload.mappings.resident.decode import attention_occupancy, lower_dec
 from gpt_workload.mappings.resident.layout import DecodeLayout
 from gpt_workload.mappings.resident.prefill import intersystem_seconds, lower_prefill
 from wse_sim.program import Program
-from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing import BACKENDS
 from wse_sim.timing.common import TimingResult, path_latency_cycles
-from wse_sim.timing.event import run_event
-from wse_sim.timing.packet import run_packet
 
-__all__ = ["BACKENDS", "StepTimer", "step_bound"]
-
-BACKENDS = {"analytic": run_analytic, "event": run_event, "packet": run_packet}
-
+__all__ = ["StepTimer", "step_bound"]
 
 def reduction_latency_s(prog: Program, arch, scale: int = 1, layer: int = -2) -> float:
     """Zero-load latency of the step's all-reduces (every ``allreduce_*`` transfer's path:
@@ -112,7 +107,7 @@ class StepTimer:
         res: TimingResult = self.run(prog, self.lay.arch)
         self.programs_timed += 1
         clk = self.lay.arch.pe.clock_hz
-        sram = prog.meta.get("sram_cycles", {})
+        sram = prog.sram_cycles
         rows = []
         total = 0.0
         busy = 0.0
@@ -147,7 +142,7 @@ class StepTimer:
             ts, rows, b = self._time(prog, len(rng), rng.start)
             t, busy = t + ts, busy + b
             lat += reduction_latency_s(prog, lay.arch, len(rng) if one else 1, rng.start)
-            wbytes += prog.meta["weight_bytes"]
+            wbytes += prog.weight_bytes_read
             rows_all += rows
         return t, lat, wbytes, rows_all, busy
 

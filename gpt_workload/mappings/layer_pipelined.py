@@ -4,7 +4,7 @@ The model is cut into stages: the embedding, groups of ``layers_per_stage`` tran
 layers, and the head (final LayerNorm, tied LM head, cross-entropy statistics). Each stage
 owns a band of whole grid rows (``rows_s x cols`` PEs; bands in stage order from the north
 edge, so consecutive stages are neighbours) and keeps its weights there for the whole run:
-nothing streams from MemoryX (the one-time weight load is reported in ``Program.meta``).
+nothing streams from MemoryX (the one-time weight load is reported in ``Program.notes``).
 Micro-batches of ``micro_batch`` sequences flow from band to band over the fabric (GPipe:
 Huang et al. 2019, "GPipe: Efficient Training of Giant Neural Networks using Pipeline
 Parallelism", NeurIPS; Cerebras calls this "layer pipelined" execution, Lie 2022, "Cerebras
@@ -34,7 +34,7 @@ tick lasts as long as the slowest active stage. Activations move to the next ban
 distance between the bands' centres).
 
 Closed form (the tests hold the backends to it): with per-stage compute ``c_s``, fabric
-``f_s`` and latency ``l_s`` (``Program.meta["stages"]``), stage ``s`` active in tick ``t``
+``f_s`` and latency ``l_s`` (``Program.pipeline_stages``), stage ``s`` active in tick ``t``
 iff ``0 <= t - s < n_micro``, and ``C_t, F_t, L_t`` their maxima over the active stages,
 
     total = sum_t [max(C_t, F_t) + min(C_t, F_t) / n + L_t],
@@ -55,7 +55,16 @@ from gpt_workload.mappings.base import Knob, Mapping, register
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import Kernel, PEClass, Program, Transfer
+from wse_sim.program import (
+    Kernel,
+    LayoutGeometry,
+    PEClass,
+    PipelineGeometry,
+    PipelineStage,
+    Program,
+    Transfer,
+    Workload,
+)
 from wse_sim.timing.common import link_cycles, ramp_bytes_per_cycle, transfer_latency_cycles
 
 #: pipeline chunks per tick: compute and fabric of a region overlap as a 2-stage pipeline
@@ -1016,7 +1025,7 @@ def lower_layer_pipelined(
         tick_kernel(plan, t, cfg, arch, precision) for t in range(plan.n_micro + plan.n_stages - 1)
     ]
     weights = sum(st.weight_bytes for st in plan.stages)
-    stages_meta = []
+    stages = []
     for s_idx, st in enumerate(plan.stages):
         c = plan.costs[plan.b][s_idx]
         h = (
@@ -1025,49 +1034,44 @@ def lower_layer_pipelined(
             else None
         )
         comp, fab, lat = stage_tick_terms(c, h, arch)
-        stages_meta.append(
-            {
-                "stage": st.name,
-                "rows": plan.rows[s_idx],
-                "first_row": plan.row0[s_idx],
-                "pes": plan.rows[s_idx] * used,
-                "weight_bytes": st.weight_bytes,
-                "flops_per_micro_batch": c.flops,
-                "compute_cycles": comp,
-                "fabric_cycles": fab,
-                "latency_cycles": lat,
-                "sram_bytes_per_pe": c.sram,
-                "sram_parts": c.sram_parts,
-            }
+        stages.append(
+            PipelineStage(
+                stage=st.name,
+                rows=plan.rows[s_idx],
+                first_row=plan.row0[s_idx],
+                pes=plan.rows[s_idx] * used,
+                weight_bytes=st.weight_bytes,
+                flops_per_micro_batch=c.flops,
+                compute_cycles=comp,
+                fabric_cycles=fab,
+                latency_cycles=lat,
+                sram_bytes_per_pe=c.sram,
+                sram_parts=c.sram_parts,
+            )
         )
     P = choose_P(cfg, C)  # attention's head-parallel segments (in the layer bands)
     n_segs = plan.rows[1] * (C // P)
     m_att = _segments_for(min(plan.b, n_segs), seq_len, n_segs)[0]
-    meta = {
-        "layout": {
-            "pes_per_segment": P,
-            "tokens_per_segment": m_att,
-            "stages": plan.n_stages,
-            "layers_per_stage": layers_per_stage,
-            "gemm": algorithm,
-            "fold": fold,
-            "gemm_grid_cols": P if fold else C,
-            "segment_columns": C // P if fold else 1,
-            "sequences_per_micro_batch": plan.b,
-            "micro_batches": plan.n_micro,
-            "pipeline_ticks": len(kernels),
-            "rows_per_stage": plan.rows,
-            "active_pes": int((cmap >= 0).sum()),
-            "grid": [R, C],
-        },
-        "stages": stages_meta,
+    layout = LayoutGeometry(
+        grid=(R, C),
+        pes_per_segment=P,
+        tokens_per_segment=m_att,
+        sequences_per_micro_batch=plan.b,
+        micro_batches=plan.n_micro,
+        active_pes=int((cmap >= 0).sum()),
+        pipeline=PipelineGeometry(
+            stages=plan.n_stages,
+            layers_per_stage=layers_per_stage,
+            gemm=algorithm,
+            fold=fold,
+            gemm_grid_cols=P if fold else C,
+            segment_columns=C // P if fold else 1,
+            pipeline_ticks=len(kernels),
+            rows_per_stage=tuple(plan.rows),
+        ),
+    )
+    notes = {
         "tick_chunks": TICK_CHUNKS,
-        "tokens": batch * seq_len,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": plan.n_micro,
-        "mapping": spec,
-        "sequences_in_last_micro_batch": plan.b_last,
         "weight_load": {
             "bytes": weights,
             "seconds_at_ingress": weights / arch.io.ingress_bytes_per_s,
@@ -1075,8 +1079,10 @@ def lower_layer_pipelined(
         },
     }
     return Program(
-        f"{cfg.name}/layer_pipelined", R, C, precision, kernels, [], {"stage": cmap}, meta
-    )
+        f"{cfg.name}/layer_pipelined", R, C, precision, kernels, [], {"stage": cmap}, layout,
+        mapping=spec, workload=Workload(batch, seq_len, plan.n_micro, plan.b_last),
+        pipeline_stages=tuple(stages), notes=notes,
+    )  # fmt: skip
 
 
 def _gemm_choices() -> tuple[str, ...]:
@@ -1222,10 +1228,9 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         a = np.ascontiguousarray(a, dtype=f32)
         return round_storage(a, precision) if op is None else health.store(op, layer, a, loc)
 
-    rows = program.meta["layout"]["rows_per_stage"]
-    pc = program.meta["layout"].get("gemm_grid_cols", program.cols)
-    nseg = program.meta["layout"].get("segment_columns", 1)
-    lps = program.meta["layout"]["layers_per_stage"]
+    pl = program.layout.pipeline
+    rows, pc = pl.rows_per_stage, pl.gemm_grid_cols
+    nseg, lps = pl.segment_columns, pl.layers_per_stage
     M = K * T
 
     def gemm(a, w, stage):

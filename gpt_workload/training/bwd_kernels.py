@@ -69,6 +69,7 @@ class BwdKernels:
 
     def kernel(self, op, layer, classes, cmap="tokens", transfers=(), blk=-1, wbytes=0, **kw):
         flops = kw.pop("flops", sum(c.flops * c.count for c in classes))
+        kw.setdefault("phase", "backward")
         where = f"L{layer}." if 0 <= layer < self.cfg.n_layer else ""
         return Kernel(
             f"mb{self.mb}.{where}bwd.{op}",
@@ -237,7 +238,8 @@ class BwdKernels:
             self.budget = self.free[op.name]
         for t in op.inputs[:1] if op.kind in ("linear", "lm_head") else op.inputs:
             for rk in recompute.get(t, ()):
-                out.append(self.scaled(rk, rk.op + "_recompute_bwd", layer, 1.0, transfers=()))
+                out.append(self.scaled(rk, rk.op + "_recompute_bwd", layer, 1.0, transfers=(),
+                                       phase="recompute"))  # fmt: skip
         kind = op.kind
         if kind in ("linear", "lm_head"):
             K, N = dims[op.attrs["n_in"]], dims[op.attrs["n_out"]]

@@ -67,10 +67,10 @@ micro-batch's gradient blocks trigger the optimizer update
 ``max_simulated`` (>= 3) are lowered: the first two of the main layout and the last (which
 may be smaller); the step time of ``n`` micro-batches is extrapolated by the train API as
 ``T_sim + (n - n_sim) x (end of micro-batch 1 - end of micro-batch 0)`` (stated in
-``Program.meta``).
+``Program.training``).
 
 Data parallel over ``systems`` (SwarmX): the lowering is of one system's share of the batch;
-``meta["systems"]`` tells the backends to route gradients through SwarmX
+``Program.systems`` tells the backends to route gradients through SwarmX
 (:func:`wse_sim.timing.common.gradient_path`); a system's checkpoints take the same path.
 """
 
@@ -95,7 +95,15 @@ from gpt_workload.training.activations import LayerMemory, layer_memory
 from gpt_workload.training.bwd_kernels import EMBED_BWD_PASSES, BwdKernels, copy_kernel
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import GradientBlock, Kernel, Program, Transfer, WeightBlock
+from wse_sim.program import (
+    GradientBlock,
+    Kernel,
+    Program,
+    TrainingSchedule,
+    Transfer,
+    WeightBlock,
+    Workload,
+)
 
 #: values of ``checkpoint_offload`` and the activation policies each allows, in preference
 OFFLOAD_CHOICES: dict[str, tuple[str, ...]] = {
@@ -434,7 +442,7 @@ def lower_training(
 
     Args:
         batch: this system's sequences per step (the global batch / ``systems``).
-        systems: data-parallel systems (only recorded in ``meta["systems"]`` for the
+        systems: data-parallel systems (only recorded in ``Program.systems`` for the
             backends' SwarmX gradient path).
         max_simulated: most micro-batches lowered (>= 3; see the module docstring).
         checkpoint_offload: ``auto``, ``on`` or ``off`` (module docstring).
@@ -443,8 +451,8 @@ def lower_training(
             None: :func:`plan_training`'s plan with the fewest micro-batches.
 
     Returns:
-        A Program with ``gradient_blocks``; ``meta`` holds the plan, the simulated
-        micro-batches and the number the step really has.
+        A Program with ``gradient_blocks``; ``training`` holds the plan and the simulated
+        micro-batches, ``workload`` the number the step really has.
 
     Raises:
         ConfigError: bad batch, seq_len, precision, max_simulated or checkpoint_offload; a
@@ -551,7 +559,8 @@ def lower_training(
         kernels.append(copy_kernel(lm, i, sfx, head_blk, plan.sram_need_bytes - lm.sram_bytes,
                                    tag="bwd", weight_bytes=0))  # fmt: skip
         kernels[-1] = dataclasses.replace(
-            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute"
+            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute",
+            phase="recompute",
         )
         for op in reversed(graph.epilogue):
             kernels += B.graph_op(op, head[op.name], cfg.n_layer, dims, head_blk, False, g, {})
@@ -569,7 +578,7 @@ def lower_training(
             if rec:
                 for k in fl:
                     kernels.append(copy_kernel(k, i, sfx, blk, plan.sram_need_bytes - k.sram_bytes,
-                                               tag="recompute"))  # fmt: skip
+                                               tag="recompute", phase="recompute"))  # fmt: skip
                     kernels[-1] = dataclasses.replace(kernels[-1], op=k.op + "_recompute")
             fk = {k.op: k for k in fl}
             recomp = {t: chain(t, fk) for t in plan.memory.recomputed}
@@ -596,36 +605,30 @@ def lower_training(
         if k.grad_block >= 0:
             gb[k.grad_block] += k.grad_bytes
     gblocks = [dataclasses.replace(b, bytes=gb[b.id]) for b in gblocks]
-    meta = {
-        "layout": plan.layout.describe(),
-        "training": plan.describe(),
-        "tokens": batch * seq_len,
-        "passes_per_sequence": plan.passes,
-        "tokens_per_pass": Tp,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": n,
-        "simulated_micro_batches": sim,
-        "extrapolation": (
+    training = TrainingSchedule(
+        simulated_micro_batches=tuple(sim),
+        extrapolation=(
             "none: every micro-batch simulated"
             if len(sim) == n
             else f"{len(sim)} of {n} micro-batches simulated (identical ones skipped); step time "
             f"= T_sim + {n - len(sim)} x (end of micro-batch 1 - end of micro-batch 0)"
         ),
-        "mapping": "weight_streaming",
-        "systems": systems,
-        "residual_gradient_bytes_per_pe": plan.memory.ckpt_bytes,
-        "layer_activation_bytes_per_pe": plan.memory.kept_bytes,
-        "checkpoint_bytes_simulated": sum(
+        activations=plan.policy,
+        passes_per_sequence=plan.passes,
+        tokens_per_pass=Tp,
+        residual_gradient_bytes_per_pe=plan.memory.ckpt_bytes,
+        layer_activation_bytes_per_pe=plan.memory.kept_bytes,
+        checkpoint_bytes_simulated=sum(
             k.grad_bytes for k in kernels
             if k.grad_block >= 0 and ".ckpt_out." in gblocks[k.grad_block].name
         ),
         # K/V the passes of split sequences send out for the later passes
-        "cross_pass_bytes_simulated": sum(
+        cross_pass_bytes_simulated=sum(
             k.grad_bytes for k in kernels
             if k.grad_block >= 0 and ".kv_out." in gblocks[k.grad_block].name
         ),
-    }  # fmt: skip
+        plan=plan.describe(),
+    )  # fmt: skip
     return Program(
         f"{cfg.name}/weight_streaming/train",
         arch.wafer.rows,
@@ -634,8 +637,12 @@ def lower_training(
         kernels,
         blocks,
         maps,
-        meta,
+        plan.layout.geometry(),
         gblocks,
+        mapping="weight_streaming",
+        workload=Workload(batch, seq_len, n, plan.b_last),
+        systems=systems,
+        training=training,
     )
 
 

@@ -64,11 +64,12 @@ from gpt_workload.training.plan_search import search_training_plan
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
-from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing import WAFER_BACKENDS, get_backend
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
-from wse_sim.timing.event import run_event
 
-FIDELITIES = {"event": run_event, "analytic": run_analytic}
+#: fidelities that time a training step: the whole-wafer backends of
+#: :data:`wse_sim.timing.BACKENDS` (``packet`` models no gradient streams)
+FIDELITIES = WAFER_BACKENDS
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
 #: most steps of a run
@@ -110,17 +111,13 @@ def swarmx_reduce_s(arch: ArchConfig, nbytes: float, systems: int) -> float:
     return nbytes / bw + swarmx_depth(systems) * io.swarmx_latency_s
 
 
-def _phase(name: str) -> str:
-    return "recompute" if "recompute" in name else ("backward" if ".bwd." in name else "forward")
-
-
 @dataclass
 class StepTiming:
     """Time of one training step of one system (all systems run in lock-step).
 
     Attributes:
         step_time_s: simulated seconds per step (extrapolated over the micro-batches not
-            simulated, see ``Program.meta["extrapolation"]``).
+            simulated, see ``Program.training.extrapolation``).
         breakdown: seconds per step: ``forward``, ``recompute``, ``backward`` (each its
             kernels' compute + fabric), ``weight_io_stall``, ``gradient_egress_stall`` (kernels
             waiting for a gradient buffer), ``gradient_tail`` (last gradients leaving after the
@@ -173,8 +170,7 @@ def time_training_step(
 def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
                plan=None):
     """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+    get_backend(fidelity, FIDELITIES)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
@@ -188,7 +184,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
                           checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = FIDELITIES[fidelity](prog, arch_s)
+    tr = get_backend(fidelity, FIDELITIES)(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
@@ -196,8 +192,9 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
     w_stall = 0.0
     per_mb: dict[int, dict] = {}
     ends: dict[int, float] = {}
+    phase = {k.name: k.phase for k in prog.kernels}
     for kt in tr.kernels:
-        ph = _phase(kt.name)
+        ph = phase[kt.name]
         br[ph] += kt.compute_s + kt.fabric_s
         w_stall += kt.stall_s
         m = per_mb.setdefault(kt.micro_batch, {"forward": 0.0, "recompute": 0.0, "backward": 0.0,
@@ -205,8 +202,8 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
         m[ph] += kt.compute_s + kt.fabric_s
         m["stall"] += kt.stall_s
         ends[kt.micro_batch] = kt.end_s
-    n_sim = len(prog.meta["simulated_micro_batches"])
-    n = prog.meta["micro_batches"]
+    n_sim = len(prog.training.simulated_micro_batches)
+    n = prog.workload.micro_batches
     extra_mb = n - n_sim
     step = tr.total_s
     in_bw = arch_s.io.ingress_bytes_per_s
@@ -448,8 +445,7 @@ def train(
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+    get_backend(fidelity, FIDELITIES)
     precision = check_precision(precision)
     check_offload(checkpoint_offload)
     steps = check_int("steps", steps, 1, MAX_STEPS)
@@ -517,19 +513,21 @@ def train(
     }
     peak = arch_cfg.peak_flops_per_s(precision)
     prog = st.program
-    n_sim = len(prog.meta["simulated_micro_batches"])
+    n_sim = len(prog.training.simulated_micro_batches)
     hw = prog.flops
     if st.micro_batches > n_sim:
         hw += (st.micro_batches - n_sim) * sum(k.flops for k in prog.kernels if k.micro_batch == 1)
     grad_bytes = sum(b.bytes for b in prog.gradient_blocks if b.optimizer_params > 0)
-    ckpt_sim = prog.meta["checkpoint_bytes_simulated"]  # each way (out in forward, back in)
+    ckpt_sim = prog.training.checkpoint_bytes_simulated  # each way (out in forward, back in)
     frac = st.micro_batches / n_sim
+    ck = prog.training.plan["checkpoint_offload"]  # the searched plan's offload mode and bytes
     training = {
-        **prog.meta["training"],
+        **prog.training.plan,  # the lowering's plan, for the report
+        "checkpoint_offload": ck,
         "per_system_batch": st.per_system_batch,
         "micro_batches": st.micro_batches,
-        "simulated_micro_batches": prog.meta["simulated_micro_batches"],
-        "extrapolation": prog.meta["extrapolation"],
+        "simulated_micro_batches": list(prog.training.simulated_micro_batches),
+        "extrapolation": prog.training.extrapolation,
         "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim) * frac,
         "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim) * frac,
         "optimizer": "AdamW in MemoryX, per layer as its gradients arrive; step ends after "
@@ -545,7 +543,7 @@ def train(
         "formula": "bytes / min(egress, swarmx) + ceil(log2 S) x swarmx_latency (pipelined "
         "binary tree); weights broadcast at min(ingress, swarmx)",
     }
-    num_args = (*num_args[:11], prog.meta["training"]["activations"], *num_args[12:])
+    num_args = (*num_args[:11], prog.training.activations, *num_args[12:])
     num = _numerics(numerics, *num_args)
     t0 = time.perf_counter()
     energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])

@@ -29,7 +29,7 @@ live requests; ``s`` bytes per element; partial sums fp32):
 
 Cycles of an element-wise op: ``elements x FLOP per element / (2 x FMAC rate)`` and one
 vector-op setup per FLOP per element, at least the SRAM traffic (3 operands per element) at
-the read rate. ``Program.meta["sram_cycles"]`` holds, per kernel, the cycles its slowest PE
+the read rate. ``Program.sram_cycles`` holds, per kernel, the cycles its slowest PE
 spent beyond the FMAC bound because of SRAM bandwidth (the report's SRAM share).
 """
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from gpt_workload.mappings.resident.layout import ACC_BYTES, DecodeLayout, _tile
 from wse_sim.fabric.lines import line_pattern, line_transfer
-from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
+from wse_sim.program import Kernel, LayoutGeometry, PEClass, Program, Transfer, WeightBlock
 
 __all__ = ["ELEMENTWISE_FLOPS", "attention_occupancy", "lower_decode_step", "sampling_wavelets"]
 
@@ -262,9 +262,9 @@ def lower_decode_step(
             the vectors of the same matrix products; no sampling.
 
     Returns:
-        A Program; ``meta`` holds ``sram_cycles`` (per kernel, cycles beyond the FMAC bound
-        set by SRAM bandwidth), ``weight_bytes`` (the bytes the step reads from SRAM or
-        MemoryX), ``layers``, ``system``, ``contexts``.
+        A Program whose ``sram_cycles`` are, per kernel, the cycles beyond the FMAC bound
+        set by SRAM bandwidth and ``weight_bytes_read`` the bytes the step reads from SRAM or
+        MemoryX; its ``notes`` record ``layers``, ``system``, ``contexts``.
     """
     B = len(contexts)
     b = _Builder(lay, B, system)
@@ -314,16 +314,12 @@ def lower_decode_step(
         b.kernels,
         blocks,
         b.maps,
-        {
-            "sram_cycles": b.sram_cycles,
-            "weight_bytes": weight_bytes,
-            "layers": [layers.start, layers.stop],
-            "system": system,
-            "contexts": list(contexts),
-            "layout": {"pes_per_segment": 1, "grid": [lay.rows, lay.cols]},
-            "micro_batches": 1,
-        },
-    )
+        LayoutGeometry(grid=(lay.rows, lay.cols)),
+        sram_cycles=b.sram_cycles,
+        weight_bytes_read=weight_bytes,
+        notes={"layers": [layers.start, layers.stop], "system": system,
+               "contexts": list(contexts)},
+    )  # fmt: skip
     return prog
 
 
