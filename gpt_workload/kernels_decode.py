@@ -37,7 +37,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order
+from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order, combine_root
 from gpt_workload.kernels import _as_f32 as _f32
 
 __all__ = [
@@ -187,8 +187,9 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     # adding an empty (all +0.0) partial is ``v + 0.0``, which is ``v`` except that it
     # turns -0.0 into +0.0, so that case is kept (and a pair of empty partials is skipped).
     slot = {int(r): i for i, r in enumerate(rows)}
-    y = np.zeros((x.shape[0], w.shape[1]), np.float32) if 0 not in slot else None
-    for dst, src in combine_order(split.rows, split.reduce):
+    root = combine_root(split.rows, split.reduce, split.k)
+    y = np.zeros((x.shape[0], w.shape[1]), np.float32) if root not in slot else None
+    for dst, src in combine_order(split.rows, split.reduce, split.k):
         d, s_ = slot.get(dst), slot.get(src)
         if s_ is not None and d is not None:
             np.add(part[d], part[s_], out=part[d])
@@ -198,8 +199,8 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
             np.add(part[s_], np.float32(0.0), out=part[s_])  # empty dst: 0.0 + src
             slot[dst] = s_
             slot.pop(src)
-    if 0 in slot:
-        y = part[slot[0]]
+    if root in slot:
+        y = part[slot[root]]
     if bias is not None and np.size(bias):
         bias = _f32("bias", bias, 1)
         if bias.shape[0] != w.shape[1]:
