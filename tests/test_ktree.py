@@ -53,7 +53,7 @@ def test_ktree_groups_follow_waferllm():
     # an exact square: 25 = 5 groups of 5, roots 2, 7, 12, 17, 22, root 12
     assert ktree_root(25, 2) == 12
     assert sorted(d for s, d in ktree_messages(25, 2) if s in (2, 7, 17, 22)) == [7, 12, 12, 17]
-    with pytest.raises(ConfigError, match="K-tree K=9"):
+    with pytest.raises(ConfigError, match="--ktree-k"):
         ktree_messages(8, 9)
 
 

@@ -36,6 +36,7 @@ from collections import defaultdict
 from gpt_workload.mappings.resident.decode import attention_occupancy, lower_decode_step
 from gpt_workload.mappings.resident.layout import DecodeLayout
 from gpt_workload.mappings.resident.prefill import intersystem_seconds, lower_prefill
+from gpt_workload.mappings.resident.regions import handoff_seconds
 from wse_sim.program import Program
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.common import TimingResult, path_latency_cycles
@@ -145,6 +146,10 @@ class StepTimer:
             prog = lower_decode_step(lay, contexts, system=s, sampling=self.sampling,
                                      top_k=self.top_k, layers=layers, phase=phase)  # fmt: skip
             ts, rows, b = self._time(prog, len(rng), rng.start)
+            ho = handoff_seconds(lay, len(contexts), s)
+            if ho:  # the vector crossing between the system's regions
+                rows.append(((-1, -1, 0), "region hand-off", 0.0, 0.0, ho, 0.0, 1))
+                ts += ho
             t, busy = t + ts, busy + b
             lat += reduction_latency_s(prog, lay.arch, len(rng) if one else 1, rng.start)
             wbytes += prog.meta["weight_bytes"]

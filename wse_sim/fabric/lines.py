@@ -89,7 +89,9 @@ def ktree_algorithm(k: int) -> str:
         ConfigError: ``k`` not an integer in ``1 .. KTREE_MAX_K``.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= KTREE_MAX_K:
-        raise ConfigError(f"K-tree K={k!r} not allowed; expected an integer 1 to {KTREE_MAX_K}")
+        raise ConfigError(
+            f"K-tree phases (--ktree-k) {k!r} not allowed; expected an integer 1 to {KTREE_MAX_K}"
+        )
     return f"ktree{int(k)}"
 
 

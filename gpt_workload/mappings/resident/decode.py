@@ -128,7 +128,7 @@ class _Builder:
             bc = self.line(f"{op.name} input broadcast", line_pattern("bcast", "tree", "row"),
                            kt * B * s / 4)  # fmt: skip
             self.add(f"{name}.bcast", op.name, layer, (0.0, 0.0), 0.0, 0.0, (bc,))
-        red = line_pattern("allreduce", lay.reduce, lay.reduce_axis(axis_in))
+        red = line_pattern("allreduce", lay.reduce_algorithm, lay.reduce_axis(axis_in))
         trs = [self.line(f"{op.name} partial-sum all-reduce", red, nt * B * ACC_BYTES / 4)]
         wb = 0
         if lay.placement == "streaming":
@@ -155,7 +155,7 @@ class _Builder:
         wb = 0
         if op.kind == "norm":
             stats = 1 if op.attrs.get("norm") == "rmsnorm" else 2
-            pat = line_pattern("allreduce", "tree", lay.reduce_axis(axis))
+            pat = line_pattern("allreduce", lay.stats_algorithm, lay.reduce_axis(axis))
             trs.append(self.line(f"{op.name} statistics all-reduce", pat, stats * B))
             if lay.placement == "streaming":
                 wb = lay.graph.param_elems(op) * self.s
@@ -235,7 +235,7 @@ class _Builder:
         elems = self.slice_of(lay.graph.dims["V"], axis_out) * B
         fpe = 1 if sampling == "greedy" else 4  # compare; or scale, exp, compare, select
         cyc, extra = self.vec(elems, fpe)
-        pat = line_pattern("allreduce", "tree", "col" if axis_out == "row" else "row")
+        pat = line_pattern("allreduce", lay.stats_algorithm, "col" if axis_out == "row" else "row")
         tr = self.line("token (value, index) all-reduce", pat,
                        sampling_wavelets(sampling, top_k) * B)  # fmt: skip
         self.add("sampling", "sampling", lay.cfg.n_layer, cyc, extra, 0.0, (tr,))
