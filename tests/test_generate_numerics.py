@@ -34,10 +34,13 @@ def plan_of(cfg, split: GemvSplit, kv: KVSplit) -> DecodePlan:
 
 
 #: WaferLLM's MeshGEMV on 4 x 4 PEs with line reductions, KV over 2 PEs; a 2 x 8 tree with
-#: the KV cache over 3 PEs (tree merge).
+#: the KV cache over 3 PEs (tree merge); a 9 x 5 MeshGEMV with the K-tree all-reduce.
 PLANS = {
     "mesh4x4-chain": (GemvSplit(4, 4, "chain"), KVSplit(2, 48, "chain")),
     "2x8-tree-kv3": (GemvSplit(2, 8, "tree"), KVSplit(3, 32, "tree")),
+    # WaferLLM's K-tree (two phases: 3 groups of 3 rows to their middles, then to the middle
+    # group's), the sum ending at row 4
+    "mesh9x5-ktree": (GemvSplit(9, 5, "ktree", 2), KVSplit(2, 48, "tree")),
 }
 
 
