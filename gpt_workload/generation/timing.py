@@ -6,7 +6,9 @@ decode steps run, each one new token for every request still generating (a reque
 once it has its tokens). A request with ``n`` new tokens takes ``n - 1`` decode steps; in
 its ``k``-th its cache holds ``prompt + k`` tokens.
 
-On ``S`` systems a step (and a prefill) crosses them in order: the time is the sum of each
+On a region layout (:mod:`gpt_workload.mappings.resident.regions`) a system's regions work one
+after another and the vector crosses from each to the next (``P`` hops, a ``region hand-off``
+row of the time split). On ``S`` systems a step (and a prefill) crosses them in order: the time is the sum of each
 system's Program plus ``S - 1`` crossings of the activations (``B d`` elements; a prompt's
 ``T d``) and, for a decode step, the sampled tokens' way back to the first system (4 bytes
 per request), over the inter-system link

@@ -11,12 +11,12 @@ live requests; ``s`` bytes per element; partial sums fp32):
   - ``linear``: each PE multiplies its ``K/kp x N/np`` tile by its input slice
     (``max(MACs / FMAC rate, tile bytes / SRAM read rate)`` cycles plus one vector-op setup
     per output or input element, whichever loop is shorter), then the partials are
-    all-reduced along the lines of the reduction axis (:mod:`wse_sim.fabric.lines`; tree or
-    chain). The ``rowcol`` layout first broadcasts the input along the rows
+    all-reduced along the lines of the reduction axis (:mod:`wse_sim.fabric.lines`; tree,
+    chain or K-tree). The ``rowcol`` layout first broadcasts the input along the rows
     (``<op>.bcast``). Streaming placement: the tile arrives from MemoryX first
     (``multicast_2d`` down the columns; the layer's weight block).
   - ``norm``: the slice's statistics, then a one- (RMSNorm) or two-value (LayerNorm)
-    all-reduce along the split axis; ``rotary``, ``activation``, ``mul``, ``add``: on the
+    all-reduce along the split axis (a tree; the K-tree on a K-tree layout); ``rotary``, ``activation``, ``mul``, ``add``: on the
     slices, no transfer; ``split``: nothing.
   - ``attention``: ``attention.gather`` (the group's q and the new k, v down each band's
     columns), ``attention`` (scores, softmax partials and weighted values over the PE's
