@@ -39,8 +39,8 @@ PLANS = {
     "mesh4x4-chain": (GemvSplit(4, 4, "chain"), KVSplit(2, 48, "chain")),
     "2x8-tree-kv3": (GemvSplit(2, 8, "tree"), KVSplit(3, 32, "tree")),
     # WaferLLM's K-tree (two phases: 3 groups of 3 rows to their middles, then to the middle
-    # group's), the sum ending at row 4
-    "mesh9x5-ktree": (GemvSplit(9, 5, "ktree", 2), KVSplit(2, 48, "tree")),
+    # group's), the sum ending at row 4; the K/V merge over 9 PEs likewise
+    "mesh9x5-ktree": (GemvSplit(9, 5, "ktree", 2), KVSplit(9, 11, "ktree", 2)),
 }
 
 

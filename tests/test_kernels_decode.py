@@ -108,7 +108,8 @@ def _attention_ref(q, k, v, n_head, n_kv):
 @pytest.mark.parametrize("n", [1, 7, 50])
 @pytest.mark.parametrize(
     "split",
-    [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree")],
+    [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree"),
+     KVSplit(9, 6, "ktree"), KVSplit(27, 2, "ktree", 3)],
 )
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])
 def test_attention_decode_matches_float64(n, split, heads):

@@ -121,20 +121,24 @@ class GemvSplit:
 @dataclass(frozen=True)
 class KVSplit:
     """The KV cache of one K/V head spread over ``pes`` PEs in contiguous token blocks of
-    ``block_tokens`` (the last PE holds the rest), combined in ``reduce`` order.
+    ``block_tokens`` (the last PE holds the rest), combined in ``reduce`` order (``k``: the
+    phases of a ``ktree``).
 
     Raises:
-        ConfigError: ``pes`` or ``block_tokens`` < 1, or an unknown ``reduce``.
+        ConfigError: ``pes`` or ``block_tokens`` < 1, an unknown ``reduce``, or ``k`` out of
+            range.
     """
 
     pes: int
     block_tokens: int
     reduce: str = "chain"
+    k: int = 2
 
     def __post_init__(self):
         _check("pes", self.pes)
         _check("block_tokens", self.block_tokens)
         combine_order(1, self.reduce)
+        ktree_algorithm(self.k)
 
     def token_bounds(self, n_tokens: int) -> np.ndarray:
         """Boundaries of the ``n_tokens`` cached tokens over the PEs that hold any: blocks of

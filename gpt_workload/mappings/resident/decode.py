@@ -206,7 +206,7 @@ class _Builder:
                  cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip
         part = (dh + 2) * group * per_req * ACC_BYTES / 4
         row = line_transfer("softmax-partial merge (rows)",
-                            line_pattern("allreduce", "tree", "row"), cols_used,
+                            line_pattern("allreduce", lay.stats_algorithm, "row"), cols_used,
                             rows_used * lines, part, fab)  # fmt: skip
         flops = 4 * dh * cfg.n_head * sum(contexts)
         self.add(f"{prefix}attention", op.name, layer, (busy, over), max(sr - fm, 0.0), flops,
@@ -214,7 +214,7 @@ class _Builder:
                  scratch=self.buffers["attention"])  # fmt: skip
         if rows_used > 1:
             col = line_transfer("softmax-partial merge (columns)",
-                                line_pattern("allreduce", "tree", "col"), rows_used,
+                                line_pattern("allreduce", lay.stats_algorithm, "col"), rows_used,
                                 cols_used * lines, part, fab)  # fmt: skip
             self.add(f"{prefix}attention.merge", op.name, layer, (0.0, 0.0), 0.0, 0.0, (col,),
                      cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip

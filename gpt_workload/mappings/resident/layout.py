@@ -38,7 +38,8 @@ ceil(batch x max_context / band PEs)`` per PE, so the batch spreads over the ban
 layers' caches follow one another around the band, so its PEs share all the layers' caches
 (:meth:`DecodeLayout.kv_slots_per_pe`).
 A new token's scores, softmax partials and weighted values are computed where its K/V are,
-merged by a tree all-reduce along the band's rows, then its columns.
+merged by a tree all-reduce (the K-tree on a K-tree layout) along the band's rows, then its
+columns.
 
 **SRAM per PE** (:meth:`DecodeLayout.sram`): weight tiles, the K/V blocks of every layer of
 the system for every request, and the working buffers (the largest GEMV's input slice and
@@ -183,7 +184,9 @@ class DecodeLayout:
             if op.kind in ("linear", "lm_head"):
                 kp, np_ = self.split_axes(self.orient[op.name])
                 gemv[op.name] = GemvSplit(kp, np_, self.reduce, self.ktree_k)
-        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, "tree"))
+        kv_order = "ktree" if self.reduce == "ktree" else "tree"
+        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, kv_order,
+                                        self.ktree_k))  # fmt: skip
 
     @property
     def pes_per_request(self) -> int:
