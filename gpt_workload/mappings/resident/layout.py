@@ -277,8 +277,12 @@ class DecodeLayout:
         and this batch's buffers would hold, a capacity figure that ignores the model's
         positions and the buffers and block rounding of other batches (the context a batch
         actually reaches is :meth:`max_context_at`). On a region layout, the most loaded
-        region of the system."""
-        return self._sram_of(self._worst_load(system))
+        region of the system, with the smallest ``max_context_x_batch`` of its regions."""
+        out = self._sram_of(self._worst_load(system))
+        out["max_context_x_batch"] = min(
+            self._sram_of(ld)["max_context_x_batch"] for ld in self.region_loads(system)
+        )
+        return out
 
     def _sram_of(self, load: tuple[int, bool, bool]) -> dict:
         memo = self.__dict__.setdefault("_sram_memo", {})

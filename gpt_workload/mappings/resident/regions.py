@@ -31,25 +31,19 @@ def regions_per_system(lay) -> int:
 
 def pack_regions(lay) -> list[list[range]]:
     """Per system, the layers of each region it uses: the fewest regions (at most
-    :func:`regions_per_system`) whose SRAM holds the system's layers, contiguous, as evenly
-    as each region's room allows (a region holding the embedding or the head has room for
-    fewer layers: the counts are levelled up to each region's capacity, the earlier regions
-    taking the remainder); when no number of regions holds them, the layers split evenly
-    over all of them (the layout's SRAM check then names the bytes short)."""
+    :func:`regions_per_system`) whose SRAM holds the system's layers, contiguous; the counts
+    balance the regions' bytes per PE (each layer in turn goes to the region whose bytes it
+    raises least, the earlier on a tie), so the regions holding the embedding or the head
+    take fewer layers. When no number of regions holds them, all the regions are used the
+    same way (the layout's SRAM check then names the bytes short)."""
     out = []
     for s, rng in enumerate(lay.layers):
         L = len(rng)
         most = min(regions_per_system(lay), L)
-        counts = None
         for m in range(1, most + 1):
-            caps = [_capacity(lay, L, s == 0 and j == 0, s == lay.systems - 1 and j == m - 1)
-                    for j in range(m)]  # fmt: skip
-            if sum(caps) >= L and min(caps) >= 1:
-                counts = _level(caps, L)
+            counts = _balance(lay, L, m, s)
+            if all(lay._sram_of(ld)["free"] >= 0 for ld in _loads(lay, counts, s)):
                 break
-        if counts is None:
-            b = bounds(L, most)
-            counts = [int(b[j + 1] - b[j]) for j in range(most)]
         spans, start = [], rng.start
         for c in counts:
             spans.append(range(start, start + c))
@@ -58,28 +52,21 @@ def pack_regions(lay) -> list[list[range]]:
     return out
 
 
-def _capacity(lay, most: int, first: bool, last: bool) -> int:
-    """The most layers (up to ``most``) a region holds beside the embedding (``first``) or
-    the head (``last``)."""
-    n = 0
-    while n < most and lay._sram_of((n + 1, first, last))["free"] >= 0:
-        n += 1
-    return n
+def _loads(lay, counts: list[int], system: int) -> list[tuple[int, bool, bool]]:
+    m = len(counts)
+    return [(c, system == 0 and j == 0, system == lay.systems - 1 and j == m - 1)
+            for j, c in enumerate(counts)]  # fmt: skip
 
 
-def _level(caps: list[int], total: int) -> list[int]:
-    """``total`` layers over regions of capacities ``caps``: the smallest common level ``t``
-    with ``sum(min(cap, t)) >= total``, then the surplus taken back from the last regions at
-    that level."""
-    t = 1
-    while sum(min(c, t) for c in caps) < total:
-        t += 1
-    counts = [min(c, t) for c in caps]
-    extra = sum(counts) - total
-    for j in range(len(counts) - 1, -1, -1):
-        if extra and counts[j] == t:
-            counts[j] -= 1
-            extra -= 1
+def _balance(lay, n_layers: int, m: int, system: int) -> list[int]:
+    """Layer counts of ``m`` regions: each layer in turn to the region whose total bytes per
+    PE (:meth:`DecodeLayout._sram_of`) it leaves the smallest."""
+    counts = [0] * m
+    for _ in range(n_layers):
+        after = [lay._sram_of(ld)["total"]
+                 for ld in _loads(lay, [c + 1 for c in counts], system)]  # fmt: skip
+        j = min(range(m), key=lambda i: after[i])
+        counts[j] += 1
     return counts
 
 
