@@ -52,6 +52,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         placement=args.placement,
         gemv=args.gemv,
         reduce=args.reduce,
+        region=args.region,
+        ktree_k=args.ktree_k,
         precision=args.precision,
         fidelity=args.fidelity,
         check_requests=args.check_requests,
@@ -127,7 +129,14 @@ def add_parser(sub) -> None:
         "--gemv", default="mesh", choices=GEMVS,
         help="matrix-vector layout: mesh (MeshGEMV, alternating axes) or rowcol",
     )  # fmt: skip
-    g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
+    g.add_argument("--reduce", default="auto", choices=REDUCES + ("auto",),
+                   help="all-reduce along lines: tree, chain, ktree (WaferLLM's K-tree) or "
+                        "auto (searched with --region)")  # fmt: skip
+    g.add_argument("--region", default="auto",
+                   help="resident decode region: auto (the fastest fitting by the analytic "
+                        "step time), wafer (every layer over the whole grid) or a side P "
+                        "(square P x P regions, one per layer group)")  # fmt: skip
+    g.add_argument("--ktree-k", type=int, default=2, help="phases of --reduce ktree (1 to 4)")
     g.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
     g.add_argument("--temperature", type=float, default=None,

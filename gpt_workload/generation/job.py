@@ -73,7 +73,9 @@ def generate(
     systems: int | str = 1,
     placement: str = "resident",
     gemv: str = "mesh",
-    reduce: str = "tree",
+    reduce: str = "auto",
+    region: int | str = "auto",
+    ktree_k: int = 2,
     precision: str = "fp16",
     fidelity: str = "event",
     check_requests: int = 0,
@@ -97,7 +99,10 @@ def generate(
             prompt only the output lengths vary.
         systems: wafers in the pipeline, or ``"auto"`` (the fewest that hold the model).
         placement: ``resident`` (weights in SRAM) or ``streaming`` (from MemoryX each step).
-        gemv, reduce: decode layout knobs (``mesh``/``rowcol``, ``tree``/``chain``).
+        gemv, reduce: decode layout knobs (``mesh``/``rowcol``; ``tree``/``chain``/``ktree``
+            or ``auto``); region: ``auto`` (searched by the analytic step time), ``wafer``
+            (the whole grid) or a square side ``P``; ktree_k: phases of the K-tree
+            (:func:`gpt_workload.mappings.resident.make_layout`).
         fidelity: ``event``, ``analytic`` or ``packet`` (grids up to 64 x 64).
         check_requests: requests whose tokens the per-PE numerics compute (0: timing only).
         sampling: ``greedy``, ``temperature`` (softmax at ``temperature``) or ``top_k``
@@ -171,7 +176,8 @@ def generate(
                          prompt_opt="--prompt" if prompt is not None else "--prompt-tokens")  # fmt: skip
     max_ctx = max(r.context for r in reqs)
     lay = make_layout(cfg, arch_cfg, precision=precision, placement=placement, systems=systems,
-                      batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce)  # fmt: skip
+                      batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce,
+                      region=region, ktree_k=ktree_k)  # fmt: skip
     wall["layout"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
