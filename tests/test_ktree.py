@@ -65,7 +65,7 @@ def _ktree_program(axis: str, rows: int, cols: int, n: float, K: int):
                        GRID.fabric)  # fmt: skip
     k = Kernel("k", "op", 0, 0, (PEClass(0, rows * cols, 50.0, 0.0, 0.0),), "m", (tr,),
                n_chunks=1)  # fmt: skip
-    return Program("ktree", 32, 32, "fp16", [k], [], {"m": cmap}, {"layout": {}})
+    return Program("ktree", 32, 32, "fp16", [k], [], {"m": cmap})
 
 
 @pytest.mark.parametrize("axis,rows,cols,n,K", [
