@@ -132,8 +132,8 @@ def check_tokens(program: Program, cfg: GPTConfig, tokens) -> np.ndarray:
             f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
         )
     K, T = tokens.shape
-    if T != program.meta["seq_len"]:
-        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
+    if T != program.workload.seq_len:
+        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.workload.seq_len}")
     if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
         raise ConfigError(
             f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
@@ -155,7 +155,7 @@ def run_numerics(
 ) -> NumericsResult:
     """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
 
-    The per-PE layout is the Program's (``P`` and ``m`` from ``program.meta['layout']``) with
+    The per-PE layout is the Program's (``P`` and ``m`` from ``program.layout``) with
     ``K`` sequences instead of the micro-batch's ``b``.
 
     ``gemm`` and ``attention`` replace :func:`kernels.gemm_ws` and
@@ -174,8 +174,7 @@ def run_numerics(
     precision = precision or program.precision
     tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    lay = program.meta["layout"]
-    P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
+    P, m = program.layout.pes_per_segment, program.layout.tokens_per_segment
     tl = TileLayout(n_seq=K, seq_len=T, m=m, P=P)
     d, V = cfg.d_model, cfg.vocab_size
     ff = tl.padded_width(cfg.d_ff)

@@ -198,8 +198,8 @@ def run_graph_numerics(
     precision = precision or program.precision
     tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    lay = program.meta["layout"]
-    tl = TileLayout(n_seq=K, seq_len=T, m=lay["tokens_per_segment"], P=lay["pes_per_segment"])
+    lay = program.layout
+    tl = TileLayout(n_seq=K, seq_len=T, m=lay.tokens_per_segment, P=lay.pes_per_segment)
     health = HealthTracker(precision, "weights")
     health.check_weights(weights)
     health.phase = "forward"

@@ -114,7 +114,8 @@ def _replay(arch: ArchConfig, reads: tuple) -> bool:
 
 
 def _leaks(obj: Any, depth: int = 0) -> bool:
-    """Whether ``obj`` (a Program's meta, recursively) holds a recording view."""
+    """Whether ``obj`` (a Program's facts, :meth:`Program.describe`, recursively) holds a
+    recording view."""
     if isinstance(obj, _ArchReads) or type(obj) is _ArchReads:
         return True
     if depth > 6:
@@ -178,7 +179,7 @@ class LoweringCache:
         except (ConfigError, FitError) as exc:
             self._store(base, _Entry(tuple(log), error=exc))
             raise
-        if dict(vars(mapping)) != before or _leaks(program.meta):
+        if dict(vars(mapping)) != before or _leaks(program.describe()):
             # the mapping keeps state from lowering, or the Program holds the view: lower
             # again on the real arch, and never cache this mapping's Programs
             self._stateful.add(base[:2])

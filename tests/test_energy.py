@@ -116,7 +116,7 @@ def _gemm_program(arch, M, K, N, pr, pc, precision):
     cls = PEClass(0, pr * pc, plan.busy_cycles, plan.overhead_cycles, plan.flops)
     k = Kernel("gemm", "gemm", 0, 0, (cls,), "block", plan.transfers, flops=2.0 * M * K * N)
     cmap = np.zeros((pr, pc), dtype=np.int16)
-    prog = Program("gemm", pr, pc, precision, [k], [], {"block": cmap}, {"systems": 1})
+    prog = Program("gemm", pr, pc, precision, [k], [], {"block": cmap}, systems=1)
     prog.validate()
     return prog
 

@@ -291,7 +291,7 @@ def test_train_llama_checkpoint_lowers_the_loss_on_a_repeated_text(tmp_path, cap
 
 @pytest.mark.parametrize(
     ("array", "word"),
-    [(np.zeros((2, 8), np.float32), "holds float32"),
+    [(np.zeros((2, 8), np.float32), "dtype float32"),
      (np.zeros(8, np.int64), "2-D"),
      (np.full((2, 8), 97), "id 97"),
      (np.zeros((2, 65), np.int64), "T=65"),

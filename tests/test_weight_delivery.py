@@ -53,9 +53,9 @@ def test_io_layout_absorbs_the_ingress_rate(model, arch) -> None:
     prog = parse_mapping("weight_streaming:pes_per_segment=io").lower(
         dataclasses.replace(cfg, n_layer=1), a, 1, 256, "fp16"
     )
-    lay = prog.meta["layout"]
-    assert lay["pes_per_segment"] == P and lay["pes_per_head"] == pes_per_head(cfg, P)
-    assert weight_entry_bytes_per_s(a, lay["pes_per_segment"]) >= target
+    lay = prog.layout
+    assert lay.pes_per_segment == P and lay.pes_per_head == pes_per_head(cfg, P)
+    assert weight_entry_bytes_per_s(a, lay.pes_per_segment) >= target
 
 
 @pytest.mark.parametrize("model,arch", [("cerebras-gpt-111m", "wse2"), ("gpt-j-6b", "wse3")])
@@ -64,11 +64,11 @@ def test_auto_layout_absorbs_the_ingress_rate_when_io_bound(model, arch) -> None
     at >= min(io rate, what the widest allowed segment allows)."""
     cfg, a = dataclasses.replace(resolve_model(model), n_layer=2), load_arch(arch)
     prog = parse_mapping("weight_streaming").lower(cfg, a, 1, 256, "fp16")
-    lay = prog.meta["layout"]
+    lay = prog.layout
     widest = allowed_pes_per_segment(cfg, a.wafer.cols)[-1]
     target = min(a.io.ingress_bytes_per_s, _entry_closed_form(a, widest))
-    assert _entry_closed_form(a, lay["pes_per_segment"]) >= target
-    assert lay["pes_per_segment"] > cfg.n_head and lay["layout_search"]["fitted"] > 1
+    assert _entry_closed_form(a, lay.pes_per_segment) >= target
+    assert lay.pes_per_segment > cfg.n_head and lay.search["layout_search"]["fitted"] > 1
 
 
 def test_search_keeps_the_fastest_candidate() -> None:
@@ -250,7 +250,7 @@ def test_heads_is_the_classic_layout_and_the_report_gives_the_entry_rate() -> No
 
     cfg, a = resolve_model("gpt-tiny"), load_arch("grid32")
     prog = parse_mapping("weight_streaming:pes_per_segment=heads").lower(cfg, a, 2, 32, "fp16")
-    assert "layout_search" not in prog.meta["layout"]
+    assert "layout_search" not in prog.layout.search
     assert prog.kernels == lower_weight_streaming(cfg, a, 2, 32, "fp16").kernels
     rep = simulate("gpt-tiny", "grid32", mapping="weight_streaming:pes_per_segment=8",
                    fidelity="analytic", batch=2, seq_len=32, check_sequences=0)  # fmt: skip

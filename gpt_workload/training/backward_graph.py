@@ -60,7 +60,7 @@ from gpt_workload.graph import BackwardOp, Op, OpGraph
 from gpt_workload.health import HealthTracker, check_op_input, rows_locator
 from gpt_workload.models import build_graph
 from gpt_workload.models.weights import DecoderLayer, DecoderWeights
-from gpt_workload.precision import check_precision, round_storage
+from gpt_workload.precision import Precision, check_precision, round_storage
 from gpt_workload.training.backward import (
     _colsum,
     _cross_entropy_kernel,
@@ -116,7 +116,7 @@ class _Run:
     def r(self, x: np.ndarray, op: str) -> np.ndarray:
         """Round op ``op``'s stored output to the storage precision (a no-op copy for fp32)
         and check it with the health tracker, if any."""
-        y = x if self.precision == "fp32" else round_storage(x, self.precision)
+        y = x if self.precision == Precision.FP32 else round_storage(x, self.precision)
         if self.health is not None:
             self.health.check(op, self.layer, y, rows_locator(self.seq_len), raw=x)
         return y

@@ -4,7 +4,7 @@ The model is cut into stages: the embedding, groups of ``layers_per_stage`` tran
 layers, and the head (final LayerNorm, tied LM head, cross-entropy statistics). Each stage
 owns a band of whole grid rows (``rows_s x cols`` PEs; bands in stage order from the north
 edge, so consecutive stages are neighbours) and keeps its weights there for the whole run:
-nothing streams from MemoryX (the one-time weight load is reported in ``Program.meta``).
+nothing streams from MemoryX (the one-time weight load is reported in ``Program.notes``).
 Micro-batches of ``micro_batch`` sequences flow from band to band over the fabric (GPipe:
 Huang et al. 2019, "GPipe: Efficient Training of Giant Neural Networks using Pipeline
 Parallelism", NeurIPS; Cerebras calls this "layer pipelined" execution, Lie 2022, "Cerebras
@@ -34,7 +34,7 @@ tick lasts as long as the slowest active stage. Activations move to the next ban
 distance between the bands' centres).
 
 Closed form (the tests hold the backends to it): with per-stage compute ``c_s``, fabric
-``f_s`` and latency ``l_s`` (``Program.meta["stages"]``), stage ``s`` active in tick ``t``
+``f_s`` and latency ``l_s`` (``Program.pipeline_stages``), stage ``s`` active in tick ``t``
 iff ``0 <= t - s < n_micro``, and ``C_t, F_t, L_t`` their maxima over the active stages,
 
     total = sum_t [max(C_t, F_t) + min(C_t, F_t) / n + L_t],

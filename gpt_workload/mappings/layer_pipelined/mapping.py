@@ -25,7 +25,7 @@ from gpt_workload.mappings.weight_streaming.plan import (
 from gpt_workload.precision import check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import FitError
-from wse_sim.program import Program
+from wse_sim.program import LayoutGeometry, PipelineGeometry, PipelineStage, Program, Workload
 
 
 def lower_layer_pipelined(
@@ -60,7 +60,7 @@ def lower_layer_pipelined(
         tick_kernel(plan, t, cfg, arch, precision) for t in range(plan.n_micro + plan.n_stages - 1)
     ]
     weights = sum(st.weight_bytes for st in plan.stages)
-    stages_meta = []
+    stages = []
     for s_idx, st in enumerate(plan.stages):
         c = plan.costs[plan.b][s_idx]
         h = (
@@ -69,49 +69,44 @@ def lower_layer_pipelined(
             else None
         )
         comp, fab, lat = stage_tick_terms(c, h, arch)
-        stages_meta.append(
-            {
-                "stage": st.name,
-                "rows": plan.rows[s_idx],
-                "first_row": plan.row0[s_idx],
-                "pes": plan.rows[s_idx] * used,
-                "weight_bytes": st.weight_bytes,
-                "flops_per_micro_batch": c.flops,
-                "compute_cycles": comp,
-                "fabric_cycles": fab,
-                "latency_cycles": lat,
-                "sram_bytes_per_pe": c.sram,
-                "sram_parts": c.sram_parts,
-            }
+        stages.append(
+            PipelineStage(
+                stage=st.name,
+                rows=plan.rows[s_idx],
+                first_row=plan.row0[s_idx],
+                pes=plan.rows[s_idx] * used,
+                weight_bytes=st.weight_bytes,
+                flops_per_micro_batch=c.flops,
+                compute_cycles=comp,
+                fabric_cycles=fab,
+                latency_cycles=lat,
+                sram_bytes_per_pe=c.sram,
+                sram_parts=c.sram_parts,
+            )
         )
     P = choose_P(cfg, C)  # attention's head-parallel segments (in the layer bands)
     n_segs = plan.rows[1] * (C // P)
     m_att = _segments_for(min(plan.b, n_segs), seq_len, n_segs)[0]
-    meta = {
-        "layout": {
-            "pes_per_segment": P,
-            "tokens_per_segment": m_att,
-            "stages": plan.n_stages,
-            "layers_per_stage": layers_per_stage,
-            "gemm": algorithm,
-            "fold": fold,
-            "gemm_grid_cols": P if fold else C,
-            "segment_columns": C // P if fold else 1,
-            "sequences_per_micro_batch": plan.b,
-            "micro_batches": plan.n_micro,
-            "pipeline_ticks": len(kernels),
-            "rows_per_stage": plan.rows,
-            "active_pes": int((cmap >= 0).sum()),
-            "grid": [R, C],
-        },
-        "stages": stages_meta,
+    layout = LayoutGeometry(
+        grid=(R, C),
+        pes_per_segment=P,
+        tokens_per_segment=m_att,
+        sequences_per_micro_batch=plan.b,
+        micro_batches=plan.n_micro,
+        active_pes=int((cmap >= 0).sum()),
+        pipeline=PipelineGeometry(
+            stages=plan.n_stages,
+            layers_per_stage=layers_per_stage,
+            gemm=algorithm,
+            fold=fold,
+            gemm_grid_cols=P if fold else C,
+            segment_columns=C // P if fold else 1,
+            pipeline_ticks=len(kernels),
+            rows_per_stage=tuple(plan.rows),
+        ),
+    )
+    notes = {
         "tick_chunks": TICK_CHUNKS,
-        "tokens": batch * seq_len,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": plan.n_micro,
-        "mapping": spec,
-        "sequences_in_last_micro_batch": plan.b_last,
         "weight_load": {
             "bytes": weights,
             "seconds_at_ingress": weights / arch.io.ingress_bytes_per_s,
@@ -119,8 +114,10 @@ def lower_layer_pipelined(
         },
     }
     return Program(
-        f"{cfg.name}/layer_pipelined", R, C, precision, kernels, [], {"stage": cmap}, meta
-    )
+        f"{cfg.name}/layer_pipelined", R, C, precision, kernels, [], {"stage": cmap}, layout,
+        mapping=spec, workload=Workload(batch, seq_len, plan.n_micro, plan.b_last),
+        pipeline_stages=tuple(stages), notes=notes,
+    )  # fmt: skip
 
 
 def _gemm_choices() -> tuple[str, ...]:
@@ -266,10 +263,9 @@ def pipeline_numerics(program, cfg, weights, tokens, precision: str, algorithm: 
         a = np.ascontiguousarray(a, dtype=f32)
         return round_storage(a, precision) if op is None else health.store(op, layer, a, loc)
 
-    rows = program.meta["layout"]["rows_per_stage"]
-    pc = program.meta["layout"].get("gemm_grid_cols", program.cols)
-    nseg = program.meta["layout"].get("segment_columns", 1)
-    lps = program.meta["layout"]["layers_per_stage"]
+    pl = program.layout.pipeline
+    rows, pc = pl.rows_per_stage, pl.gemm_grid_cols
+    nseg, lps = pl.segment_columns, pl.layers_per_stage
     M = K * T
 
     def gemm(a, w, stage):

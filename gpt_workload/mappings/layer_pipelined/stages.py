@@ -191,7 +191,7 @@ class _Region:
 
     def attention(self, c: StageCost) -> int:
         """Head-parallel causal attention on segments of ``P`` PEs (see
-        :mod:`gpt_workload.lowering`); the slowest segment position sets the cost. Returns
+        :mod:`gpt_workload.mappings.weight_streaming.builder`); the slowest segment position sets the cost. Returns
         its scratch bytes per PE."""
         cfg, W, ov, s = self.cfg, self.W, self.ov, self.s
         P = choose_P(cfg, self.pc)

@@ -66,7 +66,15 @@ from gpt_workload.mappings.weight_streaming.plan import (
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
+from wse_sim.program import (
+    Kernel,
+    LayoutGeometry,
+    PEClass,
+    Program,
+    Transfer,
+    WeightBlock,
+    Workload,
+)
 
 
 def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
@@ -436,7 +444,7 @@ def lower_weight_streaming(
     ``P``, ``m``: layout overrides (:func:`plan_layout`); ``strategy``: an object whose
     ``gemm`` / ``attention`` methods (either may be None) replace :meth:`_Builder.gemm` /
     :meth:`_Builder.attention` (see :mod:`gpt_workload.mappings.weight_streaming`);
-    ``spec``: the mapping spec stored in ``meta['mapping']``; ``builder``: a
+    ``spec``: the mapping spec stored in ``Program.mapping``; ``builder``: a
     :class:`_Builder` subclass whose ``micro_batch`` lowers the model (None: ``_Builder``,
     gpt2's layer; :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walks
     the op graph).
@@ -483,15 +491,6 @@ def lower_weight_streaming(
         bld = last if mb == L.n_micro - 1 else main
         bld.mb = mb
         bld.micro_batch()
-    meta = {
-        "layout": L.describe(),
-        "tokens": batch * seq_len,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": L.n_micro,
-        "mapping": spec,
-        "sequences_in_last_micro_batch": b_last,
-    }
     return Program(
         f"{cfg.name}/{spec}",
         arch.wafer.rows,
@@ -500,5 +499,7 @@ def lower_weight_streaming(
         kernels,
         blocks,
         maps,
-        meta,
+        L.geometry(),
+        mapping=spec,
+        workload=Workload(batch, seq_len, L.n_micro, b_last),
     )

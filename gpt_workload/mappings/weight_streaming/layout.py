@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wse_sim.errors import ConfigError
+from wse_sim.program import LayoutGeometry
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -262,19 +263,23 @@ class WSLayout(TileLayout):
         """The same tiling (``seq_len``, ``m``, ``P``) for ``n_seq`` sequences."""
         return TileLayout(n_seq=n_seq, seq_len=self.seq_len, m=self.m, P=self.P)
 
+    def geometry(self) -> LayoutGeometry:
+        """The layout as the Program carries it (:attr:`wse_sim.program.Program.layout`)."""
+        return LayoutGeometry(
+            grid=(self.rows, self.cols),
+            pes_per_segment=self.P,
+            tokens_per_segment=self.m,
+            heads_per_pe=self.hp,
+            pes_per_head=self.pes_per_head,
+            segments_per_sequence=self.q,
+            sequences_per_micro_batch=self.b,
+            micro_batches=self.n_micro,
+            active_pes=self.n_active_pe,
+        )
+
     def describe(self) -> dict:
-        """JSON-safe summary for the report."""
-        return {
-            "pes_per_segment": self.P,
-            "heads_per_pe": self.hp,
-            "pes_per_head": self.pes_per_head,
-            "tokens_per_segment": self.m,
-            "segments_per_sequence": self.q,
-            "sequences_per_micro_batch": self.b,
-            "micro_batches": self.n_micro,
-            "active_pes": self.n_active_pe,
-            "grid": [self.rows, self.cols],
-        }
+        """JSON-safe summary for the report (:meth:`geometry`'s)."""
+        return self.geometry().describe()
 
 
 def qkv_column_permutation(n_head: int, d_head: int, P: int) -> np.ndarray:

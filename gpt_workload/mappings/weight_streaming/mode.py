@@ -124,7 +124,7 @@ class _WSMode(Mapping):
                 **args,
             )
             prog = self._lower_at(cfg, arch, batch, seq_len, precision, choice.P, choice.m)
-            prog.meta["layout"]["layout_search"] = choice.describe()
+            prog.layout = prog.layout.with_search("layout_search", choice.describe())
         return prog
 
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:

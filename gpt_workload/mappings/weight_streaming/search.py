@@ -69,7 +69,7 @@ class LayoutChoice:
     tried: tuple[tuple[int, int | None, float | None], ...]
 
     def describe(self) -> dict:
-        """JSON-safe summary for ``Program.meta['layout']['layout_search']``."""
+        """JSON-safe summary for ``Program.layout.search["layout_search"]``."""
         return {
             "pes_per_segment": self.P,
             "tokens_per_segment": self.m,
@@ -124,7 +124,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
                 last_err = e
                 break
             t = run_analytic(prog, arch).total_s
-            got = prog.meta["layout"]["tokens_per_segment"]
+            got = prog.layout.tokens_per_segment
             tried.append((p, got, t))
             if best is None or t < best[2]:
                 best = (p, got, t)

@@ -544,7 +544,7 @@ class WeightStreaming(_WSMode):
 
     def lower(self, cfg, arch, batch, seq_len, precision):
         prog = super().lower(cfg, arch, batch, seq_len, precision)
-        P = prog.meta["layout"]["pes_per_segment"]
+        P = prog.layout.pes_per_segment
         if self["reduce"] == "tree" and P & (P - 1):
             raise ConfigError(
                 f"mapping {self.name}: reduce=tree needs a power-of-two pes_per_segment; the "
@@ -583,7 +583,7 @@ class _BlockMapping(_WSMode):
     def numerics(self, program, cfg, weights, tokens, precision):
         from gpt_workload.numerics import run_numerics
 
-        P = program.meta["layout"]["pes_per_segment"]
+        P = program.layout.pes_per_segment
         fn = tile_gemm(self.algorithm, P if self.algorithm in ("cannon", "meshgemm") else 1)
         return run_numerics(program, cfg, weights, tokens, precision, gemm=fn)
 
