@@ -121,7 +121,7 @@ def test_searched_layout_is_keyed_by_the_io_rate_it_read() -> None:
     p2 = cache.lower(ws, cfg, slow, 1, 256, "fp16")
     assert p2 is not p1
     fresh = ws.lower(cfg, slow, 1, 256, "fp16")
-    assert p2.kernels == fresh.kernels and p2.meta == fresh.meta
+    assert p2.kernels == fresh.kernels and p2.describe() == fresh.describe()
     energy = base.with_overrides(["energy.fmac_fp16_pj=1.0"])
     assert cache.lower(ws, cfg, energy, 1, 256, "fp16") is p1
     # the candidate layouts do not read the I/O rate: the second search lowered none of
@@ -175,7 +175,7 @@ def test_stateful_mapping_is_not_cached() -> None:
     arch = load_arch("grid32")
     a = parse_mapping("auto:candidates=weight_streaming+layer_pipelined")
     pa = cache.lower(a, cfg, arch, 2, 64, "fp16")
-    assert a.chosen is not None and "mapping_search" in pa.meta["layout"]
+    assert a.chosen is not None and "mapping_search" in pa.layout.search
     b = parse_mapping("auto:candidates=weight_streaming+layer_pipelined")
     cache.lower(b, cfg, arch, 2, 64, "fp16")
     assert b.chosen is not None and cache.hits == 0 and cache.uncacheable == 2

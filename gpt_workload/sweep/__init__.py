@@ -11,13 +11,11 @@ The package, by idea:
 * :mod:`~gpt_workload.sweep.store`: finished rows stored as they arrive, so that a killed
   sweep loses nothing and a rerun skips them; the final table (Parquet or CSV, pyarrow);
 * :mod:`~gpt_workload.sweep.runner`: the points run in this process or on a Dask cluster;
-* :mod:`~gpt_workload.sweep.command`: ``wse-sim sweep`` (parser and handler).
 
 Everything public is re-exported here (``from gpt_workload.sweep import run_sweep``). Sweeps
 never import the CLI (``gpt_workload.cli``).
 """
 
-from gpt_workload.sweep.command import add_parser, cmd_sweep
 from gpt_workload.sweep.point import (
     METRICS,
     error_row,
@@ -74,12 +72,10 @@ __all__ = [
     "RowStore",
     "SweepResult",
     "SweepSpec",
-    "add_parser",
     "atomic_write_bytes",
     "build_table",
     "check_values",
     "chunk_size",
-    "cmd_sweep",
     "default_workers",
     "describe_client",
     "error_row",

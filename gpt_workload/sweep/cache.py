@@ -12,14 +12,14 @@ same Program (same control flow, same values). A second entry is added under the
 (mapping, model, ...) key when a read differs.
 
 A mapping that searches its layout (``weight_streaming``'s default ``pes_per_segment=auto``,
-:mod:`gpt_workload.mappings.ws_search`) times candidate layouts with the ``analytic``
+:mod:`gpt_workload.mappings.weight_streaming.search`) times candidate layouts with the ``analytic``
 backend, so its Program depends on the I/O and clock fields as well, and points that differ
 in them lower again. The candidates themselves do not read those fields: each candidate
 lowering (the mapping's ``_lower_at(cfg, arch, batch, seq_len, precision, P, m)``, the
 lowering at one layout) is shared the same way, keyed by what *it* read, so a point repeats
 only the candidates' timings (the per-PE maps and active cycles of a shared candidate are
 computed once, on the shared Program). Each caller gets its own shallow copy of a shared
-Program with its own ``meta`` (the search writes its result there).
+Program with its own ``notes`` (the search replaces its frozen ``layout``).
 
 Not cached: a mapping whose object changes while lowering (``auto`` keeps its search result
 on itself; replaying the Program would lose it), and a lowering whose Program keeps a
@@ -146,18 +146,19 @@ def _distinct(log: list) -> tuple:
 
 
 def _fresh(program: Any) -> Any:
-    """A shallow copy of a shared ``program`` with its own ``meta``: the caller may write its
-    meta (the layout search does), while the kernels, the class maps and the per-PE caches
+    """A shallow copy of a shared ``program`` with its own ``notes``: the caller may replace its
+    ``layout`` (the layout search does, with a new frozen value) or write its notes, while the
+    kernels, the class maps and the per-PE caches
     kept on the Program (:func:`wse_sim.timing.common.per_pe_maps`,
     :func:`wse_sim.timing.common.program_active_cycles`) stay shared."""
     c = copy.copy(program)
-    c.meta = _copy_tree(program.meta)
+    c.notes = _copy_tree(dict(program.notes))
     return c
 
 
 def _copy_tree(obj: Any) -> Any:
     """``obj`` with its dicts and lists copied, recursively (what a writer of a Program's
-    meta may change); other values shared (meta holds numbers and strings)."""
+    notes may change); other values shared (notes hold numbers and strings)."""
     if type(obj) is dict:
         return {k: _copy_tree(v) for k, v in obj.items()}
     if type(obj) is list:
@@ -166,7 +167,8 @@ def _copy_tree(obj: Any) -> Any:
 
 
 def _leaks(obj: Any, depth: int = 0) -> bool:
-    """Whether ``obj`` (a Program's meta, recursively) holds a recording view."""
+    """Whether ``obj`` (a Program's facts, :meth:`Program.describe`, recursively) holds a
+    recording view."""
     if isinstance(obj, _ArchReads) or type(obj) is _ArchReads:
         return True
     if depth > 6:
@@ -244,7 +246,7 @@ class LoweringCache:
         except (ConfigError, FitError) as exc:
             self._store(self._entries, self.max_entries, base, _Entry(_distinct(log), error=exc))
             raise
-        if _state(sharing) != before or _leaks(program.meta):
+        if _state(sharing) != before or _leaks(program.describe()):
             # the mapping keeps state from lowering, or the Program holds the view: lower
             # again on the real arch, and never cache this mapping's Programs
             self._stateful.add(base[:2])
@@ -304,7 +306,7 @@ class LoweringCache:
         finally:
             if outer is not None:
                 outer.extend(log)
-        if _leaks(program.meta):  # pragma: no cover - the Program holds the view
+        if _leaks(program.describe()):  # pragma: no cover - the Program holds the view
             return at(mapping, cfg, arch, batch, seq_len, precision, P, m)
         # derived once on the shared Program, so that every copy finds them
         per_pe_maps(program)

@@ -1,12 +1,13 @@
-"""``wse-sim sweep SPEC.toml``: the command's parser and handler (a progress bar with ETA on
-stderr, a summary on stdout)."""
+"""``wse-sim sweep SPEC.toml``: run a parameter sweep through :mod:`gpt_workload.sweep`'s
+public API (``load_spec``, ``run_sweep``) with a progress bar on stderr and a one-line summary."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gpt_workload.sweep.runner import run_sweep
-from gpt_workload.sweep.spec import load_spec
+from gpt_workload.cli.console import console
+
+__all__ = ["add_parser", "cmd_sweep"]
 
 
 def add_parser(sub):
@@ -16,7 +17,7 @@ def add_parser(sub):
         help="run a parameter sweep from a TOML spec (resumable; local or Dask cluster)",
         description="Expand SPEC.toml into points, simulate each once (timing only) and write "
         "the table (Parquet, or CSV). A rerun skips finished points; a killed sweep loses "
-        "nothing. See gpt_workload/sweep/spec.py for the spec format.",
+        "nothing. See gpt_workload.sweep for the spec format.",
     )
     p.add_argument("spec", help="sweep spec TOML ([sweep], [base], [grid], [[zip]])")
     p.add_argument("-o", "--output", help="table path (default: the spec's, or NAME.parquet)")
@@ -53,7 +54,7 @@ def cmd_sweep(args) -> int:
         TimeRemainingColumn,
     )
 
-    from gpt_workload.console import console
+    from gpt_workload.sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec)
     bar = Progress(

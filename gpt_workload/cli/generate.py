@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from wse_sim.errors import ConfigError
+from gpt_workload.checks import not_allowed
+from gpt_workload.cli.console import check_output_paths, console
+from wse_sim.precision import PRECISIONS
 
 __all__ = ["add_parser", "cmd_generate"]
 
@@ -18,13 +20,12 @@ __all__ = ["add_parser", "cmd_generate"]
 def _systems(text: str):
     if text == "auto":
         return "auto"
-    bad = ConfigError(f"--systems {text!r} is not allowed: expected an integer >= 1 or auto")
     try:
         v = int(text)
     except ValueError:
-        raise bad from None
-    if v < 1:
-        raise bad
+        v = None
+    if v is None or v < 1:
+        raise not_allowed("--systems", text, "an integer >= 1 or auto")
     return v
 
 
@@ -32,12 +33,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Run ``generate()`` with the command line's options; print, then write the outputs."""
     from rich.table import Table
 
-    from gpt_workload.cli import _check_output_paths, _console
     from gpt_workload.generation.job import generate
     from gpt_workload.generation.report import console_rows, write_generation_trace
     from gpt_workload.generation.requests import read_prompt_tokens
 
-    _check_output_paths(args)
+    check_output_paths(args)
     prompt_tokens = read_prompt_tokens(args.prompt_tokens) if args.prompt_tokens else None
     rep = generate(
         args.model,
@@ -52,6 +52,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         placement=args.placement,
         gemv=args.gemv,
         reduce=args.reduce,
+        region=args.region,
+        ktree_k=args.ktree_k,
         precision=args.precision,
         fidelity=args.fidelity,
         check_requests=args.check_requests,
@@ -61,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=args.set or (),
     )
-    con = _console()
+    con = console()
     t = Table(title="wse-sim generate", show_header=False, title_justify="left")
     t.add_column("", style="bold")
     t.add_column("", overflow="fold")  # wrap long rows (token ids), never crop them
@@ -127,8 +129,15 @@ def add_parser(sub) -> None:
         "--gemv", default="mesh", choices=GEMVS,
         help="matrix-vector layout: mesh (MeshGEMV, alternating axes) or rowcol",
     )  # fmt: skip
-    g.add_argument("--reduce", default="tree", choices=REDUCES, help="all-reduce along lines")
-    g.add_argument("--precision", default="fp16", help="fp32, fp16 or bf16")
+    g.add_argument("--reduce", default="auto", choices=REDUCES + ("auto",),
+                   help="all-reduce along lines: tree, chain, ktree (WaferLLM's K-tree) or "
+                        "auto (searched with --region)")  # fmt: skip
+    g.add_argument("--region", default="auto",
+                   help="resident decode region: auto (the fastest fitting by the analytic "
+                        "step time), wafer (every layer over the whole grid) or a side P "
+                        "(square P x P regions, one per layer group)")  # fmt: skip
+    g.add_argument("--ktree-k", type=int, default=2, help="phases of --reduce ktree (1 to 4)")
+    g.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp32, fp16 or bf16")
     g.add_argument("--sampling", default="greedy", choices=SAMPLINGS)
     g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (> 0, default 1.0) for --sampling temperature "

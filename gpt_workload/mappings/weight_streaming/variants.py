@@ -1,7 +1,8 @@
 """The mappings of the weight-streaming execution mode (weights from MemoryX, one layer at a
 time on the whole wafer), registered by name.
 
-All of them share the segment layout of :mod:`gpt_workload.lowering`: a micro-batch's tokens
+All of them share the segment layout of :mod:`gpt_workload.mappings.weight_streaming.builder`: a
+micro-batch's tokens
 are cut into segments of ``m`` tokens, each held by ``P`` PEs of one grid row (PE ``j`` holds
 feature slice ``j``); LayerNorm, GELU, the residual adds, the embedding and the
 cross-entropy keep that layout's costs. They differ in how the GEMMs (qkv, attn_proj,
@@ -48,11 +49,12 @@ import math
 import numba
 import numpy as np
 
-from gpt_workload.head_split import allowed_pes_per_segment
-from gpt_workload.lowering import ACC_BYTES, COLOUR_KV, COLOUR_PSUM, choose_P, kv_multicast
 from gpt_workload.mappings.base import Knob, register
 from gpt_workload.mappings.gemm import _Lines, gemm_numerics, gemm_plan, split
-from gpt_workload.mappings.ws_mode import _M, _P, _WSMode
+from gpt_workload.mappings.weight_streaming.builder import kv_multicast
+from gpt_workload.mappings.weight_streaming.head_split import allowed_pes_per_segment
+from gpt_workload.mappings.weight_streaming.mode import _M, _P, _WSMode
+from gpt_workload.mappings.weight_streaming.plan import ACC_BYTES, COLOUR_KV, COLOUR_PSUM, choose_P
 from wse_sim.errors import ConfigError, FitError
 from wse_sim.program import PEClass
 
@@ -464,7 +466,8 @@ class _BlockGemm:
 
 
 class _Strategy:
-    """A :class:`gpt_workload.lowering._Builder` strategy: optional gemm and attention."""
+    """A :class:`gpt_workload.mappings.weight_streaming.builder._Builder` strategy: optional gemm
+    and attention."""
 
     def __init__(self, gemm=None, attention=None):
         self.gemm = gemm.gemm if gemm is not None else None
@@ -508,7 +511,7 @@ class WeightStreaming(_WSMode):
 
     @property
     def searches_layout(self) -> bool:  # type: ignore[override]
-        """``auto`` P and m are searched (:mod:`.ws_search`) at reduce=chain, attention=head;
+        """``auto`` P and m are searched (:mod:`.search`) at reduce=chain, attention=head;
         the other knob values keep the layout's own choice."""
         return self.packet_ok
 
@@ -541,7 +544,7 @@ class WeightStreaming(_WSMode):
 
     def lower(self, cfg, arch, batch, seq_len, precision):
         prog = super().lower(cfg, arch, batch, seq_len, precision)
-        P = prog.meta["layout"]["pes_per_segment"]
+        P = prog.layout.pes_per_segment
         if self["reduce"] == "tree" and P & (P - 1):
             raise ConfigError(
                 f"mapping {self.name}: reduce=tree needs a power-of-two pes_per_segment; the "
@@ -580,7 +583,7 @@ class _BlockMapping(_WSMode):
     def numerics(self, program, cfg, weights, tokens, precision):
         from gpt_workload.numerics import run_numerics
 
-        P = program.meta["layout"]["pes_per_segment"]
+        P = program.layout.pes_per_segment
         fn = tile_gemm(self.algorithm, P if self.algorithm in ("cannon", "meshgemm") else 1)
         return run_numerics(program, cfg, weights, tokens, precision, gemm=fn)
 

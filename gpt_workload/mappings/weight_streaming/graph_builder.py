@@ -1,9 +1,11 @@
 """Weight-streaming lowering of any family by walking its op graph.
 
-:class:`GraphBuilder` replaces :meth:`gpt_workload.lowering._Builder.micro_batch` (gpt2's
+:class:`GraphBuilder` replaces
+:meth:`gpt_workload.mappings.weight_streaming.builder._Builder.micro_batch` (gpt2's
 hand-written layer) with a walk over :func:`gpt_workload.models.build_graph`: one kernel per
 op, named as the op (``input_norm``, ``q_proj``, ``rotary_k``, ``attention``, ``swiglu`` ...),
-in the graph's order, each costed on the segment layout of :mod:`gpt_workload.lowering`
+in the graph's order, each costed on the segment layout of
+:mod:`gpt_workload.mappings.weight_streaming.builder`
 (``P`` PEs per segment side by side, PE ``j`` holding feature slice ``j`` of every
 activation; ``hp = n_head / P`` whole query heads per PE). Shapes are asserted where an op is
 consumed: a linear's input operand must have its ``n_in`` width and its output the graph's
@@ -23,7 +25,8 @@ Per op kind:
   ``kv / P`` features of K and of V after the GEMM's reduce-scatter) and are all-gathered
   among them (``K/V group all-gather``, on the ``rotary_k`` kernel) so that every PE holds
   the whole K/V heads of its query heads; ``rotary_k`` then rotates them. With heads split
-  over ``k`` PEs (``P = k n_head``, :mod:`gpt_workload.head_split`) a PE holds ``d_head /
+  over ``k`` PEs (``P = k n_head``, :mod:`gpt_workload.mappings.weight_streaming.head_split`) a PE
+  holds ``d_head /
   k`` features of one head; rotate-half RoPE (not interleaved) then swaps the rotated
   features with the PE holding their partners (``rotary partner exchange``).
 * ``attention``: head-parallel as gpt2 (class = segment position). K/V blocks of earlier
@@ -32,7 +35,7 @@ Per op kind:
   all-gathered in each receiving PE group as above. The resident K/V of a segment is
   ``kv / P`` per PE; the working buffer holds the whole K/V heads the PE's query heads read.
   With split heads the partial ``q . k`` scores are all-reduced along each head's ``k`` PEs
-  (:func:`gpt_workload.head_split.score_allreduce`).
+  (:func:`gpt_workload.mappings.weight_streaming.head_split.score_allreduce`).
 * ``activation`` (GELU 8 passes, SiLU 4), ``mul`` (the SwiGLU product, 1 pass), ``add``
   (residuals; GPT-J's parallel block adds two branches: 2 passes).
 * ``lm_head``: the streamed ``[d, V]`` GEMM (untied head, GPT-J's with its bias) fused with
@@ -49,19 +52,18 @@ import dataclasses
 import math
 
 from gpt_workload.graph import Op
-from gpt_workload.lowering import (
-    ACC_BYTES,
-    COLOUR_KV,
-    COLOUR_WEIGHTS,
-    _Builder,
-    _block_bytes,
-    kv_multicast,
-)
-from gpt_workload.head_split import (
+from gpt_workload.mappings.weight_streaming.builder import _Builder, kv_multicast
+from gpt_workload.mappings.weight_streaming.head_split import (
     attention_classes,
     rotary_exchange,
     score_allreduce,
     score_receive_bytes,
+)
+from gpt_workload.mappings.weight_streaming.plan import (
+    ACC_BYTES,
+    COLOUR_KV,
+    COLOUR_WEIGHTS,
+    _block_bytes,
 )
 from gpt_workload.models import build_graph
 from wse_sim.errors import ConfigError
@@ -76,7 +78,8 @@ ACTIVATION_PASSES = {"gelu": 8, "gelu_new": 8, "gelu_pytorch_tanh": 8, "silu": 4
 
 
 class GraphBuilder(_Builder):
-    """A :class:`gpt_workload.lowering._Builder` whose micro-batch walks the op graph."""
+    """A :class:`gpt_workload.mappings.weight_streaming.builder._Builder` whose micro-batch walks
+    the op graph."""
 
     @staticmethod
     def kernels_per_layer(cfg) -> int:

@@ -1,7 +1,8 @@
 """Segments wider than ``n_head``: the weight-delivery side of the weight-streaming layout.
 
 **Why.** A weight-streaming GEMM sends weight row slice ``W[K_j, :]`` down every grid column
-holding feature position ``j`` of a segment (:meth:`gpt_workload.lowering._Builder.
+holding feature position ``j`` of a segment
+(:meth:`gpt_workload.mappings.weight_streaming.builder._Builder.
 weight_multicast`), so distinct weights enter the wafer over ``P`` columns, one 32-bit link
 each: the layout absorbs at most ``P x link_bytes_per_cycle x clock`` bytes/s of weights
 (:func:`weight_entry_bytes_per_s`). With ``P`` a divisor of ``n_head`` that is 53 GB/s for
@@ -37,7 +38,7 @@ sums travel east, PE ``0`` first, and the totals are broadcast back west: ``m x 
 fp32 scores per segment and head, pattern ``allreduce_head``); every PE then runs the same
 softmax on the full scores and multiplies by its own ``d_head / k`` features of ``V``
 (``softmax(S) V`` stays local per feature). The numerics follow that order
-(:func:`gpt_workload.kernels_split.attention_split`). SRAM: each PE also holds the running
+(:func:`gpt_workload.kernels.split_heads.attention_split`). SRAM: each PE also holds the running
 partial scores of one ``m x m`` key block it receives (:func:`score_receive_bytes`).
 Rotate-half RoPE (llama, qwen2) pairs features ``d_head / 2`` apart, which a split head
 places on different PEs: they swap them (:func:`rotary_exchange`, pattern
@@ -45,7 +46,7 @@ places on different PEs: they swap them (:func:`rotary_exchange`, pattern
 both patterns (:mod:`wse_sim.timing.packet`); ``analytic`` and ``event`` time them from
 their bytes, hops and relays as every other transfer.
 
-Which ``P`` a run uses is searched (:mod:`gpt_workload.mappings.ws_search`), or
+Which ``P`` a run uses is searched (:mod:`gpt_workload.mappings.weight_streaming.search`), or
 ``pes_per_segment=io`` takes :func:`io_pes_per_segment`.
 """
 
@@ -166,7 +167,8 @@ def score_allreduce(L) -> Transfer | None:
     """The partial ``q . k`` scores of each split head all-reduced along its ``k`` PEs
     (None for whole heads).
 
-    A chain as :meth:`gpt_workload.lowering._Builder.row_allreduce`: running sums east, the
+    A chain as :meth:`gpt_workload.mappings.weight_streaming.builder._Builder.row_allreduce`:
+    running sums east, the
     totals broadcast back west; each link of a head's chain carries every causal score of
     the segment once per direction (fp32), the busiest being the last segment position's;
     a middle PE takes both through its RAMP; ``k - 1`` PEs add and re-send on the way.

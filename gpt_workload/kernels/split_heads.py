@@ -1,7 +1,8 @@
 """Causal attention with each head's features split over ``k`` PEs (Numba, float32).
 
 The numerics of the weight-streaming layout with ``P = k n_head`` PEs per segment
-(:mod:`gpt_workload.head_split`): PE ``c`` of a head (``c = 0 .. k - 1``) holds features
+(:mod:`gpt_workload.mappings.weight_streaming.head_split`): PE ``c`` of a head (``c = 0 .. k - 1``)
+holds features
 ``c dh/k .. (c + 1) dh/k - 1`` of the head's query, key and value. Order, per (sequence,
 head, query position ``t``):
 
@@ -11,8 +12,9 @@ head, query position ``t``):
   ...`` (each PE adds its own partial to the running sum it receives), then scaled, ``z_i =
   z_i * scale``; every PE of the head holds the same ``z`` after the broadcast back;
 * the softmax and ``softmax(z) V`` run per PE on its own features of ``V`` exactly as
-  :func:`gpt_workload.kernels.attention_tiled` does: an online softmax over key blocks of
-  ``m`` keys (the segments, in arrival order), ``mx' = max(mx, max_i z_i)``, ``c =
+  :func:`gpt_workload.kernels.attention_tiled` does, by the same helper
+  (:func:`gpt_workload.kernels.attention.online_softmax_av`): an online softmax over key
+  blocks of ``m`` keys (the segments, in arrival order), ``mx' = max(mx, max_i z_i)``, ``c =
   exp(mx - mx')``, ``e_i = exp(z_i - mx')``, ``l = l c + sum_i e_i``, ``o[d] = o[d] c +
   sum_i e_i v_i[d]`` (``i`` ascending), ``out[d] = o[d] / l``.
 
@@ -22,11 +24,10 @@ bit. Grouped-query attention: query head ``h`` reads K/V head ``h // (n_head / n
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
+from gpt_workload.kernels.attention import online_softmax_av
 from wse_sim.errors import ConfigError
 
 __all__ = ["attention_split", "attention_split_tiled"]
@@ -37,7 +38,6 @@ def _split_kernel(q, k, v, group, n_split, m, scale, out):  # pragma: no cover -
     """Numba body of :func:`attention_split` (arguments validated there)."""
     B, H, T, dh = q.shape
     ds = dh // n_split
-    neg_inf = np.float32(-np.inf)
     for unit in numba.prange(B * H):
         b = unit // H
         h = unit % H
@@ -63,32 +63,7 @@ def _split_kernel(q, k, v, group, n_split, m, scale, out):  # pragma: no cover -
                         scores[i] = scores[i] + part[i]
             for i in range(n_keys):
                 scores[i] = scores[i] * scale
-            run_max = neg_inf
-            run_sum = np.float32(0)
-            for d in range(dh):
-                acc[d] = 0
-            for kb in range((n_keys + m - 1) // m):
-                i0 = kb * m
-                i1 = min(i0 + m, n_keys)
-                blk_max = neg_inf
-                for i in range(i0, i1):
-                    blk_max = max(blk_max, scores[i])
-                new_max = max(run_max, blk_max)
-                corr = np.float32(math.exp(np.float32(run_max - new_max)))
-                blk_sum = np.float32(0)
-                for d in range(dh):
-                    blk[d] = 0
-                for i in range(i0, i1):
-                    e = np.float32(math.exp(np.float32(scores[i] - new_max)))
-                    blk_sum = blk_sum + e
-                    for d in range(dh):
-                        blk[d] = blk[d] + e * v[b, g, i, d]
-                run_sum = run_sum * corr + blk_sum
-                for d in range(dh):
-                    acc[d] = acc[d] * corr + blk[d]
-                run_max = new_max
-            for d in range(dh):
-                out[b, h, t, d] = acc[d] / run_sum
+            online_softmax_av(scores, n_keys, m, v[b, g], acc, blk, out[b, h, t])
 
 
 def attention_split(q, k, v, n_split: int, m: int, scale: float) -> np.ndarray:
@@ -129,9 +104,10 @@ def attention_split_tiled(qkv_tiles, tl, n_head: int, d_head: int, scale: float,
 
     ``qkv_tiles`` ``[S, P, m, 3 dh/k]``: PE ``j`` holds ``[q | k | v]`` of features ``(j %
     k) dh/k ..`` of head ``j // k`` (``k = P / n_head``; the QKV weight's columns permuted by
-    :func:`gpt_workload.layout.qkv_column_permutation` ``(n_head k, dh / k, P)``);
+    :func:`gpt_workload.mappings.weight_streaming.layout.qkv_column_permutation` ``(n_head k, dh /
+    k, P)``);
     ``out_tiles`` ``[S, P, m, dh/k]`` gets each PE's features of its head's output (padded
-    token slots 0). ``tl``: the :class:`gpt_workload.layout.TileLayout`.
+    token slots 0). ``tl``: the :class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`.
     """
     S, P, m, w = qkv_tiles.shape
     ks = P // n_head

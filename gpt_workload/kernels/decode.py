@@ -21,10 +21,11 @@ the ones the wafer's reduction order gives, bit for bit:
   ``e_i = exp(z_i - m)``, ``l = sum_i e_i`` and ``o_d = sum_i e_i v_id`` (``i`` ascending).
   Partials merge in ``combine_order`` (the log-sum-exp merge of flash-decoding: ``M =
   max(m_a, m_b)``, ``a = exp(m_a - M)``, ``b = exp(m_b - M)``, ``l = l_a a + l_b b``, ``o =
-  o_a a + o_b b``); the output is ``o / l``.
+  o_a a + o_b b``, symmetric in ``a`` and ``b``); the output is ``o / l`` at
+  ``combine_root`` (the K-tree's root; partial 0 otherwise).
 
 Arithmetic is float32, ``exp`` the C library's float32 function (as
-:mod:`gpt_workload.kernels_llama`). Each public function validates its arguments
+:mod:`gpt_workload.kernels.rotary`). Each public function validates its arguments
 (``TypeError`` / ``ValueError``) and calls ``@njit(cache=True)`` kernels; tests hold them to
 NumPy references (``tests/test_kernels_decode.py``).
 """
@@ -37,7 +38,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order
+from gpt_workload.generation.split import GemvSplit, KVSplit, combine_order, combine_root
 from gpt_workload.kernels import _as_f32 as _f32
 
 __all__ = [
@@ -73,9 +74,9 @@ def numba_threads(n: int):
 
 
 
-def _pairs(parts: int, reduce: str) -> np.ndarray:
+def _pairs(parts: int, reduce: str, k: int = 2) -> np.ndarray:
     """:func:`combine_order` as an int64 ``[n, 2]`` array (``(dst, src)`` rows)."""
-    return np.asarray(combine_order(parts, reduce), dtype=np.int64).reshape(-1, 2)
+    return np.asarray(combine_order(parts, reduce, k), dtype=np.int64).reshape(-1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +188,9 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
     # adding an empty (all +0.0) partial is ``v + 0.0``, which is ``v`` except that it
     # turns -0.0 into +0.0, so that case is kept (and a pair of empty partials is skipped).
     slot = {int(r): i for i, r in enumerate(rows)}
-    y = np.zeros((x.shape[0], w.shape[1]), np.float32) if 0 not in slot else None
-    for dst, src in combine_order(split.rows, split.reduce):
+    root = combine_root(split.rows, split.reduce, split.k)
+    y = np.zeros((x.shape[0], w.shape[1]), np.float32) if root not in slot else None
+    for dst, src in combine_order(split.rows, split.reduce, split.k):
         d, s_ = slot.get(dst), slot.get(src)
         if s_ is not None and d is not None:
             np.add(part[d], part[s_], out=part[d])
@@ -198,8 +200,8 @@ def gemv_split(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
             np.add(part[s_], np.float32(0.0), out=part[s_])  # empty dst: 0.0 + src
             slot[dst] = s_
             slot.pop(src)
-    if 0 in slot:
-        y = part[slot[0]]
+    if root in slot:
+        y = part[slot[root]]
     if bias is not None and np.size(bias):
         bias = _f32("bias", bias, 1)
         if bias.shape[0] != w.shape[1]:
@@ -259,7 +261,7 @@ def _attn_partials_serial(q, k, v, tb, n_head, n_kv, scale, m, l, o):  # pragma:
 
 
 @numba.njit(cache=True)
-def _attn_merge_kernel(m, l, o, pairs, out):  # pragma: no cover - jit
+def _attn_merge_kernel(m, l, o, pairs, root, out):  # pragma: no cover - jit
     n_head, dh = o.shape[1], o.shape[2]
     for h in range(n_head):
         for j in range(pairs.shape[0]):
@@ -272,7 +274,7 @@ def _attn_merge_kernel(m, l, o, pairs, out):  # pragma: no cover - jit
                 o[a_, h, d] = np.float32(o[a_, h, d] * ea) + np.float32(o[b_, h, d] * eb)
             m[a_, h] = mx
         for d in range(dh):
-            out[h * dh + d] = o[0, h, d] / l[0, h]
+            out[h * dh + d] = o[root, h, d] / l[root, h]
 
 
 def attention_partials(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, n_kv: int,
@@ -330,5 +332,6 @@ def attention_decode(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, n
     """
     m, l, o, tb = attention_partials(q, k, v, n_head, n_kv, scale, kv_split)
     out = np.empty(q.shape[0], np.float32)
-    _attn_merge_kernel(m, l, o, _pairs(tb.shape[0] - 1, kv_split.reduce), out)
+    n, red, kk = tb.shape[0] - 1, kv_split.reduce, kv_split.k
+    _attn_merge_kernel(m, l, o, _pairs(n, red, kk), combine_root(n, red, kk), out)
     return out

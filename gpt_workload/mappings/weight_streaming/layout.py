@@ -13,6 +13,11 @@ as a tile array ``tiles[S, P, m, F // P]`` (float32) with::
 
 Padded token slots (position ``>= T``) and padded feature columns (``>= F``, LM-head logits
 only) hold 0.
+
+One layout type: :class:`TileLayout` is that tiling; :class:`WSLayout`, what the lowering
+plans, is the :class:`TileLayout` of one micro-batch (``n_seq`` = its ``b`` sequences) plus
+where its segments sit on the grid and how the batch splits into micro-batches. The numerics
+run the same tiling on their own number of sequences (:meth:`WSLayout.tiles`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wse_sim.errors import ConfigError
+from wse_sim.program import LayoutGeometry
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -197,6 +203,83 @@ class TileLayout:
         dense = tiles.reshape(self.n_seq, self.segs_per_seq, p, m, ft).transpose(0, 1, 3, 2, 4)
         dense = dense.reshape(self.n_seq, self.padded_tokens, p * ft)
         return np.ascontiguousarray(dense[:, : self.seq_len, :width])
+
+
+@dataclass(frozen=True)
+class WSLayout(TileLayout):
+    """Where a micro-batch's tokens and features live on the grid: the micro-batch's
+    :class:`TileLayout` (``n_seq`` = ``b`` sequences of ``seq_len`` tokens, segments of ``m``
+    tokens over ``P`` PEs) placed on the grid.
+
+    Segments fill the grid column of segments by column of segments (segment ``g`` sits in
+    row ``g % rows``, segment column ``g // rows``), so a sequence's segments are neighbours
+    down a column (:mod:`gpt_workload.mappings.weight_streaming.builder`).
+
+    Attributes (besides :class:`TileLayout`'s ``n_seq``, ``seq_len``, ``m``, ``P``):
+        hp: whole heads per PE (1 when a head is split).
+        n_micro: micro-batches; batch: sequences in all.
+        rows, cols: grid; segs_per_row: segment columns.
+        pes_per_head: PEs one head's features are split over (1: whole heads;
+            :mod:`gpt_workload.mappings.weight_streaming.head_split`).
+
+    Raises:
+        ConfigError: a field is not a positive integer.
+    """
+
+    hp: int
+    n_micro: int
+    batch: int
+    rows: int
+    cols: int
+    segs_per_row: int
+    pes_per_head: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("hp", "n_micro", "batch", "rows", "cols", "segs_per_row", "pes_per_head"):
+            _positive_int(name, getattr(self, name))
+
+    @property
+    def b(self) -> int:
+        """Sequences per micro-batch (``n_seq``)."""
+        return self.n_seq
+
+    @property
+    def q(self) -> int:
+        """Segments per sequence (``segs_per_seq``)."""
+        return self.segs_per_seq
+
+    @property
+    def m_last(self) -> int:
+        """Tokens of a sequence's last segment (``m`` when ``m`` divides ``seq_len``)."""
+        return self.seq_len - (self.q - 1) * self.m
+
+    @property
+    def n_active_pe(self) -> int:
+        """PEs holding tokens in one micro-batch."""
+        return self.n_segments * self.P
+
+    def tiles(self, n_seq: int) -> TileLayout:
+        """The same tiling (``seq_len``, ``m``, ``P``) for ``n_seq`` sequences."""
+        return TileLayout(n_seq=n_seq, seq_len=self.seq_len, m=self.m, P=self.P)
+
+    def geometry(self) -> LayoutGeometry:
+        """The layout as the Program carries it (:attr:`wse_sim.program.Program.layout`)."""
+        return LayoutGeometry(
+            grid=(self.rows, self.cols),
+            pes_per_segment=self.P,
+            tokens_per_segment=self.m,
+            heads_per_pe=self.hp,
+            pes_per_head=self.pes_per_head,
+            segments_per_sequence=self.q,
+            sequences_per_micro_batch=self.b,
+            micro_batches=self.n_micro,
+            active_pes=self.n_active_pe,
+        )
+
+    def describe(self) -> dict:
+        """JSON-safe summary for the report (:meth:`geometry`'s)."""
+        return self.geometry().describe()
 
 
 def qkv_column_permutation(n_head: int, d_head: int, P: int) -> np.ndarray:

@@ -1,25 +1,27 @@
-"""The common base of the weight-streaming-mode mappings (:mod:`.weight_streaming`).
+"""The common base of the weight-streaming-mode mappings (:mod:`.variants`).
 
-:class:`_WSMode` lowers with :func:`gpt_workload.lowering.lower_weight_streaming` (a mapping's
+:class:`_WSMode` lowers with
+:func:`gpt_workload.mappings.weight_streaming.builder.lower_weight_streaming` (a mapping's
 strategy replacing the GEMM or attention lowering), and a family other than gpt2 by walking
-its op graph (:class:`gpt_workload.lowering_graph.GraphBuilder`, numerics
+its op graph (:class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder`, numerics
 :func:`gpt_workload.numerics_graph.run_graph_numerics`); ``_P`` and ``_M`` are the layout
 knobs every one of them has (``auto`` by default: searched by a mapping with
-``searches_layout``, :mod:`.ws_search`; ``heads`` for ``P``: the classic layout, ``P =
+``searches_layout``, :mod:`.search`; ``heads`` for ``P``: the classic layout, ``P =
 n_head`` or its largest divisor the grid fits, at the widest spread, not searched; ``io``
 for ``P``: the narrowest segment whose columns take in the MemoryX ingress rate,
-:func:`gpt_workload.head_split.io_pes_per_segment`).
+:func:`gpt_workload.mappings.weight_streaming.head_split.io_pes_per_segment`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt_workload.head_split import io_pes_per_segment
-from gpt_workload.lowering import lower_weight_streaming, max_batch_single_micro
-from gpt_workload.lowering_graph import GraphBuilder
 from gpt_workload.mappings.base import Knob, Mapping
-from gpt_workload.mappings.ws_search import search_layout
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.mappings.weight_streaming.graph_builder import GraphBuilder
+from gpt_workload.mappings.weight_streaming.head_split import io_pes_per_segment
+from gpt_workload.mappings.weight_streaming.plan import max_batch_single_micro
+from gpt_workload.mappings.weight_streaming.search import search_layout
 
 __all__ = ["_M", "_P", "_WSMode"]
 
@@ -68,12 +70,13 @@ class _WSMode(Mapping):
     mode = "weight_streaming"
     packet_ok = False
 
-    #: whether ``auto`` knobs are searched (:mod:`.ws_search`); else the layout's defaults
+    #: whether ``auto`` knobs are searched (:mod:`.search`); else the layout's defaults
     searches_layout = False
 
     def _layout_args(self, cfg=None, arch=None) -> dict:
         """``P`` and ``m`` for the lowering: ints as given, ``auto`` -> None (the layout's own
-        choice), ``heads`` -> None, ``io`` -> :func:`gpt_workload.head_split.
+        choice), ``heads`` -> None, ``io`` ->
+        :func:`gpt_workload.mappings.weight_streaming.head_split.
         io_pes_per_segment`."""
         P = self.values.get("pes_per_segment")
         m = self.values.get("tokens_per_segment")
@@ -101,7 +104,8 @@ class _WSMode(Mapping):
 
     def lower(self, cfg, arch, batch: int, seq_len: int, precision: str):
         """Lower a forward pass (see :meth:`Mapping.lower`); a family other than gpt2 by
-        walking its op graph (:class:`gpt_workload.lowering_graph.GraphBuilder`)."""
+        walking its op graph
+        (:class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder`)."""
         self.check_family(cfg)
         args = self._layout_args(cfg, arch)
         auto = [self.values.get(k) == "auto" for k in ("pes_per_segment", "tokens_per_segment")]
@@ -120,7 +124,7 @@ class _WSMode(Mapping):
                 **args,
             )
             prog = self._lower_at(cfg, arch, batch, seq_len, precision, choice.P, choice.m)
-            prog.meta["layout"]["layout_search"] = choice.describe()
+            prog.layout = prog.layout.with_search("layout_search", choice.describe())
         return prog
 
     def max_batch_single_micro(self, cfg, arch, seq_len: int, precision: str) -> int:

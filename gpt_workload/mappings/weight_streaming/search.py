@@ -2,7 +2,7 @@
 weight-streaming mapping.
 
 The segment width ``P`` trades weight delivery against everything else. Distinct weights
-enter over the segment's ``P`` columns (:func:`gpt_workload.head_split.
+enter over the segment's ``P`` columns (:func:`gpt_workload.mappings.weight_streaming.head_split.
 weight_entry_bytes_per_s`), so a narrow segment starves an I/O-bound run; a wide one splits
 heads over PEs (shorter vector ops and a score all-reduce in attention), holds fewer
 segments per grid row (longer segments ``m``, so longer partial-sum reductions), and may need
@@ -11,7 +11,8 @@ the default batch of 120 x 2048 tokens is compute-bound), so no closed form rank
 search simply times the candidates with the ``analytic`` backend (microseconds per kernel,
 the same closed forms the event backend refines) and keeps the fastest:
 
-* ``P``: every allowed value (:func:`gpt_workload.head_split.allowed_pes_per_segment`), or
+* ``P``: every allowed value
+(:func:`gpt_workload.mappings.weight_streaming.head_split.allowed_pes_per_segment`), or
   the given one;
 * ``m``: for each ``P``, the widest spread the grid allows (``m_0``, the layout's own
   choice), then ``2 m_0, 4 m_0, ...`` while the time keeps falling (fewer, longer
@@ -20,7 +21,8 @@ the same closed forms the event backend refines) and keeps the fastest:
 
 Candidates that do not fit (:class:`wse_sim.errors.FitError`) are skipped. The layout's own
 choice (``P`` = ``n_head`` or its largest divisor the grid fits, ``m_0``;
-:func:`gpt_workload.lowering.choose_P`) is kept unless another candidate is faster by more
+:func:`gpt_workload.mappings.weight_streaming.plan.choose_P`) is kept unless another candidate is
+faster by more
 than :data:`KEEP_WITHIN` (1 %): the three backends agree to fractions of a percent, so a
 smaller gain is inside the model's own spread and not worth a different layout (and the
 numerics of a run do not change on a rounding of the cost model). Other ties go to the
@@ -28,14 +30,17 @@ narrower segment. Results are cached per (model, arch, workload, precision, fixe
 ``auto`` (which lowers its winner again) does not search twice. The search reads the arch's
 I/O and clock fields (through the timing), so the layout, and the Program, depend on them: a
 sweep over ``io.ingress_bytes_per_s`` lowers again where the search's reads differ
-(:mod:`gpt_workload.sweep_cache` derives its key from the reads).
+(:mod:`gpt_workload.sweep.cache` derives its key from the reads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt_workload.head_split import allowed_pes_per_segment, check_pes_per_segment
+from gpt_workload.mappings.weight_streaming.head_split import (
+    allowed_pes_per_segment,
+    check_pes_per_segment,
+)
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
 
@@ -64,7 +69,7 @@ class LayoutChoice:
     tried: tuple[tuple[int, int | None, float | None], ...]
 
     def describe(self) -> dict:
-        """JSON-safe summary for ``Program.meta['layout']['layout_search']``."""
+        """JSON-safe summary for ``Program.layout.search["layout_search"]``."""
         return {
             "pes_per_segment": self.P,
             "tokens_per_segment": self.m,
@@ -89,7 +94,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
             lowering).
         FitError: no candidate fits (the last candidate's reason).
     """
-    from gpt_workload.lowering import choose_P
+    from gpt_workload.mappings.weight_streaming.plan import choose_P
     from wse_sim.timing.analytic import run_analytic
 
     cols = arch.wafer.cols
@@ -98,7 +103,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
     if m is not None and not 1 <= m <= seq_len:
         raise ConfigError(f"tokens_per_segment={m} must be in 1..{seq_len} (seq_len)")
     # only a plain ArchConfig keys the cache: a recording view of one (the sweep's lowering
-    # cache, :mod:`gpt_workload.sweep_cache`) must see every read the search makes
+    # cache, :mod:`gpt_workload.sweep.cache`) must see every read the search makes
     plain = type(arch) is ArchConfig
     ck = (key, repr(cfg), repr(arch), batch, seq_len, precision, P, m)
     ck = ck if key is not None and plain else None
@@ -119,7 +124,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
                 last_err = e
                 break
             t = run_analytic(prog, arch).total_s
-            got = prog.meta["layout"]["tokens_per_segment"]
+            got = prog.layout.tokens_per_segment
             tried.append((p, got, t))
             if best is None or t < best[2]:
                 best = (p, got, t)
