@@ -125,9 +125,9 @@ def test_searched_layout_is_keyed_by_the_io_rate_it_read() -> None:
     energy = base.with_overrides(["energy.fmac_fp16_pj=1.0"])
     assert cache.lower(ws, cfg, energy, 1, 256, "fp16") is p1
     # the candidate layouts do not read the I/O rate: the second search lowered none of
-    # the candidates the first had lowered, and its result did not leak into p1's meta
-    assert cache.shared_hits >= p2.meta["layout"]["layout_search"]["candidates"] // 2
-    assert p1.meta == ws.lower(cfg, base, 1, 256, "fp16").meta
+    # the candidates the first had lowered, and its result did not leak into p1's layout
+    assert cache.shared_hits >= p2.layout.search["layout_search"]["candidates"] // 2
+    assert p1.describe() == ws.lower(cfg, base, 1, 256, "fp16").describe()
 
 
 def test_searched_layout_rows_equal_uncached_rows(monkeypatch) -> None:
