@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from gpt_workload.config import forward_flops_per_token
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.numerics import run_numerics
 from gpt_workload.simulate import default_batch
 from gpt_workload.weights import init_weights
 from wse_sim.arch import load_arch
+from wse_sim.precision import PRECISIONS
 from wse_sim.timing.analytic import run_analytic
 from wse_sim.timing.event import run_event
 
@@ -67,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cerebras-gpt-111m")
     ap.add_argument("--arch", default="wse2")
-    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--precision", default="fp16", choices=PRECISIONS)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/default_run.json")
     a = ap.parse_args()

@@ -26,18 +26,19 @@ import statistics
 import time
 from pathlib import Path
 
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
-from gpt_workload.simulate import FIDELITIES, default_batch, simulate
+from gpt_workload.simulate import default_batch, simulate
 from wse_sim.arch import load_arch
 from wse_sim.energy import energy_report
+from wse_sim.timing import BACKENDS, WAFER_BACKENDS
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cerebras-gpt-111m")
     ap.add_argument("--arch", default="wse2")
-    ap.add_argument("--fidelity", default="event", choices=("event", "analytic"))
+    ap.add_argument("--fidelity", default="event", choices=WAFER_BACKENDS)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/energy.json")
     a = ap.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
     cfg, arch = resolve_model(a.model), load_arch(a.arch)
     T = min(2048, cfg.n_positions)
     prog = lower_weight_streaming(cfg, arch, default_batch(cfg, arch, T, "fp16"), T, "fp16")
-    timing = FIDELITIES[a.fidelity](prog, arch)
+    timing = BACKENDS[a.fidelity](prog, arch)
     alone = []
     for _ in range(a.repeat):
         t0 = time.perf_counter()

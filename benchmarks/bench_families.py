@@ -26,6 +26,7 @@ from gpt_workload.mappings import parse_mapping
 from gpt_workload.models import build_graph, init_model_weights, resolve_model
 from gpt_workload.simulate import default_batch
 from wse_sim.arch import load_arch
+from wse_sim.precision import PRECISIONS
 from wse_sim.timing.event import run_event
 
 #: A Llama-shaped model small enough for the numerics on a laptop: GQA 4 query heads per
@@ -104,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-3.1-8b,llama-3.1-70b")
     ap.add_argument("--arch", default="wse3")
-    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--precision", default="fp16", choices=PRECISIONS)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--numerics-seq-len", type=int, default=256)
     ap.add_argument("--out", default="benchmarks/results/families.json")

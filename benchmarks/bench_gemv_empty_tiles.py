@@ -1,6 +1,6 @@
 """Benchmark: the decode numerics' tiled GEMV on a grid much wider than the matrix.
 
-:func:`gpt_workload.kernels_decode.gemv_split` visits only the PEs whose tile is not empty;
+:func:`gpt_workload.kernels.decode.gemv_split` visits only the PEs whose tile is not empty;
 the baseline, measured in the same run, is the previous algorithm: a work unit for every PE
 ``(r, c)`` of the grid built in Python, every row's partial (zeros included) combined over
 all rows in the fabric's order. Both give the same float32 result (checked, bit for bit).
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from gpt_workload.generation.split import GemvSplit, combine_order
-from gpt_workload.kernels_decode import GEMV_CHUNK, _gemv_partials_serial, gemv_split
+from gpt_workload.kernels.decode import GEMV_CHUNK, _gemv_partials_serial, gemv_split
 
 
 def dense_gemv(x: np.ndarray, w: np.ndarray, split: GemvSplit) -> np.ndarray:

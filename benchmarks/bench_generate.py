@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/generate.json")
     a = ap.parse_args()
     cfg, arch = resolve_model(a.model), load_arch(a.arch)
-    lay = make_layout(cfg, arch, precision="fp16", max_context=a.prompt_len + a.steps + 1)
+    lay = make_layout(cfg, arch, precision="fp16", max_context=a.prompt_len + a.steps + 1,
+                      region="wafer", reduce="tree")  # the layout its recorded figures used
     time_steps(lay, "analytic", 2, a.prompt_len, None)  # warm-up (imports, caches)
     out = {"model": a.model, "arch": a.arch, "steps": a.steps, "prompt_len": a.prompt_len,
            "host": platform.node(), "python": platform.python_version(), "fidelities": {}}  # fmt: skip

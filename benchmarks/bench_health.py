@@ -27,6 +27,7 @@ from gpt_workload.precision import round_storage
 from gpt_workload.simulate import parse_mapping
 from gpt_workload.weights import init_weights
 from wse_sim.arch import load_arch
+from wse_sim.precision import PRECISIONS
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--model", default="cerebras-gpt-111m")
     ap.add_argument("--arch", default="wse2")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--precision", default="fp16", choices=PRECISIONS)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/health.json")
     a = ap.parse_args()

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from gpt_workload import kernels as kn
-from gpt_workload.layout import TileLayout
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
 
 
 def _best(fn, repeat: int) -> float:

@@ -44,8 +44,8 @@ import numpy as np
 
 from wse_sim.fabric.booksim import booksim_binary, run_booksim
 from wse_sim.fabric.compiled import CompiledFabric
-from wse_sim.fabric.engines import warm_up
 from wse_sim.fabric.engine import PacketFabric
+from wse_sim.fabric.engines import warm_up
 from wse_sim.fabric.topology import Mesh
 from wse_sim.fabric.traffic import injection_schedule
 
@@ -135,7 +135,7 @@ def block_backend(grid: int, engine: str = "compiled", pe_programs: str = "compi
     """Wall and CPU time of ``run_packet`` on the transformer block on a ``grid x grid``
     arch, and ``event`` / ``analytic`` relative to it."""
     from gpt_workload.config import GPTConfig
-    from gpt_workload.lowering import lower_weight_streaming
+    from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
     from wse_sim.arch import load_arch
     from wse_sim.timing.analytic import run_analytic
     from wse_sim.timing.event import run_event

@@ -1,19 +1,23 @@
-"""Benchmark of sweeps: ``analytic`` points per minute, the present code path against the
-code path of a baseline revision (before the lowering cache), measured in the same run.
+"""Benchmark of sweeps: ``analytic`` points per minute, this tree against the code path of a
+baseline revision (the sweep before the shared candidate layouts and the row journal),
+measured in the same run.
 
-Points: Cerebras-GPT-111M and 1.3B on the WSE-2, a grid of SRAM per PE x batch x I/O
-bandwidth (``--points`` about; the I/O axis grows with it). Measured on the same points:
+Points: Cerebras-GPT-111M and 1.3B on the WSE-2 under the default mapping (its layout
+searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth (``--points``
+about; the I/O axis grows with it). Measured:
 
-* ``baseline_serial``: the baseline revision's ``run_point`` over every point in one process
-  (the revision is extracted with ``git archive`` into a temporary directory and run in a
-  subprocess; ``--baseline-rev``, default the commit before the lowering cache);
+* ``baseline_serial``: the baseline revision's ``run_point`` in one process, over every
+  ``--baseline-stride``-th point (it takes about half a second a point; the rate is per
+  point, so a subset gives it; the revision is extracted with ``git archive`` into a
+  temporary directory and run in a subprocess; ``--baseline-rev``);
 * ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
-* ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the resumable part files (write,
-  fsync, rename per point) and the final table;
+* ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the row journal (a line per
+  row, fsync per batch) and the final table;
 * ``sweep_dask_warm``: ``run_sweep()`` on an already running local cluster (one worker per
-  core), part files and table included: what ``wse-sim sweep`` does.
+  core), journal and table included: what ``wse-sim sweep`` does.
 
-The baseline's rows and this tree's rows are compared value for value (``rows_identical``).
+The baseline's rows and this tree's rows of the same points are compared value for value
+(``rows_identical`` of ``baseline_points``).
 Beside wall time, CPU time is recorded (this process, plus every Dask worker's for the
 cluster): on a machine shared with other work the wall clock says little, and
 ``*_points_per_min_idle_estimate`` is the rate the same CPU seconds give on idle cores (one
@@ -21,7 +25,7 @@ for the serial paths, ``cores`` for the cluster).
 
 Usage:
     python benchmarks/bench_sweep.py [--points 320] [--baseline-rev REV]
-        [--out benchmarks/results/sweep.json]
+        [--baseline-stride 7] [--out benchmarks/results/sweep.json]
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
 ratios.
@@ -43,8 +47,9 @@ from pathlib import Path
 
 from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
 
-#: the last commit before the lowering cache and the lazy per-PE statistics
-BASELINE_REV = "58d4fee"
+#: the sweep as it was before the shared candidate layouts and the row journal (sweep.py in
+#: one module): "today's code path" of issue 15
+BASELINE_REV = "8d44ca1"
 MODELS = ["cerebras-gpt-111m", "cerebras-gpt-1.3b"]
 SRAMS = [32768, 49152, 65536, 98304]
 BATCHES = [8, 30, 60, 120, 240]
@@ -114,12 +119,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=320)
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--baseline-stride", type=int, default=7)
     ap.add_argument("--out", default="benchmarks/results/sweep.json")
     a = ap.parse_args()
     spec = make_spec(a.points)
     n = len(spec.points)
+    picked = list(range(0, n, max(a.baseline_stride, 1)))
     res: dict = {
         "points": n,
+        "baseline_points": len(picked),
         "fidelity": "analytic",
         "models": MODELS,
         "arch": "wse2",
@@ -131,10 +139,10 @@ def main() -> None:
     cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         timings["baseline_serial"], cpu["baseline_serial"], base_rows = baseline(
-            spec.points, a.baseline_rev, Path(tmp)
+            [spec.points[i] for i in picked], a.baseline_rev, Path(tmp)
         )
         run_point(spec.points[0])  # imports and first-call costs
-        from gpt_workload import sweep_cache
+        from gpt_workload.sweep import cache as sweep_cache
 
         sweep_cache.worker_cache().clear()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -142,7 +150,10 @@ def main() -> None:
         timings["serial"] = time.perf_counter() - t0
         cpu["serial"] = time.process_time() - c0
         res["cache"] = repr(sweep_cache.worker_cache())
-        res["rows_identical"] = sum(same(x, y) for x, y in zip(rows, base_rows, strict=True))
+        picked_rows = [rows[i] for i in picked]
+        res["rows_identical"] = sum(
+            same(x, y) for x, y in zip(picked_rows, base_rows, strict=True)
+        )
         res["rows_ok"] = sum(r["status"] == "ok" for r in rows)
         sweep_cache.worker_cache().clear()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -158,20 +169,22 @@ def main() -> None:
             cpu["sweep_dask_warm"] = (
                 time.process_time() - c0 + sum(client.run(time.process_time).values()) - w0
             )
-    base = n / timings["baseline_serial"] * 60
-    base_cpu = n / cpu["baseline_serial"] * 60
+    count = {k: (len(picked) if k == "baseline_serial" else n) for k in timings}
+    base = count["baseline_serial"] / timings["baseline_serial"] * 60
+    base_cpu = count["baseline_serial"] / cpu["baseline_serial"] * 60
     for k, s in timings.items():
+        m = count[k]
         res[f"{k}_s"] = s
-        res[f"{k}_points_per_min"] = n / s * 60
-        res[f"{k}_over_baseline"] = n / s * 60 / base
+        res[f"{k}_points_per_min"] = m / s * 60
+        res[f"{k}_over_baseline"] = m / s * 60 / base
         # CPU time (this process, plus the Dask workers for the cluster): the wall time the
         # same work takes on an otherwise idle machine, one core for the serial paths, the
         # cores shared for the cluster
         cores = res["cores"] if k == "sweep_dask_warm" else 1
         res[f"{k}_cpu_s"] = cpu[k]
-        res[f"{k}_points_per_cpu_min"] = n / cpu[k] * 60
-        res[f"{k}_points_per_min_idle_estimate"] = n / (cpu[k] / cores) * 60
-        res[f"{k}_cpu_over_baseline"] = n / cpu[k] * 60 / base_cpu
+        res[f"{k}_points_per_cpu_min"] = m / cpu[k] * 60
+        res[f"{k}_points_per_min_idle_estimate"] = m / (cpu[k] / cores) * 60
+        res[f"{k}_cpu_over_baseline"] = m / cpu[k] * 60 / base_cpu
     for k, v in res.items():
         print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from gpt_workload.mappings import MAPPINGS, parse_mapping
 from gpt_workload.plots import save
 from gpt_workload.simulate import MAX_BATCH, simulate
 from wse_sim.errors import ConfigError, FitError
+from wse_sim.precision import PRECISIONS
 
 PROG = Path(__file__).name
 
@@ -95,7 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--seq-len", type=int, default=2048, help="tokens per sequence (default: %(default)s)"
     )
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="fp16, bf16 or fp32 (default: %(default)s)",
+    )
     p.add_argument(
         "--fidelity", default="analytic", help="analytic, event or packet (default: %(default)s)"
     )

@@ -74,7 +74,7 @@ def run(arch: str, systems: list[int], models: list[str], seq_len: int = 2048) -
                     * seq_len
                     / (st.step_time_s * s * a.peak_flops_per_s("fp16")),
                     "micro_batches_per_system": st.micro_batches,
-                    "activations": st.program.meta["training"]["activations"],
+                    "activations": st.program.training.activations,
                 }
             )
     return rows

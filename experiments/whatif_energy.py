@@ -71,6 +71,7 @@ from gpt_workload.experiment_args import (
 from gpt_workload.plots import save
 from gpt_workload.report import si
 from wse_sim.errors import ConfigError, WseSimError
+from wse_sim.precision import PRECISIONS
 
 PROG = Path(__file__).name
 KIB = 1024
@@ -110,7 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default: "
                    "%(default)s)")  # fmt: skip
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="fp16, bf16 or fp32 (default: %(default)s)",
+    )
     p.add_argument("--fidelity", default="analytic", help="analytic or event (default: "
                    "%(default)s)")  # fmt: skip
     p.add_argument(

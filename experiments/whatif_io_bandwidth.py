@@ -34,7 +34,8 @@ sequences, fp16, analytic timing):
   sequence when ``m`` does not divide 256 (0 - 2 %), causal attention's imbalance (the
   last segment of a sequence does the most work; short sequences keep it small), the
   weight-row pipeline's fill (at most 1/256 of the shorter of compute and fabric,
-  :func:`gpt_workload.lowering.pipeline_chunks`), and the 16-cycle setup of every vector op.
+  :func:`gpt_workload.mappings.weight_streaming.plan.pipeline_chunks`), and the 16-cycle setup of
+  every vector op.
   The setup grows with ``m``: each PE keeps an ``m x n_c`` fp32 accumulator in what SRAM
   is left, so ``n_c`` shrinks as ``m`` grows and the ops get shorter (3 % at ``m = 3``,
   4 % at ``m = 5``, 9 % at ``m = 9``). So in fp16 (4-wide SIMD) the crossover at 0.5x and
@@ -66,7 +67,6 @@ import math
 from pathlib import Path
 
 from gpt_workload.config import forward_flops_per_token
-from gpt_workload.models import resolve_model
 from gpt_workload.experiment_args import (
     ArgumentParser,
     add_run_options,
@@ -85,7 +85,8 @@ from gpt_workload.experiment_args import (
     parse_floats,
     run_main,
 )
-from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.mappings.weight_streaming.plan import max_batch_single_micro
+from gpt_workload.models import resolve_model
 from gpt_workload.plots import save
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.simulate import simulate
@@ -153,7 +154,8 @@ def validate(args: argparse.Namespace) -> None:
 def classic_mapping(args) -> str:
     """The layout this experiment studies: ``P = n_head`` (or its largest divisor the grid
     fits) PEs per segment, whose fabric rate caps weight delivery (the module docstring);
-    the default mapping would search wider segments (:mod:`gpt_workload.mappings.ws_search`)."""
+    the default mapping would search wider segments
+    (:mod:`gpt_workload.mappings.weight_streaming.search`)."""
     return "weight_streaming:pes_per_segment=heads"
 
 

@@ -40,7 +40,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpt_workload.checks import check_int, check_workers, max_workers  # noqa: F401 (re-exported)
 from wse_sim.errors import ConfigError, WseSimError
+from wse_sim.precision import PRECISIONS
+from wse_sim.timing import BACKENDS, WAFER_BACKENDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt_workload.config import GPTConfig
@@ -48,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: fidelities that time a whole wafer; ``packet`` simulates every router and is refused above
 #: :func:`packet_max_pes` PEs
-WAFER_FIDELITIES: tuple[str, ...] = ("analytic", "event")
+WAFER_FIDELITIES: tuple[str, ...] = WAFER_BACKENDS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -157,21 +160,6 @@ def parse_floats(
             raise _fail(opt, text, f"{allowed}{eg} ({item} is out of range)")
         values.append(v)
     return values
-
-
-def check_int(opt: str, value: int, lo: int, hi: int | None = None, note: str = "") -> int:
-    """``value`` (already an int, as argparse's ``type=int`` gives it) in ``[lo, hi]``.
-
-    Raises:
-        ConfigError: out of range, naming ``opt``, the value and the range (and ``note``,
-            e.g. where the upper bound comes from).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(opt, value, "an integer")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-        raise _fail(opt, value, rng + (f" ({note})" if note else ""))
-    return value
 
 
 def check_float(
@@ -305,7 +293,7 @@ def fidelities_for(archs: Iterable[ArchConfig]) -> tuple[str, ...]:
     """The timing fidelities that can time every arch of ``archs``: ``analytic`` and
     ``event`` always; ``packet`` too when every grid has at most :func:`packet_max_pes` PEs."""
     small = all(a.n_pe <= packet_max_pes() for a in archs)
-    return (*WAFER_FIDELITIES, "packet") if small else WAFER_FIDELITIES
+    return tuple(BACKENDS) if small else WAFER_FIDELITIES
 
 
 def check_fidelity(opt: str, fidelity: str, allowed: Iterable[str] | None = None) -> str:
@@ -317,13 +305,11 @@ def check_fidelity(opt: str, fidelity: str, allowed: Iterable[str] | None = None
             when it is a known fidelity left out of ``allowed`` (it is refused above
             :func:`packet_max_pes` PEs).
     """
-    from gpt_workload.simulate import FIDELITIES
-
-    allowed = tuple(FIDELITIES) if allowed is None else tuple(allowed)
+    allowed = tuple(BACKENDS) if allowed is None else tuple(allowed)
     if fidelity in allowed:
         return fidelity
     why = ""
-    if fidelity == "packet" and fidelity in FIDELITIES:
+    if fidelity == "packet" and fidelity in BACKENDS:
         why = (
             f" (packet simulates every router and is refused for grids above "
             f"{packet_max_pes()} PEs, such as a whole wafer)"
@@ -425,7 +411,12 @@ def add_run_options(
         default=seq_len,
         help=f"tokens per sequence, 1..the {whose} n_positions (default: %(default)s)",
     )
-    p.add_argument("--precision", default="fp16", help="fp16, bf16 or fp32 (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="fp16, bf16 or fp32 (default: %(default)s)",
+    )
     p.add_argument(
         "--fidelity",
         default="analytic",
@@ -441,27 +432,6 @@ def add_run_options(
         help="local Dask workers, 0 (in this process) to 4 per core (default: one per core)",
     )
     p.add_argument("--scheduler", help="existing Dask scheduler, tcp://HOST:PORT")
-
-
-def max_workers() -> int:
-    """Most local Dask worker processes an experiment starts: 4 per core this process may
-    use, as for ``wse-sim sweep`` (:func:`gpt_workload.sweep.max_workers`)."""
-    from gpt_workload.sweep import max_workers as sweep_max_workers
-
-    return sweep_max_workers()
-
-
-def check_workers(opt: str, workers: int | None) -> int | None:
-    """None (the default: one local worker per core) or an integer in 0..:func:`max_workers`
-    (0 = run the points in this process, without Dask).
-
-    Raises:
-        ConfigError: out of range, naming the allowed range.
-    """
-    if workers is None:
-        return None
-    hi = max_workers()
-    return check_int(opt, workers, 0, hi, f"0 = in this process; at most 4 per core: {hi}")
 
 
 def check_scheduler(opt: str, address: str | None) -> str | None:

@@ -2,7 +2,8 @@
 
 The weight-streaming lowering streams one block per micro-batch for the embedding, one per
 layer and one for the final norm and the LM head. For gpt2 its own closed form is used
-(:func:`gpt_workload.lowering._block_bytes`); the other families sum the parameter elements
+(:func:`gpt_workload.mappings.weight_streaming.plan._block_bytes`); the other families sum the
+parameter elements
 each op of :func:`gpt_workload.models.build_graph` reads (:meth:`OpGraph.param_elems`).
 """
 

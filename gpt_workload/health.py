@@ -3,7 +3,7 @@ non-finite.
 
 A :class:`HealthTracker` is handed every tensor an executor stores (the forward numerics of
 :mod:`gpt_workload.numerics` and the mappings, training's forward and backward in
-:mod:`gpt_workload.training.backward`; decode can use the same object) at op granularity:
+:mod:`gpt_workload.training.backward_graph`; decode can use the same object) at op granularity:
 one cheap test per op output (a float32 sum, exact when finite; the element-wise search runs
 only when it is not), never inside a kernel's inner loop. It keeps
 
@@ -43,26 +43,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gpt_workload.precision import check_precision, round_storage
+from gpt_workload.precision import Precision, check_precision, round_storage
 
 #: largest finite value of each storage format (IEEE 754 binary16 ``(2 - 2**-10) 2**15``,
 #: bfloat16 ``(2 - 2**-7) 2**127``, binary32 ``(2 - 2**-23) 2**127``)
-FORMAT_MAX: dict[str, float] = {
-    "fp16": 65504.0,
-    "bf16": (2 - 2**-7) * 2.0**127,
-    "fp32": float(np.finfo(np.float32).max),
-}
+FORMAT_MAX: dict[str, float] = {p.value: p.max_finite for p in Precision}
 #: smallest magnitude that rounds to +-inf when stored (round to nearest, ties to even:
 #: halfway between :data:`FORMAT_MAX` and the next power of two, where the tie goes to inf
 #: because FORMAT_MAX's significand is odd); no finite float32 overflows fp32 storage
 OVERFLOW_AT: dict[str, float] = {
-    "fp16": 65520.0,
-    "bf16": (2 - 2**-8) * 2.0**127,
-    "fp32": math.inf,
+    p.value: math.inf if p is Precision.FP32 else p.overflow_threshold for p in Precision
 }
 #: smallest magnitude an fp32 operation rounds to +-inf (``(2 - 2**-24) 2**127``): the limit
 #: of every accumulation, whatever the storage format (fp32 arithmetic throughout)
-FP32_OVERFLOW_AT: float = (2 - 2**-24) * 2.0**127
+FP32_OVERFLOW_AT: float = Precision.FP32.overflow_threshold
 
 PHASES = ("weights", "forward", "backward", "decode")
 
@@ -75,7 +69,8 @@ Locator = Callable[
 
 
 def tile_locator(segs_per_seq: int, m: int, seq_len: int) -> Locator:
-    """Locator of a tile array ``[S, P, m, ft]`` (:class:`gpt_workload.layout.TileLayout`):
+    """Locator of a tile array ``[S, P, m, ft]``
+    (:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`):
     segment ``s`` is segment ``s % segs_per_seq`` of sequence ``s // segs_per_seq``; PE
     ``j`` holds features ``j ft .. (j + 1) ft - 1``. Padded token slots map to tokens
     ``>= seq_len`` and rank after every real token."""
@@ -508,13 +503,14 @@ def _are(what: str) -> str:
     return "are" if what.endswith("s") and not what.endswith("ss") else "is"
 
 
-def suggestion(precision: str) -> str:
+def suggestion(precision: str | Precision) -> str:
     """What to try when ``precision`` overflows."""
-    if precision == "fp16":
+    precision = Precision.parse(precision)
+    if precision is Precision.FP16:
         return (
             "try --precision bf16 (2 bytes, range to 3.4e38) or fp32, or scale the weights "
             "down; in training, loss scaling handles gradient overflow but not a forward one"
         )
-    if precision == "bf16":
+    if precision is Precision.BF16:
         return "try --precision fp32, or check the weights and inputs"
     return "the values overflow even fp32: check the weights and inputs"

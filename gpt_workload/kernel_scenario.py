@@ -34,11 +34,12 @@ import numpy as np
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError
 from wse_sim.program import Kernel, PEClass, Program, WeightBlock
+from wse_sim.timing import BACKENDS
 
 #: operand placements of :func:`gemm_scenario` (CLI ``--resident`` / ``--streamed``)
 OPERANDS = ("resident", "streamed")
 #: fidelities of the kernel scenarios
-KERNEL_FIDELITIES = ("analytic", "event", "packet")
+KERNEL_FIDELITIES = tuple(BACKENDS)
 
 
 def _arch(arch: str | ArchConfig, overrides=()) -> ArchConfig:
@@ -64,13 +65,7 @@ def _fidelity(fidelity: str) -> str:
 
 
 def _time(program: Program, arch: ArchConfig, fidelity: str):
-    from wse_sim.timing.analytic import run_analytic
-    from wse_sim.timing.event import run_event
-    from wse_sim.timing.packet import run_packet
-
-    return {"analytic": run_analytic, "event": run_event, "packet": run_packet}[fidelity](
-        program, arch
-    )
+    return BACKENDS[fidelity](program, arch)
 
 
 # ------------------------------------------------------------------------------- GEMM

@@ -3,12 +3,13 @@
 :func:`run_numerics` walks the kernels of the Program's first micro-batch in order and, for
 each, calls the Numba kernel of its op (:mod:`gpt_workload.kernels`) on tile arrays laid out
 as the lowering placed the data (``[segment, PE in segment, token, feature slice]``,
-:class:`gpt_workload.layout.TileLayout`), with the lowering's ``P`` (PEs per segment) and
+:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`), with the lowering's ``P`` (PEs
+per segment) and
 ``m`` (tokens per segment); with heads split over several PEs (``P > n_head``) attention
 computes each PE's partial ``q . k`` and chains them along the head
-(:mod:`gpt_workload.kernels_split`). Between kernels every stored tensor is rounded to the storage
-precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up front; the
-logits are the LM head's fp32 accumulators.
+(:mod:`gpt_workload.kernels.split_heads`). Between kernels every stored tensor is rounded to
+the storage precision (fp16/bf16 storage, fp32 arithmetic and accumulation), weights once up
+front; the logits are the LM head's fp32 accumulators.
 
 Every stored tensor is checked by a :class:`gpt_workload.health.HealthTracker` (op, layer,
 position of the first value that leaves the format's range or is not finite; the fp32
@@ -24,10 +25,10 @@ import numpy as np
 
 from gpt_workload import kernels as kn
 from gpt_workload.config import GPTConfig
-from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
-from gpt_workload.kernels_split import attention_split_tiled
-from gpt_workload.layout import TileLayout, qkv_column_permutation
+from gpt_workload.kernels.split_heads import attention_split_tiled
+from gpt_workload.mappings.weight_streaming.head_split import pes_per_head
+from gpt_workload.mappings.weight_streaming.layout import TileLayout, qkv_column_permutation
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights
 from wse_sim.errors import ConfigError
@@ -100,9 +101,10 @@ def _heads_qk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Queries and keys of QKV tiles ``[S, P, m, 3 hp dh]`` (PE ``j`` holds heads
     ``j hp .. j hp + hp - 1``, columns ``[q | k | v]`` of its heads,
-    :func:`gpt_workload.layout.qkv_column_permutation`) as ``[K, H, T_pad, dh]`` arrays;
+    :func:`gpt_workload.mappings.weight_streaming.layout.qkv_column_permutation`) as ``[K, H,
+    T_pad, dh]`` arrays;
     with heads split over ``ks`` PEs, PE ``j`` holds features ``(j % ks) dh/ks ..`` of head
-    ``j // ks`` (:func:`gpt_workload.kernels_split.attention_split_tiled`)."""
+    ``j // ks`` (:func:`gpt_workload.kernels.split_heads.attention_split_tiled`)."""
     S, P, m, w = qkv.shape
     K, segs = S // tl.segs_per_seq, tl.segs_per_seq
     if ks > 1:
@@ -130,8 +132,8 @@ def check_tokens(program: Program, cfg: GPTConfig, tokens) -> np.ndarray:
             f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
         )
     K, T = tokens.shape
-    if T != program.meta["seq_len"]:
-        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.meta['seq_len']}")
+    if T != program.workload.seq_len:
+        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.workload.seq_len}")
     if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
         raise ConfigError(
             f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
@@ -153,7 +155,7 @@ def run_numerics(
 ) -> NumericsResult:
     """Run the Program's first micro-batch kernels on ``tokens`` [K, T].
 
-    The per-PE layout is the Program's (``P`` and ``m`` from ``program.meta['layout']``) with
+    The per-PE layout is the Program's (``P`` and ``m`` from ``program.layout``) with
     ``K`` sequences instead of the micro-batch's ``b``.
 
     ``gemm`` and ``attention`` replace :func:`kernels.gemm_ws` and
@@ -172,8 +174,7 @@ def run_numerics(
     precision = precision or program.precision
     tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    lay = program.meta["layout"]
-    P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
+    P, m = program.layout.pes_per_segment, program.layout.tokens_per_segment
     tl = TileLayout(n_seq=K, seq_len=T, m=m, P=P)
     d, V = cfg.d_model, cfg.vocab_size
     ff = tl.padded_width(cfg.d_ff)

@@ -1,23 +1,26 @@
-"""Numerics of a Program lowered from the op graph (:mod:`gpt_workload.lowering_graph`).
+"""Numerics of a Program lowered from the op graph
+(:mod:`gpt_workload.mappings.weight_streaming.graph_builder`).
 
 :func:`run_graph_numerics` walks the kernels of the Program's first micro-batch; each kernel
 is one op of the family's graph (:func:`gpt_workload.models.build_graph`, looked up by name)
 and runs on tile arrays laid out as the lowering placed the data (``[segment, PE in
-segment, token, feature slice]``, :class:`gpt_workload.layout.TileLayout`, with the
+segment, token, feature slice]``,
+:class:`gpt_workload.mappings.weight_streaming.layout.TileLayout`, with the
 Program's ``P`` and ``m``). Operands live in an environment keyed by the graph's operand
 names, so the layer sequence is the graph's, not another copy of it.
 
 Per op kind: the embedding (:func:`kernels.embed_tiled`, no position table), LayerNorm
-(:func:`kernels.layernorm_tiled`) or RMSNorm (:func:`kernels_llama.rmsnorm_tiled`: the
+(:func:`kernels.layernorm_tiled`) or RMSNorm (:func:`kernels.rmsnorm_tiled`: the
 sum of squares chained across the segment's PEs), linears and the LM head as the
 weight-streaming GEMM (:func:`kernels.gemm_ws`: PE-local partial sums chained along the
 segment, bias after the sum; widths not divisible by ``P`` zero-padded), rotary on the PEs
-that hold whole heads (:func:`kernels_llama.rotary_tiled`; a K head split across PEs is
-rotated after the group all-gather, :func:`kernels_llama.rotary_fwd` on its rows),
-grouped-query attention per (sequence, K/V head) (:func:`kernels_llama.gqa_attention_fwd`
+that hold whole heads (:func:`kernels.rotary_tiled`; a K head split across PEs is
+rotated after the group all-gather, :func:`kernels.rotary_fwd` on its rows),
+grouped-query attention per (sequence, K/V head) (:func:`kernels.gqa_attention_fwd`
 on the gathered rows; with each head split over ``k = P / n_head`` PEs, the per-PE partial
-``q . k`` chained along the head, :func:`gpt_workload.kernels_split.attention_split`), GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
-(float32, one rounding each, as :func:`kernels_llama.swiglu_fwd`), residual adds in the
+``q . k`` chained along the head, :func:`gpt_workload.kernels.split_heads.attention_split`),
+GELU (:func:`kernels.gelu_tiled`), SiLU and the SwiGLU product
+(float32, one rounding each, as :func:`kernels.swiglu_fwd`), residual adds in the
 graph's operand order, then the cross-entropy (:func:`kernels.cross_entropy_tiled`).
 
 Every stored tensor is rounded to the storage precision and checked by a
@@ -29,14 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpt_workload import kernels as kl
 from gpt_workload import kernels as kn
-from gpt_workload import kernels_llama as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op
-from gpt_workload.head_split import pes_per_head
 from gpt_workload.health import HealthTracker, tile_locator
-from gpt_workload.kernels_split import attention_split
-from gpt_workload.layout import TileLayout
+from gpt_workload.kernels.split_heads import attention_split
+from gpt_workload.mappings.weight_streaming.head_split import pes_per_head
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
 from gpt_workload.models import build_graph
 from gpt_workload.numerics import NumericsResult, check_tokens
 from gpt_workload.precision import round_storage
@@ -145,7 +148,7 @@ class _Exec:
     def split_attention(self, ins, d: int, kv: int) -> np.ndarray:
         """Attention with each head split over ``ks`` PEs: per-PE partial ``q . k`` chained
         along the head, online softmax over the layout's K/V blocks of ``m`` keys
-        (:func:`gpt_workload.kernels_split.attention_split`); rows ``[K T, d]``."""
+        (:func:`gpt_workload.kernels.split_heads.attention_split`); rows ``[K T, d]``."""
         cfg, tl = self.cfg, self.tl
         K, T, dh = tl.n_seq, tl.seq_len, cfg.d_head
         nkv = int(cfg.n_kv_heads)
@@ -195,8 +198,8 @@ def run_graph_numerics(
     precision = precision or program.precision
     tokens = check_tokens(program, cfg, tokens)
     K, T = tokens.shape
-    lay = program.meta["layout"]
-    tl = TileLayout(n_seq=K, seq_len=T, m=lay["tokens_per_segment"], P=lay["pes_per_segment"])
+    lay = program.layout
+    tl = TileLayout(n_seq=K, seq_len=T, m=lay.tokens_per_segment, P=lay.pes_per_segment)
     health = HealthTracker(precision, "weights")
     health.check_weights(weights)
     health.phase = "forward"

@@ -1,4 +1,8 @@
-"""Storage precisions of activations and weights.
+"""Storage precisions of activations and weights: the workload's numeric helpers.
+
+The precision itself is :class:`wse_sim.precision.Precision` (bytes per element, unit
+roundoff, accumulation precision, FMAC-rate field), parsed once at the boundary; this module
+adds what only the workload's numerics need: rounding a tensor to a storage format.
 
 The simulated wafer *stores* activations and weights in fp32, fp16 or bf16 but does every
 multiply and every accumulation in fp32. The numerical kernels (:mod:`gpt_workload.kernels`)
@@ -15,35 +19,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from wse_sim.errors import ConfigError
+from wse_sim.precision import PRECISIONS, Precision
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "bytes_per_element",
+    "check_precision",
+    "round_storage",
+    "unit_roundoff",
+]
 
-_UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
-_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
-
-def check_precision(precision: str) -> str:
-    """Validate a storage-precision name.
+def check_precision(precision: str | Precision) -> Precision:
+    """Parse a storage-precision name (:meth:`wse_sim.precision.Precision.parse`).
 
     Args:
-        precision: one of :data:`PRECISIONS` (``"fp32"``, ``"fp16"``, ``"bf16"``).
+        precision: one of :data:`PRECISIONS` (``"fp32"``, ``"fp16"``, ``"bf16"``) or a
+            :class:`~wse_sim.precision.Precision`.
 
     Returns:
-        The name, unchanged.
+        The :class:`~wse_sim.precision.Precision` (equal to the name it was given).
 
     Raises:
         ConfigError: the name is not one of :data:`PRECISIONS`, e.g.
             ``precision='fp8' is not supported; allowed: fp32, fp16, bf16``.
     """
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}"
-        )
-    return precision
+    return Precision.parse(precision)
 
 
-def unit_roundoff(precision: str) -> float:
+def unit_roundoff(precision: str | Precision) -> float:
     """Unit roundoff ``u`` of a storage format (round-to-nearest).
 
     ``u = 2**-24`` for fp32, ``2**-11`` for fp16, ``2**-8`` for bf16 (Higham, *Accuracy and
@@ -59,10 +64,10 @@ def unit_roundoff(precision: str) -> float:
     Raises:
         ConfigError: unknown precision.
     """
-    return _UNIT_ROUNDOFF[check_precision(precision)]
+    return Precision.parse(precision).unit_roundoff
 
 
-def bytes_per_element(precision: str) -> int:
+def bytes_per_element(precision: str | Precision) -> int:
     """Storage size of one element: 4 for fp32, 2 for fp16 and bf16.
 
     Args:
@@ -74,7 +79,7 @@ def bytes_per_element(precision: str) -> int:
     Raises:
         ConfigError: unknown precision.
     """
-    return _BYTES[check_precision(precision)]
+    return Precision.parse(precision).bytes_per_element
 
 
 def _round_bf16(x: np.ndarray) -> np.ndarray:
@@ -92,7 +97,7 @@ def _round_bf16(x: np.ndarray) -> np.ndarray:
     return out.view(np.float32)
 
 
-def round_storage(x: np.ndarray, precision: str) -> np.ndarray:
+def round_storage(x: np.ndarray, precision: str | Precision) -> np.ndarray:
     """Round values to a storage format and return them widened back to float32.
 
     Models storing a tensor in ``precision`` and reading it back for fp32 arithmetic.
@@ -119,11 +124,11 @@ def round_storage(x: np.ndarray, precision: str) -> np.ndarray:
     Raises:
         ConfigError: unknown precision.
     """
-    check_precision(precision)
+    precision = Precision.parse(precision)
     x32 = np.array(x, dtype=np.float32, copy=True, order="C")
-    if precision == "fp32":
+    if precision is Precision.FP32:
         return x32
-    if precision == "fp16":
+    if precision is Precision.FP16:
         with np.errstate(over="ignore"):
             return x32.astype(np.float16).astype(np.float32)
     return _round_bf16(x32)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.checks import check_token_ids
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op
 from gpt_workload.models import build_graph
@@ -136,24 +137,6 @@ def rotary(x: np.ndarray, n_heads: int, rotary_dim: int, interleaved: bool, thet
     return xh.reshape(x.shape)
 
 
-def _check_tokens(cfg: GPTConfig, tokens: Any) -> np.ndarray:
-    """Return ``tokens`` as an int64 (K, T) array or raise ConfigError naming ``tokens``."""
-    arr = np.asarray(tokens)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ConfigError(f"tokens has shape {arr.shape}: expected a non-empty 2-D (K, T) array")
-    if arr.dtype.kind not in "iu":
-        raise ConfigError(f"tokens has dtype {arr.dtype}: expected an integer dtype")
-    if arr.shape[1] > cfg.n_positions:
-        raise ConfigError(
-            f"tokens has length T={arr.shape[1]}: must be <= n_positions={cfg.n_positions}"
-        )
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= cfg.vocab_size:
-        bad = lo if lo < 0 else hi
-        raise ConfigError(f"tokens contains id {bad}: must be in [0, vocab_size={cfg.vocab_size})")
-    return arr.astype(np.int64)
-
-
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
     """Causal grouped-query attention of one sequence (float64): ``q`` [T, n_head*dh], ``k``
     and ``v`` [T, n_kv*dh] -> [T, n_head*dh]. Query head h reads K/V head
@@ -249,7 +232,7 @@ def reference_forward(
         ConfigError: ``tokens`` not 2-D, not integer, too long, or an id out of range.
         CheckpointError: weights do not match ``cfg`` or contain NaN/Inf.
     """
-    tok = _check_tokens(cfg, tokens)
+    tok = check_token_ids(tokens, vocab_size=cfg.vocab_size, max_len=cfg.n_positions)
     w.validate(cfg)
     graph = build_graph(cfg)
     cache: dict = {}

@@ -1,6 +1,7 @@
 """The Report of one simulated run: speed, wafer use, where time went, and the numerics.
 
-Metric definitions (the same everywhere they are printed):
+Metric definitions (the same everywhere they are printed; computed by :mod:`wse_sim.metrics`
+from the Program and its timing):
 
 * ``model_flops``: sum of the Program's kernel FLOPs: ``2 M K N`` per GEMM (including the
   tied LM head) and ``4 d_head`` per causal (query, key) pair and head for attention; per
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpt_workload import strict_json
+from wse_sim.metrics import breakdown_by_op
 
 
 @dataclass
@@ -205,7 +207,7 @@ def si(x: float, unit: str, digits: int = 4) -> str:
 
 def _weight_entry(layout: dict) -> str:
     """``; each head over k PEs; weights enter at X GB/s (r x I/O)`` for a weight-streaming
-    layout (:func:`gpt_workload.head_split.head_split_summary`), else ``""``."""
+    layout (:func:`gpt_workload.mappings.weight_streaming.head_split.head_split_summary`), else ``""``."""
     if "weight_entry_bytes_per_s" not in layout:
         return ""
     k = layout.get("pes_per_head", 1)
@@ -320,23 +322,8 @@ def format_console(r: Report) -> list[tuple[str, str]]:
 
 def breakdown_rows(r: Report) -> list[dict]:
     """Breakdown aggregated by op over layers and micro-batches, largest first; every op, so
-    the rows sum to the total."""
-    by_op: dict[str, dict] = {}
-    for row in r.breakdown:
-        acc = by_op.setdefault(
-            row["op"],
-            {
-                "op": row["op"],
-                "compute_s": 0.0,
-                "fabric_s": 0.0,
-                "stall_s": 0.0,
-                "idle_s": 0.0,
-                "total_s": 0.0,
-            },
-        )
-        for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s"):
-            acc[k] += row[k]
-    return sorted(by_op.values(), key=lambda x: -x["total_s"])
+    the rows sum to the total (:func:`wse_sim.metrics.breakdown_by_op`)."""
+    return breakdown_by_op(r.breakdown)
 
 
 def add_power_to_timeline(timeline: dict, energy) -> None:

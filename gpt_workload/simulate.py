@@ -11,34 +11,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from gpt_workload.config import WEIGHT_FILES, GPTConfig, forward_flops_per_token
+from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
+from gpt_workload.mappings.weight_streaming.head_split import head_split_summary
 from gpt_workload.models import init_model_weights, require_lowered, resolve_model
 from gpt_workload.models import load_checkpoint as load_any_checkpoint
-from gpt_workload.head_split import head_split_summary
-from gpt_workload.mappings import MAPPINGS, Mapping, parse_mapping  # noqa: F401 (re-export)
+from gpt_workload.checks import check_int
 from gpt_workload.precision import check_precision, unit_roundoff
 from gpt_workload.reference import cross_entropy, reference_forward
 from gpt_workload.report import Report, add_power_to_timeline
 from gpt_workload.weights import GPTWeights, load_checkpoint
+from wse_sim import metrics
 from wse_sim.arch import ArchConfig, load_arch
+from wse_sim.energy import energy_report
 from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
-from wse_sim.energy import energy_report
-from wse_sim.timing.analytic import run_analytic
-from wse_sim.timing.common import TimingResult, fabric_bound_s, n_directed_links
-from wse_sim.timing.event import run_event
-from wse_sim.timing.packet import run_packet
+from wse_sim.timing import BACKENDS, get_backend
 
 log = logging.getLogger(__name__)
 
 # the largest batch accepted; beyond it runs take minutes of lowering for no new insight
 MAX_BATCH = 1_000_000
-FIDELITIES = {"event": run_event, "analytic": run_analytic, "packet": run_packet}
+#: the timing backends' registry (:data:`wse_sim.timing.BACKENDS`), under its older name
+FIDELITIES = BACKENDS
 # numerics are skipped, with a note in the report, when fp32 weights exceed this
 NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
 
@@ -113,23 +112,6 @@ def check_allow_nonfinite(value) -> bool:
     return bool(value)
 
 
-def _int_arg(name: str, value, lo: int, hi: int | None = None, allow_none: bool = False):
-    """``value`` as an int in ``[lo, hi]`` (numpy ints accepted, bools and floats not).
-
-    Raises:
-        ConfigError: naming ``name``, the value and the allowed range.
-    """
-    if value is None and allow_none:
-        return None
-    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name}={value!r} must be {allowed}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        raise ConfigError(f"{name}={value!r} must be {allowed}")
-    return value
-
-
 def default_batch(
     cfg: GPTConfig,
     arch: ArchConfig,
@@ -179,136 +161,6 @@ def _check_host_memory(cfg: GPTConfig, k_seq: int, seq_len: int) -> None:
         )
 
 
-_SUMMARIES: dict[int, tuple] = {}
-
-
-def _map_summary(busy: np.ndarray, sram: np.ndarray) -> tuple[float, float, int, float]:
-    """``(busy.min(), busy.max(), sram.max(), mean of sram over PEs with sram > 0)``,
-    remembered for the last few map pairs: a backend returns the same arrays for a Program
-    it has seen (:func:`wse_sim.timing.common.per_pe_maps`), e.g. at every point of a sweep
-    that shares a lowered Program."""
-    key = (id(busy), id(sram))
-    hit = _SUMMARIES.get(key)
-    if hit is not None and hit[0] is busy and hit[1] is sram:
-        return hit[2]
-    active = sram[sram > 0]
-    out = (
-        float(busy.min()),
-        float(busy.max()),
-        int(sram.max()),
-        float(active.mean()) if active.size else 0.0,
-    )
-    if not busy.flags.writeable and not sram.flags.writeable:  # only arrays nobody changes
-        if len(_SUMMARIES) >= 8:
-            _SUMMARIES.pop(next(iter(_SUMMARIES)))
-        _SUMMARIES[key] = (busy, sram, out)
-    return out
-
-
-def _roofline(program: Program, arch: ArchConfig, timing: TimingResult) -> dict:
-    peak = arch.peak_flops_per_s(program.precision)
-    bw = arch.io.ingress_bytes_per_s
-    n_links = n_directed_links(program.rows, program.cols)
-    per_op: dict[str, dict] = defaultdict(
-        lambda: {"compute_s": 0.0, "io_s": 0.0, "fabric_s": 0.0, "simulated_s": 0.0}
-    )
-    worst_kernel = 1e300
-    for k, kt in zip(program.kernels, timing.kernels, strict=True):
-        c, i, f = k.flops / peak, k.weight_bytes / bw, fabric_bound_s(k, arch, n_links)
-        row = per_op[k.op]
-        row["compute_s"] += c
-        row["io_s"] += i
-        row["fabric_s"] += f
-        row["simulated_s"] += kt.duration_s
-        bound = max(c, f)
-        if bound > 0:
-            worst_kernel = min(worst_kernel, kt.duration_s / bound)
-    tot = {key: sum(r[key] for r in per_op.values()) for key in ("compute_s", "io_s", "fabric_s")}
-    by = max(tot, key=tot.get)
-    rows = []
-    for op, r in per_op.items():
-        b = max(r["compute_s"], r["io_s"], r["fabric_s"])
-        rows.append(
-            {
-                "op": op,
-                **r,
-                "bound_s": b,
-                "simulated_over_bound": r["simulated_s"] / b if b > 0 else None,
-            }
-        )
-    return {
-        "bound_s": tot[by],
-        "bound_by": by.replace("_s", ""),
-        **tot,
-        "per_op": rows,
-        "min_kernel_simulated_over_bound": worst_kernel,
-    }
-
-
-def _timeline(program: Program, timing: TimingResult) -> dict:
-    kernels = [
-        {
-            "name": kt.name,
-            "op": kt.op,
-            "layer": kt.layer,
-            "micro_batch": kt.micro_batch,
-            "start_s": kt.start_s,
-            "end_s": kt.end_s,
-            "stall_s": kt.stall_s,
-            "compute_s": kt.compute_s,
-            "fabric_s": kt.fabric_s,
-            "flops": k.flops,
-            "weight_bytes": k.weight_bytes,
-        }
-        for k, kt in zip(program.kernels, timing.kernels, strict=True)
-    ]
-    io = [
-        {"name": b.name, "block": b.block, "start_s": b.start_s, "end_s": b.end_s, "bytes": b.bytes}
-        for b in timing.io_blocks
-    ]
-    return {"kernels": kernels, "io_blocks": io}
-
-
-def _breakdown(timing: TimingResult) -> tuple[list[dict], dict]:
-    agg: dict[tuple, dict] = {}
-    for kt in timing.kernels:
-        key = (kt.layer, kt.op)
-        r = agg.setdefault(
-            key,
-            {
-                "layer": kt.layer,
-                "op": kt.op,
-                "compute_s": 0.0,
-                "fabric_s": 0.0,
-                "stall_s": 0.0,
-                "idle_s": 0.0,
-                "total_s": 0.0,
-            },
-        )
-        r["compute_s"] += kt.compute_s
-        r["fabric_s"] += kt.fabric_s
-        r["stall_s"] += kt.stall_s
-        r["total_s"] += kt.duration_s
-    rows = list(agg.values())
-    if timing.idle_s > 0:
-        rows.append(
-            {
-                "layer": None,
-                "op": "idle",
-                "compute_s": 0.0,
-                "fabric_s": 0.0,
-                "stall_s": 0.0,
-                "idle_s": timing.idle_s,
-                "total_s": timing.idle_s,
-            }
-        )
-    totals = {
-        k: sum(r[k] for r in rows)
-        for k in ("compute_s", "fabric_s", "stall_s", "idle_s", "total_s")
-    }
-    return rows, totals
-
-
 def simulate(
     model: str | GPTConfig = "cerebras-gpt-111m",
     arch: str | ArchConfig = "wse2",
@@ -356,7 +208,7 @@ def simulate(
         allow_nonfinite: keep going when the numerics' logits are not finite; the report
             then says so first (``Report.notices[0]``, ``health.status ==
             "nonfinite_allowed"``).
-        lowering_cache: a :class:`gpt_workload.sweep_cache.LoweringCache` to take the
+        lowering_cache: a :class:`gpt_workload.sweep.cache.LoweringCache` to take the
             Program from when an earlier call lowered the same one (sweeps); None lowers.
 
     Raises:
@@ -370,25 +222,24 @@ def simulate(
             "reference_mismatch"`` and a first notice.
     """
     wall: dict[str, float] = {}
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+    backend = get_backend(fidelity)
     mapping = parse_mapping(mapping)
     if fidelity == "packet" and not getattr(mapping, "packet_ok", True):
         raise ConfigError(
             f"fidelity=packet cannot time mapping={mapping.spec}: its transfer patterns have "
             "no packet-level expansion; use fidelity=event or analytic"
         )
-    check_precision(precision)
+    precision = check_precision(precision)
     check_allow_nonfinite(allow_nonfinite)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
         else (arch.with_overrides(overrides) if overrides else arch)
     )
-    seed = _int_arg("seed", seed, 0, 2**63 - 1)
-    batch = _int_arg("batch", batch, 1, MAX_BATCH, allow_none=True)
-    seq_len = _int_arg("seq_len", seq_len, 1, allow_none=True)
-    check_sequences = _int_arg("check_sequences", check_sequences, 0, allow_none=True)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    batch = check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
+    seq_len = check_int("seq_len", seq_len, 1, allow_none=True)
+    check_sequences = check_int("check_sequences", check_sequences, 0, allow_none=True)
     if tokens is not None:
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:
@@ -431,7 +282,7 @@ def simulate(
     wall["lowering"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    timing = FIDELITIES[fidelity](program, arch_cfg)
+    timing = backend(program, arch_cfg)
     wall["timing"] = time.perf_counter() - t0
     energy_rep = None
     if energy:
@@ -459,18 +310,24 @@ def simulate(
     health = numerics.pop("_health", {"status": "not_checked"})
     notices = [n for n in (health.get("notice"), numerics.pop("_notice", None)) if n]
 
-    clk = arch_cfg.pe.clock_hz
     total = timing.total_s
-    util = timing.pe_busy_cycles / (total * clk)
-    busy_min, busy_max, sram_max, sram_mean_active = _map_summary(
+    util, util_summary = metrics.pe_utilisation(timing, arch_cfg.pe.clock_hz)
+    _, _, sram_max, sram_mean_active = metrics.map_summary(
         timing.pe_busy_cycles, timing.sram_peak_bytes
     )
     peak = arch_cfg.peak_flops_per_s(precision)
     flops = program.flops
     tokens_n = batch * seq_len
-    rows, totals = _breakdown(timing)
+    rows, totals = metrics.breakdown(timing)
     fpt = forward_flops_per_token(cfg, seq_len)
-    timeline = _timeline(program, timing)
+    timeline = {
+        "kernels": metrics.kernel_rows(program, timing),
+        "io_blocks": [
+            {"name": b.name, "block": b.block, "start_s": b.start_s, "end_s": b.end_s,
+             "bytes": b.bytes}
+            for b in timing.io_blocks
+        ],
+    }  # fmt: skip
     if energy_rep is not None:
         add_power_to_timeline(timeline, energy_rep)
     return Report(
@@ -483,41 +340,37 @@ def simulate(
         mapping=mapping.spec,
         batch=batch,
         seq_len=seq_len,
-        micro_batches=program.meta["micro_batches"],
+        micro_batches=program.workload.micro_batches,
         tokens=tokens_n,
         simulated_time_s=total,
         tokens_per_s=tokens_n / total,
         model_flops=flops,
         achieved_flops_per_s=flops / total,
         peak_flops_per_s=peak,
-        mfu=flops / (total * peak),
-        pe_utilisation={
-            "mean": float(util.mean()),
-            # min/max of busy / (total x clock) = min/max of busy, divided: rounding is
-            # monotone, so these equal util.min() and util.max() exactly
-            "min": float(busy_min / (total * clk)),
-            "max": float(busy_max / (total * clk)),
-        },
+        mfu=metrics.mfu(flops, total, peak),
+        pe_utilisation=util_summary,
         sram_peak_bytes={
             "max": sram_max,
             "mean_active": sram_mean_active,
             "capacity": arch_cfg.pe.sram_usable_bytes,
         },
-        io_utilisation=program.weight_bytes_streamed / (total * arch_cfg.io.ingress_bytes_per_s),
+        io_utilisation=metrics.io_utilisation(
+            program.weight_bytes_streamed, total, arch_cfg.io.ingress_bytes_per_s
+        ),
         breakdown=rows,
         totals=totals,
-        roofline=_roofline(program, arch_cfg, timing),
+        roofline=metrics.roofline(program, arch_cfg, timing),
         numerics=numerics,
         layout={
-            **program.meta["layout"],
+            **program.layout.describe(),
             "model_flops_per_token": flops / tokens_n,
             "closed_form_flops_per_token": fpt["total"],
             "weights": numerics.get("weights", "not loaded (numerics skipped)"),
             "weight_bytes_streamed": program.weight_bytes_streamed,
-            # a weight-streaming segment's distinct-weight entry rate (gpt_workload.head_split)
+            # a weight-streaming segment's distinct-weight entry rate (gpt_workload.mappings.weight_streaming.head_split)
             **(
-                head_split_summary(cfg, arch_cfg, program.meta["layout"]["pes_per_segment"])
-                if "pes_per_head" in program.meta["layout"]
+                head_split_summary(cfg, arch_cfg, program.layout.pes_per_segment)
+                if program.layout.pes_per_head is not None
                 else {}
             ),
         },
@@ -571,7 +424,7 @@ def _numerics(
     cfg, w, wsrc = resolve_model_and_weights(
         cfg if isinstance(model, GPTConfig) else model, seed, weights
     )
-    T = program.meta["seq_len"]
+    T = program.workload.seq_len
     if tokens is None:
         tokens = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, size=(k_seq, T))
     wall["weights"] = time.perf_counter() - t0

@@ -3,6 +3,11 @@
 ``hf_tiny_checkpoint(family, directory, fmt)`` builds a 2-layer model of ``family`` with
 every parameter random (biases and norm gains too, so checks exercise them), rounds it to
 float32 values, saves it with ``save_pretrained`` and returns the float64 torch model.
+
+``hf_gpt2(seed, **overrides)`` is a small ``GPT2LMHeadModel`` with Hugging Face's own
+initialisation (:data:`SMALL_GPT2`); ``save_gpt_tiny(directory)`` writes the ``gpt-tiny``
+preset with ``init_weights(seed=0)`` as a safetensors checkpoint (for tests that damage it),
+and the ``gpt_tiny_ckpt`` fixture is one such checkpoint shared read-only by a session.
 """
 
 from __future__ import annotations
@@ -70,6 +75,37 @@ def hf_tiny_checkpoint(family: str, directory: Path, fmt: str = "safetensors", s
         kw["max_shard_size"] = "40KB"
     model.save_pretrained(directory, **kw)
     return model
+
+
+#: HF config of the small GPT-2 many checkpoint tests save: 2 layers, 4 heads of 8
+SMALL_GPT2: dict[str, Any] = dict(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+def hf_gpt2(seed: int = 0, **overrides: Any) -> Any:
+    """``GPT2LMHeadModel(GPT2Config(**SMALL_GPT2, **overrides))`` with Hugging Face's default
+    initialisation after ``torch.manual_seed(seed)``, in eval mode (float32)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**{**SMALL_GPT2, **overrides})).eval()
+
+
+def save_gpt_tiny(directory: Path, seed: int = 0) -> Path:
+    """Write the ``gpt-tiny`` preset with ``init_weights(cfg, seed)`` to ``directory``
+    (``config.json`` + ``model.safetensors``); returns ``directory``."""
+    from gpt_workload.models import resolve_model
+    from gpt_workload.weights import init_weights, save_safetensors
+
+    cfg = resolve_model("gpt-tiny")
+    save_safetensors(cfg, init_weights(cfg, seed=seed), directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def gpt_tiny_ckpt(tmp_path_factory) -> Path:
+    """A ``gpt-tiny`` checkpoint directory (:func:`save_gpt_tiny`, seed 0); do not modify it."""
+    return save_gpt_tiny(tmp_path_factory.mktemp("gpt_tiny_ckpt"))
 
 
 @pytest.fixture(scope="session")

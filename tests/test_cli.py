@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import hf_gpt2, save_gpt_tiny
 from report_keys import REPORT_KEYS
 from safetensors.numpy import load_file, save_file
 
 from gpt_workload.models import resolve_model
-from gpt_workload.weights import init_weights, save_safetensors
 
 
 def wse_sim(*args: str) -> subprocess.CompletedProcess:
@@ -34,14 +34,6 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *fragments: str) -> No
         assert f in lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    cfg = resolve_model("gpt-tiny")
-    save_safetensors(cfg, init_weights(cfg, seed=0), d)
-    return d
-
-
 def test_arch_and_models_list():
     p = wse_sim("arch", "list")
     assert p.returncode == 0 and "wse2" in p.stdout and "wse3" in p.stdout
@@ -53,14 +45,14 @@ def test_arch_and_models_list():
         assert f"cerebras-gpt-{n}" in p.stdout
 
 
-def test_run_writes_json_logits_and_plots(tmp_path, tiny_ckpt):
+def test_run_writes_json_logits_and_plots(tmp_path, gpt_tiny_ckpt):
     cfg = resolve_model("gpt-tiny")
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 32))
     np.save(tmp_path / "tok.npy", tokens)
     p = wse_sim(
         "run",
         "--model",
-        str(tiny_ckpt),
+        str(gpt_tiny_ckpt),
         "--arch",
         "grid32",
         "--seq-len",
@@ -103,7 +95,6 @@ def test_run_writes_json_logits_and_plots(tmp_path, tiny_ckpt):
             ["--model", "cerebras-gpt-13b", "--arch", "grid8"],
             ["does not fit one sequence", "short by"],
         ),
-        (["--precision", "fp8"], ["fp8", "fp16"]),
         (["--fidelity", "exact"], ["fidelity"]),
         (["--batch", "0"], ["batch=0"]),
         (["--seq-len", "99999"], ["seq_len=99999"]),
@@ -114,10 +105,10 @@ def test_bad_input_is_one_line(args, fragments):
     assert_one_line_error(wse_sim("run", "--check-sequences", "0", *args), *fragments)
 
 
-def test_corrupt_checkpoint_is_one_line(tmp_path, tiny_ckpt):
+def test_corrupt_checkpoint_is_one_line(tmp_path, gpt_tiny_ckpt):
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    (bad / "config.json").write_text((gpt_tiny_ckpt / "config.json").read_text())
     (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     assert_one_line_error(
         wse_sim("run", "--model", str(bad), "--arch", "grid32", "--seq-len", "16"),
@@ -126,8 +117,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, tiny_ckpt):
 
 
 def test_nan_weights_are_one_line(tmp_path):
-    cfg = resolve_model("gpt-tiny")
-    save_safetensors(cfg, init_weights(cfg, seed=0), tmp_path)
+    save_gpt_tiny(tmp_path)
     sd = load_file(tmp_path / "model.safetensors")
     key = next(k for k in sd if k.endswith("h.1.mlp.c_fc.weight"))
     sd[key][3, 5] = np.nan
@@ -162,12 +152,8 @@ def test_malformed_tokens_file(tmp_path):
 def test_sharded_pytorch_bin_checkpoint_uses_its_weights(tmp_path):
     """A checkpoint saved as sharded pytorch_model-*.bin was once run with seeded weights."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    ).eval()
+    model = hf_gpt2()
     model.save_pretrained(tmp_path, safe_serialization=False, max_shard_size="20KB")
     assert (tmp_path / "pytorch_model.bin.index.json").exists()
     tokens = np.random.default_rng(0).integers(0, 300, size=(1, 16))
@@ -195,17 +181,17 @@ def test_sharded_pytorch_bin_checkpoint_uses_its_weights(tmp_path):
     assert rep["numerics"]["weights"].startswith("checkpoint")
 
 
-def test_config_only_directory_is_refused(tmp_path, tiny_ckpt):
+def test_config_only_directory_is_refused(tmp_path, gpt_tiny_ckpt):
     """A directory with config.json and no weight file once ran on seeded weights."""
-    (tmp_path / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    (tmp_path / "config.json").write_text((gpt_tiny_ckpt / "config.json").read_text())
     p = wse_sim("run", "--model", str(tmp_path), "--arch", "grid32", "--seq-len", "16")
     assert p.returncode == 2
     assert_one_line_error(p, "holds no weights", "model.safetensors", "config.json")
 
 
-def test_config_json_file_runs_seeded_and_says_so_first(tmp_path, tiny_ckpt):
+def test_config_json_file_runs_seeded_and_says_so_first(tmp_path, gpt_tiny_ckpt):
     cfg = tmp_path / "config.json"
-    cfg.write_text((tiny_ckpt / "config.json").read_text())
+    cfg.write_text((gpt_tiny_ckpt / "config.json").read_text())
     args = ["run", "--model", str(cfg), "--arch", "grid32", "--seq-len", "16"]
     p = wse_sim(*args, "--json", str(tmp_path / "r.json"))
     assert p.returncode == 0, p.stderr

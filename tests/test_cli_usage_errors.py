@@ -18,6 +18,13 @@ from gpt_workload.cli import main
         (["arch", "show"], "wse-sim arch show: error: the following arguments are required"),
         (["train", "--steps"], "argument --steps: expected one argument"),
         (["sweep", "x.toml", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["run", "--precision", "fp8"], "wse-sim run: error: argument --precision: invalid "
+         "choice: 'fp8' (choose from 'fp32', 'fp16', 'bf16')"),
+        (["train", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["generate", "--precision", "FP16"], "argument --precision: invalid choice: 'FP16'"),
+        (["plot", "heatmap", "--precision", "int8"], "argument --precision: invalid choice"),
+        (["kernel", "gemm", "--m", "2", "--k", "2", "--n", "2", "--precision", "x"],
+         "argument --precision: invalid choice: 'x'"),
     ],
 )
 def test_usage_error_is_one_line(capsys, argv, needle):

@@ -291,14 +291,14 @@ def test_property_only_config_errors(overrides: dict) -> None:
     """Arbitrary field values give a valid config or a one-line ConfigError, nothing else."""
     try:
         cfg = GPTConfig(**(_valid_kwargs() | overrides))
-    except ConfigError as err:
+    except ConfigError as err:  # an outcome too: refused in one line
         assert "\n" not in str(err)
-        return
-    for field in ("n_layer", "n_head", "d_model", "d_ff", "vocab_size", "n_positions"):
-        assert type(getattr(cfg, field)) is int and getattr(cfg, field) > 0
-    assert cfg.d_model % cfg.n_head == 0
-    assert math.isfinite(cfg.layer_norm_eps) and cfg.layer_norm_eps > 0
-    assert cfg.tie_embeddings is True
+    else:
+        for field in ("n_layer", "n_head", "d_model", "d_ff", "vocab_size", "n_positions"):
+            assert type(getattr(cfg, field)) is int and getattr(cfg, field) > 0
+        assert cfg.d_model % cfg.n_head == 0
+        assert math.isfinite(cfg.layer_norm_eps) and cfg.layer_norm_eps > 0
+        assert cfg.tie_embeddings is True
 
 
 # ---------------------------------------------------------------------------- HF config

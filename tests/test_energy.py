@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.mappings.gemm import gemm_plan
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from wse_sim.arch import load_arch
 from wse_sim.energy import (
     COMPONENTS,
@@ -116,7 +116,7 @@ def _gemm_program(arch, M, K, N, pr, pc, precision):
     cls = PEClass(0, pr * pc, plan.busy_cycles, plan.overhead_cycles, plan.flops)
     k = Kernel("gemm", "gemm", 0, 0, (cls,), "block", plan.transfers, flops=2.0 * M * K * N)
     cmap = np.zeros((pr, pc), dtype=np.int16)
-    prog = Program("gemm", pr, pc, precision, [k], [], {"block": cmap}, {"systems": 1})
+    prog = Program("gemm", pr, pc, precision, [k], [], {"block": cmap}, systems=1)
     prog.validate()
     return prog
 

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import lower_weight_streaming
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from wse_sim.arch import load_arch
 from wse_sim.fabric.collectives import collective_program
 from wse_sim.program import Program

@@ -267,7 +267,7 @@ def test_gemv_on_a_grid_wider_than_the_matrix_matches_the_full_fabric_order(rows
     result of reducing every PE's partial (zeros included) in the fabric's order, bit for
     bit, and gemv_partials still returns every row's partial."""
     from gpt_workload.generation.split import GemvSplit
-    from gpt_workload.kernels_decode import gemv_partials, gemv_split
+    from gpt_workload.kernels.decode import gemv_partials, gemv_split
 
     rng = np.random.default_rng(rows + cols)
     x = rng.standard_normal((3, 64)).astype(np.float32)

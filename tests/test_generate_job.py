@@ -26,14 +26,18 @@ def _param_bytes(cfg, s=2) -> int:
     return s * (L * (mats + 2 * d) + d + V * d)
 
 
-def test_resident_weights_cover_the_model_once():
-    """Every PE holds one tile of every matrix: the tiles over the wafer hold the model's
-    bytes, at most one tile row/column of rounding more."""
+@pytest.mark.parametrize("region", ["wafer", "auto", 360])
+def test_resident_weights_cover_the_model_once(region):
+    """Every PE of a region holds one tile of every matrix of the region's layers: the tiles
+    over the regions (the whole wafer, or the square regions) hold the model's bytes, at
+    most one tile row/column of rounding more."""
     cfg = resolve_model("llama-3-8b")
-    lay = make_layout(cfg, WSE2, precision="fp16", max_context=64)
-    w = lay.weight_bytes_per_pe(0)
-    per_pe = sum(v for k, v in w.items() if k != "embedding")
-    total = per_pe * WSE2.n_pe
+    lay = make_layout(cfg, WSE2, precision="fp16", max_context=64, region=region)
+    total = 0
+    for load in lay.region_loads(0):
+        w = lay.weight_bytes_per_pe(0, load)
+        total += sum(v for k, v in w.items() if k != "embedding") * lay.rows * lay.cols
+    assert sum(n for n, _, _ in lay.region_loads(0)) == cfg.n_layer
     want = _param_bytes(cfg)
     assert want <= total <= want * 1.25
 
@@ -66,9 +70,10 @@ def test_largest_context_x_batch_is_where_the_cache_stops_fitting():
     lay = make_layout(cfg, WSE2, precision="fp16", max_context=64)
     m = lay.sram(0)["max_context_x_batch"]
     assert m > 0
-    make_layout(cfg, WSE2, precision="fp16", max_context=int(0.9 * m))
+    knobs = dict(region=lay.region or "wafer", reduce=lay.reduce)  # the figure is this layout's
+    make_layout(cfg, WSE2, precision="fp16", max_context=int(0.9 * m), **knobs)
     with pytest.raises(FitError, match="K/V cache"):
-        make_layout(cfg, WSE2, precision="fp16", max_context=int(1.2 * m))
+        make_layout(cfg, WSE2, precision="fp16", max_context=int(1.2 * m), **knobs)
 
 
 def test_streaming_refuses_a_pipeline():

@@ -34,10 +34,13 @@ def plan_of(cfg, split: GemvSplit, kv: KVSplit) -> DecodePlan:
 
 
 #: WaferLLM's MeshGEMV on 4 x 4 PEs with line reductions, KV over 2 PEs; a 2 x 8 tree with
-#: the KV cache over 3 PEs (tree merge).
+#: the KV cache over 3 PEs (tree merge); a 9 x 5 MeshGEMV with the K-tree all-reduce.
 PLANS = {
     "mesh4x4-chain": (GemvSplit(4, 4, "chain"), KVSplit(2, 48, "chain")),
     "2x8-tree-kv3": (GemvSplit(2, 8, "tree"), KVSplit(3, 32, "tree")),
+    # WaferLLM's K-tree (two phases: 3 groups of 3 rows to their middles, then to the middle
+    # group's), the sum ending at row 4; the K/V merge over 9 PEs likewise
+    "mesh9x5-ktree": (GemvSplit(9, 5, "ktree", 2), KVSplit(9, 11, "ktree", 2)),
 }
 
 
@@ -85,13 +88,14 @@ def test_greedy_equals_hf_generate(models, family, plan_name):
 
 def test_plans_differ_by_rounding_only(models):
     cfg, w, prompts, _, _ = models["llama"]
-    a, b = (run_generation_numerics(cfg, w, prompts, 8, plan_of(cfg, *PLANS[n]))
-            for n in PLANS)  # fmt: skip
-    for i in range(len(prompts)):
-        np.testing.assert_array_equal(a.tokens[i], b.tokens[i])
-        # the prefill is the same; decode steps reduce in other orders
-        np.testing.assert_array_equal(a.logits[i][0], b.logits[i][0])
-        assert np.abs(a.logits[i] - b.logits[i]).max() <= 1e-5
+    a, *others = (run_generation_numerics(cfg, w, prompts, 8, plan_of(cfg, *PLANS[n]))
+                  for n in PLANS)  # fmt: skip
+    for b in others:
+        for i in range(len(prompts)):
+            np.testing.assert_array_equal(a.tokens[i], b.tokens[i])
+            # the prefill is the same; decode steps reduce in other orders
+            np.testing.assert_array_equal(a.logits[i][0], b.logits[i][0])
+            assert np.abs(a.logits[i] - b.logits[i]).max() <= 1e-5
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

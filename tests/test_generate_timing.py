@@ -32,7 +32,7 @@ def _line_program(pattern: str, rows: int, cols: int, n: float, compute: float =
     tr = line_transfer("t", pattern, p, lines, n, GRID.fabric)
     k = Kernel("k", "op", 0, 0, (PEClass(0, rows * cols, compute, 0.0, 0.0),), "m", (tr,),
                n_chunks=1)  # fmt: skip
-    return Program("lines", 32, 32, "fp16", [k], [], {"m": cmap}, {"layout": {}})
+    return Program("lines", 32, 32, "fp16", [k], [], {"m": cmap})
 
 
 @pytest.mark.parametrize("pattern", sorted(LINE_PATTERNS))

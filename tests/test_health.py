@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import hf_gpt2
 
 from gpt_workload import strict_json
 from gpt_workload.cli import main
-from gpt_workload.models import resolve_model
 from gpt_workload.health import (
     FORMAT_MAX,
     OVERFLOW_AT,
@@ -25,7 +25,8 @@ from gpt_workload.health import (
     rows_locator,
     tile_locator,
 )
-from gpt_workload.layout import TileLayout
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
+from gpt_workload.models import resolve_model
 from gpt_workload.precision import round_storage
 from gpt_workload.simulate import simulate
 from gpt_workload.training.loss_scale import DynamicLossScaler
@@ -59,12 +60,8 @@ def overflow_ckpt(tmp_path_factory):
     """GPT-2 (vocab 300, 2 layers, d 32, 4 heads) with layer 0's c_fc weight scaled to a
     largest |w| of 1e5; returns (directory, torch model)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    ).eval()
+    model = hf_gpt2()
     with torch.no_grad():
         w = model.transformer.h[0].mlp.c_fc.weight
         w.mul_(1e5 / w.abs().max())
@@ -330,13 +327,7 @@ def test_directory_without_weights_is_one_line(tmp_path, capsys):
 
 def test_sharded_safetensors_directory_is_a_checkpoint(tmp_path):
     """A directory with a sharded safetensors index counts as holding weights."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    ).save_pretrained(tmp_path, max_shard_size="20KB")
+    hf_gpt2().save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     rep = simulate(str(tmp_path), "grid32", seq_len=16, batch=2, fidelity="analytic")
     assert rep.numerics["weights"] == f"checkpoint {tmp_path}" and rep.notices == []

@@ -1,4 +1,4 @@
-"""Tests of gpt_workload.layout and gpt_workload.kernels.
+"""Tests of gpt_workload.mappings.weight_streaming.layout and gpt_workload.kernels.
 
 Each kernel is compared with a plain float64 NumPy implementation of the same math. The
 tolerances are a-priori error bounds derived from the float32 unit roundoff ``u = 2**-24`` and
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_workload import kernels as kn
-from gpt_workload.layout import TileLayout, qkv_column_permutation
+from gpt_workload.mappings.weight_streaming.layout import TileLayout, qkv_column_permutation
 from wse_sim.errors import ConfigError
 
 U = 2.0**-24  # float32 unit roundoff

@@ -1,4 +1,4 @@
-"""Decode kernels (:mod:`gpt_workload.kernels_decode`) against NumPy references: the tiled
+"""Decode kernels (:mod:`gpt_workload.kernels.decode`) against NumPy references: the tiled
 GEMV bit for bit against a float32 NumPy emulation of the same order and within rounding of
 float64 ``x @ W``; the split-KV attention against a float64 softmax reference with GQA."""
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from gpt_workload.generation.split import GemvSplit, KVSplit, bounds, combine_order
-from gpt_workload.kernels_decode import (
+from gpt_workload.generation.split import GemvSplit, KVSplit, bounds, combine_order, combine_root
+from gpt_workload.kernels.decode import (
     attention_decode,
     attention_partials,
     gemv_partials,
@@ -27,9 +27,9 @@ def _gemv_emulated(x, w, bias, split):
     for r in range(split.rows):
         for k in range(kb[r], kb[r + 1]):
             part[r] = part[r] + x[:, k : k + 1] * w[k][None, :]
-    for dst, src in combine_order(split.rows, split.reduce):
+    for dst, src in combine_order(split.rows, split.reduce, split.k):
         part[dst] = part[dst] + part[src]
-    y = part[0]
+    y = part[combine_root(split.rows, split.reduce, split.k)]
     return y if bias is None else y + bias
 
 
@@ -44,7 +44,8 @@ def _data(seed, B, K, N):
 @pytest.mark.parametrize(
     "split",
     [GemvSplit(1, 1), GemvSplit(4, 4), GemvSplit(2, 8, "tree"), GemvSplit(5, 3, "tree"),
-     GemvSplit(7, 1, "chain"), GemvSplit(1, 6)],
+     GemvSplit(7, 1, "chain"), GemvSplit(1, 6), GemvSplit(9, 4, "ktree"),
+     GemvSplit(13, 2, "ktree", 3)],
 )  # fmt: skip
 @pytest.mark.parametrize("seed", [0])
 def test_gemv_split_matches_emulation_bitwise(split, seed):
@@ -61,7 +62,7 @@ def test_gemv_split_matches_emulation_bitwise(split, seed):
 @settings(max_examples=25, deadline=None)
 @given(
     K=st.integers(1, 40), N=st.integers(1, 600), rows=st.integers(1, 9), cols=st.integers(1, 9),
-    reduce=st.sampled_from(["chain", "tree"]), seed=st.integers(0, 2**16),
+    reduce=st.sampled_from(["chain", "tree", "ktree"]), seed=st.integers(0, 2**16),
 )  # fmt: skip
 @example(K=3, N=1, rows=9, cols=9, reduce="tree", seed=0)  # more PEs than rows and columns
 def test_gemv_split_property(K, N, rows, cols, reduce, seed):
@@ -107,7 +108,8 @@ def _attention_ref(q, k, v, n_head, n_kv):
 @pytest.mark.parametrize("n", [1, 7, 50])
 @pytest.mark.parametrize(
     "split",
-    [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree")],
+    [KVSplit(1, 64), KVSplit(3, 17, "chain"), KVSplit(4, 13, "tree"), KVSplit(64, 1, "tree"),
+     KVSplit(9, 6, "ktree"), KVSplit(27, 2, "ktree", 3)],
 )
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])
 def test_attention_decode_matches_float64(n, split, heads):
@@ -168,7 +170,7 @@ def test_attention_decode_rejects_bad_heads():
 
 def test_parallel_kernels_give_the_serial_numbers(monkeypatch):
     """Above :data:`PARALLEL_MIN_MACS` the kernels run on all threads: same numbers."""
-    import gpt_workload.kernels_decode as kd
+    import gpt_workload.kernels.decode as kd
 
     x, w, b = _data(3, 2, 50, 700)
     rng = np.random.default_rng(3)

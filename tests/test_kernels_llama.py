@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload import reference as ref
 from gpt_workload.rope import RopeScaling
 
@@ -142,7 +142,7 @@ def test_bad_arguments() -> None:
 def test_tiled_rmsnorm_and_rotary_match_reference(interleaved: bool, rotary_dim: int) -> None:
     """The tile-layout forms on a head-per-PE layout (2 PEs x 2 heads, segments of 4 tokens,
     T = 21 so the last segment is padded) equal the float64 reference per token."""
-    from gpt_workload.layout import TileLayout
+    from gpt_workload.mappings.weight_streaming.layout import TileLayout
 
     rng = np.random.default_rng(6)
     n_seq, t, heads, dh = 2, 21, 4, 16

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.mappings.gemm import gemm_plan
 from gpt_workload.mappings.layer_pipelined import TICK_CHUNKS, summa_resident_closed_form
+from gpt_workload.models import resolve_model
 from gpt_workload.reference import reference_forward
 from gpt_workload.simulate import simulate
 from gpt_workload.weights import init_weights
@@ -61,11 +61,11 @@ def test_111m_runs_at_or_above_its_roofline():
 def test_pipeline_time_matches_its_closed_form(batch, micro):
     """(n_micro + n_stages - 1) ticks, each as long as the slowest active stage: per tick
     max(C, F) + min(C, F) / n + L over the active stages' compute, fabric and latency
-    (Program.meta['stages']); balanced stages give (n_micro + n_stages - 1) x tick."""
+    (Program.pipeline_stages); balanced stages give (n_micro + n_stages - 1) x tick."""
     cfg, arch = resolve_model("gpt-tiny"), load_arch("grid32")
     prog = parse_mapping(f"layer_pipelined:micro_batch={micro}").lower(cfg, arch, batch, 32, "fp16")
     prog.validate()
-    st = prog.meta["stages"]
+    st = prog.pipeline_stages
     S, n_micro = len(st), -(-batch // micro)
     assert len(prog.kernels) == n_micro + S - 1
     last_full = batch % micro == 0
@@ -74,17 +74,17 @@ def test_pipeline_time_matches_its_closed_form(batch, micro):
     for t in range(n_micro + S - 1):
         act = [s for s in range(S) if 0 <= t - s < n_micro]
         if not last_full and any(t - s == n_micro - 1 for s in act):
-            return  # a smaller last micro-batch: its stage terms are not in the meta
-        C = max(st[s]["compute_cycles"] for s in act)
-        F = max(st[s]["fabric_cycles"] for s in act)
-        L = max(st[s]["latency_cycles"] for s in act)
+            return  # a smaller last micro-batch: its stage terms are not in the Program
+        C = max(st[s].compute_cycles for s in act)
+        F = max(st[s].fabric_cycles for s in act)
+        L = max(st[s].latency_cycles for s in act)
         expected += max(C, F) + min(C, F) / n + L
     for run in (run_analytic, run_event):
         assert run(prog, arch).total_s == pytest.approx(expected / clk, rel=1e-9)
     # bounds of the GPipe closed form
-    tick = [max(s["compute_cycles"], s["fabric_cycles"]) for s in st]
+    tick = [max(s.compute_cycles, s.fabric_cycles) for s in st]
     assert expected <= (n_micro + S - 1) * max(
-        max(s["compute_cycles"], s["fabric_cycles"]) * (1 + 1 / n) + s["latency_cycles"] for s in st
+        max(s.compute_cycles, s.fabric_cycles) * (1 + 1 / n) + s.latency_cycles for s in st
     )
     assert expected >= sum(tick) + (n_micro - 1) * max(tick)
 
@@ -94,7 +94,7 @@ def test_balanced_stages_give_the_gpipe_closed_form():
     steady-state ticks equal, so n_micro ticks of the slowest stage bound the steady state."""
     cfg, arch = resolve_model("gpt-tiny"), load_arch("grid32")
     prog = parse_mapping("layer_pipelined:micro_batch=1").lower(cfg, arch, 8, 32, "fp16")
-    st = prog.meta["stages"]
+    st = prog.pipeline_stages
     S = len(st)
     res = run_analytic(prog, arch)
     steady = [kt.duration_s for kt in res.kernels[S - 1 : 8]]  # every stage active
@@ -196,7 +196,7 @@ def test_folded_column_multicast_equals_a_per_link_count(rows, nseg, P):
 def test_fold_changes_the_gemm_grid_and_off_keeps_the_band():
     """fold=on: GEMMs on a rows (cols // P) x P grid, cols % P columns idle; fold=off: the
     full band; both lower and validate."""
-    from gpt_workload.lowering import choose_P
+    from gpt_workload.mappings.weight_streaming.plan import choose_P
 
     cfg, arch = resolve_model("gpt-tiny"), load_arch("grid32")
     P = choose_P(cfg, arch.wafer.cols)
@@ -204,13 +204,13 @@ def test_fold_changes_the_gemm_grid_and_off_keeps_the_band():
     off = parse_mapping("layer_pipelined:fold=off").lower(cfg, arch, 4, 32, "fp16")
     for prog in (on, off):
         prog.validate()
-    assert on.meta["layout"]["gemm_grid_cols"] == P
-    assert on.meta["layout"]["segment_columns"] == arch.wafer.cols // P
-    assert on.meta["layout"]["active_pes"] == sum(on.meta["layout"]["rows_per_stage"]) * (
+    assert on.layout.pipeline.gemm_grid_cols == P
+    assert on.layout.pipeline.segment_columns == arch.wafer.cols // P
+    assert on.layout.active_pes == sum(on.layout.pipeline.rows_per_stage) * (
         arch.wafer.cols // P * P
     )
-    assert off.meta["layout"]["gemm_grid_cols"] == arch.wafer.cols
+    assert off.layout.pipeline.gemm_grid_cols == arch.wafer.cols
     # the weights are held once either way
     for prog in (on, off):
-        for st in prog.meta["stages"]:
-            assert st["sram_parts"]["weights"] * st["pes"] >= st["weight_bytes"]
+        for st in prog.pipeline_stages:
+            assert st.sram_parts["weights"] * st.pes >= st.weight_bytes

@@ -109,7 +109,7 @@ def test_gqa_kv_multicast_shrinks_by_group(name) -> None:
     arch = load_arch("wse3")
     ws = parse_mapping(f"weight_streaming:pes_per_segment={gqa.n_head}")
     pg, pm = (ws.lower(c, arch, 8, 2048, "fp16") for c in (gqa, mha))
-    lay = [{k: v for k, v in p.meta["layout"].items() if k != "layout_search"} for p in (pg, pm)]
+    lay = [dataclasses.replace(p.layout, search={}) for p in (pg, pm)]
     assert lay[0] == lay[1]
     group = gqa.n_head / gqa.n_kv_heads
     a, b = _kv_multicast(pg), _kv_multicast(pm)
@@ -128,7 +128,7 @@ def test_gqa_kv_multicast_uneven_split() -> None:
     arch = load_arch("wse3")
     ws = parse_mapping("weight_streaming:pes_per_segment=28")
     pg, pm = (ws.lower(c, arch, 8, 2048, "fp16") for c in (gqa, mha))
-    P = pg.meta["layout"]["pes_per_segment"]
+    P = pg.layout.pes_per_segment
     assert P == 28
     ratio = _kv_multicast(pm).max_link_bytes / _kv_multicast(pg).max_link_bytes
     assert ratio == pytest.approx((3584 // P) / -(-512 // P))

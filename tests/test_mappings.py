@@ -3,14 +3,16 @@ and logits that agree across mappings (same model numerics, different reduction 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from gpt_workload.cli import main
 from gpt_workload.config import GPTConfig
-from gpt_workload.models import resolve_model
-from gpt_workload.lowering import lower_weight_streaming
 from gpt_workload.mappings import MAPPINGS, parse_mapping
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.models import resolve_model
 from gpt_workload.precision import unit_roundoff
 from gpt_workload.reference import final_hidden, reference_forward
 from gpt_workload.simulate import simulate
@@ -82,17 +84,15 @@ def test_knob_combinations_that_do_not_fit():
 
 def test_default_mapping_is_the_lowering_bit_for_bit():
     """The default mapping is the lowering at the layout its search chose (the search and the
-    weight-delivery summary only add keys to ``meta['layout']``)."""
+    report-only search result goes in ``layout.search``)."""
     a = parse_mapping("weight_streaming").lower(TINY, GRID, 8, 64, "fp16")
-    lay = a.meta["layout"]
-    P, m = lay["pes_per_segment"], lay["tokens_per_segment"]
+    P, m = a.layout.pes_per_segment, a.layout.tokens_per_segment
     b = lower_weight_streaming(TINY, GRID, 8, 64, "fp16", P=P, m=m)
     assert a.kernels == b.kernels and a.name == b.name
-    added = {"layout_search", "weight_entry_bytes_per_s", "weight_entry_vs_ingress"}
-    assert {k: v for k, v in lay.items() if k not in added} == b.meta["layout"]
-    assert {k: v for k, v in a.meta.items() if k != "layout"} == {
-        k: v for k, v in b.meta.items() if k != "layout"
-    }
+    assert set(a.layout.search) == {"layout_search"} and b.layout.search == {}
+    assert dataclasses.replace(a.layout, search={}) == b.layout
+    da, db = a.describe(), b.describe()
+    assert da.pop("layout") != db.pop("layout") and da == db  # mapping, workload, systems
 
 
 @pytest.mark.parametrize("spec", WS_SPECS)
@@ -102,10 +102,10 @@ def test_valid_program_timed_by_both_backends(spec):
         b = mp.max_batch_single_micro(cfg, GRID, 64, "fp16")
         prog = mp.lower(cfg, GRID, b, 64, "fp16")
         prog.validate()
-        assert prog.meta["mapping"] == mp.spec
-        lay = prog.meta["layout"]
+        assert prog.mapping == mp.spec
+        lay = prog.layout
         same = lower_weight_streaming(
-            cfg, GRID, b, 64, "fp16", P=lay["pes_per_segment"], m=lay["tokens_per_segment"]
+            cfg, GRID, b, 64, "fp16", P=lay.pes_per_segment, m=lay.tokens_per_segment
         )
         # the default lowering counts K // P per PE (it drops d_ff % P columns of FFN down
         # when P does not divide d_ff: 320 % 6 here); the block GEMMs count K N / P exactly
@@ -195,7 +195,7 @@ def test_block_gemm_chunks_fit_and_cost_no_more_than_column_chunks(algorithm):
     from types import SimpleNamespace
 
     from gpt_workload.mappings.gemm import gemm_plan
-    from gpt_workload.mappings.weight_streaming import _BlockGemm
+    from gpt_workload.mappings.weight_streaming.variants import _BlockGemm
 
     arch = load_arch("wse2")
     P, pr, M, K, N = 8, 8, 48, 2048, 1024
@@ -226,7 +226,7 @@ def test_block_gemm_refuses_when_no_chunk_fits():
     """No cut fits a 1-byte budget: a one-line FitError naming the kernel and the bytes."""
     from types import SimpleNamespace
 
-    from gpt_workload.mappings.weight_streaming import _BlockGemm
+    from gpt_workload.mappings.weight_streaming.variants import _BlockGemm
 
     bld = SimpleNamespace(
         L=SimpleNamespace(P=4), cfg=TINY, precision="fp16", arch=load_arch("wse2")

@@ -117,6 +117,46 @@ def test_check_precision_message() -> None:
         check_precision("fp8")
 
 
+def test_precision_type_carries_the_format() -> None:
+    """wse_sim's Precision: sizes from the element types (NumPy, torch), ``u`` from their
+    machine epsilon, the arch fields it names exist, and it stands in for its name."""
+    from wse_sim.arch import load_arch
+    from wse_sim.precision import Precision
+
+    sizes = {"fp32": np.dtype(np.float32).itemsize, "fp16": np.dtype(np.float16).itemsize,
+             "bf16": torch.empty(0, dtype=torch.bfloat16).element_size()}  # fmt: skip
+    arch = load_arch("wse2")
+    for p in Precision:
+        assert Precision.parse(p.value) is p and Precision.parse(p) is p
+        assert p == p.value and hash(p) == hash(p.value) and f"{p}" == p.value
+        assert repr(p) == repr(p.value)
+        assert p.bytes_per_element == sizes[p.value]
+        assert p.unit_roundoff == unit_roundoff(p.value)
+        assert p.accumulation is Precision.FP32
+        assert arch.pe.fmac_per_cycle(p) == getattr(arch.pe, p.fmac_field)
+        assert arch.energy.fmac_pj(p) == getattr(arch.energy, p.fmac_energy_field)
+        assert check_precision(p.value) is p
+    with pytest.raises(ConfigError, match=r"^--precision='int8' is not supported; allowed: "):
+        Precision.parse("int8", "--precision")
+
+
+def test_precision_range_matches_the_element_types() -> None:
+    """max_finite is NumPy's / torch's finfo max; overflow_threshold is where rounding the
+    float32 value to the format gives inf (round_storage, NumPy's float16 cast)."""
+    from wse_sim.precision import Precision
+
+    fmax = {"fp32": np.finfo(np.float32).max, "fp16": np.finfo(np.float16).max,
+            "bf16": torch.finfo(torch.bfloat16).max}  # fmt: skip
+    for p in (Precision.FP16, Precision.BF16):
+        assert p.max_finite == float(fmax[p.value])
+        at = np.float32(p.overflow_threshold)
+        below = np.nextafter(at, np.float32(0))
+        assert float(at) == p.overflow_threshold  # exactly a float32
+        assert np.isinf(round_storage(np.array([at]), p.value))[0]
+        assert round_storage(np.array([below]), p.value)[0] == p.max_finite
+    assert Precision.FP32.max_finite == float(fmax["fp32"])
+
+
 def test_fp32_is_copy() -> None:
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     y = round_storage(x, "fp32")

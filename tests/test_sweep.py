@@ -1,4 +1,4 @@
-"""Sweeps: spec expansion and hashing, resumable part files, SIGKILL mid-write, a failing
+"""Sweeps: spec expansion and hashing, the resumable row journal, SIGKILL mid-write, a failing
 point, and the same table from a local Dask cluster, an external one (separate ``dask
 scheduler`` / ``dask worker`` processes on loopback) and a plain in-process run."""
 
@@ -14,18 +14,18 @@ import textwrap
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from gpt_workload.sweep import (
     METRICS,
-    PartStore,
+    RowStore,
     SweepSpec,
     load_spec,
     point_key,
     read_table,
     run_sweep,
 )
+from gpt_workload.sweep.store import journal_path
 from wse_sim.errors import ConfigError
 
 # 2 x 4 x 2 = 16 points; pe.sram_bytes=1000 is below the runtime's reservation -> error rows
@@ -186,11 +186,15 @@ def test_table_rows_failures_and_resume(reference, spec_file, tmp_path):
     res = run_sweep(spec_file, output=reference, workers=0, progress=lambda d, t: calls.append(d))
     assert (res.skipped, res.computed) == (N_POINTS, 0) and calls == [N_POINTS]
     assert read_table(reference).equals(table)
-    # a damaged part is dropped and recomputed
-    part = PartStore(reference.with_name(reference.name + ".parts")).path(spec.keys[3])
-    part.write_bytes(b"PAR1 not really parquet")
+    # a damaged row of the journal is dropped (the journal rewritten without it) and its
+    # point recomputed
+    journal = journal_path(reference)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == N_POINTS and json.loads(lines[3])["config_hash"] == spec.keys[3]
+    journal.write_bytes(b"".join(lines[:3] + [b'{"config_hash": "not really a row\n'] + lines[4:]))
     res = run_sweep(spec_file, output=reference, workers=0)
     assert res.computed == 1 and read_table(reference).equals(table)
+    assert len(journal.read_bytes().splitlines()) == N_POINTS
 
 
 def test_csv_on_request_and_extended_grid_reuses_rows(spec_file, reference, tmp_path):
@@ -219,7 +223,7 @@ def test_csv_on_request_and_extended_grid_reuses_rows(spec_file, reference, tmp_
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.store as sw
     from gpt_workload.cli import main
 
     stage, n = sys.argv[1], int(sys.argv[2])
@@ -227,8 +231,8 @@ DRIVER = textwrap.dedent(
     write_all = sw._write_all
 
     def dying_write(fh, data):
-        part = ".parts" in fh.name
-        if (stage == "part") == part:
+        row = fh.name.endswith(".rows")
+        if (stage == "row") == row:
             seen[0] += 1
             if seen[0] == n:  # half the bytes on disk, then kill -9 in the middle of writing
                 fh.write(data[: len(data) // 2])
@@ -243,10 +247,16 @@ DRIVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("stage", ["part", "table"])
+def _journal_rows(journal: Path) -> list[bytes]:
+    """The complete lines (rows) of a row journal."""
+    data = journal.read_bytes() if journal.exists() else b""
+    return data[: data.rfind(b"\n") + 1].splitlines()
+
+
+@pytest.mark.parametrize("stage", ["row", "table"])
 def test_sigkill_in_the_middle_of_writing(stage, spec_file, reference, tmp_path):
     out = tmp_path / "killed.parquet"
-    n = random.Random(6).randint(2, N_POINTS - 1) if stage == "part" else 1
+    n = random.Random(6).randint(2, N_POINTS - 1) if stage == "row" else 1
     args = ["sweep", str(spec_file), "-o", str(out), "--workers", "0", "--no-progress"]
     p = subprocess.run(
         [sys.executable, "-c", DRIVER, stage, str(n), *args],
@@ -255,18 +265,38 @@ def test_sigkill_in_the_middle_of_writing(stage, spec_file, reference, tmp_path)
         timeout=300,
     )
     assert p.returncode == -signal.SIGKILL, p.stderr
-    parts = out.with_name(out.name + ".parts")
-    done = sorted(parts.glob("*.parquet"))
-    assert len(done) == (n - 1 if stage == "part" else N_POINTS)
-    for f in done:  # every visible part is complete
-        assert pq.read_table(f).num_rows == 1
-    tmp_dir = parts if stage == "part" else out.parent
-    assert len(list(tmp_dir.glob(".*.tmp"))) == 1  # the half-written file, never visible
+    journal = journal_path(out)
+    data = journal.read_bytes()
+    done = _journal_rows(journal)
+    assert len(done) == (n - 1 if stage == "row" else N_POINTS)
+    for line in done:  # every complete line is a whole row
+        assert json.loads(line)["row"]["status"] in ("ok", "error")
+    if stage == "row":  # half a row after the last newline: a write cut short
+        assert not data.endswith(b"\n")
+    else:  # the table's half-written temporary file, never visible
+        assert data.endswith(b"\n") and len(list(out.parent.glob(".*.tmp"))) == 1
     assert not out.exists()
     res = run_sweep(spec_file, output=out, workers=0)
     assert res.skipped == len(done) and res.computed == N_POINTS - len(done)
     assert read_table(out).equals(read_table(reference))
-    assert not list(tmp_dir.glob(".*.tmp"))  # the dead writer's temporary file is gone
+    assert len(journal.read_bytes().splitlines()) == N_POINTS  # the cut-off row is gone
+    assert not list(out.parent.glob(".*.tmp"))  # the dead writer's temporary file is gone
+
+
+def test_one_journal_one_writer(tmp_path):
+    """Two sweeps of one output at once would interleave their rows: the second is refused
+    while the first holds the journal; rows written read back exactly (NaN included)."""
+    path = tmp_path / "t.parquet.rows"
+    row = dict.fromkeys(METRICS)
+    row.update(status="ok", simulated_time_s=0.1 + 0.2, mfu=float("nan"), batch_used=3)
+    with RowStore(path) as store:
+        store.write("k1", {"batch": 3}, row)
+        with pytest.raises(ConfigError, match="in use by another running sweep"):
+            RowStore(path)
+    with RowStore(path) as again:
+        got = again.rows["k1"]
+    assert got["simulated_time_s"] == 0.1 + 0.2 and got["batch_used"] == 3
+    assert got["mfu"] != got["mfu"] and got.keys() == row.keys()
 
 
 def _alive(pgid: int) -> bool:
@@ -281,7 +311,7 @@ def test_sigkill_at_a_random_point_of_a_dask_sweep(spec_file, reference, tmp_pat
     """kill -9 the whole sweep (driver and its local Dask cluster) once a random number of
     points has finished, rerun it, get the uninterrupted table."""
     out = tmp_path / "dask.parquet"
-    parts = out.with_name(out.name + ".parts")
+    journal = journal_path(out)
     k = random.Random(61).randint(1, N_POINTS - 2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt_workload.cli", "sweep", str(spec_file), "-o", str(out)]
@@ -293,7 +323,7 @@ def test_sigkill_at_a_random_point_of_a_dask_sweep(spec_file, reference, tmp_pat
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if parts.is_dir() and len(list(parts.glob("*.parquet"))) >= k:
+            if len(_journal_rows(journal)) >= k:
                 break
             time.sleep(0.002)
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -308,7 +338,7 @@ def test_sigkill_at_a_random_point_of_a_dask_sweep(spec_file, reference, tmp_pat
             break
         time.sleep(0.01)
     assert not _alive(proc.pid)
-    n_done = len(list(parts.glob("*.parquet")))
+    n_done = len(_journal_rows(journal))
     assert k <= n_done < N_POINTS
     p = wse_sim("sweep", str(spec_file), "-o", str(out), "--workers", "2", "--no-progress")
     assert p.returncode == 0, p.stderr
@@ -453,7 +483,7 @@ def test_output_suffix_and_format(spec_file, tmp_path):
     ):
         with pytest.raises(ConfigError, match=frag):
             run_sweep(spec, output=out, fmt=fmt, workers=0)
-    assert not (tmp_path / "y.parquet.parts").exists()
+    assert not (tmp_path / "y.parquet.rows").exists()
 
 
 def test_too_many_workers_is_refused():
@@ -497,7 +527,7 @@ def _server(reply: bytes | None):
 def test_scheduler_that_is_not_dask_fails_fast(reply, fragment):
     """A user's ``--scheduler`` at an HTTP server hung until killed; an address whose peer
     sent junk gave "out of host memory" (Dask read a garbage frame length)."""
-    from gpt_workload.sweep import _probe_scheduler
+    from gpt_workload.sweep.runner import _probe_scheduler
 
     addr, srv = _server(reply)
     t0 = time.monotonic()
@@ -528,7 +558,7 @@ def test_huge_grid_is_refused_before_expansion():
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize(
     "output, fragment",
-    [("newdir/", "names a directory"), ("/proc/x.parquet", "part files cannot be written")],
+    [("newdir/", "names a directory"), ("/proc/x.parquet", "row journal cannot be written")],
 )
 def test_output_that_is_not_a_writable_file(tmp_path, output, fragment):
     """``-o newdir/`` wrote a file named ``newdir``; ``/proc/x.parquet`` gave a raw errno
@@ -544,7 +574,7 @@ def test_scheduler_without_workers_is_refused(tmp_path, monkeypatch):
     failed scheduler check leaves no part files behind."""
     from distributed import LocalCluster
 
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.runner as sw
 
     monkeypatch.setattr(sw, "WORKER_WAIT_S", 1.0)
     spec = SweepSpec.from_dict({"base": {"fidelity": "analytic"}, "grid": {"batch": [1]}})
@@ -566,7 +596,7 @@ def test_a_cluster_that_loses_every_worker_stops_the_sweep(monkeypatch):
     """Every worker of an external cluster gone mid-sweep: nothing can finish, and the sweep
     waited forever; now it stops with one ClusterError line after LOST_WORKERS_S (finished
     points are kept by the caller, as for any cluster failure)."""
-    import gpt_workload.sweep as sw
+    import gpt_workload.sweep.runner as sw
 
     class AsCompleted:  # two futures finish, then nothing ever does
         def __init__(self):

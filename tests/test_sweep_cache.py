@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 
-from gpt_workload import sweep_cache
+from gpt_workload.sweep import cache as sweep_cache
 from gpt_workload.models import resolve_model
 from gpt_workload.mappings import parse_mapping
 from gpt_workload.sweep import SweepSpec, read_table, run_point, run_sweep
-from gpt_workload.sweep_cache import LoweringCache, load_arch_cached
+from gpt_workload.sweep.cache import LoweringCache, load_arch_cached
 from wse_sim.arch import load_arch
 from wse_sim.errors import FitError
 from wse_sim.timing.common import per_pe_maps
@@ -121,9 +121,38 @@ def test_searched_layout_is_keyed_by_the_io_rate_it_read() -> None:
     p2 = cache.lower(ws, cfg, slow, 1, 256, "fp16")
     assert p2 is not p1
     fresh = ws.lower(cfg, slow, 1, 256, "fp16")
-    assert p2.kernels == fresh.kernels and p2.meta == fresh.meta
+    assert p2.kernels == fresh.kernels and p2.describe() == fresh.describe()
     energy = base.with_overrides(["energy.fmac_fp16_pj=1.0"])
     assert cache.lower(ws, cfg, energy, 1, 256, "fp16") is p1
+    # the candidate layouts do not read the I/O rate: the second search lowered none of
+    # the candidates the first had lowered, and its result did not leak into p1's layout
+    assert cache.shared_hits >= p2.layout.search["layout_search"]["candidates"] // 2
+    assert p1.describe() == ws.lower(cfg, base, 1, 256, "fp16").describe()
+
+
+def test_searched_layout_rows_equal_uncached_rows(monkeypatch) -> None:
+    """A sweep of the default (searched) mapping over batch, SRAM and I/O rate: the same rows
+    with the shared candidate lowerings as with every point lowered afresh."""
+    spec = SweepSpec.from_dict(
+        {
+            "base": {"model": "cerebras-gpt-111m", "model.n_layer": 2, "seq_len": 512},
+            "grid": {
+                "batch": [2, 16],
+                "pe.sram_bytes": [32768, 49152],
+                "io.ingress_bytes_per_s": [40e9, 150e9, 600e9],
+            },
+        },
+        name="searched",
+    )
+    monkeypatch.setenv("WSE_SIM_SWEEP_CACHE", "0")
+    plain = [run_point(p) for p in spec.points]
+    monkeypatch.setenv("WSE_SIM_SWEEP_CACHE", "1")
+    cache = sweep_cache.worker_cache()
+    cache.clear()
+    shared = [run_point(p) for p in spec.points]
+    assert all(_same(a, b) for a, b in zip(plain, shared, strict=True))
+    assert all(r["status"] == "ok" for r in shared)
+    assert cache.misses == len(spec.points) and cache.shared_hits > cache.shared_misses
 
 
 def test_errors_are_cached_with_their_message() -> None:
@@ -146,7 +175,7 @@ def test_stateful_mapping_is_not_cached() -> None:
     arch = load_arch("grid32")
     a = parse_mapping("auto:candidates=weight_streaming+layer_pipelined")
     pa = cache.lower(a, cfg, arch, 2, 64, "fp16")
-    assert a.chosen is not None and "mapping_search" in pa.meta["layout"]
+    assert a.chosen is not None and "mapping_search" in pa.layout.search
     b = parse_mapping("auto:candidates=weight_streaming+layer_pipelined")
     cache.lower(b, cfg, arch, 2, 64, "fp16")
     assert b.chosen is not None and cache.hits == 0 and cache.uncacheable == 2

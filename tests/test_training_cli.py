@@ -47,7 +47,6 @@ def test_train_text_and_systems(tmp_path, capsys):
         (["--systems", "1000"], "systems"),
         (["--model", "no-such-model"], "no-such-model"),
         (["--batch", "2", "--systems", "4"], "batch"),
-        (["--precision", "fp8"], "fp8"),
         (["--fidelity", "packet"], "fidelity"),
         (["--tokens", "/no/such/file.txt"], "--tokens"),
         (["--numerics-steps", "5", "--steps", "3"], "numerics_steps"),

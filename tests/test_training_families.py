@@ -291,7 +291,7 @@ def test_train_llama_checkpoint_lowers_the_loss_on_a_repeated_text(tmp_path, cap
 
 @pytest.mark.parametrize(
     ("array", "word"),
-    [(np.zeros((2, 8), np.float32), "holds float32"),
+    [(np.zeros((2, 8), np.float32), "dtype float32"),
      (np.zeros(8, np.int64), "2-D"),
      (np.full((2, 8), 97), "id 97"),
      (np.zeros((2, 65), np.int64), "T=65"),
@@ -316,25 +316,6 @@ def test_text_and_tokens_together_are_refused(tiny_checkpoints) -> None:
     with pytest.raises(ConfigError, match="text and tokens"):
         train(str(tiny_checkpoints["llama"][0]), "grid32", text="t.txt",
               tokens=np.zeros((1, 4), np.int64))  # fmt: skip
-
-
-def test_graph_walk_of_gpt2_matches_the_gpt2_training_backward() -> None:
-    """The same graph walk runs gpt2 (fused Q|K|V split, learned positions, tied head): its
-    loss and gradients equal those of :mod:`gpt_workload.training.backward`, the layer
-    written by hand (fp32; the two attention kernels sum in different orders)."""
-    from gpt_workload.config import TEST_PRESETS
-    from gpt_workload.training.backward import forward_backward
-    from gpt_workload.weights import init_weights
-
-    cfg = TEST_PRESETS["gpt-tiny"]
-    w = init_weights(cfg, seed=12)
-    tok = _tokens(cfg.vocab_size, 2, 16, seed=13)
-    loss, g, _ = graph_forward_backward(cfg, w, tok)
-    ref_loss, ref, _ = forward_backward(cfg, w, tok)
-    assert loss == pytest.approx(ref_loss, rel=1e-6)
-    for (n, a), (m, b) in zip(g.named_arrays(), ref.named_arrays(), strict=True):
-        assert n == m
-        assert _scaled_err(a, b.astype(np.float64)) <= 1e-5, n
 
 
 def test_fp16_forward_overflow_is_located_at_its_op() -> None:

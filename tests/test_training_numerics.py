@@ -19,7 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gpt_workload.config import GPTConfig, to_hf_dict
 from gpt_workload.precision import unit_roundoff
-from gpt_workload.training.backward import forward_backward
+from gpt_workload.training.backward_graph import graph_forward_backward
 from gpt_workload.training.loss_scale import DynamicLossScaler
 from gpt_workload.training.optim import (
     AdamWConfig,
@@ -81,7 +81,7 @@ def _hf_grads(model: GPT2LMHeadModel, tokens: np.ndarray) -> tuple[float, dict]:
 def _fb(cfg: GPTConfig, precision: str, recompute: bool):
     w = init_weights(cfg, seed=1)
     tok = _tokens(cfg, 3, 17)
-    return w, tok, forward_backward(cfg, w, tok, precision=precision, recompute=recompute)
+    return w, tok, graph_forward_backward(cfg, w, tok, precision=precision, recompute=recompute)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_power_of_two_loss_scale_scales_gradients_exactly() -> None:
     # Multiplying by 2**k is exact in binary floating point (no overflow/underflow here), so
     # the scaled gradients are exactly 2**k times the unscaled ones.
     w, tok, (loss, g1, _) = _fb(CFG_A, "fp32", False)
-    loss_s, gs, finite = forward_backward(CFG_A, w, tok, loss_scale=2.0**12)
+    loss_s, gs, finite = graph_forward_backward(CFG_A, w, tok, loss_scale=2.0**12)
     assert finite and loss_s == loss
     for (n, a), (_, b) in zip(g1.named_arrays(), gs.named_arrays(), strict=True):
         np.testing.assert_array_equal(a * np.float32(2.0**12), b, err_msg=n)
@@ -137,7 +137,7 @@ def test_bf16_gradients_close_to_fp32() -> None:
 def test_gradient_accumulation_equals_full_batch() -> None:
     w = init_weights(CFG_A, seed=2)
     tok = _tokens(CFG_A, 4, 20, seed=3)
-    loss, full, _ = forward_backward(CFG_A, w, tok)
+    loss, full, _ = graph_forward_backward(CFG_A, w, tok)
     loss2, acc, finite = accumulate_gradients(CFG_A, w, tok, grad_accum_steps=2)
     assert finite
     assert loss2 == pytest.approx(loss, rel=1e-12)
@@ -327,21 +327,21 @@ def test_bad_inputs_give_one_line_errors() -> None:
     bad_w = copy.deepcopy(w)
     bad_w.layers[1].fc_w[3, 4] = np.nan
     with pytest.raises(CheckpointError) as e:
-        forward_backward(CFG_B, bad_w, tok)
+        graph_forward_backward(CFG_B, bad_w, tok)
     _one_line(e, "h.1.mlp.c_fc.weight", "NaN")
     bad_tok = tok.copy()
     bad_tok[1, 2] = 256
     with pytest.raises(ConfigError) as e:
-        forward_backward(CFG_B, w, bad_tok)
+        graph_forward_backward(CFG_B, w, bad_tok)
     _one_line(e, "tokens", "256", "vocab_size=256")
     with pytest.raises(ConfigError) as e:
-        forward_backward(CFG_B, w, tok[:, :1])
+        graph_forward_backward(CFG_B, w, tok[:, :1])
     _one_line(e, "tokens", "T=1")
     with pytest.raises(ConfigError) as e:
-        forward_backward(CFG_B, w, tok, precision="fp8")
+        graph_forward_backward(CFG_B, w, tok, precision="fp8")
     _one_line(e, "precision", "fp8")
     with pytest.raises(ConfigError) as e:
-        forward_backward(CFG_B, w, tok, loss_scale=float("inf"))
+        graph_forward_backward(CFG_B, w, tok, loss_scale=float("inf"))
     _one_line(e, "loss_scale", "inf")
     for field, value in [
         ("lr", -1.0),

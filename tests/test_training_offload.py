@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from gpt_workload.mappings.weight_streaming.plan import plan_layout
 from gpt_workload.models import parse_hf_dict, resolve_model
 from gpt_workload.training.activations import layer_memory
-from gpt_workload.lowering import plan_layout
 from gpt_workload.training.lowering import lower_training, plan_training, policy_needs
 from gpt_workload.training.train import time_training_step, train
 from tests.conftest import TINY_HF_CONFIGS
@@ -46,9 +46,26 @@ def closed_form_train_flops(cfg, batch: int, T: int) -> float:
     return 6 * n_mat * batch * T + 3 * 4 * H * dh * pairs * cfg.n_layer
 
 
-def model_flops(prog) -> float:
-    """FLOPs of the program's kernels that are not recomputation."""
-    return sum(k.flops for k in prog.kernels if "recompute" not in k.name)
+def model_flops(prog, phases=("forward", "backward")) -> float:
+    """FLOPs of the program's kernels of ``phases`` (default: all but recomputation)."""
+    return sum(k.flops for k in prog.kernels if k.phase in phases)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_kernel_phases_split_the_step_as_forward_and_backward(family):
+    """A kernel's phase is a typed field set by the lowering: the forward kernels carry one
+    third of the step's closed-form model FLOPs (2 N + attention per token), the backward ones
+    two thirds; with recomputation the recompute kernels redo forward work only."""
+    cfg = tiny(family, vocab_size=96)
+    batch, T = 4, 64
+    prog = lower_training(cfg, GRID32, batch, T, "fp16", checkpoint_offload="on")
+    prog.validate()
+    want = closed_form_train_flops(cfg, batch, T)
+    assert model_flops(prog, ("forward",)) == pytest.approx(want / 3, rel=1e-9)
+    assert model_flops(prog, ("backward",)) == pytest.approx(2 * want / 3, rel=1e-9)
+    rec = [k for k in prog.kernels if k.phase == "recompute"]
+    assert rec and all(k.op.endswith(("_recompute", "_recompute_bwd")) for k in rec)
+    assert 0 < model_flops(prog, ("recompute",)) <= want / 3
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gptj", "llama", "qwen2"])
@@ -60,7 +77,7 @@ def test_training_flops_match_the_closed_form(family, policy):
     cfg = tiny(family, vocab_size=96)
     batch, T = 4, 64
     prog = lower_training(cfg, GRID32, batch, T, "fp16", checkpoint_offload=policy)
-    assert prog.meta["micro_batches"] == len(prog.meta["simulated_micro_batches"])
+    assert prog.workload.micro_batches == len(prog.training.simulated_micro_batches)
     want = closed_form_train_flops(cfg, batch, T)
     assert model_flops(prog) == pytest.approx(want, rel=1e-9)
 
@@ -92,8 +109,8 @@ def test_offload_time_is_at_least_its_io_bound(fidelity):
     for egress in (150e9, 2e8):
         arch = GRID32.with_overrides([f"io.egress_bytes_per_s={egress!r}"])
         stp = time_training_step(cfg, arch, batch, T, "fp16", 1, fidelity, "on")
-        plan = stp.program.meta["training"]
-        assert plan["activations"] == "offload"
+        plan = stp.program.training.plan
+        assert stp.program.training.activations == plan["activations"] == "offload"
         ckpt = cfg.n_layer * batch * T * cfg.d_model * s
         assert plan["checkpoint_offload"]["bytes_out_per_step"] == ckpt
         # every parameter's gradient leaves once per micro-batch, at least
@@ -130,9 +147,10 @@ def test_sram_per_pe_never_exceeds_capacity(family, sram_kib, batch, mode):
     try:
         prog = lower_training(cfg, arch, batch, 64, "fp16", checkpoint_offload=mode)
     except FitError:
-        return  # nothing fits: refused in one line, nothing to account
+        prog = None
+    assume(prog is not None)  # nothing fits: refused in one line, nothing to account
     usable = arch.pe.sram_usable_bytes
-    t = prog.meta["training"]
+    t = prog.training.plan
     assert t["sram_need_bytes"] <= usable
     assert t["sram_need_by_policy_bytes"][t["activations"]] == t["sram_need_bytes"]
     assert max(k.sram_bytes for k in prog.kernels) <= usable
@@ -186,10 +204,10 @@ def test_offload_bytes_reported_per_step():
     cfg = dataclasses.replace(resolve_model("gpt-tiny"), n_layer=3)
     on = lower_training(cfg, GRID32, 8, 128, "fp16", checkpoint_offload="on")
     off = lower_training(cfg, GRID32, 8, 128, "fp16", checkpoint_offload="off")
-    assert on.meta["micro_batches"] == off.meta["micro_batches"] == 1
+    assert on.workload.micro_batches == off.workload.micro_batches == 1
     ck = 3 * 8 * 128 * cfg.d_model * 2
-    assert on.meta["checkpoint_bytes_simulated"] == ck
-    assert off.meta["checkpoint_bytes_simulated"] == 0
+    assert on.training.checkpoint_bytes_simulated == ck
+    assert off.training.checkpoint_bytes_simulated == 0
     assert on.weight_bytes_streamed - off.weight_bytes_streamed == ck
     assert on.grad_bytes_streamed - off.grad_bytes_streamed == ck
 
@@ -210,8 +228,8 @@ def test_a_sequence_too_big_for_one_pass_is_split(family):
     assert p.passes > 1 and p.pass_tokens * p.passes >= 64 and p.n_micro == 2 * p.passes
     assert 64 % p.passes == 0  # then the passes are exact and so are the FLOPs
     prog = lower_training(cfg, arch, 2, 64, "fp16")
-    n_sim = len(prog.meta["simulated_micro_batches"])
+    n_sim = len(prog.training.simulated_micro_batches)
     assert model_flops(prog) * p.n_micro / n_sim == pytest.approx(
         closed_form_train_flops(cfg, 2, 64), rel=1e-9)
     kv_out = cfg.n_layer * p.pass_tokens * 2 * cfg.kv_dim * 2
-    assert prog.meta["cross_pass_bytes_simulated"] == n_sim * kv_out
+    assert prog.training.cross_pass_bytes_simulated == n_sim * kv_out

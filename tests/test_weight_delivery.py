@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_workload.head_split import (
+from gpt_workload.kernels import attention_tiled
+from gpt_workload.kernels.split_heads import attention_split, attention_split_tiled
+from gpt_workload.mappings import parse_mapping
+from gpt_workload.mappings.weight_streaming.head_split import (
     allowed_pes_per_segment,
     io_pes_per_segment,
     pes_per_head,
     weight_entry_bytes_per_s,
 )
-from gpt_workload.kernels import attention_tiled
-from gpt_workload.kernels_split import attention_split, attention_split_tiled
-from gpt_workload.layout import TileLayout
-from gpt_workload.mappings import parse_mapping
+from gpt_workload.mappings.weight_streaming.layout import TileLayout
 from gpt_workload.models import load_checkpoint, resolve_model
 from gpt_workload.simulate import simulate
 from wse_sim.arch import load_arch
@@ -53,9 +53,9 @@ def test_io_layout_absorbs_the_ingress_rate(model, arch) -> None:
     prog = parse_mapping("weight_streaming:pes_per_segment=io").lower(
         dataclasses.replace(cfg, n_layer=1), a, 1, 256, "fp16"
     )
-    lay = prog.meta["layout"]
-    assert lay["pes_per_segment"] == P and lay["pes_per_head"] == pes_per_head(cfg, P)
-    assert weight_entry_bytes_per_s(a, lay["pes_per_segment"]) >= target
+    lay = prog.layout
+    assert lay.pes_per_segment == P and lay.pes_per_head == pes_per_head(cfg, P)
+    assert weight_entry_bytes_per_s(a, lay.pes_per_segment) >= target
 
 
 @pytest.mark.parametrize("model,arch", [("cerebras-gpt-111m", "wse2"), ("gpt-j-6b", "wse3")])
@@ -64,11 +64,11 @@ def test_auto_layout_absorbs_the_ingress_rate_when_io_bound(model, arch) -> None
     at >= min(io rate, what the widest allowed segment allows)."""
     cfg, a = dataclasses.replace(resolve_model(model), n_layer=2), load_arch(arch)
     prog = parse_mapping("weight_streaming").lower(cfg, a, 1, 256, "fp16")
-    lay = prog.meta["layout"]
+    lay = prog.layout
     widest = allowed_pes_per_segment(cfg, a.wafer.cols)[-1]
     target = min(a.io.ingress_bytes_per_s, _entry_closed_form(a, widest))
-    assert _entry_closed_form(a, lay["pes_per_segment"]) >= target
-    assert lay["pes_per_segment"] > cfg.n_head and lay["layout_search"]["fitted"] > 1
+    assert _entry_closed_form(a, lay.pes_per_segment) >= target
+    assert lay.pes_per_segment > cfg.n_head and lay.search["layout_search"]["fitted"] > 1
 
 
 def test_search_keeps_the_fastest_candidate() -> None:
@@ -118,7 +118,7 @@ def test_split_kernel_with_one_pe_per_head_is_attention_tiled(seed) -> None:
     H, dh, T, m, K = 4, 8, 13, 4, 2
     tl = TileLayout(n_seq=K, seq_len=T, m=m, P=H)
     qkv = rng.standard_normal((K, T, 3 * H * dh)).astype(np.float32)
-    from gpt_workload.layout import qkv_column_permutation
+    from gpt_workload.mappings.weight_streaming.layout import qkv_column_permutation
 
     tiles = tl.to_tiles(qkv[:, :, qkv_column_permutation(H, dh, H)])
     a = attention_tiled(tiles, tl.segs_per_seq, T, 0.3, tl.empty_tiles(H * dh), d_head=dh)
@@ -190,7 +190,7 @@ def test_split_heads_sram_holds_the_received_scores() -> None:
     Q|K|V, the output (m x d/P each, 3 d/P for QKV), two K/V blocks (m x 2 d/P), the m x m
     fp32 scores, 3 m fp32 softmax statistics, and, split heads only, the m x m fp32 partial
     scores received from the head's previous PE; plus the weight buffers' share."""
-    from gpt_workload.lowering import _weight_buffer_share
+    from gpt_workload.mappings.weight_streaming.plan import _weight_buffer_share
 
     cfg, a = resolve_model("gpt-tiny"), load_arch("grid32")
     prog = parse_mapping("weight_streaming:pes_per_segment=8,tokens_per_segment=4").lower(
@@ -246,11 +246,11 @@ def test_packet_times_split_heads_llama(tiny_checkpoints) -> None:
 def test_heads_is_the_classic_layout_and_the_report_gives_the_entry_rate() -> None:
     """``pes_per_segment=heads``: P = n_head at the widest spread, not searched; the report's
     layout gives the segment's entry rate (closed form) and its ratio to the ingress rate."""
-    from gpt_workload.lowering import lower_weight_streaming
+    from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 
     cfg, a = resolve_model("gpt-tiny"), load_arch("grid32")
     prog = parse_mapping("weight_streaming:pes_per_segment=heads").lower(cfg, a, 2, 32, "fp16")
-    assert "layout_search" not in prog.meta["layout"]
+    assert "layout_search" not in prog.layout.search
     assert prog.kernels == lower_weight_streaming(cfg, a, 2, 32, "fp16").kernels
     rep = simulate("gpt-tiny", "grid32", mapping="weight_streaming:pes_per_segment=8",
                    fidelity="analytic", batch=2, seq_len=32, check_sequences=0)  # fmt: skip

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import save_gpt_tiny
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gpt_workload.config import PRESETS, to_hf_dict
@@ -238,7 +239,7 @@ def test_bf16_safetensors(tmp_path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "header"])
 def test_corrupt_safetensors(tmp_path, damage: str) -> None:
-    save_safetensors(TINY, init_weights(TINY, seed=0), tmp_path)
+    save_gpt_tiny(tmp_path)
     path = tmp_path / "model.safetensors"
     data = path.read_bytes()
     if damage == "truncate":
@@ -303,7 +304,7 @@ def test_checkpoint_dir_problems(tmp_path) -> None:
 
 
 def test_bad_config_json_in_checkpoint(tmp_path) -> None:
-    save_safetensors(TINY, init_weights(TINY, seed=0), tmp_path)
+    save_gpt_tiny(tmp_path)
     (tmp_path / "config.json").write_text("{oops")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_checkpoint(tmp_path)
@@ -313,7 +314,7 @@ def test_bad_config_json_in_checkpoint(tmp_path) -> None:
 
 
 def test_config_weights_mismatch(tmp_path) -> None:
-    save_safetensors(TINY, init_weights(TINY, seed=0), tmp_path)
+    save_gpt_tiny(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(to_hf_dict(TINY) | {"n_layer": 3}))
     with pytest.raises(CheckpointError, match=r"missing tensor h\.2\."):
         load_checkpoint(tmp_path)

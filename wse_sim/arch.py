@@ -23,17 +23,12 @@ from typing import Any
 
 from wse_sim.energy_units import field_unit, is_bare_number, parse_number, parse_quantity
 from wse_sim.errors import ConfigError
+from wse_sim.precision import Precision
 
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-
-PRECISION_FMAC_FIELD = {
-    "fp16": "fmac_fp16_per_cycle",
-    "bf16": "fmac_bf16_per_cycle",
-    "fp32": "fmac_fp32_per_cycle",
-}
 
 
 def _f(lo: float, hi: float, doc: str, *, lo_open: bool = False) -> Any:
@@ -96,7 +91,7 @@ def _check_fmac_rates(pe: Any) -> None:
     silicon against an 8-wide SIMD, K3 of ``shared/reference/measured.md``), so any positive
     value is accepted (the range check of the field bounds it); energy counts one lane-op
     per FMA either way (busy cycles x rate = MACs)."""
-    for name in ("fmac_fp16_per_cycle", "fmac_bf16_per_cycle", "fmac_fp32_per_cycle"):
+    for name in (p.fmac_field for p in (Precision.FP16, Precision.BF16, Precision.FP32)):
         v = getattr(pe, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ConfigError(
@@ -139,11 +134,7 @@ class PEConfig:
         Raises:
             ConfigError: unknown precision.
         """
-        if precision not in PRECISION_FMAC_FIELD:
-            raise ConfigError(
-                f"precision={precision!r} is not supported; allowed: fp32, fp16, bf16"
-            )
-        return float(getattr(self, PRECISION_FMAC_FIELD[precision]))
+        return float(getattr(self, Precision.parse(precision).fmac_field))
 
     def flops_per_cycle(self, precision: str) -> float:
         """Peak FLOP per cycle of one PE: 2 FLOP per FMAC (multiply + add)."""
@@ -245,12 +236,7 @@ class EnergyConfig:
         Raises:
             ConfigError: unknown precision.
         """
-        key = {"fp16": "fmac_fp16_pj", "bf16": "fmac_bf16_pj", "fp32": "fmac_fp32_pj"}
-        if precision not in key:
-            raise ConfigError(
-                f"precision={precision!r} is not supported; allowed: fp32, fp16, bf16"
-            )
-        return float(getattr(self, key[precision]))
+        return float(getattr(self, Precision.parse(precision).fmac_energy_field))
 
 
 LEVELS: dict[str, type] = {

@@ -28,7 +28,7 @@ sources and process nodes in the presets). Components (joules):
   edge link where MemoryX weights enter a column as a hop, the packet engine does not
   (a few % of the hops).
 * **io**: bytes over the MemoryX links (weights in, gradients out) x
-  ``memoryx_io_pj_per_byte``; a data-parallel training program (``meta["systems"] = S``)
+  ``memoryx_io_pj_per_byte``; a data-parallel training program (``Program.systems = S``)
   adds those bytes x ``swarmx_io_pj_per_byte`` x ``ceil(log2 S)`` tree levels, per system.
 * **static**: ``static_pe_w`` x PEs of the grid (leakage + clock of the wafer, whether
   busy or not) plus ``system_static_w`` (the system's non-wafer parts) x simulated time.
@@ -50,12 +50,13 @@ from typing import Any
 import numpy as np
 
 from wse_sim.arch import ArchConfig
+from wse_sim.precision import Precision
 from wse_sim.program import Kernel, Program
 from wse_sim.timing.common import TimingResult, swarmx_depth
 
 COMPONENTS = ("compute", "sram", "fabric", "io", "static")
 WAVELET_BYTES = 4.0  # 32-bit wavelet payload [HPDC24]
-ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0}
+ELEMENT_BYTES = {p.value: float(p.bytes_per_element) for p in Precision}
 PJ = 1e-12
 
 # Published figures the default run is held beside (shared/reference/wse_hardware.md, energy.md)
@@ -117,7 +118,7 @@ def io_pj_per_byte(program: Program, arch: ArchConfig) -> float:
     """Energy of one byte over the off-wafer links, pJ: MemoryX plus, for ``S > 1`` systems,
     one SwarmX link per tree level."""
     e = arch.energy
-    s = int(program.meta.get("systems", 1))
+    s = program.systems
     return e.memoryx_io_pj_per_byte + e.swarmx_io_pj_per_byte * swarmx_depth(s)
 
 

@@ -7,18 +7,18 @@ Per op kind (the graph of :func:`gpt_workload.models.build_graph`; activations a
 * ``embedding`` / ``position_add``: ``wte[token]`` (+ ``wpe[position]``), as
   :func:`gpt_workload.kernels.embed_tiled`.
 * ``norm``: :func:`gpt_workload.kernels.layernorm_tiled` or
-  :func:`gpt_workload.kernels_llama.rmsnorm_tiled` on ``[B, 1, 1, d]`` tiles (the feature
+  :func:`gpt_workload.kernels.rmsnorm_tiled` on ``[B, 1, 1, d]`` tiles (the feature
   sums in ascending order).
-* ``linear`` and ``lm_head``: :func:`gpt_workload.kernels_decode.gemv_split`, tiled as
+* ``linear`` and ``lm_head``: :func:`gpt_workload.kernels.decode.gemv_split`, tiled as
   ``plan.split_of(op.name)`` says (the LM head's matrix is ``head.T``, ``[d, V]``).
 * ``split`` (GPT-2's fused Q|K|V): column blocks.
-* ``rotary``: :func:`gpt_workload.kernels_llama.rotary_fwd` of each row at its request's
-  position (the cos/sin tables of the prefill, :func:`kernels_llama.rotary_tables_f32`).
+* ``rotary``: :func:`gpt_workload.kernels.rotary_fwd` of each row at its request's
+  position (the cos/sin tables of the prefill, :func:`kernels.rotary_tables_f32`).
 * ``attention``: the new K and V rows appended to each request's cache, then
-  :func:`gpt_workload.kernels_decode.attention_decode` over the cache as ``plan.kv`` spreads
+  :func:`gpt_workload.kernels.decode.attention_decode` over the cache as ``plan.kv`` spreads
   it (GQA: K/V heads shared by their query heads).
 * ``activation``, ``mul``, ``add``: :func:`kernels.gelu_tiled`, SiLU as
-  :func:`kernels_llama.swiglu_fwd` with a unit ``up``, float32 products and
+  :func:`kernels.swiglu_fwd` with a unit ``up``, float32 products and
   :func:`kernels.add_tiled` (in the graph's operand order), as the prefill numerics
   (:mod:`gpt_workload.numerics_graph`).
 
@@ -32,11 +32,11 @@ from __future__ import annotations
 import numpy as np
 
 from gpt_workload import kernels as kn
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.split import DecodePlan
 from gpt_workload.graph import Op
-from gpt_workload.kernels_decode import attention_decode, gemv_split, numba_threads
+from gpt_workload.kernels.decode import attention_decode, gemv_split, numba_threads
 from gpt_workload.models import build_graph
 from gpt_workload.precision import round_storage
 from wse_sim.errors import ConfigError
@@ -110,7 +110,7 @@ class Decoder:
 
         The small per-token kernels run on one Numba thread (a parallel launch would cost
         more than their work); the large products go parallel
-        (:data:`gpt_workload.kernels_decode.PARALLEL_MIN_MACS`)."""
+        (:data:`gpt_workload.kernels.decode.PARALLEL_MIN_MACS`)."""
         with numba_threads(1):
             return self._step(tokens, states)
 

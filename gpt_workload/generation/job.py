@@ -33,15 +33,17 @@ import time
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.requests import load_tokenizer, make_requests
-from gpt_workload.generation.timing import BACKENDS, StepTimer, step_bound
+from gpt_workload.generation.timing import StepTimer, step_bound
 from gpt_workload.mappings.resident import make_layout
 from gpt_workload.precision import check_precision
 from gpt_workload.report import Report
-from gpt_workload.simulate import _int_arg, resolve_model_and_weights
+from gpt_workload.simulate import resolve_model_and_weights
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError
+from wse_sim.timing import BACKENDS
 
 __all__ = ["SAMPLINGS", "generate", "numerics_available"]
 
@@ -71,7 +73,9 @@ def generate(
     systems: int | str = 1,
     placement: str = "resident",
     gemv: str = "mesh",
-    reduce: str = "tree",
+    reduce: str = "auto",
+    region: int | str = "auto",
+    ktree_k: int = 2,
     precision: str = "fp16",
     fidelity: str = "event",
     check_requests: int = 0,
@@ -95,7 +99,10 @@ def generate(
             prompt only the output lengths vary.
         systems: wafers in the pipeline, or ``"auto"`` (the fewest that hold the model).
         placement: ``resident`` (weights in SRAM) or ``streaming`` (from MemoryX each step).
-        gemv, reduce: decode layout knobs (``mesh``/``rowcol``, ``tree``/``chain``).
+        gemv, reduce: decode layout knobs (``mesh``/``rowcol``; ``tree``/``chain``/``ktree``
+            or ``auto``); region: ``auto`` (searched by the analytic step time), ``wafer``
+            (the whole grid) or a square side ``P``; ktree_k: phases of the K-tree
+            (:func:`gpt_workload.mappings.resident.make_layout`).
         fidelity: ``event``, ``analytic`` or ``packet`` (grids up to 64 x 64).
         check_requests: requests whose tokens the per-PE numerics compute (0: timing only).
         sampling: ``greedy``, ``temperature`` (softmax at ``temperature``) or ``top_k``
@@ -112,7 +119,7 @@ def generate(
     t0 = time.perf_counter()
     if fidelity not in BACKENDS:
         raise ConfigError(f"--fidelity {fidelity!r} is unknown; allowed: {', '.join(BACKENDS)}")
-    check_precision(precision)
+    precision = check_precision(precision)
     if sampling not in SAMPLINGS:
         raise ConfigError(f"--sampling {sampling!r} is unknown; allowed: {', '.join(SAMPLINGS)}")
     if sampling == "greedy" and temperature is not None:
@@ -125,16 +132,16 @@ def generate(
     top_k = 0 if top_k is None else top_k
     if not (isinstance(temperature, (int, float)) and 0 < float(temperature) < float("inf")):
         raise ConfigError(f"--temperature {temperature!r} is not allowed: expected a number > 0")
-    top_k = _int_arg("--top-k", top_k, 0)
+    top_k = check_int("--top-k", top_k, 0)
     if sampling == "top_k" and top_k < 1:
         raise ConfigError("--sampling top_k needs --top-k K with K >= 1")
-    batch = _int_arg("--batch", batch, 1, 1_000_000)
-    seed = _int_arg("--seed", seed, 0, 2**63 - 1)
-    check_requests = _int_arg("--check-requests", check_requests, 0)
+    batch = check_int("--batch", batch, 1, 1_000_000)
+    seed = check_int("--seed", seed, 0, 2**63 - 1)
+    check_requests = check_int("--check-requests", check_requests, 0)
     if check_requests > batch:
         raise ConfigError(f"--check-requests {check_requests} exceeds --batch {batch}")
     if systems != "auto":
-        systems = _int_arg("--systems", systems, 1)
+        systems = check_int("--systems", systems, 1)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
@@ -169,7 +176,8 @@ def generate(
                          prompt_opt="--prompt" if prompt is not None else "--prompt-tokens")  # fmt: skip
     max_ctx = max(r.context for r in reqs)
     lay = make_layout(cfg, arch_cfg, precision=precision, placement=placement, systems=systems,
-                      batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce)  # fmt: skip
+                      batch=batch, max_context=max_ctx, gemv=gemv, reduce=reduce,
+                      region=region, ktree_k=ktree_k)  # fmt: skip
     wall["layout"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

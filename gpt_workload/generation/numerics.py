@@ -36,7 +36,7 @@ from gpt_workload.config import GPTConfig
 from gpt_workload.generation.decode_step import DecodeState, Decoder
 from gpt_workload.generation.sampling import Sampling, request_generators, sample_token
 from gpt_workload.generation.split import DecodePlan
-from gpt_workload.precision import check_precision
+from gpt_workload.precision import Precision, check_precision
 from wse_sim.errors import ConfigError, NumericsError
 
 __all__ = ["GenerationNumerics", "check_requests", "run_generation_numerics"]
@@ -207,7 +207,7 @@ def run_generation_numerics(
     prompts, n_new = check_requests(cfg, prompts, new_tokens, plan)
     rngs = request_generators(seed, len(prompts))
     weights.validate(cfg)
-    reference = precision != "fp32" if reference is None else bool(reference)
+    reference = precision is not Precision.FP32 if reference is None else bool(reference)
     ctx = [len(p) + k - 1 for p, k in zip(prompts, n_new)]
     decoder = Decoder(cfg, weights, precision, plan, max(ctx))
     states = [DecodeState(cfg.n_layer, c, cfg.kv_dim) for c in ctx]

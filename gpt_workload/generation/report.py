@@ -40,6 +40,10 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
         if lay.placement == "resident"
         else f"streaming:gemv={lay.gemv},reduce={lay.reduce}"
     )
+    if lay.reduce == "ktree":
+        mapping += f",ktree_k={lay.ktree_k}"
+    if lay.placement == "resident":
+        mapping += f",region={lay.region or 'wafer'}"
     pe_cycles = arch.n_pe * lay.systems * total * arch.pe.clock_hz
     util = timer.busy_pe_cycles / pe_cycles if total else 0.0
     io_bytes = sum(s["weight_bytes"] for s in steps) if lay.placement == "streaming" else 0.0
@@ -102,6 +106,10 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
             "systems": lay.systems,
             "gemv": lay.gemv,
             "reduce": lay.reduce,
+            "ktree_k": lay.ktree_k,
+            "region": lay.region,
+            "layers_per_region": [[len(r) for r in sys] for sys in lay.regions],
+            "search": lay.search,
             "orientation": lay.orient,
             "kv_band_rows": lay.band_rows,
             "kv_heads_per_band": lay.heads_per_band,
@@ -114,6 +122,17 @@ def build_report(cfg, arch, lay, reqs, per, steps, total, timer, fidelity, numer
         wall_s=wall,
         generation=gen,
     )
+
+
+def _grid_text(r: Report) -> str:
+    """The PEs a layer runs on: the whole grid, or the square regions and their layers."""
+    side, per = r.layout.get("region"), r.layout.get("layers_per_region")
+    if not side or not per:
+        return f"{r.grid[0]}x{r.grid[1]} PEs per system"
+    w = r.arch_config["wafer"]
+    layers = "; ".join("+".join(str(n) for n in sys) for sys in per)
+    return (f"{side}x{side} PE regions on the {w['rows']}x{w['cols']} grid, layers per region "
+            f"{layers}")
 
 
 def console_rows(r: Report) -> list[tuple[str, str]]:
@@ -131,8 +150,7 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
     dtps = a["decode_tokens_per_s"]
     split = ", ".join(f"{k[:-2]} {r.totals[k] / tot:.1%}" for k in SPLIT_KEYS)
     rows = [
-        ("model / arch", f"{r.model} on {r.arch} ({r.grid[0]}x{r.grid[1]} PEs per system, "
-                         f"{r.fidelity})"),
+        ("model / arch", f"{r.model} on {r.arch} ({_grid_text(r)}, {r.fidelity})"),
         ("placement", f"{g['placement']} on {g['systems']} system(s) (layers "
                       f"{', '.join(str(x) for x in g['layers_per_system'])}), {r.mapping}"),
         ("requests", f"{a['requests']} x (prompt {_span(g['requests'], 'prompt_len')}, "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt_workload.checks import check_int, check_token_ids
 from gpt_workload.config import GPTConfig
 from wse_sim.errors import ConfigError
 
@@ -67,14 +68,7 @@ def check_prompt_array(arr, opt: str = "prompt_tokens") -> np.ndarray:
     Raises:
         ConfigError: not integers, not 1-D or 2-D, or empty.
     """
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "iu":
-        raise ConfigError(f"{opt}: token ids must be integers, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ConfigError(f"{opt}: token ids must have shape [T] or [K, T], got {arr.shape}")
-    return arr.astype(np.int64)
+    return check_token_ids(arr, name=opt, allow_1d=True)
 
 
 def load_tokenizer(model: str):
@@ -104,10 +98,6 @@ def load_tokenizer(model: str):
         raise ConfigError(f"{str(tj)!r} is not a readable tokenizer.json ({exc})") from None
 
 
-def _is_int(v) -> bool:
-    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
-
-
 def make_requests(
     cfg: GPTConfig,
     *,
@@ -130,8 +120,7 @@ def make_requests(
             1)``, a prompt length below 1, ``prompt_len`` together with ``prompt_tokens``, a
             ``prompt_tokens`` array whose rows are neither 1 nor ``batch``.
     """
-    if not _is_int(new_tokens) or new_tokens < 1:
-        raise ConfigError(f"--new-tokens {new_tokens!r} is not allowed: expected an integer >= 1")
+    check_int("--new-tokens", new_tokens, 1)
     if not (isinstance(spread, (int, float)) and 0.0 <= float(spread) < 1.0):
         raise ConfigError(f"--spread {spread!r} is not allowed: expected a number in [0, 1)")
     V = cfg.vocab_size
@@ -158,8 +147,7 @@ def make_requests(
         prompt_len = prompt_tokens.shape[1]
     if prompt_len is None:
         prompt_len = min(32, cfg.n_positions)
-    if not _is_int(prompt_len) or prompt_len < 1:
-        raise ConfigError(f"--prompt-len {prompt_len!r} is not allowed: expected an integer >= 1")
+    prompt_len = check_int("--prompt-len", prompt_len, 1)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(batch):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpt_workload.experiment_args import check_float, check_int
+from gpt_workload.checks import check_int
+from gpt_workload.experiment_args import check_float
 
 __all__ = ["Sampling", "request_generators", "sample_token"]
 
@@ -48,10 +49,7 @@ class Sampling:
             self, "temperature", check_float("sampling.temperature", self.temperature, 0.0)
         )
         if self.top_k is not None:
-            top_k = self.top_k
-            if isinstance(top_k, np.integer):
-                top_k = int(top_k)
-            object.__setattr__(self, "top_k", check_int("sampling.top_k", top_k, 1))
+            object.__setattr__(self, "top_k", check_int("sampling.top_k", self.top_k, 1))
 
     @property
     def greedy(self) -> bool:
@@ -74,7 +72,7 @@ def request_generators(seed: int, n: int) -> list[np.random.Generator]:
     Raises:
         ConfigError: ``seed`` not an integer >= 0.
     """
-    seed = check_int("seed", int(seed) if isinstance(seed, np.integer) else seed, 0)
+    seed = check_int("seed", seed, 0)
     return [np.random.default_rng([seed, i]) for i in range(n)]
 
 

@@ -18,7 +18,11 @@
 Reduction orders (both deterministic, so numerics can follow the fabric exactly):
 ``chain`` combines partial 0 with 1, the result with 2, ... (a line reduce along a row or
 column); ``tree`` combines neighbours pairwise with the stride doubling each stage (partial
-``i`` absorbs ``i + s`` for ``i % 2s == 0``; a binary-tree reduce).
+``i`` absorbs ``i + s`` for ``i % 2s == 0``; a binary-tree reduce); ``ktree`` (with ``k``
+phases) is WaferLLM's K-tree, in the order its line collective sends
+(:func:`wse_sim.fabric.lines.ktree_messages`): chains into each group's middle partial, then
+into the middle of those, the sum ending at :func:`combine_root` (float addition commutes,
+so ``dst (+) src`` equals the wafer's ``src (+) dst`` bit for bit).
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wse_sim.errors import ConfigError
+from wse_sim.fabric.lines import ktree_algorithm, ktree_messages, ktree_root
 
-__all__ = ["REDUCE_ORDERS", "DecodePlan", "GemvSplit", "KVSplit", "bounds", "combine_order"]
+__all__ = [
+    "REDUCE_ORDERS", "DecodePlan", "GemvSplit", "KVSplit", "bounds", "combine_order",
+    "combine_root",
+]  # fmt: skip
 
 #: Allowed orders of combining partials.
-REDUCE_ORDERS = ("chain", "tree")
+REDUCE_ORDERS = ("chain", "tree", "ktree")
 
 
 def bounds(n: int, parts: int) -> np.ndarray:
@@ -50,13 +58,15 @@ def bounds(n: int, parts: int) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(sizes)))
 
 
-def combine_order(parts: int, reduce: str) -> list[tuple[int, int]]:
-    """The ``(dst, src)`` pairs, in order, that combine ``parts`` partials into partial 0
-    (``dst <- dst (+) src``).
+def combine_order(parts: int, reduce: str, k: int = 2) -> list[tuple[int, int]]:
+    """The ``(dst, src)`` pairs, in order, that combine ``parts`` partials into partial
+    :func:`combine_root` (``dst <- dst (+) src``); ``k``: the phases of a ``ktree``.
 
     Raises:
-        ConfigError: ``reduce`` not in :data:`REDUCE_ORDERS`.
+        ConfigError: ``reduce`` not in :data:`REDUCE_ORDERS`, or ``k`` out of range.
     """
+    if reduce == "ktree":
+        return [(dst, src) for src, dst in ktree_messages(parts, k)]
     if reduce == "chain":
         return [(0, i) for i in range(1, parts)]
     if reduce == "tree":
@@ -68,6 +78,12 @@ def combine_order(parts: int, reduce: str) -> list[tuple[int, int]]:
     raise ConfigError(f"reduce order {reduce!r} unknown; allowed: {', '.join(REDUCE_ORDERS)}")
 
 
+def combine_root(parts: int, reduce: str, k: int = 2) -> int:
+    """The partial that holds the sum after :func:`combine_order` (0 but for ``ktree``)."""
+    combine_order(1, reduce, k)
+    return ktree_root(parts, k) if reduce == "ktree" else 0
+
+
 def _check(name: str, value: int) -> None:
     if not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name} = {value!r}; must be an integer >= 1")
@@ -75,20 +91,23 @@ def _check(name: str, value: int) -> None:
 
 @dataclass(frozen=True)
 class GemvSplit:
-    """A ``K x N`` weight matrix tiled over ``rows x cols`` PEs (see the module docstring).
+    """A ``K x N`` weight matrix tiled over ``rows x cols`` PEs (see the module docstring);
+    ``k``: the phases of a ``ktree`` reduce (ignored by the others).
 
     Raises:
-        ConfigError: ``rows`` or ``cols`` < 1, or an unknown ``reduce``.
+        ConfigError: ``rows`` or ``cols`` < 1, an unknown ``reduce``, or ``k`` out of range.
     """
 
     rows: int
     cols: int
     reduce: str = "chain"
+    k: int = 2
 
     def __post_init__(self):
         _check("rows", self.rows)
         _check("cols", self.cols)
         combine_order(1, self.reduce)
+        ktree_algorithm(self.k)
 
     def k_bounds(self, K: int) -> np.ndarray:
         """Row boundaries of the ``K`` (reduction) dimension, length ``rows + 1``."""
@@ -102,20 +121,24 @@ class GemvSplit:
 @dataclass(frozen=True)
 class KVSplit:
     """The KV cache of one K/V head spread over ``pes`` PEs in contiguous token blocks of
-    ``block_tokens`` (the last PE holds the rest), combined in ``reduce`` order.
+    ``block_tokens`` (the last PE holds the rest), combined in ``reduce`` order (``k``: the
+    phases of a ``ktree``).
 
     Raises:
-        ConfigError: ``pes`` or ``block_tokens`` < 1, or an unknown ``reduce``.
+        ConfigError: ``pes`` or ``block_tokens`` < 1, an unknown ``reduce``, or ``k`` out of
+            range.
     """
 
     pes: int
     block_tokens: int
     reduce: str = "chain"
+    k: int = 2
 
     def __post_init__(self):
         _check("pes", self.pes)
         _check("block_tokens", self.block_tokens)
         combine_order(1, self.reduce)
+        ktree_algorithm(self.k)
 
     def token_bounds(self, n_tokens: int) -> np.ndarray:
         """Boundaries of the ``n_tokens`` cached tokens over the PEs that hold any: blocks of

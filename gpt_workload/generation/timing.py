@@ -6,7 +6,9 @@ decode steps run, each one new token for every request still generating (a reque
 once it has its tokens). A request with ``n`` new tokens takes ``n - 1`` decode steps; in
 its ``k``-th its cache holds ``prompt + k`` tokens.
 
-On ``S`` systems a step (and a prefill) crosses them in order: the time is the sum of each
+On a region layout (:mod:`gpt_workload.mappings.resident.regions`) a system's regions work one
+after another and the vector crosses from each to the next (``P`` hops, a ``region hand-off``
+row of the time split). On ``S`` systems a step (and a prefill) crosses them in order: the time is the sum of each
 system's Program plus ``S - 1`` crossings of the activations (``B d`` elements; a prompt's
 ``T d``) and, for a decode step, the sampled tokens' way back to the first system (4 bytes
 per request), over the inter-system link
@@ -36,16 +38,12 @@ from collections import defaultdict
 from gpt_workload.mappings.resident.decode import attention_occupancy, lower_decode_step
 from gpt_workload.mappings.resident.layout import DecodeLayout
 from gpt_workload.mappings.resident.prefill import intersystem_seconds, lower_prefill
+from gpt_workload.mappings.resident.regions import handoff_seconds
 from wse_sim.program import Program
-from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing import BACKENDS
 from wse_sim.timing.common import TimingResult, path_latency_cycles
-from wse_sim.timing.event import run_event
-from wse_sim.timing.packet import run_packet
 
-__all__ = ["BACKENDS", "StepTimer", "step_bound"]
-
-BACKENDS = {"analytic": run_analytic, "event": run_event, "packet": run_packet}
-
+__all__ = ["StepTimer", "step_bound"]
 
 def reduction_latency_s(prog: Program, arch, scale: int = 1, layer: int = -2) -> float:
     """Zero-load latency of the step's all-reduces (every ``allreduce_*`` transfer's path:
@@ -112,7 +110,7 @@ class StepTimer:
         res: TimingResult = self.run(prog, self.lay.arch)
         self.programs_timed += 1
         clk = self.lay.arch.pe.clock_hz
-        sram = prog.meta.get("sram_cycles", {})
+        sram = prog.sram_cycles
         rows = []
         total = 0.0
         busy = 0.0
@@ -145,9 +143,13 @@ class StepTimer:
             prog = lower_decode_step(lay, contexts, system=s, sampling=self.sampling,
                                      top_k=self.top_k, layers=layers, phase=phase)  # fmt: skip
             ts, rows, b = self._time(prog, len(rng), rng.start)
+            ho = handoff_seconds(lay, len(contexts), s)
+            if ho:  # the vector crossing between the system's regions
+                rows.append(((-1, -1, 0), "region hand-off", 0.0, 0.0, ho, 0.0, 1))
+                ts += ho
             t, busy = t + ts, busy + b
             lat += reduction_latency_s(prog, lay.arch, len(rng) if one else 1, rng.start)
-            wbytes += prog.meta["weight_bytes"]
+            wbytes += prog.weight_bytes_read
             rows_all += rows
         return t, lat, wbytes, rows_all, busy
 

@@ -10,12 +10,12 @@ backend, than another it re-timed.
 
 ``weight_streaming`` at its defaults (``pes_per_segment=auto,tokens_per_segment=auto``)
 searches its own layout, ``P`` and ``m``, by analytic time
-(:mod:`gpt_workload.mappings.ws_search`), so the candidate ``weight_streaming`` is already
-the best of its layouts (its ``meta["layout"]["layout_search"]`` says which).
+(:mod:`gpt_workload.mappings.weight_streaming.search`), so the candidate ``weight_streaming`` is
+already the best of its layouts (its ``layout.search["layout_search"]`` says which).
 
 As a registered mapping, ``auto`` (``simulate(mapping="auto")``, ``wse-sim run --mapping
 auto``) runs the search in :meth:`AutoMapping.lower`, lowers with the winner, and records
-the ranking in ``Program.meta["layout"]["mapping_search"]`` (so ``Report.layout`` carries
+the ranking in ``Program.layout.search["mapping_search"]`` (so ``Report.layout`` carries
 it); its spec becomes the winner's.
 """
 
@@ -132,21 +132,20 @@ def candidate_specs(names=None) -> list[str]:
 def _evaluate(mapping: Mapping, cfg, arch, batch, seq_len, precision, backend):
     """(seconds, mfu, roofline bound_by, dominant phase, ``P x m`` layout) of one mapping on
     one backend."""
-    from gpt_workload.simulate import _breakdown, _roofline
-    from wse_sim.timing.analytic import run_analytic
-    from wse_sim.timing.event import run_event
+    from wse_sim import metrics
+    from wse_sim.timing import BACKENDS
 
     program = mapping.lower(cfg, arch, batch, seq_len, precision)
-    timing = (run_analytic if backend == "analytic" else run_event)(program, arch)
+    timing = BACKENDS[backend](program, arch)
     total = timing.total_s
-    mfu = program.flops / (total * arch.peak_flops_per_s(precision))
-    _, totals = _breakdown(timing)
+    mfu = metrics.mfu(program.flops, total, arch.peak_flops_per_s(precision))
+    _, totals = metrics.breakdown(timing)
     phases = {"compute": totals["compute_s"], "fabric": totals["fabric_s"], "io": totals["stall_s"]}
-    bound = _roofline(program, arch, timing)["bound_by"]
-    lay = program.meta.get("layout", {})
+    bound = metrics.roofline(program, arch, timing)["bound_by"]
+    lay = program.layout
     where = (
-        f"{lay['pes_per_segment']}x{lay['tokens_per_segment']}"
-        if "pes_per_segment" in lay and "tokens_per_segment" in lay
+        f"{lay.pes_per_segment}x{lay.tokens_per_segment}"
+        if lay.tokens_per_segment is not None
         else ""
     )
     return float(total), float(mfu), bound, max(phases, key=phases.get), where
@@ -253,15 +252,12 @@ class AutoMapping(Mapping):
 
     def lower(self, cfg, arch, batch: int, seq_len: int, precision: str):
         """Search (:func:`choose_mapping`), then lower with the winner; the ranking goes in
-        ``meta["layout"]["mapping_search"]``."""
+        ``layout.search["mapping_search"]``."""
         cands = None if self["candidates"] == "all" else self["candidates"].split("+")
         self.search = choose_mapping(cfg, arch, batch, seq_len, precision, cands, self["top"])
         self.chosen = parse_mapping(self.search.winner)
         program = self.chosen.lower(cfg, arch, batch, seq_len, precision)
-        program.meta["layout"] = {
-            **program.meta["layout"],
-            "mapping_search": self.search.to_dict(),
-        }
+        program.layout = program.layout.with_search("mapping_search", self.search.to_dict())
         return program
 
     def numerics(self, program, cfg, weights, tokens, precision: str):

@@ -156,7 +156,7 @@ class Mapping:
     def lower(self, cfg, arch, batch: int, seq_len: int, precision: str):
         """Lower a forward pass of ``batch`` x ``seq_len`` tokens to a Program.
 
-        The Program's ``meta['mapping']`` is :attr:`spec`.
+        The Program's ``mapping`` is :attr:`spec`.
 
         Raises:
             ConfigError: bad batch, seq_len or knob combination; FitError: does not fit.

@@ -11,7 +11,8 @@ storage bytes of the precision for A and B, 4 bytes (fp32) for partial sums. A w
 **Weights.** ``weights="stream"``: B arrives from MemoryX at the north edge and descends
 every block column that needs any of it (a multicast: each element crosses the column's
 edge-ingress link and its ``pr - 1`` vertical links, ``pr`` crossings, whichever PE keeps
-it; the same count as :meth:`gpt_workload.lowering._Builder.weight_multicast`); each PE
+it; the same count as
+:meth:`gpt_workload.mappings.weight_streaming.builder._Builder.weight_multicast`); each PE
 keeps what its algorithm needs, in the order it needs it. ``weights="resident"``: B is
 already distributed block-wise on the PEs (layer-pipelined mode) and moves only as the
 algorithm moves it.

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import Op, OpGraph
+from gpt_workload.mappings.weight_streaming.head_split import pes_per_head, score_receive_bytes
 from gpt_workload.models import build_graph
 
 __all__ = ["ACC_BYTES", "LayerMemory", "backward_reads", "layer_memory", "recomputable"]
@@ -151,8 +152,13 @@ def layer_memory(cfg: GPTConfig, P: int, hp: int, m: int, s: int) -> LayerMemory
     )  # fmt: skip
     kept_bytes = sum(size[t] for t in kept) + stats
     group = cfg.n_head // int(cfg.n_kv_heads)
-    kv_work = m * 2 * math.ceil(hp / group) * cfg.d_head * s
-    att_work = 2 * kv_work + m * m * ACC_BYTES + 3 * m * ACC_BYTES
+    k = pes_per_head(cfg, P)
+    # K/V features of the PE: its whole (grouped) heads, or d_head / k of one split head
+    # (the forward's own accounting, gpt_workload.mappings.weight_streaming.plan._sram_need); a split head also
+    # holds the partial scores of the key block it receives
+    kv_feat = math.ceil(hp / group) * cfg.d_head if k == 1 else math.ceil(cfg.d_head / k)
+    kv_work = m * 2 * kv_feat * s
+    att_work = 2 * kv_work + m * m * ACC_BYTES + 3 * m * ACC_BYTES + score_receive_bytes(m, k)
 
     def extra(op: Op) -> int:
         if op.kind in ("linear", "lm_head"):

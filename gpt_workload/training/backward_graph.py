@@ -1,4 +1,4 @@
-"""Training numerics of the graph families (GPT-J, Llama, Qwen2): forward and backward by
+"""Training numerics of every family (GPT-2, GPT-J, Llama, Qwen2): forward and backward by
 walking the family's op graph.
 
 The layer sequence is the family's graph (:func:`gpt_workload.models.build_graph`), not a
@@ -11,14 +11,13 @@ read by several ops (GPT-J's LayerNorm output feeds Q, K, V and the MLP; every r
 stream feeds its norm and its add) gets the sum of their gradients, in the order the reversed
 graph produces them.
 
-Layout and kernels are those of the GPT-2 training numerics
-(:mod:`gpt_workload.training.backward`): token-major float32 ``[B*T, F]`` rows (row
-``b*T + t`` is token ``t`` of sequence ``b``), every weight gradient a full sum over the rows
-in ascending order. Per op kind (``N = B*T``)::
+Layout: token-major float32 ``[B*T, F]`` rows (row ``b*T + t`` is token ``t`` of sequence
+``b``), every weight gradient a full sum over the rows in ascending order. Per op kind
+(``N = B*T``)::
 
     embedding     x = wte[tok]                        dwte[tok] += dx (rows ascending)
     norm          LayerNorm (mean, rstd)              dx, dg (, db)       backward._layernorm*
-                  RMSNorm x * rstd * g                dx, dg              kernels_llama.rmsnorm_*
+                  RMSNorm x * rstd * g                dx, dg              kernels.rmsnorm_*
     linear        y = x @ W (+ b)                     dx = dy W^T; dW = x^T dy; db = sum dy
     lm_head       y = x @ W^T (+ b), W [V, d]         dx = dy W; dW = dy^T x; db = sum dy
     split         q | k | v column blocks            dx = [dq | dk | dv]
@@ -42,8 +41,9 @@ kept in fp32: the logits, norm statistics, attention probabilities and weight gr
 GPT-2's). ``recompute=True`` keeps only each layer's input and re-runs the layer's forward in
 the backward with the same kernels (bitwise the same gradients).
 
-The walk takes gpt2 too (its fused Q|K|V ``split`` and ``position_add``); gpt2 trains through
-:mod:`gpt_workload.training.backward`, which the tests hold this walk against.
+gpt2 runs through the same walk (its fused Q|K|V ``split``, ``position_add`` and tied head);
+the row kernels of its ops are :mod:`gpt_workload.training.backward`'s. The tests hold the
+gradients of every family against torch autograd.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from typing import Any
 
 import numpy as np
 
-from gpt_workload import kernels_llama as kl
+from gpt_workload import kernels as kl
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph import BackwardOp, Op, OpGraph
 from gpt_workload.health import HealthTracker, check_op_input, rows_locator
 from gpt_workload.models import build_graph
 from gpt_workload.models.weights import DecoderLayer, DecoderWeights
-from gpt_workload.precision import check_precision, round_storage
+from gpt_workload.precision import Precision, check_precision, round_storage
 from gpt_workload.training.backward import (
     _colsum,
     _cross_entropy_kernel,
@@ -116,7 +116,7 @@ class _Run:
     def r(self, x: np.ndarray, op: str) -> np.ndarray:
         """Round op ``op``'s stored output to the storage precision (a no-op copy for fp32)
         and check it with the health tracker, if any."""
-        y = x if self.precision == "fp32" else round_storage(x, self.precision)
+        y = x if self.precision == Precision.FP32 else round_storage(x, self.precision)
         if self.health is not None:
             self.health.check(op, self.layer, y, rows_locator(self.seq_len), raw=x)
         return y
@@ -326,13 +326,12 @@ def graph_forward_backward_sum(
     denominator: int | None = None,
     health: HealthTracker | None = None,
 ) -> tuple[float, DecoderWeights, bool]:
-    """Loss and gradients of a graph-family model on one batch, the loss normalised by
-    ``denominator`` (as :func:`gpt_workload.training.backward.forward_backward_sum`).
+    """Loss and gradients of a model of any family on one batch, the loss normalised by
+    ``denominator`` (``B * (T - 1)`` by default: the mean; gradient accumulation passes the
+    full batch's count so that the micro-batch gradients add up).
 
     Args:
-        cfg: a ``gptj``, ``llama`` or ``qwen2`` configuration; ``gpt2`` runs too (its
-            graph's fused Q|K|V split and learned positions; training uses
-            :mod:`gpt_workload.training.backward` for gpt2, this walk cross-checks it).
+        cfg: a configuration of any family (``gpt2``, ``gptj``, ``llama``, ``qwen2``).
         weights: fp32 master :class:`DecoderWeights` (``GPTWeights`` for gpt2), validated,
             used rounded to ``precision``.
         tokens: integer ``[B, T]`` ids in ``[0, vocab_size)``, ``2 <= T <= n_positions``.

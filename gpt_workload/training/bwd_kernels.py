@@ -14,7 +14,8 @@ import dataclasses
 import math
 
 from gpt_workload.graph import Op
-from gpt_workload.lowering import ACC_BYTES, WSLayout, pipeline_chunks
+from gpt_workload.mappings.weight_streaming.layout import WSLayout
+from gpt_workload.mappings.weight_streaming.plan import ACC_BYTES, pipeline_chunks
 from gpt_workload.precision import bytes_per_element
 from gpt_workload.training.activations import MIN_CHUNK
 from wse_sim.program import Kernel, PEClass, Transfer
@@ -54,6 +55,7 @@ class BwdKernels:
         self.seg_cols_used = math.ceil(L.n_segments / L.rows)
         #: per op name, SRAM its backward leaves free (set by the caller; see graph_op)
         self.free: dict[str, int] = {}
+        self._scaled: dict = {}  # (id of a classes tuple, ratio) -> (tuple, scaled tuple)
         # SRAM free for accumulator chunks: what the plan's need leaves, plus the chunk of
         # MIN_CHUNK columns that need already counts (gpt_workload.training.activations)
         self.budget = max(arch.pe.sram_usable_bytes - sram, 0) + MIN_CHUNK * (
@@ -68,6 +70,7 @@ class BwdKernels:
 
     def kernel(self, op, layer, classes, cmap="tokens", transfers=(), blk=-1, wbytes=0, **kw):
         flops = kw.pop("flops", sum(c.flops * c.count for c in classes))
+        kw.setdefault("phase", "backward")
         where = f"L{layer}." if 0 <= layer < self.cfg.n_layer else ""
         return Kernel(
             f"mb{self.mb}.{where}bwd.{op}",
@@ -205,11 +208,17 @@ class BwdKernels:
         and class map, busy and per-op overhead cycles scaled), with ``fk``'s transfers
         unless given. ``fk`` is a kernel of the single-micro-batch forward Program (its class
         map not yet suffixed)."""
-        classes = tuple(
-            PEClass(c.index, c.count, ratio * c.busy_cycles, ratio * c.overhead_cycles,
-                    ratio * c.flops)
-            for c in fk.classes
-        )  # fmt: skip
+        # the forward's attention classes (one per segment position) are one tuple shared
+        # by every layer: scale them once per micro-batch
+        key = (id(fk.classes), ratio)
+        hit = self._scaled.get(key)
+        if hit is None or hit[0] is not fk.classes:
+            hit = self._scaled[key] = (fk.classes, tuple(
+                PEClass(c.index, c.count, ratio * c.busy_cycles, ratio * c.overhead_cycles,
+                        ratio * c.flops)
+                for c in fk.classes
+            ))  # fmt: skip
+        classes = hit[1]
         return self.kernel(op, layer, classes, fk.class_map, fk.transfers if transfers is None
                            else transfers, blk, wbytes, n_chunks=fk.n_chunks, **kw)  # fmt: skip
 
@@ -230,7 +239,8 @@ class BwdKernels:
             self.budget = self.free[op.name]
         for t in op.inputs[:1] if op.kind in ("linear", "lm_head") else op.inputs:
             for rk in recompute.get(t, ()):
-                out.append(self.scaled(rk, rk.op + "_recompute_bwd", layer, 1.0, transfers=()))
+                out.append(self.scaled(rk, rk.op + "_recompute_bwd", layer, 1.0, transfers=(),
+                                       phase="recompute"))  # fmt: skip
         kind = op.kind
         if kind in ("linear", "lm_head"):
             K, N = dims[op.attrs["n_in"]], dims[op.attrs["n_out"]]

@@ -20,10 +20,34 @@ from typing import Any
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.training.backward import check_tokens
+from gpt_workload.checks import check_token_ids
 from wse_sim.errors import ConfigError
 
-__all__ = ["is_token_file", "load_token_ids", "text_batches", "token_id_batches"]
+__all__ = [
+    "check_training_tokens",
+    "is_token_file",
+    "load_token_ids",
+    "text_batches",
+    "token_id_batches",
+]
+
+
+def check_training_tokens(cfg: GPTConfig, tokens: Any, name: str = "tokens") -> np.ndarray:
+    """A training batch of token ids as C-contiguous int64 ``[B, T]``
+    (:func:`gpt_workload.checks.check_token_ids` with ``2 <= T <= n_positions``: a loss needs
+    a next token, and every id in ``[0, vocab_size)``).
+
+    Raises:
+        ConfigError: one line naming ``name``, the value and what is allowed.
+    """
+    return check_token_ids(
+        tokens,
+        name=name,
+        vocab_size=cfg.vocab_size,
+        min_len=2,
+        max_len=cfg.n_positions,
+        why_min="a loss needs a next token",
+    )
 
 
 def is_token_file(path: str | os.PathLike | None) -> bool:
@@ -54,14 +78,7 @@ def load_token_ids(tokens: Any, cfg: GPTConfig) -> tuple[np.ndarray, str]:
         source = f"token ids {path}"
     else:
         where, arr, source = "tokens", tokens, "token ids (array)"
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
-        kind = getattr(arr, "dtype", type(arr).__name__)
-        raise ConfigError(f"{where} holds {kind}: expected int token ids [N, T] (an integer dtype)")
-    try:
-        ids = check_tokens(cfg, arr)
-    except ConfigError as exc:
-        raise ConfigError(f"{where} (model {cfg.name}): {exc}") from None
-    return ids, source
+    return check_training_tokens(cfg, arr, f"{where} (model {cfg.name})"), source
 
 
 def token_id_batches(ids: np.ndarray, k: int) -> Iterator[np.ndarray]:

@@ -29,7 +29,7 @@ def step_energy(st: StepTiming, arch: ArchConfig, systems: int, tokens: int,
     prog, tr = st.program, st.timing
     rep = energy_report(prog, arch, tr)
     comp = dict(rep.components_j)
-    n_sim = len(prog.meta["simulated_micro_batches"])
+    n_sim = len(prog.training.simulated_micro_batches)
     extra_mb = st.micro_batches - n_sim
     if extra_mb > 0:
         for k in prog.kernels:

@@ -1,9 +1,9 @@
 """Weight-streaming lowering of one training *step* (forward + backward) to a Program.
 
-Built on the forward lowering (:func:`gpt_workload.lowering.lower_weight_streaming`: gpt2's
-builder, or :class:`gpt_workload.lowering_graph.GraphBuilder` walking the op graph of the
+Built on the forward lowering (:func:`gpt_workload.mappings.weight_streaming.plan.lower_weight_streaming`: gpt2's
+builder, or :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walking the op graph of the
 gptj, llama and qwen2 families; its segment layout and kernels are reused as they are) and
-on its layout planner (:func:`gpt_workload.lowering.plan_layout`). The backward walks the
+on its layout planner (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout`). The backward walks the
 same op graph (:func:`gpt_workload.models.build_graph`) in reverse, one family as another:
 no layer is spelled out here. One micro-batch of a step is:
 
@@ -48,6 +48,10 @@ so the wafer holds one checkpoint in flight instead of ``n_layer``.
 any policy fits, and at that count the first of ``store``, ``recompute``, ``offload`` that
 fits (each micro-batch streams all weights again, which costs more than moving the
 checkpoints); ``on`` forces ``offload``; ``off`` allows ``store`` and ``recompute`` only.
+That is :func:`plan_training`'s plan, the one that fits with the fewest micro-batches; the
+train API runs the fastest plan that fits instead, searched over segment widths, micro-batch
+counts and the allowed policies (:mod:`gpt_workload.training.plan_search`), and lowers it
+here (``plan=``).
 A micro-batch too big for every allowed policy is made smaller (more micro-batches); when
 not even one sequence fits, the sequence is **split into passes** of fewer tokens (the
 fewest passes ``k`` that fit, ``ceil(seq_len / k)`` tokens each, one pass per micro-batch:
@@ -63,10 +67,10 @@ micro-batch's gradient blocks trigger the optimizer update
 ``max_simulated`` (>= 3) are lowered: the first two of the main layout and the last (which
 may be smaller); the step time of ``n`` micro-batches is extrapolated by the train API as
 ``T_sim + (n - n_sim) x (end of micro-batch 1 - end of micro-batch 0)`` (stated in
-``Program.meta``).
+``Program.training``).
 
 Data parallel over ``systems`` (SwarmX): the lowering is of one system's share of the batch;
-``meta["systems"]`` tells the backends to route gradients through SwarmX
+``Program.systems`` tells the backends to route gradients through SwarmX
 (:func:`wse_sim.timing.common.gradient_path`); a system's checkpoints take the same path.
 """
 
@@ -77,21 +81,29 @@ import math
 from dataclasses import dataclass
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.lowering import (
+from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
+from gpt_workload.mappings.weight_streaming.graph_builder import GraphBuilder
+from gpt_workload.mappings.weight_streaming.layout import WSLayout
+from gpt_workload.mappings.weight_streaming.plan import (
     MAX_KERNELS,
-    WSLayout,
     _weight_buffer_share,
-    lower_weight_streaming,
     plan_layout,
 )
-from gpt_workload.lowering_graph import GraphBuilder
 from gpt_workload.models import build_graph
 from gpt_workload.precision import bytes_per_element, check_precision
 from gpt_workload.training.activations import LayerMemory, layer_memory
 from gpt_workload.training.bwd_kernels import EMBED_BWD_PASSES, BwdKernels, copy_kernel
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.program import GradientBlock, Kernel, Program, Transfer, WeightBlock
+from wse_sim.program import (
+    GradientBlock,
+    Kernel,
+    Program,
+    TrainingSchedule,
+    Transfer,
+    WeightBlock,
+    Workload,
+)
 
 #: values of ``checkpoint_offload`` and the activation policies each allows, in preference
 OFFLOAD_CHOICES: dict[str, tuple[str, ...]] = {
@@ -140,6 +152,8 @@ class TrainingPlan:
         seq_len: tokens per sequence; d_model, n_layer, s: for the offload bytes.
         passes: passes per sequence (1, or ``k`` when even one sequence's activations do
             not fit: module docstring); pass_tokens: tokens per pass (``ceil(seq_len / k)``).
+        search: how the plan was chosen among others, when it was
+            (:func:`gpt_workload.training.plan_search.search_training_plan`), else None.
     """
 
     layout: WSLayout
@@ -160,6 +174,7 @@ class TrainingPlan:
     s: int
     passes: int = 1
     pass_tokens: int = 0
+    search: dict | None = None
 
     @property
     def offload_bytes_per_step(self) -> int:
@@ -192,6 +207,9 @@ class TrainingPlan:
             "gradient_accumulation": "in MemoryX (each micro-batch streams its gradients out)",
             "passes_per_sequence": self.passes,
             "tokens_per_pass": self.pass_tokens or self.seq_len,
+            "pes_per_segment": self.layout.P,
+            "tokens_per_segment": self.layout.m,
+            "plan_search": self.search or "none: the plan that fits with the fewest micro-batches",
         }
 
 
@@ -200,7 +218,7 @@ def policy_needs(cfg: GPTConfig, arch: ArchConfig, L: WSLayout, s: int) -> tuple
     recomputed forward, backward, LM head; :func:`layer_memory`) plus what is held across
     layers (``store``: the kept sets of the other layers; ``recompute``: their checkpoints;
     ``offload``: the one checkpoint in flight while a layer's backward runs) plus the weight
-    buffers' share (:func:`gpt_workload.lowering._weight_buffer_share`)."""
+    buffers' share (:func:`gpt_workload.mappings.weight_streaming.plan._weight_buffer_share`)."""
     mem = layer_memory(cfg, L.P, L.hp, L.m, s)
     wb = _weight_buffer_share(cfg, arch, s)
     n, ck, kb = cfg.n_layer, mem.ckpt_bytes, mem.kept_bytes
@@ -219,7 +237,7 @@ def _held(cfg: GPTConfig, mem: LayerMemory, policy: str) -> int:
             "offload": mem.ckpt_bytes}[policy]  # fmt: skip
 
 
-def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed):
+def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed, P=None):
     """``(k, layout, needs, memory)`` for the fewest passes ``k`` (2 .. ``seq_len``) of
     ``ceil(seq_len / k)`` tokens whose one-pass micro-batch fits an allowed policy, found by
     bisection (fewer tokens per pass need less SRAM); ``None`` if not even one token does.
@@ -228,7 +246,7 @@ def _split_sequence(cfg, arch, seq_len: int, precision: str, allowed):
     usable, s = arch.pe.sram_usable_bytes, bytes_per_element(precision)
 
     def fits(k: int):
-        Lp = plan_layout(cfg, arch, 1, math.ceil(seq_len / k), precision)
+        Lp = plan_layout(cfg, arch, 1, math.ceil(seq_len / k), precision, P=P)
         needs, mem = policy_needs(cfg, arch, Lp, s)
         return Lp.n_micro == 1 and min(needs[p] for p in allowed) <= usable, Lp, needs, mem
 
@@ -256,15 +274,20 @@ def plan_training(
     seq_len: int,
     precision: str,
     checkpoint_offload: str = "auto",
+    P: int | None = None,
 ) -> TrainingPlan:
     """Micro-batch size and activation policy for ``batch`` sequences on one system.
 
     The fewest micro-batches ``n`` whose micro-batch of ``ceil(batch / n)`` sequences fits
-    one forward layout (:func:`gpt_workload.lowering.plan_layout` with one micro-batch) and
+    one forward layout (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout` with one micro-batch) and
     the SRAM of some allowed policy (:func:`policy_needs`, :data:`OFFLOAD_CHOICES`); at that
     ``n`` the first allowed policy that fits. ``n`` is found by bisection over
     ``1 .. batch`` (the need grows with the micro-batch), so no count is skipped; the
     micro-batches are then balanced (``ceil(batch / n)`` each, the last one the rest).
+    ``P``: PEs per segment (None: the layout's own choice,
+    :func:`gpt_workload.mappings.weight_streaming.plan.choose_P`). This is the plan that *fits* with the fewest
+    micro-batches; which plan is *fastest* is searched by
+    :func:`gpt_workload.training.plan_search.search_training_plan`.
 
     Raises:
         ConfigError: bad batch, seq_len or checkpoint_offload. FitError: not even one
@@ -273,11 +296,11 @@ def plan_training(
     allowed = OFFLOAD_CHOICES[check_offload(checkpoint_offload)]
     usable = arch.pe.sram_usable_bytes
     s = bytes_per_element(precision)
-    plan_layout(cfg, arch, batch, seq_len, precision)  # validates batch and seq_len
+    plan_layout(cfg, arch, batch, seq_len, precision, P=P)  # validates batch, seq_len, P
 
     def need(n: int):
         b = math.ceil(batch / n)
-        Lb = plan_layout(cfg, arch, b, seq_len, precision)
+        Lb = plan_layout(cfg, arch, b, seq_len, precision, P=P)
         needs, mem = policy_needs(cfg, arch, Lb, s)
         ok = Lb.n_micro == 1 and min(needs[p] for p in allowed) <= usable
         return ok, Lb, needs, mem
@@ -288,7 +311,7 @@ def plan_training(
     except FitError as exc:  # the forward layout of one sequence does not fit
         ok, layout_error = False, exc
     if not ok:  # not even one sequence per micro-batch: fewer tokens per pass?
-        split = _split_sequence(cfg, arch, seq_len, precision, allowed)
+        split = _split_sequence(cfg, arch, seq_len, precision, allowed, P)
         if split is not None:
             k, Lp, needs, mem = split
             policy = next(p for p in allowed if needs[p] <= usable)
@@ -413,19 +436,23 @@ def lower_training(
     systems: int = 1,
     max_simulated: int = 3,
     checkpoint_offload: str = "auto",
+    plan: TrainingPlan | None = None,
 ) -> Program:
     """Lower one training step of one system (``batch`` sequences of ``seq_len`` tokens).
 
     Args:
         batch: this system's sequences per step (the global batch / ``systems``).
-        systems: data-parallel systems (only recorded in ``meta["systems"]`` for the
+        systems: data-parallel systems (only recorded in ``Program.systems`` for the
             backends' SwarmX gradient path).
         max_simulated: most micro-batches lowered (>= 3; see the module docstring).
         checkpoint_offload: ``auto``, ``on`` or ``off`` (module docstring).
+        plan: the step plan to lower (layout, micro-batches, activation policy; e.g. the
+            fastest of :func:`gpt_workload.training.plan_search.search_training_plan`);
+            None: :func:`plan_training`'s plan with the fewest micro-batches.
 
     Returns:
-        A Program with ``gradient_blocks``; ``meta`` holds the plan, the simulated
-        micro-batches and the number the step really has.
+        A Program with ``gradient_blocks``; ``training`` holds the plan and the simulated
+        micro-batches, ``workload`` the number the step really has.
 
     Raises:
         ConfigError: bad batch, seq_len, precision, max_simulated or checkpoint_offload; a
@@ -434,7 +461,12 @@ def lower_training(
     check_precision(precision)
     if not isinstance(max_simulated, int) or max_simulated < 3:
         raise ConfigError(f"max_simulated={max_simulated!r} must be an integer >= 3")
-    plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    if plan is None:
+        plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
+    elif (plan.batch, plan.seq_len) != (batch, seq_len):
+        raise ConfigError(f"plan is for batch={plan.batch} x seq_len={plan.seq_len}, "
+                          f"not batch={batch} x seq_len={seq_len}")  # fmt: skip
+    P = plan.layout.P
     graph = build_graph(cfg)
     dims = graph.dims
     s = bytes_per_element(precision)
@@ -445,11 +477,11 @@ def lower_training(
     builder = None if cfg.family == "gpt2" else GraphBuilder
     Tp = plan.pass_tokens or seq_len  # tokens per pass (seq_len unless split)
     fwd_main = lower_weight_streaming(cfg, arch, plan.layout.b, Tp, precision,
-                                      builder=builder)  # fmt: skip
+                                      builder=builder, P=P)  # fmt: skip
     fwd_last = fwd_main
     if plan.b_last != plan.layout.b:
         fwd_last = lower_weight_streaming(cfg, arch, plan.b_last, Tp, precision,
-                                          builder=builder)  # fmt: skip
+                                          builder=builder, P=P)  # fmt: skip
     n_k = len(sim) * (len(fwd_main.kernels) * (2 if rec else 1) + 3 * len(graph.layer)
                       * cfg.n_layer + 12)  # fmt: skip
     if n_k > MAX_KERNELS:
@@ -486,7 +518,7 @@ def lower_training(
         fwd = fwd_last if last else fwd_main
         b_mb = plan.b_last if last else plan.layout.b
         sfx = "_last" if (last and fwd_last is not fwd_main) else ""
-        Lmb = plan_layout(cfg, arch, b_mb, T, precision)
+        Lmb = plan_layout(cfg, arch, b_mb, T, precision, P=P)
         ckpt = b_mb * T * d * s  # one layer's checkpoint of this micro-batch, bytes
         B = BwdKernels(cfg, arch, Lmb, precision, plan.sram_need_bytes, sfx, i)
         held_bwd = {"store": held_fwd, "recompute": held_fwd, "offload": plan.memory.ckpt_bytes}
@@ -527,7 +559,8 @@ def lower_training(
         kernels.append(copy_kernel(lm, i, sfx, head_blk, plan.sram_need_bytes - lm.sram_bytes,
                                    tag="bwd", weight_bytes=0))  # fmt: skip
         kernels[-1] = dataclasses.replace(
-            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute"
+            kernels[-1], op="lm_head_recompute", name=kernels[-1].name + "_recompute",
+            phase="recompute",
         )
         for op in reversed(graph.epilogue):
             kernels += B.graph_op(op, head[op.name], cfg.n_layer, dims, head_blk, False, g, {})
@@ -545,7 +578,7 @@ def lower_training(
             if rec:
                 for k in fl:
                     kernels.append(copy_kernel(k, i, sfx, blk, plan.sram_need_bytes - k.sram_bytes,
-                                               tag="recompute"))  # fmt: skip
+                                               tag="recompute", phase="recompute"))  # fmt: skip
                     kernels[-1] = dataclasses.replace(kernels[-1], op=k.op + "_recompute")
             fk = {k.op: k for k in fl}
             recomp = {t: chain(t, fk) for t in plan.memory.recomputed}
@@ -572,36 +605,30 @@ def lower_training(
         if k.grad_block >= 0:
             gb[k.grad_block] += k.grad_bytes
     gblocks = [dataclasses.replace(b, bytes=gb[b.id]) for b in gblocks]
-    meta = {
-        "layout": plan.layout.describe(),
-        "training": plan.describe(),
-        "tokens": batch * seq_len,
-        "passes_per_sequence": plan.passes,
-        "tokens_per_pass": Tp,
-        "batch": batch,
-        "seq_len": seq_len,
-        "micro_batches": n,
-        "simulated_micro_batches": sim,
-        "extrapolation": (
+    training = TrainingSchedule(
+        simulated_micro_batches=tuple(sim),
+        extrapolation=(
             "none: every micro-batch simulated"
             if len(sim) == n
             else f"{len(sim)} of {n} micro-batches simulated (identical ones skipped); step time "
             f"= T_sim + {n - len(sim)} x (end of micro-batch 1 - end of micro-batch 0)"
         ),
-        "mapping": "weight_streaming",
-        "systems": systems,
-        "residual_gradient_bytes_per_pe": plan.memory.ckpt_bytes,
-        "layer_activation_bytes_per_pe": plan.memory.kept_bytes,
-        "checkpoint_bytes_simulated": sum(
+        activations=plan.policy,
+        passes_per_sequence=plan.passes,
+        tokens_per_pass=Tp,
+        residual_gradient_bytes_per_pe=plan.memory.ckpt_bytes,
+        layer_activation_bytes_per_pe=plan.memory.kept_bytes,
+        checkpoint_bytes_simulated=sum(
             k.grad_bytes for k in kernels
             if k.grad_block >= 0 and ".ckpt_out." in gblocks[k.grad_block].name
         ),
         # K/V the passes of split sequences send out for the later passes
-        "cross_pass_bytes_simulated": sum(
+        cross_pass_bytes_simulated=sum(
             k.grad_bytes for k in kernels
             if k.grad_block >= 0 and ".kv_out." in gblocks[k.grad_block].name
         ),
-    }  # fmt: skip
+        plan=plan.describe(),
+    )  # fmt: skip
     return Program(
         f"{cfg.name}/weight_streaming/train",
         arch.wafer.rows,
@@ -610,8 +637,12 @@ def lower_training(
         kernels,
         blocks,
         maps,
-        meta,
+        plan.layout.geometry(),
         gblocks,
+        mapping="weight_streaming",
+        workload=Workload(batch, seq_len, n, plan.b_last),
+        systems=systems,
+        training=training,
     )
 
 

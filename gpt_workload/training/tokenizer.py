@@ -16,6 +16,7 @@ from importlib import resources
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 
 __all__ = ["DEFAULT_TEXT", "ByteTokenizer", "load_text", "load_text_batches"]
@@ -86,9 +87,7 @@ def load_text_batches(
     Raises:
         ConfigError: ``batch`` or ``seq_len`` out of range.
     """
-    for name, value, lo in (("batch", batch, 1), ("seq_len", seq_len, 2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise ConfigError(f"{name}={value!r} must be an integer >= {lo}")
+    batch, seq_len = check_int("batch", batch, 1), check_int("seq_len", seq_len, 2)
     ids = tokenizer.encode(load_text() if text is None else text)
     if seq_len > ids.size:
         raise ConfigError(f"seq_len={seq_len} must be <= the text length of {ids.size} tokens")

@@ -53,21 +53,23 @@ import numpy as np
 
 from gpt_workload import strict_json
 from gpt_workload.config import PUBLISHED_TRAINING, GPTConfig, forward_flops_per_token
-from gpt_workload.lowering import max_batch_single_micro
+from gpt_workload.mappings.weight_streaming.plan import max_batch_single_micro
 from gpt_workload.models import require_lowered
+from gpt_workload.checks import check_int
 from gpt_workload.precision import check_precision
 from gpt_workload.training.data import load_token_ids, text_batches, token_id_batches
 from gpt_workload.training.energy import step_energy
 from gpt_workload.training.lowering import check_offload, lower_training
-from gpt_workload.training.lowering import lower_training
+from gpt_workload.training.plan_search import search_training_plan
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError, NumericsError
 from wse_sim.program import Program
-from wse_sim.timing.analytic import run_analytic
+from wse_sim.timing import WAFER_BACKENDS, get_backend
 from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
-from wse_sim.timing.event import run_event
 
-FIDELITIES = {"event": run_event, "analytic": run_analytic}
+#: fidelities that time a training step: the whole-wafer backends of
+#: :data:`wse_sim.timing.BACKENDS` (``packet`` models no gradient streams)
+FIDELITIES = WAFER_BACKENDS
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
 #: most steps of a run
@@ -109,17 +111,13 @@ def swarmx_reduce_s(arch: ArchConfig, nbytes: float, systems: int) -> float:
     return nbytes / bw + swarmx_depth(systems) * io.swarmx_latency_s
 
 
-def _phase(name: str) -> str:
-    return "recompute" if "recompute" in name else ("backward" if ".bwd." in name else "forward")
-
-
 @dataclass
 class StepTiming:
     """Time of one training step of one system (all systems run in lock-step).
 
     Attributes:
         step_time_s: simulated seconds per step (extrapolated over the micro-batches not
-            simulated, see ``Program.meta["extrapolation"]``).
+            simulated, see ``Program.training.extrapolation``).
         breakdown: seconds per step: ``forward``, ``recompute``, ``backward`` (each its
             kernels' compute + fabric), ``weight_io_stall``, ``gradient_egress_stall`` (kernels
             waiting for a gradient buffer), ``gradient_tail`` (last gradients leaving after the
@@ -153,30 +151,26 @@ def time_training_step(
 ) -> StepTiming:
     """Lower and time one training step of ``batch`` global sequences over ``systems``
     (``checkpoint_offload``: ``auto``, ``on`` or ``off``, see
-    :mod:`gpt_workload.training.lowering`). When ``auto`` plans offload, the best plan
-    without it is timed too if it fits and the faster kept (``auto_choice`` in the plan).
+    :mod:`gpt_workload.training.lowering`). The step plan (segment width, micro-batches,
+    activation policy) is the fastest by ``analytic`` time among those that fit
+    (:mod:`gpt_workload.training.plan_search`; ``plan_search`` in the plan).
 
     Raises:
         ConfigError, FitError: bad input (one line).
     """
-    st = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload)
-    ck = st.program.meta["training"]["checkpoint_offload"]
-    if checkpoint_offload == "auto" and ck["used"]:
-        try:
-            off = _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "off")
-        except FitError:
-            ck["auto_choice"] = "offload: no plan without it fits"
-            return st
-        times = f"offload {st.step_time_s:.6g} s vs on the wafer {off.step_time_s:.6g} s"
-        st = off if off.step_time_s < st.step_time_s else st
-        st.program.meta["training"]["checkpoint_offload"].update(mode="auto", auto_choice=times)
-    return st
+    if batch < systems or fidelity not in FIDELITIES:  # the one-line errors of _time_step
+        return _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "auto")
+    run, co = (cfg, arch, batch, seq_len, precision, systems), checkpoint_offload
+    choice = search_training_plan(
+        cfg, swarmx_arch(arch, systems), math.ceil(batch / systems), seq_len, precision, co,
+        lambda p: _time_step(*run, "analytic", co, p).step_time_s, systems)  # fmt: skip
+    return _time_step(*run, fidelity, co, choice.plan)
 
 
-def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload):
-    """:func:`time_training_step` for one ``checkpoint_offload`` value."""
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
+def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
+               plan=None):
+    """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
+    get_backend(fidelity, FIDELITIES)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
@@ -187,10 +181,10 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
     arch_s = swarmx_arch(arch, systems)
     t0 = time.perf_counter()
     prog = lower_training(cfg, arch_s, per, seq_len, precision, systems=systems,
-                          checkpoint_offload=checkpoint_offload)  # fmt: skip
+                          checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = FIDELITIES[fidelity](prog, arch_s)
+    tr = get_backend(fidelity, FIDELITIES)(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
@@ -198,8 +192,9 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
     w_stall = 0.0
     per_mb: dict[int, dict] = {}
     ends: dict[int, float] = {}
+    phase = {k.name: k.phase for k in prog.kernels}
     for kt in tr.kernels:
-        ph = _phase(kt.name)
+        ph = phase[kt.name]
         br[ph] += kt.compute_s + kt.fabric_s
         w_stall += kt.stall_s
         m = per_mb.setdefault(kt.micro_batch, {"forward": 0.0, "recompute": 0.0, "backward": 0.0,
@@ -207,8 +202,8 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
         m[ph] += kt.compute_s + kt.fabric_s
         m["stall"] += kt.stall_s
         ends[kt.micro_batch] = kt.end_s
-    n_sim = len(prog.meta["simulated_micro_batches"])
-    n = prog.meta["micro_batches"]
+    n_sim = len(prog.training.simulated_micro_batches)
+    n = prog.workload.micro_batches
     extra_mb = n - n_sim
     step = tr.total_s
     in_bw = arch_s.io.ingress_bytes_per_s
@@ -325,8 +320,9 @@ class TrainReport:
             ("workload", f"batch {self.batch} x seq {self.seq_len} = {self.tokens_per_step:,} "
                          f"tokens/step, {self.precision}, {self.steps} step(s)"),
             ("per system", f"{t['per_system_batch']} sequences in {t['micro_batches']} "
-                           f"micro-batch(es) of {t['sequences_per_micro_batch']}; activations "
-                           f"{t['activations']}; gradients accumulate in MemoryX"),
+                           f"micro-batch(es) of {t['sequences_per_micro_batch']} (segments of "
+                           f"{t['pes_per_segment']} PEs x {t['tokens_per_segment']} tokens); "
+                           f"activations {t['activations']}; gradients accumulate in MemoryX"),
             ("checkpoints", (f"offloaded to MemoryX: {ck['bytes_out_per_step'] / 1e9:.3f} GB "
                              "out and back in per step per system" if ck["used"] else
                              "on the wafer") + f" (--checkpoint-offload {ck['mode']})"),
@@ -377,17 +373,6 @@ class TrainReport:
             rows += published_rows(e.get("published") or {})
         rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in self.wall_s.items())))
         return rows
-
-
-def _check_int(name: str, v, lo: int, hi: int | None = None, allow_none: bool = False):
-    if v is None and allow_none:
-        return None
-    allowed = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise ConfigError(f"{name}={v!r} must be {allowed}")
-    if v < lo or (hi is not None and v > hi):
-        raise ConfigError(f"{name}={v!r} must be {allowed}")
-    return int(v)
 
 
 def train(
@@ -460,29 +445,28 @@ def train(
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(FIDELITIES)}")
-    check_precision(precision)
+    get_backend(fidelity, FIDELITIES)
+    precision = check_precision(precision)
     check_offload(checkpoint_offload)
-    steps = _check_int("steps", steps, 1, MAX_STEPS)
+    steps = check_int("steps", steps, 1, MAX_STEPS)
     arch_cfg = (
         load_arch(arch, overrides)
         if isinstance(arch, str)
         else (arch.with_overrides(overrides) if overrides else arch)
     )
-    systems = _check_int("systems", systems, 1, max_systems(arch_cfg))
-    batch = _check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
+    systems = check_int("systems", systems, 1, max_systems(arch_cfg))
+    batch = check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
     seq_len_arg = seq_len
     if seq_len is not None and (
         isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, (int, np.integer))
     ):
         seq_len = -1  # reported with the allowed range below
-    seed = _check_int("seed", seed, 0, 2**63 - 1)
-    check_sequences = _check_int("check_sequences", check_sequences, 0, 64)
-    check_seq_len = _check_int("check_seq_len", check_seq_len, 2, allow_none=True)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    check_sequences = check_int("check_sequences", check_sequences, 0, 64)
+    check_seq_len = check_int("check_seq_len", check_seq_len, 2, allow_none=True)
     if numerics_steps is None:
         numerics_steps = min(steps, DEFAULT_NUMERICS_STEPS)
-    numerics_steps = _check_int("numerics_steps", numerics_steps, 0, steps)
+    numerics_steps = check_int("numerics_steps", numerics_steps, 0, steps)
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr={lr!r} must be a finite number > 0")
     if text is not None and tokens is not None:
@@ -529,19 +513,21 @@ def train(
     }
     peak = arch_cfg.peak_flops_per_s(precision)
     prog = st.program
-    n_sim = len(prog.meta["simulated_micro_batches"])
+    n_sim = len(prog.training.simulated_micro_batches)
     hw = prog.flops
     if st.micro_batches > n_sim:
         hw += (st.micro_batches - n_sim) * sum(k.flops for k in prog.kernels if k.micro_batch == 1)
     grad_bytes = sum(b.bytes for b in prog.gradient_blocks if b.optimizer_params > 0)
-    ckpt_sim = prog.meta["checkpoint_bytes_simulated"]  # each way (out in forward, back in)
+    ckpt_sim = prog.training.checkpoint_bytes_simulated  # each way (out in forward, back in)
     frac = st.micro_batches / n_sim
+    ck = prog.training.plan["checkpoint_offload"]  # the searched plan's offload mode and bytes
     training = {
-        **prog.meta["training"],
+        **prog.training.plan,  # the lowering's plan, for the report
+        "checkpoint_offload": ck,
         "per_system_batch": st.per_system_batch,
         "micro_batches": st.micro_batches,
-        "simulated_micro_batches": prog.meta["simulated_micro_batches"],
-        "extrapolation": prog.meta["extrapolation"],
+        "simulated_micro_batches": list(prog.training.simulated_micro_batches),
+        "extrapolation": prog.training.extrapolation,
         "weight_bytes_streamed_per_step": (prog.weight_bytes_streamed - ckpt_sim) * frac,
         "gradient_bytes_streamed_per_step": (prog.grad_bytes_streamed - ckpt_sim) * frac,
         "optimizer": "AdamW in MemoryX, per layer as its gradients arrive; step ends after "
@@ -557,7 +543,7 @@ def train(
         "formula": "bytes / min(egress, swarmx) + ceil(log2 S) x swarmx_latency (pipelined "
         "binary tree); weights broadcast at min(ingress, swarmx)",
     }
-    num_args = (*num_args[:11], prog.meta["training"]["activations"], *num_args[12:])
+    num_args = (*num_args[:11], prog.training.activations, *num_args[12:])
     num = _numerics(numerics, *num_args)
     t0 = time.perf_counter()
     energy = step_energy(st, swarmx_arch(arch_cfg, systems), systems, tokens, mflops["total"])

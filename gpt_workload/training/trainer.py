@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker
-from gpt_workload.precision import check_precision
-from gpt_workload.training.backward import check_tokens, forward_backward_sum, grads_finite
+from gpt_workload.precision import Precision, check_precision
+from gpt_workload.training.backward import grads_finite
 from gpt_workload.training.backward_graph import graph_forward_backward_sum
+from gpt_workload.training.data import check_training_tokens
 from gpt_workload.training.loss_scale import DynamicLossScaler
 from gpt_workload.training.optim import AdamWConfig, AdamWState, adamw_step, clip_grad_norm
 from gpt_workload.weights import GPTWeights
@@ -73,11 +75,9 @@ def accumulate_gradients(
     health: HealthTracker | None = None,
 ) -> tuple[float, GPTWeights, bool]:
     """Loss and gradients of a batch split into ``grad_accum_steps`` micro-batches along B.
-    ``health`` checks every stored tensor of every micro-batch. gpt2 runs
-    :func:`gpt_workload.training.backward.forward_backward_sum` (``GPTWeights``), the graph
-    families (gptj, llama, qwen2)
-    :func:`gpt_workload.training.backward_graph.graph_forward_backward_sum`
-    (:class:`gpt_workload.models.weights.DecoderWeights`).
+    ``health`` checks every stored tensor of every micro-batch. Every family runs
+    :func:`gpt_workload.training.backward_graph.graph_forward_backward_sum` (``GPTWeights``
+    for gpt2, :class:`gpt_workload.models.weights.DecoderWeights` for gptj, llama, qwen2).
 
     Each micro-batch's loss is normalised by the *full* batch's ``B * (T - 1)`` predictions,
     so the micro-batch gradients are summed (in micro-batch order, float32) into the gradient
@@ -85,20 +85,18 @@ def accumulate_gradients(
 
     Args:
         cfg, weights, precision, loss_scale, recompute: as
-            :func:`gpt_workload.training.backward.forward_backward`.
+            :func:`gpt_workload.training.backward_graph.graph_forward_backward`.
         tokens: int ``[B, T]``; ``B`` must be divisible by ``grad_accum_steps``.
         grad_accum_steps: number of micro-batches (int >= 1).
 
     Returns:
-        ``(loss, grads, finite)`` as ``forward_backward`` for the whole batch.
+        ``(loss, grads, finite)`` as ``graph_forward_backward`` for the whole batch.
 
     Raises:
         ConfigError: ``grad_accum_steps`` not a positive integer dividing ``B``, bad tokens.
     """
-    tok = check_tokens(cfg, tokens)
-    n = grad_accum_steps
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"grad_accum_steps={n!r} must be a positive integer")
+    tok = check_training_tokens(cfg, tokens)
+    n = check_int("grad_accum_steps", grad_accum_steps, 1)
     b, t = tok.shape
     if b % n:
         raise ConfigError(f"grad_accum_steps={n} must divide the batch size B={b}")
@@ -106,9 +104,8 @@ def accumulate_gradients(
     mb = b // n
     loss = 0.0
     total: GPTWeights | None = None
-    fb = forward_backward_sum if cfg.family == "gpt2" else graph_forward_backward_sum
     for i in range(n):
-        part, g, _ = fb(
+        part, g, _ = graph_forward_backward_sum(
             cfg, weights, tok[i * mb : (i + 1) * mb], precision, loss_scale, recompute, denom,
             health,
         )
@@ -156,18 +153,16 @@ class TrainNumerics:
         recompute: bool = False,
         grad_accum_steps: int = 1,
     ) -> None:
-        check_precision(precision)
+        precision = check_precision(precision)
         weights.validate(cfg)
-        n = grad_accum_steps
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"grad_accum_steps={n!r} must be a positive integer")
+        n = check_int("grad_accum_steps", grad_accum_steps, 1)
         if adamw is not None and not isinstance(adamw, AdamWConfig):
             raise ConfigError(f"adamw is a {type(adamw).__name__}: expected an AdamWConfig")
         self.cfg = cfg
         self.precision = precision
         self.adamw = adamw if adamw is not None else AdamWConfig()
         if loss_scaler is None:
-            loss_scaler = DynamicLossScaler(enabled=precision != "fp32")
+            loss_scaler = DynamicLossScaler(enabled=precision is not Precision.FP32)
         self.scaler = loss_scaler
         self.recompute = bool(recompute)
         self.grad_accum_steps = int(n)

@@ -4,7 +4,7 @@
 conditions, source, scenario, tolerance and role of every measured figure of
 ``shared/reference/measured.md``); ``scenarios`` runs one row's scenario; ``table`` builds the
 table (:func:`~gpt_workload.validation.table.validate`), its CSV and parity plot. The command
-line is ``wse-sim validate`` (:mod:`gpt_workload.cli_validate`).
+line is ``wse-sim validate`` (:mod:`gpt_workload.cli.validate`).
 """
 
 from gpt_workload.validation.table import ValidationRow, exit_status, validate

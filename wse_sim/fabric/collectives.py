@@ -41,7 +41,7 @@ from wse_sim.fabric.dataflow import Dataflow
 from wse_sim.fabric.engine import PacketFabric
 from wse_sim.fabric.routing import RouteTable, multicast_xy, xy_route
 from wse_sim.fabric.topology import Mesh, Node
-from wse_sim.program import Kernel, PEClass, Program, Transfer
+from wse_sim.program import Kernel, LayoutGeometry, PEClass, Program, Transfer
 
 KINDS = ("broadcast", "reduce", "allreduce")
 ALGORITHMS = {"broadcast": ("tree",), "reduce": ("chain", "tree"), "allreduce": ("chain", "ring")}
@@ -552,12 +552,9 @@ def collective_program(
         [kernel],
         [],
         {"tokens": tokens, "position": pos},
-        {
-            "layout": {
-                "pes_per_segment": P,
-                "segments_per_sequence": rows if pattern == "multicast_chain" else 1,
-                "grid": [rows, cols],
-            },
-            "micro_batches": 1,
-        },
+        LayoutGeometry(
+            grid=(rows, cols),
+            pes_per_segment=P,
+            segments_per_sequence=rows if pattern == "multicast_chain" else 1,
+        ),
     )

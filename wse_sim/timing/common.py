@@ -292,7 +292,7 @@ def gradient_path(program: Program, arch: ArchConfig) -> tuple[float, float] | N
     for a program without gradient blocks (a forward pass: no egress is modelled at all).
 
     One system: the egress link, ``io.egress_bytes_per_s``, no extra latency. ``S > 1``
-    systems (``program.meta["systems"]``): the gradients are summed on their way through
+    systems (``program.systems``): the gradients are summed on their way through
     the SwarmX tree, pipelined (cut-through) level by level, so a block leaves at
     ``min(io.egress_bytes_per_s, io.swarmx_bytes_per_s)`` and arrives ``ceil(log2 S) x
     io.swarmx_latency_s`` after its last byte left the wafer. Closed form of one block's
@@ -300,7 +300,7 @@ def gradient_path(program: Program, arch: ArchConfig) -> tuple[float, float] | N
     """
     if not program.gradient_blocks:
         return None
-    s = int(program.meta.get("systems", 1))
+    s = program.systems
     io = arch.io
     if s <= 1:
         return io.egress_bytes_per_s, 0.0

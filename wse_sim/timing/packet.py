@@ -22,7 +22,7 @@ lowering's geometry (``gpt_workload/lowering.py``), run by the packet engine
 * **Segment all-reduce** (``allreduce_row``): chain reduce to the segment's east end, then a
   multicast back west; ``max_link_bytes`` each way (the busiest link, per direction).
 * **Head all-reduce** (``allreduce_head``): as ``allreduce_row`` along each group of
-  ``pes_per_head`` consecutive PEs of a segment (``meta['layout']['pes_per_head']``: a head
+  ``pes_per_head`` consecutive PEs of a segment (``Program.layout.pes_per_head``: a head
   split over several PEs all-reduces its partial attention scores).
 * **Head exchange** (``exchange_head``): within each such group, PE ``c`` and PE ``c + h``
   (``h = hops``, ``c < h``) swap ``ramp_bytes`` (the rotate-half RoPE partners).
@@ -135,9 +135,9 @@ class _KernelRun:
         for i, p in enumerate(self.pes):
             self.pidx[mesh.index(p)] = i
         self.cmap = cmap
-        layout = program.meta.get("layout", {})
-        self.P = max(int(layout.get("pes_per_segment", 1)), 1)
-        self.k_head = max(int(layout.get("pes_per_head", 1)), 1)
+        layout = program.layout
+        self.P = max(layout.pes_per_segment, 1)
+        self.k_head = max(layout.pes_per_head or 1, 1)
         npe = len(self.pes)
         self.crit = int(np.argmax(self.chunk_cycles)) if npe else -1
         # per PE: next chunk, its pending inputs, when they are all there

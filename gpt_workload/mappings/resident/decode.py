@@ -11,12 +11,12 @@ live requests; ``s`` bytes per element; partial sums fp32):
   - ``linear``: each PE multiplies its ``K/kp x N/np`` tile by its input slice
     (``max(MACs / FMAC rate, tile bytes / SRAM read rate)`` cycles plus one vector-op setup
     per output or input element, whichever loop is shorter), then the partials are
-    all-reduced along the lines of the reduction axis (:mod:`wse_sim.fabric.lines`; tree or
-    chain). The ``rowcol`` layout first broadcasts the input along the rows
+    all-reduced along the lines of the reduction axis (:mod:`wse_sim.fabric.lines`; tree,
+    chain or K-tree). The ``rowcol`` layout first broadcasts the input along the rows
     (``<op>.bcast``). Streaming placement: the tile arrives from MemoryX first
     (``multicast_2d`` down the columns; the layer's weight block).
   - ``norm``: the slice's statistics, then a one- (RMSNorm) or two-value (LayerNorm)
-    all-reduce along the split axis; ``rotary``, ``activation``, ``mul``, ``add``: on the
+    all-reduce along the split axis (a tree; the K-tree on a K-tree layout); ``rotary``, ``activation``, ``mul``, ``add``: on the
     slices, no transfer; ``split``: nothing.
   - ``attention``: ``attention.gather`` (the group's q and the new k, v down each band's
     columns), ``attention`` (scores, softmax partials and weighted values over the PE's
@@ -29,7 +29,7 @@ live requests; ``s`` bytes per element; partial sums fp32):
 
 Cycles of an element-wise op: ``elements x FLOP per element / (2 x FMAC rate)`` and one
 vector-op setup per FLOP per element, at least the SRAM traffic (3 operands per element) at
-the read rate. ``Program.meta["sram_cycles"]`` holds, per kernel, the cycles its slowest PE
+the read rate. ``Program.sram_cycles`` holds, per kernel, the cycles its slowest PE
 spent beyond the FMAC bound because of SRAM bandwidth (the report's SRAM share).
 """
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from gpt_workload.mappings.resident.layout import ACC_BYTES, DecodeLayout, _tile
 from wse_sim.fabric.lines import line_pattern, line_transfer
-from wse_sim.program import Kernel, PEClass, Program, Transfer, WeightBlock
+from wse_sim.program import Kernel, LayoutGeometry, PEClass, Program, Transfer, WeightBlock
 
 __all__ = ["ELEMENTWISE_FLOPS", "attention_occupancy", "lower_decode_step", "sampling_wavelets"]
 
@@ -128,7 +128,7 @@ class _Builder:
             bc = self.line(f"{op.name} input broadcast", line_pattern("bcast", "tree", "row"),
                            kt * B * s / 4)  # fmt: skip
             self.add(f"{name}.bcast", op.name, layer, (0.0, 0.0), 0.0, 0.0, (bc,))
-        red = line_pattern("allreduce", lay.reduce, lay.reduce_axis(axis_in))
+        red = line_pattern("allreduce", lay.reduce_algorithm, lay.reduce_axis(axis_in))
         trs = [self.line(f"{op.name} partial-sum all-reduce", red, nt * B * ACC_BYTES / 4)]
         wb = 0
         if lay.placement == "streaming":
@@ -155,7 +155,7 @@ class _Builder:
         wb = 0
         if op.kind == "norm":
             stats = 1 if op.attrs.get("norm") == "rmsnorm" else 2
-            pat = line_pattern("allreduce", "tree", lay.reduce_axis(axis))
+            pat = line_pattern("allreduce", lay.stats_algorithm, lay.reduce_axis(axis))
             trs.append(self.line(f"{op.name} statistics all-reduce", pat, stats * B))
             if lay.placement == "streaming":
                 wb = lay.graph.param_elems(op) * self.s
@@ -206,7 +206,7 @@ class _Builder:
                  cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip
         part = (dh + 2) * group * per_req * ACC_BYTES / 4
         row = line_transfer("softmax-partial merge (rows)",
-                            line_pattern("allreduce", "tree", "row"), cols_used,
+                            line_pattern("allreduce", lay.stats_algorithm, "row"), cols_used,
                             rows_used * lines, part, fab)  # fmt: skip
         flops = 4 * dh * cfg.n_head * sum(contexts)
         self.add(f"{prefix}attention", op.name, layer, (busy, over), max(sr - fm, 0.0), flops,
@@ -214,7 +214,7 @@ class _Builder:
                  scratch=self.buffers["attention"])  # fmt: skip
         if rows_used > 1:
             col = line_transfer("softmax-partial merge (columns)",
-                                line_pattern("allreduce", "tree", "col"), rows_used,
+                                line_pattern("allreduce", lay.stats_algorithm, "col"), rows_used,
                                 cols_used * lines, part, fab)  # fmt: skip
             self.add(f"{prefix}attention.merge", op.name, layer, (0.0, 0.0), 0.0, 0.0, (col,),
                      cmap=key, classes=classes((0.0, 0.0)))  # fmt: skip
@@ -235,7 +235,7 @@ class _Builder:
         elems = self.slice_of(lay.graph.dims["V"], axis_out) * B
         fpe = 1 if sampling == "greedy" else 4  # compare; or scale, exp, compare, select
         cyc, extra = self.vec(elems, fpe)
-        pat = line_pattern("allreduce", "tree", "col" if axis_out == "row" else "row")
+        pat = line_pattern("allreduce", lay.stats_algorithm, "col" if axis_out == "row" else "row")
         tr = self.line("token (value, index) all-reduce", pat,
                        sampling_wavelets(sampling, top_k) * B)  # fmt: skip
         self.add("sampling", "sampling", lay.cfg.n_layer, cyc, extra, 0.0, (tr,))
@@ -262,9 +262,9 @@ def lower_decode_step(
             the vectors of the same matrix products; no sampling.
 
     Returns:
-        A Program; ``meta`` holds ``sram_cycles`` (per kernel, cycles beyond the FMAC bound
-        set by SRAM bandwidth), ``weight_bytes`` (the bytes the step reads from SRAM or
-        MemoryX), ``layers``, ``system``, ``contexts``.
+        A Program whose ``sram_cycles`` are, per kernel, the cycles beyond the FMAC bound
+        set by SRAM bandwidth and ``weight_bytes_read`` the bytes the step reads from SRAM or
+        MemoryX; its ``notes`` record ``layers``, ``system``, ``contexts``.
     """
     B = len(contexts)
     b = _Builder(lay, B, system)
@@ -314,16 +314,12 @@ def lower_decode_step(
         b.kernels,
         blocks,
         b.maps,
-        {
-            "sram_cycles": b.sram_cycles,
-            "weight_bytes": weight_bytes,
-            "layers": [layers.start, layers.stop],
-            "system": system,
-            "contexts": list(contexts),
-            "layout": {"pes_per_segment": 1, "grid": [lay.rows, lay.cols]},
-            "micro_batches": 1,
-        },
-    )
+        LayoutGeometry(grid=(lay.rows, lay.cols)),
+        sram_cycles=b.sram_cycles,
+        weight_bytes_read=weight_bytes,
+        notes={"layers": [layers.start, layers.stop], "system": system,
+               "contexts": list(contexts)},
+    )  # fmt: skip
     return prog
 
 

@@ -5,8 +5,16 @@ inference, WaferLLM). The layers are split as evenly as possible over ``S`` syst
 (wafers) in a pipeline (layer ``l`` on system ``l * S // L``-ish, :func:`split_layers`); the
 embedding on the first, the final norm and LM head on the last (a tied table is held twice
 when they differ, as Megatron-LM does). Within a system every matrix of every layer it holds
-is tiled over the whole ``R x C`` grid, so each PE holds one tile of each (WaferLLM's
-decode layout; He et al., OSDI 2025, section 4.2). ``streaming``: the weights live in
+is tiled over one *region* of PEs, so each PE of it holds one tile of each: either the whole
+``R x C`` grid (``region="wafer"``: every layer over the whole wafer, lines of ``C`` and ``R``
+PEs), or a square ``P x P`` region per group of consecutive layers (``region=P``; WaferLLM's
+decode layout, He et al., OSDI 2025, sections 4.2 and 7: Llama-3-8B decodes on 360 x 360).
+A system holds ``floor(R / P) x floor(C / P)`` such regions; its layers go to the fewest of
+them (contiguous, as even as possible; the embedding on the first region of the first
+system, the final norm and LM head on the last region of the last) whose SRAM holds them,
+their K/V cache and buffers; the token's vector crosses from one region to the next (``P``
+hops, :mod:`.regions`). ``region="auto"`` (:mod:`.search`) picks the region and the
+all-reduce by the analytic step time. ``streaming``: the weights live in
 MemoryX and stream in at every decode step, one layer at a time, as in training; one system.
 
 **Matrix-vector products** (the ``gemv`` knob; :class:`gpt_workload.generation.split.GemvSplit`):
@@ -14,7 +22,8 @@ MemoryX and stream in at every decode step, one layer at a time, as in training;
 * ``mesh`` (default; WaferLLM's MeshGEMV): a vector lives split along one grid axis and
   replicated along the other. A GEMV whose input is split over the columns holds ``K``
   over the columns and ``N`` over the rows; each PE multiplies its tile, then the partial
-  sums are all-reduced along each row (tree or chain, the ``reduce`` knob), which leaves the
+  sums are all-reduced along each row (tree, chain or WaferLLM's K-tree with ``ktree_k``
+  phases, the ``reduce`` knob: :mod:`wse_sim.fabric.lines`), which leaves the
   output split over the rows and replicated along them: the next GEMV holds its matrix the
   other way round. The orientation alternates, so no vector is ever transposed.
 * ``rowcol`` (plain): every GEMV holds ``K`` over the rows and ``N`` over the columns; its
@@ -29,7 +38,8 @@ ceil(batch x max_context / band PEs)`` per PE, so the batch spreads over the ban
 layers' caches follow one another around the band, so its PEs share all the layers' caches
 (:meth:`DecodeLayout.kv_slots_per_pe`).
 A new token's scores, softmax partials and weighted values are computed where its K/V are,
-merged by a tree all-reduce along the band's rows, then its columns.
+merged by a tree all-reduce (the K-tree on a K-tree layout) along the band's rows, then its
+columns.
 
 **SRAM per PE** (:meth:`DecodeLayout.sram`): weight tiles, the K/V blocks of every layer of
 the system for every request, and the working buffers (the largest GEMV's input slice and
@@ -49,12 +59,13 @@ from gpt_workload.models import build_graph
 from gpt_workload.precision import bytes_per_element
 from wse_sim.arch import ArchConfig
 from wse_sim.errors import ConfigError, FitError
+from wse_sim.fabric.lines import ktree_algorithm
 
 __all__ = ["PLACEMENTS", "GEMVS", "REDUCES", "DecodeLayout", "make_layout", "split_layers"]
 
 PLACEMENTS = ("resident", "streaming")
 GEMVS = ("mesh", "rowcol")
-REDUCES = ("tree", "chain")
+REDUCES = ("tree", "chain", "ktree")
 ACC_BYTES = 4  # fp32 partial sums and attention partials
 
 
@@ -84,6 +95,12 @@ class DecodeLayout:
         max_context: the longest context (prompt + new tokens) the layout was sized for.
         batch: requests held at once.
         layers: per system, the layers it holds.
+        region: ``P`` of the square region each layer group occupies (``rows = cols = P``),
+            0 for the whole grid; ktree_k: phases of a ``ktree`` reduce.
+        regions: per system, the layers of each region it uses (one region, all its
+            layers, when ``region`` is 0).
+        search: what :func:`~gpt_workload.mappings.resident.search.search_layout` tried
+            (empty when the region and reduce were given).
     """
 
     cfg: GPTConfig
@@ -103,6 +120,33 @@ class DecodeLayout:
     heads_per_band: int
     block_tokens: int
     layers: list[range] = field(default_factory=list)
+    region: int = 0
+    ktree_k: int = 2
+    regions: list[list[range]] = field(default_factory=list)
+    search: list[dict] = field(default_factory=list)
+
+    @property
+    def reduce_algorithm(self) -> str:
+        """The line-collective algorithm of the GEMV all-reduces (``ktree2`` for a K-tree
+        of two phases)."""
+        return f"ktree{self.ktree_k}" if self.reduce == "ktree" else self.reduce
+
+    @property
+    def stats_algorithm(self) -> str:
+        """The algorithm of the small all-reduces (norm statistics, sampled token): the
+        K-tree on a K-tree layout, else the binary tree."""
+        return self.reduce_algorithm if self.reduce == "ktree" else "tree"
+
+    def region_loads(self, system: int) -> list[tuple[int, bool, bool]]:
+        """``(layers, holds the embedding, holds the head)`` of each region ``system``
+        uses."""
+        spans = self.regions[system] if self.regions else [self.layers[system]]
+        last = len(spans) - 1
+        return [(len(r), system == 0 and j == 0, system == self.systems - 1 and j == last)
+                for j, r in enumerate(spans)]  # fmt: skip
+
+    def _worst_load(self, system: int) -> tuple[int, bool, bool]:
+        return max(self.region_loads(system), key=lambda ld: self._sram_of(ld)["total"])
 
     @property
     def elem_bytes(self) -> int:
@@ -139,8 +183,10 @@ class DecodeLayout:
         for op in (*self.graph.layer, *self.graph.epilogue):
             if op.kind in ("linear", "lm_head"):
                 kp, np_ = self.split_axes(self.orient[op.name])
-                gemv[op.name] = GemvSplit(kp, np_, self.reduce)
-        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, "tree"))
+                gemv[op.name] = GemvSplit(kp, np_, self.reduce, self.ktree_k)
+        kv_order = "ktree" if self.reduce == "ktree" else "tree"
+        return DecodePlan(gemv, KVSplit(self.pes_per_request, self.block_tokens, kv_order,
+                                        self.ktree_k))  # fmt: skip
 
     @property
     def pes_per_request(self) -> int:
@@ -153,24 +199,25 @@ class DecodeLayout:
         return math.ceil(self.batch * self.pes_per_request / self.band_pes)
 
     # ------------------------------------------------------------------ SRAM
-    def weight_bytes_per_pe(self, system: int) -> dict[str, int]:
-        """Weight bytes per PE on ``system`` by op name (the largest tile; resident only)."""
+    def weight_bytes_per_pe(self, system: int, load=None) -> dict[str, int]:
+        """Weight bytes per PE on ``system`` by op name (the largest tile; resident only), on
+        its most loaded region (or the region of ``load``, :meth:`region_loads`)."""
         if self.placement != "resident":
             return {}
+        n_layers, first, last = self._worst_load(system) if load is None else load
         g, s = self.graph, self.elem_bytes
         out: dict[str, int] = {}
-        n_layers = len(self.layers[system])
         d = g.dims["d"]
         for op in g.layer:
             out[op.name] = n_layers * self._op_tile_elems(op) * s
-        if system == 0:
+        if first:
             for op in g.prologue:
                 rows = g.dims["V"] if op.kind == "embedding" else self.cfg.n_positions
                 out[op.name] = _tile(rows, self.rows) * _tile(d, self.cols) * s
-        if system == self.systems - 1:
+        if last:
             for op in g.epilogue:
                 out[op.name] = self._op_tile_elems(op) * s
-            if self.cfg.tie_embeddings and system == 0:
+            if self.cfg.tie_embeddings and first:
                 out["lm_head"] = 0  # the embedding table is the head
         return out
 
@@ -189,16 +236,18 @@ class DecodeLayout:
         head sharing the PE)."""
         return self.heads_per_band * 2 * self.cfg.d_head * self.elem_bytes
 
-    def kv_slots_per_pe(self, system: int) -> int:
-        """Cached tokens (of one head, any layer and request) a PE holds on ``system``: each
-        layer's caches take ``batch x pes_per_request`` PE blocks of ``block_tokens``, laid
-        one after another around the band."""
-        blocks = len(self.layers[system]) * self.batch * self.pes_per_request
+    def kv_slots_per_pe(self, system: int, load=None) -> int:
+        """Cached tokens (of one head, any layer and request) a PE holds on ``system`` (its
+        most loaded region, or that of ``load``): each layer's caches take ``batch x
+        pes_per_request`` PE blocks of ``block_tokens``, laid one after another around the
+        band."""
+        n_layers = (self._worst_load(system) if load is None else load)[0]
+        blocks = n_layers * self.batch * self.pes_per_request
         return math.ceil(blocks / self.band_pes) * self.block_tokens
 
-    def kv_bytes_per_pe(self, system: int) -> int:
+    def kv_bytes_per_pe(self, system: int, load=None) -> int:
         """K/V cache bytes per PE on ``system`` for the whole batch."""
-        return self.kv_slots_per_pe(system) * self.kv_slot_bytes()
+        return self.kv_slots_per_pe(system, load) * self.kv_slot_bytes()
 
     def buffer_bytes(self, batch: int | None = None) -> dict[str, int]:
         """Working buffers per PE by kernel kind, bytes, for ``batch`` vectors (default the
@@ -227,13 +276,28 @@ class DecodeLayout:
         cached tokens per head (summed over requests) that the bytes left beside the weights
         and this batch's buffers would hold, a capacity figure that ignores the model's
         positions and the buffers and block rounding of other batches (the context a batch
-        actually reaches is :meth:`max_context_at`)."""
-        w = sum(self.weight_bytes_per_pe(system).values())
-        kv = self.kv_bytes_per_pe(system)
+        actually reaches is :meth:`max_context_at`). On a region layout, the most loaded
+        region of the system, with the smallest ``max_context_x_batch`` of its regions."""
+        out = self._sram_of(self._worst_load(system))
+        out["max_context_x_batch"] = min(
+            self._sram_of(ld)["max_context_x_batch"] for ld in self.region_loads(system)
+        )
+        return out
+
+    def _sram_of(self, load: tuple[int, bool, bool]) -> dict:
+        memo = self.__dict__.setdefault("_sram_memo", {})
+        key = (tuple(load), self.batch, self.max_context, self.block_tokens)
+        if key not in memo:
+            memo[key] = self._sram_uncached(tuple(load))
+        return dict(memo[key])
+
+    def _sram_uncached(self, load: tuple[int, bool, bool]) -> dict:
+        w = sum(self.weight_bytes_per_pe(0, load).values())
+        kv = self.kv_bytes_per_pe(0, load)
         buf = sum(self.buffer_bytes().values())
         cap = self.arch.pe.sram_usable_bytes
         slots = max(cap - w - buf, 0) // self.kv_slot_bytes()
-        n_layers = max(len(self.layers[system]), 1)
+        n_layers = max(load[0], 1)
         room = slots * self.band_pes // n_layers
         return {
             "weights": w,
@@ -252,11 +316,17 @@ class DecodeLayout:
         SRAM, found by bisection (the bytes needed grow with the context); 0 when not even
         one token fits. Unlike ``sram()["max_context_x_batch"]`` (free bytes over the bytes
         of a cached token, a capacity figure), this counts the buffers and the block
-        rounding that grow with the batch, and the model's positions."""
+        rounding that grow with the batch, and the model's positions. A searched layout
+        (``search`` not empty) counts what the search could reach: this region or the
+        whole grid (the roomiest), whichever fits the longer context."""
+        sides = [self.region] + ([0] if self.search and self.region else [])
+
         def fits(c: int) -> bool:
-            lay = _build(self.cfg, self.arch, self.precision, self.placement, self.systems,
-                         batch, c, self.gemv, self.reduce)  # fmt: skip
-            return lay.worst_sram()["free"] >= 0
+            return any(
+                _build(self.cfg, self.arch, self.precision, self.placement, self.systems,
+                       batch, c, self.gemv, self.reduce, r, self.ktree_k).worst_sram()["free"]
+                >= 0 for r in sides
+            )  # fmt: skip
 
         lo, hi = 0, int(self.cfg.n_positions)
         if fits(hi):
@@ -316,17 +386,26 @@ def make_layout(
     batch: int = 1,
     max_context: int,
     gemv: str = "mesh",
-    reduce: str = "tree",
+    reduce: str = "auto",
+    region: int | str = "auto",
+    ktree_k: int = 2,
 ) -> DecodeLayout:
     """The decode layout of ``cfg`` for ``batch`` requests of up to ``max_context`` tokens.
 
     Args:
         systems: wafers in the pipeline, or ``"auto"``: the fewest whose SRAM holds the
-            weights, the K/V cache and the buffers.
+            weights, the K/V cache and the buffers (on the whole-grid layout).
+        reduce: ``tree``, ``chain``, ``ktree`` (WaferLLM's, ``ktree_k`` phases) or
+            ``"auto"`` (searched with the region).
+        region: ``"wafer"`` (every layer over the whole grid), an integer ``P`` (square
+            ``P x P`` regions per layer group) or ``"auto"``: the region and reduce of the
+            smallest analytic decode step among those that fit
+            (:func:`gpt_workload.mappings.resident.search.search_layout`). Streaming
+            placement always uses the whole grid.
 
     Raises:
-        ConfigError: unknown placement, gemv or reduce; more systems than layers; streaming
-            with more than one system.
+        ConfigError: unknown placement, gemv, reduce or region; ``ktree_k`` outside 1 to
+            4; more systems than layers; streaming with more than one system.
         FitError: it does not fit: the bytes per PE short (and, for ``"auto"``, that no
             number of systems up to the layer count fits).
     """
@@ -334,18 +413,29 @@ def make_layout(
         raise ConfigError(f"placement={placement!r} unknown; allowed: {', '.join(PLACEMENTS)}")
     if gemv not in GEMVS:
         raise ConfigError(f"gemv={gemv!r} unknown; allowed: {', '.join(GEMVS)}")
-    if reduce not in REDUCES:
-        raise ConfigError(f"reduce={reduce!r} unknown; allowed: {', '.join(REDUCES)}")
+    if reduce not in REDUCES + ("auto",):
+        raise ConfigError(f"reduce={reduce!r} unknown; allowed: {', '.join(REDUCES)}, auto")
+    ktree_algorithm(ktree_k)
+    region = check_region(region, arch)
+    if placement == "streaming":
+        region, reduce = 0, ("tree" if reduce == "auto" else reduce)
+    if region == "auto" or reduce == "auto":
+        from gpt_workload.mappings.resident.search import search_layout
+
+        return search_layout(cfg, arch, precision=precision, placement=placement,
+                             systems=systems, batch=batch, max_context=max_context, gemv=gemv,
+                             reduce=reduce, region=region, ktree_k=ktree_k)[0]  # fmt: skip
     L = cfg.n_layer
+    knobs = (gemv, reduce, region, ktree_k)
     if systems == "auto":
         if placement == "streaming":
             return make_layout(
                 cfg, arch, precision=precision, placement=placement, systems=1, batch=batch,
-                max_context=max_context, gemv=gemv, reduce=reduce,
+                max_context=max_context, gemv=gemv, reduce=reduce, region=0,
             )  # fmt: skip
         last = None
         for s in range(1, L + 1):
-            lay = _build(cfg, arch, precision, placement, s, batch, max_context, gemv, reduce)
+            lay = _build(cfg, arch, precision, placement, s, batch, max_context, *knobs)
             last = lay.worst_sram()
             if last["free"] >= 0:
                 return lay
@@ -364,13 +454,13 @@ def make_layout(
             f"systems={systems} with placement streaming: weights stream from MemoryX to one "
             "system; use placement resident for a pipeline of systems"
         )
-    lay = _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, reduce)
+    lay = _build(cfg, arch, precision, placement, systems, batch, max_context, *knobs)
     worst = lay.worst_sram()
     if worst["free"] < 0:
         need = None
         for s in range(systems + 1, L + 1):
-            if _build(cfg, arch, precision, placement, s, batch, max_context, gemv,
-                      reduce).worst_sram()["free"] >= 0:  # fmt: skip
+            if _build(cfg, arch, precision, placement, s, batch, max_context,
+                      *knobs).worst_sram()["free"] >= 0:  # fmt: skip
                 need = s
                 break
         hint = (
@@ -388,9 +478,31 @@ def make_layout(
     return lay
 
 
-def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, reduce):
+def check_region(region, arch: ArchConfig):
+    """``region`` as ``"auto"``, 0 (``"wafer"``: the whole grid) or a square side ``P``.
+
+    Raises:
+        ConfigError: not ``auto``, ``wafer`` or an integer 1 to ``min(rows, cols)``.
+    """
+    if region in ("auto",):
+        return region
+    if region in ("wafer", 0):
+        return 0
+    side = min(arch.wafer.rows, arch.wafer.cols)
+    try:
+        ok = not isinstance(region, bool) and int(region) == float(region) and 1 <= int(region)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or int(region) > side:
+        raise ConfigError(f"--region {region!r} not allowed: expected auto, wafer or an integer "
+                          f"side 1 to {side} (the {arch.name} grid's shorter side)")  # fmt: skip
+    return int(region)
+
+
+def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, reduce,
+           region=0, ktree_k=2):  # fmt: skip
     g = build_graph(cfg)
-    R, C = arch.wafer.rows, arch.wafer.cols
+    R, C = (region, region) if region else (arch.wafer.rows, arch.wafer.cols)
     KV = int(cfg.n_kv_heads)
     if KV <= R:
         band_rows, heads_per_band = R // KV, 1
@@ -398,7 +510,7 @@ def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, r
         band_rows, heads_per_band = 1, math.ceil(KV / R)
     band_pes = band_rows * C
     block = max(math.ceil(batch * max_context / band_pes), 1)
-    return DecodeLayout(
+    lay = DecodeLayout(
         cfg=cfg,
         arch=arch,
         precision=precision,
@@ -416,4 +528,11 @@ def _build(cfg, arch, precision, placement, systems, batch, max_context, gemv, r
         heads_per_band=heads_per_band,
         block_tokens=block,
         layers=split_layers(cfg.n_layer, systems),
+        region=region,
+        ktree_k=ktree_k,
     )
+    if region:
+        from gpt_workload.mappings.resident.regions import pack_regions
+
+        lay.regions = pack_regions(lay)
+    return lay

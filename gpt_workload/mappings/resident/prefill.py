@@ -6,7 +6,7 @@ layout's resident tiles in chunks instead (:func:`.decode.lower_decode_step` wit
 ``phase="prefill"``). Both placements are lowered here for comparison.
 
 The forward pass is the existing whole-sequence lowering (``weight_streaming``,
-:mod:`gpt_workload.lowering` / :mod:`gpt_workload.lowering_graph`, every family) of the
+:mod:`gpt_workload.mappings.weight_streaming.builder` / :mod:`gpt_workload.mappings.weight_streaming.graph_builder`, every family) of the
 system's layers, for one sequence of the prompt's length:
 
 * ``resident`` placement: the weights are already in SRAM, so the lowered kernels keep their
@@ -85,8 +85,6 @@ def lower_prefill(lay: DecodeLayout, prompt_len: int, system: int = 0) -> Progra
     maps = dict(prog.class_maps)
     maps["_kv_all"] = np.zeros((R, C), np.int16)
     blocks = [] if resident else prog.weight_blocks
-    meta = dict(prog.meta)
-    meta.update(system=system, prompt_len=prompt_len, phase="prefill")
     if not resident:  # keep only the blocks of the kernels kept
         used = {k.weight_block for k in out if k.weight_block >= 0}
         blocks = [b for b in prog.weight_blocks if b.id in used]
@@ -97,8 +95,10 @@ def lower_prefill(lay: DecodeLayout, prompt_len: int, system: int = 0) -> Progra
             else k
             for k in out
         ]
-    return Program(f"{lay.cfg.name}/prefill/s{system}", R, C, lay.precision, out, blocks,
-                   maps, meta)  # fmt: skip
+    notes = {**prog.notes, "system": system, "prompt_len": prompt_len, "phase": "prefill"}
+    return dataclasses.replace(prog, name=f"{lay.cfg.name}/prefill/s{system}", rows=R, cols=C,
+                               precision=lay.precision, kernels=out, weight_blocks=blocks,
+                               class_maps=maps, notes=notes)  # fmt: skip
 
 
 def _is_last_of_layer(prog: Program, k: Kernel) -> bool:
