@@ -241,7 +241,7 @@ def test_inject_many_is_inject_in_order():
 
 def _lowered(case: str):
     from gpt_workload.config import GPTConfig
-    from gpt_workload.lowering import lower_weight_streaming
+    from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
     from gpt_workload.mappings import parse_mapping
     from gpt_workload.models import resolve_model
     from wse_sim.arch import load_arch
