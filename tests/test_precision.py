@@ -230,3 +230,26 @@ def test_shape_and_idempotence(precision: str) -> None:
     y = round_storage(x, precision)
     assert y.shape == x.shape and y.dtype == np.float32
     assert np.array_equal(round_storage(y, precision), y)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fp16_rounding_equals_numpys_cast_bit_for_bit(seed):
+    """The compiled fp16 rounding gives NumPy's ``astype(float16).astype(float32)`` bits on
+    random float32 patterns (every exponent, both signs) and on the edges: zeros, the fp16
+    subnormal grid and its midpoints, the largest finite fp16 (65504), the overflow midpoint
+    65520 and its neighbours, float32 subnormals, +-inf, and NaN (NumPy's own cast)."""
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    bits = bits[(bits & 0x7FFFFFFF) <= 0x7F800000]  # NaN patterns: checked below
+    edges = np.array([0.0, -0.0, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 2.0**-14, 2.0**-14 - 2.0**-25,
+                      65504.0, 65519.996, 65520.0, 65536.0, 1e-45, -1e-45, np.inf, -np.inf,
+                      1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, -(1.0 + 2.0**-11)], np.float32)  # fmt: skip
+    x = np.concatenate([bits.view(np.float32), edges])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    got = round_storage(x, "fp16")
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    withnan = np.array([1.0, np.nan, -np.nan, 70000.0], np.float32)
+    r = round_storage(withnan, "fp16")
+    assert np.isnan(r[1]) and np.isnan(r[2]) and r[0] == 1.0 and r[3] == np.inf
+    assert round_storage(x.reshape(-1, 2)[:5], "fp16").shape == (5, 2)
