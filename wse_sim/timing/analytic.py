@@ -35,6 +35,8 @@ stall. MemoryX's optimizer updates follow in closed form
 
 from __future__ import annotations
 
+from functools import partial
+
 from wse_sim.arch import ArchConfig
 from wse_sim.program import Program
 from wse_sim.timing.common import (
@@ -54,7 +56,7 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
 
     Returns:
         A :class:`TimingResult` whose kernel times (stall + compute + fabric) tile
-        ``[0, total_s]``.
+        ``[0, total_s]``; its per-PE maps are built when first read.
     """
     clk = arch.pe.clock_hz
     io = arch.io
@@ -132,7 +134,6 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         if b >= 0 and last_use[b] == i:
             release[b] = end
         t = end
-    busy, sram = per_pe_maps(program)
     total, extra = t, {}
     if grad is not None:
         total, extra = training_extra(program, arch, t, egress, g_stall)
@@ -142,9 +143,10 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         kernels=times,
         io_busy_s=sum(b.bytes for b in blocks) / bw,
         idle_s=total - t,
-        pe_busy_cycles=busy,
-        sram_peak_bytes=sram,
+        pe_busy_cycles=None,  # built on first read (per_pe): timing alone never reads them
+        sram_peak_bytes=None,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
         io_blocks=io_blocks,
         extra=extra,
+        per_pe=partial(per_pe_maps, program),
     )
