@@ -47,7 +47,7 @@ from typing import Any
 
 from wse_sim.arch import ArchConfig, load_arch, preset_names
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.timing.common import program_active_cycles, share_per_pe_maps
+from wse_sim.timing.common import derived, program_active_cycles
 
 #: Programs kept per process (least recently used dropped first). A 1.3B Program with its
 #: class maps and per-PE maps is ~15-40 MB on the WSE-2.
@@ -310,7 +310,7 @@ class LoweringCache:
             return at(mapping, cfg, arch, batch, seq_len, precision, P, m)
         # derived once on the shared Program, so that every copy finds them (the per-PE
         # maps only if a caller reads them: most candidates of a search are only timed)
-        share_per_pe_maps(program)
+        derived(program)
         program_active_cycles(program, arch)
         self._store(self._shared, self.max_shared, base, _Entry(_distinct(log), program))
         return _fresh(program)

@@ -264,8 +264,8 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
     changed once lowered; the cache is dropped if its kernel list is replaced or grows).
     Callers must not write into the returned arrays.
     """
-    box = program.__dict__.setdefault("_per_pe_maps", {})
-    memo = box.get("maps")
+    box = derived(program)
+    memo = box.get("per_pe_maps")
     stamp = (id(program.kernels), len(program.kernels), id(program.class_maps))
     if memo is not None and memo[0] == stamp:
         return memo[1]
@@ -305,15 +305,17 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
         np.maximum(sram, pick[(cmap < 0).view(np.int8)], out=sram)
     busy.flags.writeable = False
     sram.flags.writeable = False
-    box["maps"] = (stamp, (busy, sram))
+    box["per_pe_maps"] = (stamp, (busy, sram))
     return busy, sram
 
 
-def share_per_pe_maps(program: Program) -> None:
-    """Make the per-PE maps :func:`per_pe_maps` builds for ``program`` (later, if ever) shared
-    with its shallow copies made from now on (``copy.copy``: a sweep hands out copies of
-    one lowered Program): the memo lives in a dict the copies share."""
-    program.__dict__.setdefault("_per_pe_maps", {})
+def derived(program: Program) -> dict:
+    """The dict on ``program`` where the timing keeps what it derives from the Program alone
+    (per-PE maps, the analytic backend's kernel plan), each entry stamped with the kernel
+    list it was derived from. Shallow copies of the Program made after this call share it
+    (``copy.copy``: a sweep hands out copies of one lowered Program), so what one copy
+    derives, later, the others find."""
+    return program.__dict__.setdefault("_derived", {})
 
 
 def swarmx_depth(systems: int) -> int:
