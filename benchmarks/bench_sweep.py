@@ -1,6 +1,6 @@
 """Benchmark of sweeps: ``analytic`` points per minute, this tree against the code path of a
-baseline revision (the sweep before the shared candidate layouts and the row journal),
-measured in the same run.
+baseline revision (the sweep with shared candidate lowerings but eager per-PE maps, energy
+maps and full analytic timings of every layout candidate), measured in the same run.
 
 Points: Cerebras-GPT-111M and 1.3B on the WSE-2 under the default mapping (its layout
 searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth (``--points``
@@ -47,9 +47,10 @@ from pathlib import Path
 
 from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
 
-#: the sweep as it was before the shared candidate layouts and the row journal (sweep.py in
-#: one module): "today's code path" of issue 15
-BASELINE_REV = "8d44ca1"
+#: the sweep as it was before per-PE maps became lazy and the layout search timed its
+#: candidates with ``analytic_total_s`` ("today's code path" of issue 15 for that step; the
+#: sweep before the shared candidate lowerings and the row journal was ``8d44ca1``)
+BASELINE_REV = "5049fdd"
 MODELS = ["cerebras-gpt-111m", "cerebras-gpt-1.3b"]
 SRAMS = [32768, 49152, 65536, 98304]
 BATCHES = [8, 30, 60, 120, 240]

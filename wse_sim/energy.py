@@ -53,7 +53,7 @@ import numpy as np
 from wse_sim.arch import ArchConfig
 from wse_sim.precision import Precision
 from wse_sim.program import Kernel, Program
-from wse_sim.timing.common import TimingResult, swarmx_depth
+from wse_sim.timing.common import TimingResult, derived, swarmx_depth
 
 COMPONENTS = ("compute", "sram", "fabric", "io", "static")
 WAVELET_BYTES = 4.0  # 32-bit wavelet payload [HPDC24]
@@ -343,15 +343,10 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     io_pj = io_pj_per_byte(program, arch)
     lanes_total = io_bytes = 0.0
     heads = head_layers(program)
-    for k, kt in zip(program.kernels, timing.kernels, strict=True):
-        busy = active = busiest = 0.0  # one pass over the classes (attention has hundreds)
-        for c in k.classes:
-            busy += c.busy_cycles * c.count
-            active += c.count
-            if c.busy_cycles > busiest:
-                busiest = c.busy_cycles
+    for k, kt, (busy, active, busiest, (h, i, _)) in zip(
+        program.kernels, timing.kernels, _kernel_counts(program), strict=True
+    ):
         lanes = busy * fmac
-        h, i, _ = kernel_fabric_counts(k)
         fab_j = (h * hop_pj + i * inj_pj + h * ej_pj) * PJ
         kb = k.weight_bytes + k.grad_bytes
         d = {
@@ -469,6 +464,29 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     )
     rep.published = published_check(rep, arch)
     return rep
+
+
+def _kernel_counts(program: Program) -> list[tuple]:
+    """Per kernel of ``program``: ``(busy PE-cycles, active PEs, busiest class's cycles,
+    kernel_fabric_counts)``, each sum in class order (one pass over the classes; attention has
+    hundreds). A function of the Program alone, kept on it
+    (:func:`wse_sim.timing.common.derived`: a sweep's points share it)."""
+    box = derived(program)
+    stamp = (id(program.kernels), len(program.kernels))
+    hit = box.get("energy_counts")
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    out = []
+    for k in program.kernels:
+        busy = active = busiest = 0.0
+        for c in k.classes:
+            busy += c.busy_cycles * c.count
+            active += c.count
+            if c.busy_cycles > busiest:
+                busiest = c.busy_cycles
+        out.append((busy, active, busiest, kernel_fabric_counts(k)))
+    box["energy_counts"] = (stamp, out)
+    return out
 
 
 def _layer_key(k: Kernel, head_layers: set[int] = frozenset()) -> str:

@@ -228,7 +228,8 @@ class LoweringCache:
         if base[:2] in self._stateful:
             self.uncacheable += 1
             return mapping.lower(cfg, arch, batch, seq_len, precision)
-        for key in [k for k in self._entries if k[0] == base]:
+        h = hash(base)
+        for key in [k for k in self._entries if k[0] == h and k[1] == base]:
             entry = self._entries[key]
             if _replay(arch, entry.reads):
                 self._entries.move_to_end(key)
@@ -286,7 +287,8 @@ class LoweringCache:
                 return at(mapping, *args)
             outer, arch = arch._log, arch._obj
         base = (type(mapping), mapping.spec, cfg, batch, seq_len, precision, P, m)
-        for key in [k for k in self._shared if k[0] == base]:
+        h = hash(base)  # compared first: a key's base holds a model config (slow to compare)
+        for key in [k for k in self._shared if k[0] == h and k[1] == base]:
             entry = self._shared[key]
             if _replay(arch, entry.reads):
                 self._shared.move_to_end(key)
@@ -317,7 +319,7 @@ class LoweringCache:
 
     @staticmethod
     def _store(entries: OrderedDict, limit: int, base: tuple, entry: _Entry) -> None:
-        entries[(base, len(entries), id(entry))] = entry
+        entries[(hash(base), base, len(entries), id(entry))] = entry
         while len(entries) > limit:
             entries.popitem(last=False)
 
