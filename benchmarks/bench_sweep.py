@@ -1,15 +1,17 @@
 """Benchmark of sweeps: ``analytic`` points per minute, this tree against the code path of a
-baseline revision (the sweep before the shared candidate layouts and the row journal),
-measured in the same run.
+baseline revision (the sweep with shared candidate lowerings but eager per-PE maps, energy
+maps and full analytic timings of every layout candidate), measured in the same run.
 
 Points: Cerebras-GPT-111M and 1.3B on the WSE-2 under the default mapping (its layout
 searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth (``--points``
 about; the I/O axis grows with it). Measured:
 
 * ``baseline_serial``: the baseline revision's ``run_point`` in one process, over every
-  ``--baseline-stride``-th point (it takes about half a second a point; the rate is per
-  point, so a subset gives it; the revision is extracted with ``git archive`` into a
-  temporary directory and run in a subprocess; ``--baseline-rev``);
+  ``--baseline-stride``-th point (default every point: the baseline shares candidate
+  lowerings between consecutive points, so a subset would understate it; a stride > 1 only
+  for a baseline without that sharing, such as ``8d44ca1`` at half a second a point); the
+  revision is extracted with ``git archive`` into a temporary directory and run in a
+  subprocess; ``--baseline-rev``;
 * ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
 * ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the row journal (a line per
   row, fsync per batch) and the final table;
@@ -25,7 +27,7 @@ for the serial paths, ``cores`` for the cluster).
 
 Usage:
     python benchmarks/bench_sweep.py [--points 320] [--baseline-rev REV]
-        [--baseline-stride 7] [--out benchmarks/results/sweep.json]
+        [--baseline-stride 1] [--out benchmarks/results/sweep.json]
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
 ratios.
@@ -47,9 +49,10 @@ from pathlib import Path
 
 from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
 
-#: the sweep as it was before the shared candidate layouts and the row journal (sweep.py in
-#: one module): "today's code path" of issue 15
-BASELINE_REV = "8d44ca1"
+#: the sweep as it was before per-PE maps became lazy and the layout search timed its
+#: candidates with ``analytic_total_s`` ("today's code path" of issue 15 for that step; the
+#: sweep before the shared candidate lowerings and the row journal was ``8d44ca1``)
+BASELINE_REV = "5049fdd"
 MODELS = ["cerebras-gpt-111m", "cerebras-gpt-1.3b"]
 SRAMS = [32768, 49152, 65536, 98304]
 BATCHES = [8, 30, 60, 120, 240]
@@ -119,7 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=320)
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
-    ap.add_argument("--baseline-stride", type=int, default=7)
+    ap.add_argument("--baseline-stride", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/sweep.json")
     a = ap.parse_args()
     spec = make_spec(a.points)
@@ -132,6 +135,7 @@ def main() -> None:
         "models": MODELS,
         "arch": "wse2",
         "baseline_rev": a.baseline_rev,
+        "load_average_at_start": os.getloadavg()[0],
         "cores": default_workers(),
         "machine": platform.processor() or platform.machine(),
     }
@@ -185,6 +189,7 @@ def main() -> None:
         res[f"{k}_points_per_cpu_min"] = m / cpu[k] * 60
         res[f"{k}_points_per_min_idle_estimate"] = m / (cpu[k] / cores) * 60
         res[f"{k}_cpu_over_baseline"] = m / cpu[k] * 60 / base_cpu
+    res["load_average_at_end"] = os.getloadavg()[0]
     for k, v in res.items():
         print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

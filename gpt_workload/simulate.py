@@ -180,6 +180,7 @@ def simulate(
     energy: bool = True,
     allow_nonfinite: bool = False,
     lowering_cache=None,
+    per_pe_maps: bool = True,
 ) -> Report:
     """Simulate a GPT forward pass on a wafer and compute its real outputs.
 
@@ -210,6 +211,10 @@ def simulate(
             "nonfinite_allowed"``).
         lowering_cache: a :class:`gpt_workload.sweep.cache.LoweringCache` to take the
             Program from when an earlier call lowered the same one (sweeps); None lowers.
+        per_pe_maps: ``False`` leaves the per-PE maps out of the Report
+            (``pe_utilisation_map``, ``sram_peak_map`` and ``pe_power_map`` are ``None``,
+            ``energy`` has no ``pe_avg_w_mean`` / ``pe_avg_w_max``): what a sweep's rows
+            need (:mod:`gpt_workload.sweep.point`); every other figure is the same.
 
     Raises:
         ConfigError, FitError, CheckpointError: bad input, with one-line messages.
@@ -288,8 +293,8 @@ def simulate(
     if energy:
         t0 = time.perf_counter()
         energy_rep = energy_report(program, arch_cfg, timing)
-        energy_sum = energy_rep.summary(batch * seq_len, program.flops)
-        power_map = energy_rep.pe_power_density_w_per_mm2()
+        energy_sum = energy_rep.summary(batch * seq_len, program.flops, per_pe=per_pe_maps)
+        power_map = energy_rep.pe_power_density_w_per_mm2() if per_pe_maps else None
         wall["energy"] = time.perf_counter() - t0
 
     numerics = _numerics(
@@ -379,8 +384,8 @@ def simulate(
         timeline=timeline,
         energy=energy_sum if energy_rep is not None else {},
         pe_power_map=power_map if energy_rep is not None else None,
-        pe_utilisation_map=util,
-        sram_peak_map=timing.sram_peak_bytes,
+        pe_utilisation_map=util if per_pe_maps else None,
+        sram_peak_map=timing.sram_peak_bytes if per_pe_maps else None,
         logits=logits if keep_logits else None,
         program=program,
         notices=notices,

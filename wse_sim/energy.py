@@ -44,6 +44,7 @@ power adds I/O and the non-wafer parts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ import numpy as np
 from wse_sim.arch import ArchConfig
 from wse_sim.precision import Precision
 from wse_sim.program import Kernel, Program
-from wse_sim.timing.common import TimingResult, swarmx_depth
+from wse_sim.timing.common import TimingResult, derived, swarmx_depth
 
 COMPONENTS = ("compute", "sram", "fabric", "io", "static")
 WAVELET_BYTES = 4.0  # 32-bit wavelet payload [HPDC24]
@@ -183,7 +184,8 @@ class EnergyReport:
         kernel_power: ``[[wafer W, system W], ...]`` per kernel of the Program, in order
             (static power alone for a kernel of zero duration); for power traces.
         pe_energy_j: per-PE energy on the wafer (compute + SRAM + fabric share + static),
-            float64 ``[rows, cols]``; sums to the wafer's energy.
+            float64 ``[rows, cols]``; sums to the wafer's energy. ``None`` with
+            ``pe_energy`` given: built by ``pe_energy()`` when first read.
         pe_area_mm2: area of a PE, for the W/mm^2 map.
     """
 
@@ -203,6 +205,21 @@ class EnergyReport:
     pe_energy_j: np.ndarray
     pe_area_mm2: float
     published: dict[str, float] = field(default_factory=dict)
+    #: builds ``pe_energy_j`` on first read when it was given as ``None`` (only plots, the
+    #: per-PE power map and :meth:`summary`'s per-PE figures read it)
+    pe_energy: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.pe_energy is not None and self.pe_energy_j is None:
+            del self.pe_energy_j  # the first read goes through __getattr__
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes not set: the per-PE map of a lazy report
+        build = self.__dict__.get("pe_energy") if name == "pe_energy_j" else None
+        if build is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.__dict__["pe_energy_j"] = build()
+        return self.__dict__["pe_energy_j"]
 
     @property
     def wafer_j(self) -> float:
@@ -218,11 +235,14 @@ class EnergyReport:
         """Average power density per PE, W/mm^2 (``pe_power_w / pe_area_mm2``)."""
         return self.pe_power_w() / self.pe_area_mm2
 
-    def summary(self, tokens: float = 0.0, flops: float = 0.0) -> dict[str, Any]:
+    def summary(
+        self, tokens: float = 0.0, flops: float = 0.0, per_pe: bool = True
+    ) -> dict[str, Any]:
         """JSON-safe scalars (strict JSON: no NaN or infinity), with ``j_per_token``,
         ``tokens_per_j`` and ``flop_per_j`` when ``tokens`` / ``flops`` are given
-        (:func:`per_joule`: ``None`` with the reason in ``undefined`` at 0 J)."""
-        pw = self.pe_power_w()
+        (:func:`per_joule`: ``None`` with the reason in ``undefined`` at 0 J).
+        ``per_pe=False`` leaves out ``pe_avg_w_mean`` and ``pe_avg_w_max``, the two figures
+        that need the per-PE map (a sweep's rows do not read them)."""
         d: dict[str, Any] = {
             "total_j": self.total_j,
             "components_j": dict(self.components_j),
@@ -233,14 +253,18 @@ class EnergyReport:
             "wafer_avg_w": self.wafer_avg_w,
             "system_avg_w": self.system_avg_w,
             "peak_w": self.peak_w,
-            "pe_avg_w_mean": float(pw.mean()),
-            "pe_avg_w_max": float(pw.max(initial=0.0)),
+        }
+        if per_pe:
+            pw = self.pe_power_w()
+            d["pe_avg_w_mean"] = float(pw.mean())
+            d["pe_avg_w_max"] = float(pw.max(initial=0.0))
+        d.update({
             "pe_peak_w": self.pe_peak_w,
             "counts": dict(self.counts),
             "per_op_j": self.per_op,
             "per_layer_j": self.per_layer,
             "published": dict(self.published),
-        }
+        })  # fmt: skip
         d.update(per_joule(self.total_j, tokens, flops))
         return d
 
@@ -319,15 +343,10 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     io_pj = io_pj_per_byte(program, arch)
     lanes_total = io_bytes = 0.0
     heads = head_layers(program)
-    for k, kt in zip(program.kernels, timing.kernels, strict=True):
-        busy = active = busiest = 0.0  # one pass over the classes (attention has hundreds)
-        for c in k.classes:
-            busy += c.busy_cycles * c.count
-            active += c.count
-            if c.busy_cycles > busiest:
-                busiest = c.busy_cycles
+    for k, kt, (busy, active, busiest, (h, i, _)) in zip(
+        program.kernels, timing.kernels, _kernel_counts(program), strict=True
+    ):
         lanes = busy * fmac
-        h, i, _ = kernel_fabric_counts(k)
         fab_j = (h * hop_pj + i * inj_pj + h * ej_pj) * PJ
         kb = k.weight_bytes + k.grad_bytes
         d = {
@@ -368,7 +387,6 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
             row["static"] += static_w * idle
 
     # fabric from the packet engine's own counters
-    pe_fabric = np.zeros((program.rows, program.cols))
     if packet is not None:
         ph, pi, po, st = packet
         fab_prog = comp["fabric"]
@@ -385,19 +403,8 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
                 kp[0] += extra
                 kp[1] += extra
         peak_w = max([static_wafer_w] + [kp[0] for kp in kernel_power])
-        pe_fabric = (
-            st.link_wavelets.sum(axis=2) * hop_pj
-            + st.ramp_wavelets[..., 1] * inj_pj
-            + st.ramp_wavelets[..., 0] * ej_pj
-        ) * PJ
         hops_total, inj_total, ej_total, source = ph, pi, po, "packet"
     else:
-        for key, fj in fabric_per_map.items():
-            cmap = program.class_maps[key]
-            on = cmap >= 0
-            n_on = int(on.sum())
-            if n_on:
-                pe_fabric[on] += fj / n_on
         ej_total, source = hops_total, "program"
 
     t = timing.total_s
@@ -407,9 +414,25 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
     _fix_static_tables(per_op, per_layer, comp["static"])
     total = sum(comp.values())
 
-    pe_energy = (
-        timing.pe_busy_cycles * fmac * (e_mac + e_sram) * PJ + pe_fabric + e.static_pe_w * t
-    )
+
+    def pe_energy() -> np.ndarray:
+        # per-PE map, on first read of EnergyReport.pe_energy_j
+        if packet is not None:
+            st = packet[3]
+            pe_fabric = (
+                st.link_wavelets.sum(axis=2) * hop_pj
+                + st.ramp_wavelets[..., 1] * inj_pj
+                + st.ramp_wavelets[..., 0] * ej_pj
+            ) * PJ
+        else:
+            pe_fabric = np.zeros((program.rows, program.cols))
+            for key, fj in fabric_per_map.items():
+                cmap = program.class_maps[key]
+                on = cmap >= 0
+                n_on = int(on.sum())
+                if n_on:
+                    pe_fabric[on] += fj / n_on
+        return timing.pe_busy_cycles * fmac * (e_mac + e_sram) * PJ + pe_fabric + e.static_pe_w * t
     wafer_j = comp["compute"] + comp["sram"] + comp["fabric"] + static_wafer_j
     counts = {
         "fmac_lanes": lanes_total,
@@ -435,11 +458,35 @@ def energy_report(program: Program, arch: ArchConfig, timing: TimingResult) -> E
         per_op=per_op,
         per_layer=per_layer,
         kernel_power=kernel_power,
-        pe_energy_j=pe_energy,
+        pe_energy_j=None,
         pe_area_mm2=e.pe_area_mm2,
+        pe_energy=pe_energy,
     )
     rep.published = published_check(rep, arch)
     return rep
+
+
+def _kernel_counts(program: Program) -> list[tuple]:
+    """Per kernel of ``program``: ``(busy PE-cycles, active PEs, busiest class's cycles,
+    kernel_fabric_counts)``, each sum in class order (one pass over the classes; attention has
+    hundreds). A function of the Program alone, kept on it
+    (:func:`wse_sim.timing.common.derived`: a sweep's points share it)."""
+    box = derived(program)
+    stamp = (id(program.kernels), len(program.kernels))
+    hit = box.get("energy_counts")
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    out = []
+    for k in program.kernels:
+        busy = active = busiest = 0.0
+        for c in k.classes:
+            busy += c.busy_cycles * c.count
+            active += c.count
+            if c.busy_cycles > busiest:
+                busiest = c.busy_cycles
+        out.append((busy, active, busiest, kernel_fabric_counts(k)))
+    box["energy_counts"] = (stamp, out)
+    return out
 
 
 def _layer_key(k: Kernel, head_layers: set[int] = frozenset()) -> str:

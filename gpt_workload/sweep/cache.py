@@ -47,7 +47,7 @@ from typing import Any
 
 from wse_sim.arch import ArchConfig, load_arch, preset_names
 from wse_sim.errors import ConfigError, FitError
-from wse_sim.timing.common import per_pe_maps, program_active_cycles
+from wse_sim.timing.common import derived, program_active_cycles
 
 #: Programs kept per process (least recently used dropped first). A 1.3B Program with its
 #: class maps and per-PE maps is ~15-40 MB on the WSE-2.
@@ -228,7 +228,8 @@ class LoweringCache:
         if base[:2] in self._stateful:
             self.uncacheable += 1
             return mapping.lower(cfg, arch, batch, seq_len, precision)
-        for key in [k for k in self._entries if k[0] == base]:
+        h = hash(base)
+        for key in [k for k in self._entries if k[0] == h and k[1] == base]:
             entry = self._entries[key]
             if _replay(arch, entry.reads):
                 self._entries.move_to_end(key)
@@ -286,7 +287,8 @@ class LoweringCache:
                 return at(mapping, *args)
             outer, arch = arch._log, arch._obj
         base = (type(mapping), mapping.spec, cfg, batch, seq_len, precision, P, m)
-        for key in [k for k in self._shared if k[0] == base]:
+        h = hash(base)  # compared first: a key's base holds a model config (slow to compare)
+        for key in [k for k in self._shared if k[0] == h and k[1] == base]:
             entry = self._shared[key]
             if _replay(arch, entry.reads):
                 self._shared.move_to_end(key)
@@ -308,15 +310,16 @@ class LoweringCache:
                 outer.extend(log)
         if _leaks(program.describe()):  # pragma: no cover - the Program holds the view
             return at(mapping, cfg, arch, batch, seq_len, precision, P, m)
-        # derived once on the shared Program, so that every copy finds them
-        per_pe_maps(program)
+        # derived once on the shared Program, so that every copy finds them (the per-PE
+        # maps only if a caller reads them: most candidates of a search are only timed)
+        derived(program)
         program_active_cycles(program, arch)
         self._store(self._shared, self.max_shared, base, _Entry(_distinct(log), program))
         return _fresh(program)
 
     @staticmethod
     def _store(entries: OrderedDict, limit: int, base: tuple, entry: _Entry) -> None:
-        entries[(base, len(entries), id(entry))] = entry
+        entries[(hash(base), base, len(entries), id(entry))] = entry
         while len(entries) > limit:
             entries.popitem(last=False)
 

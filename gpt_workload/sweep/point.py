@@ -162,6 +162,7 @@ def simulate_point(config: PointConfig):
         check_sequences=0,
         reference=False,
         lowering_cache=worker_cache(),
+        per_pe_maps=False,  # the row reads none of the maps
     )
 
 

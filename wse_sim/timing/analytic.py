@@ -35,6 +35,8 @@ stall. MemoryX's optimizer updates follow in closed form
 
 from __future__ import annotations
 
+from functools import partial
+
 from wse_sim.arch import ArchConfig
 from wse_sim.program import Program
 from wse_sim.timing.common import (
@@ -42,6 +44,7 @@ from wse_sim.timing.common import (
     KernelTime,
     TimingResult,
     compute_cycles,
+    derived,
     gradient_path,
     per_pe_maps,
     program_active_cycles,
@@ -54,7 +57,7 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
 
     Returns:
         A :class:`TimingResult` whose kernel times (stall + compute + fabric) tile
-        ``[0, total_s]``.
+        ``[0, total_s]``; its per-PE maps are built when first read.
     """
     clk = arch.pe.clock_hz
     io = arch.io
@@ -132,7 +135,6 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         if b >= 0 and last_use[b] == i:
             release[b] = end
         t = end
-    busy, sram = per_pe_maps(program)
     total, extra = t, {}
     if grad is not None:
         total, extra = training_extra(program, arch, t, egress, g_stall)
@@ -142,9 +144,73 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
         kernels=times,
         io_busy_s=sum(b.bytes for b in blocks) / bw,
         idle_s=total - t,
-        pe_busy_cycles=busy,
-        sram_peak_bytes=sram,
+        pe_busy_cycles=None,  # built on first read (per_pe): timing alone never reads them
+        sram_peak_bytes=None,
         link_bytes=sum(tr.link_bytes for k in program.kernels for tr in k.transfers),
         io_blocks=io_blocks,
         extra=extra,
+        per_pe=partial(per_pe_maps, program),
     )
+
+
+def _kernel_plan(program: Program) -> tuple:
+    """``(weight_block, weight_bytes, n_chunks >= 1, last use of its block)`` per kernel, kept
+    on the Program (and its shallow copies) for :func:`analytic_total_s`."""
+    box = derived(program)
+    stamp = (id(program.kernels), len(program.kernels))
+    hit = box.get("analytic_plan")
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    last_use: dict[int, int] = {}
+    for i, k in enumerate(program.kernels):
+        if k.weight_block >= 0:
+            last_use[k.weight_block] = i
+    plan = tuple(
+        (k.weight_block, k.weight_bytes, max(k.n_chunks, 1), k.weight_block >= 0
+         and last_use[k.weight_block] == i)
+        for i, k in enumerate(program.kernels)
+    )  # fmt: skip
+    box["analytic_plan"] = (stamp, plan)
+    return plan
+
+
+def analytic_total_s(program: Program, arch: ArchConfig) -> float:
+    """``run_analytic(program, arch).total_s``, the same float operations in the same order,
+    without the per-kernel and per-block records (what a layout search compares: about a
+    third of the cost). A training program (``gradient_blocks``) goes through
+    :func:`run_analytic`."""
+    if program.gradient_blocks:
+        return run_analytic(program, arch).total_s
+    clk = arch.pe.clock_hz
+    io = arch.io
+    bw, lat, slots = io.ingress_bytes_per_s, io.ingress_latency_s, io.weight_buffer_slots
+    blocks = program.weight_blocks
+    nblk = len(blocks)
+    stream_start = [0.0] * nblk
+    stream_end = [0.0] * nblk
+    release = [0.0] * nblk
+    offset = [0.0] * nblk
+    started = -1
+    t = 0.0
+    acts = program_active_cycles(program, arch)
+    for a, (b, wb, n, last) in zip(acts, _kernel_plan(program), strict=True):
+        act = a / clk
+        if b >= 0:
+            while started < b:  # as run_analytic
+                started += 1
+                nbytes = blocks[started].bytes
+                prev_end = stream_end[started - 1] if started else 0.0
+                free_at = release[started - slots] if started >= slots else 0.0
+                s = max(prev_end, free_at)
+                stream_start[started] = s
+                stream_end[started] = s + (lat + nbytes / bw if nbytes else 0.0)
+            base = stream_start[b] + (lat if blocks[b].bytes else 0.0)
+            o0 = offset[b]
+            o1 = offset[b] = o0 + wb
+            start = max(t, base + (o0 + wb / n) / bw)
+            t = max(start + act, base + o1 / bw + act / n)
+            if last:
+                release[b] = t
+        else:
+            t = t + act
+    return t

@@ -34,7 +34,9 @@ Two corrections the packet backend showed at small messages, where a few cycles 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -208,11 +210,16 @@ class TimingResult:
         kernels: per-kernel times, in program order.
         io_busy_s: time the MemoryX ingress was transferring.
         idle_s: time no kernel was running or waiting (``total - sum of kernel durations``).
-        pe_busy_cycles: per-PE arithmetic cycles, float64 [rows, cols].
-        sram_peak_bytes: per-PE SRAM high-water mark, int64 [rows, cols].
+        pe_busy_cycles: per-PE arithmetic cycles, float64 [rows, cols]; ``None`` with
+            ``per_pe`` given: built by ``per_pe()`` on first read.
+        sram_peak_bytes: per-PE SRAM high-water mark, int64 [rows, cols]; as
+            ``pe_busy_cycles``.
         link_bytes: total bytes x links moved over the fabric.
         events: number of discrete events processed (0 for analytic).
         io_blocks: when each weight block streamed in, in stream order.
+        per_pe: ``per_pe() -> (pe_busy_cycles, sram_peak_bytes)``, called the first time
+            either map is read when they were given as ``None`` (the ``analytic`` backend:
+            a layout search or a sweep times many Programs whose maps nobody reads).
     """
 
     backend: str
@@ -226,6 +233,26 @@ class TimingResult:
     events: int = 0
     io_blocks: list[IOInterval] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    per_pe: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.per_pe is not None and self.pe_busy_cycles is None:
+            # unset, so that the first read goes through __getattr__ and builds them
+            del self.pe_busy_cycles
+            del self.sram_peak_bytes
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes not set: the per-PE maps of a lazy result
+        if name in ("pe_busy_cycles", "sram_peak_bytes"):
+            build = self.__dict__.get("per_pe")
+            if build is not None:
+                busy, sram = build()
+                self.__dict__["pe_busy_cycles"] = busy
+                self.__dict__["sram_peak_bytes"] = sram
+                return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +264,8 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
     changed once lowered; the cache is dropped if its kernel list is replaced or grows).
     Callers must not write into the returned arrays.
     """
-    memo = program.__dict__.get("_per_pe_maps")
+    box = derived(program)
+    memo = box.get("per_pe_maps")
     stamp = (id(program.kernels), len(program.kernels), id(program.class_maps))
     if memo is not None and memo[0] == stamp:
         return memo[1]
@@ -277,8 +305,17 @@ def per_pe_maps(program: Program) -> tuple[np.ndarray, np.ndarray]:
         np.maximum(sram, pick[(cmap < 0).view(np.int8)], out=sram)
     busy.flags.writeable = False
     sram.flags.writeable = False
-    program.__dict__["_per_pe_maps"] = (stamp, (busy, sram))
+    box["per_pe_maps"] = (stamp, (busy, sram))
     return busy, sram
+
+
+def derived(program: Program) -> dict:
+    """The dict on ``program`` where the timing keeps what it derives from the Program alone
+    (per-PE maps, the analytic backend's kernel plan), each entry stamped with the kernel
+    list it was derived from. Shallow copies of the Program made after this call share it
+    (``copy.copy``: a sweep hands out copies of one lowered Program), so what one copy
+    derives, later, the others find."""
+    return program.__dict__.setdefault("_derived", {})
 
 
 def swarmx_depth(systems: int) -> int:

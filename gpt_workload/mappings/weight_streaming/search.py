@@ -95,7 +95,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
         FitError: no candidate fits (the last candidate's reason).
     """
     from gpt_workload.mappings.weight_streaming.plan import choose_P
-    from wse_sim.timing.analytic import run_analytic
+    from wse_sim.timing.analytic import analytic_total_s
 
     cols = arch.wafer.cols
     if P is not None:
@@ -123,7 +123,7 @@ def search_layout(lower, cfg, arch, batch: int, seq_len: int, precision: str, *,
                 tried.append((p, mm, None))
                 last_err = e
                 break
-            t = run_analytic(prog, arch).total_s
+            t = analytic_total_s(prog, arch)  # run_analytic(prog, arch).total_s
             got = prog.layout.tokens_per_segment
             tried.append((p, got, t))
             if best is None or t < best[2]:
