@@ -101,12 +101,13 @@ def check_requests(cfg: GPTConfig, prompts, new_tokens, plan: DecodePlan | None 
             raise ConfigError(f"prompt {i} has shape {a.shape}: expected a non-empty 1-D [T] array")
         ids = check_token_ids(a, name=f"prompt {i}", vocab_size=cfg.vocab_size, allow_1d=True)
         out.append(ids[0])
-    n = list(new_tokens) if isinstance(new_tokens, (list, tuple, np.ndarray)) else [new_tokens]
+    many = isinstance(new_tokens, (list, tuple, np.ndarray))
+    n = list(new_tokens) if many else [new_tokens]
     n = n * len(out) if len(n) == 1 else n
     if len(n) != len(out):
         raise ConfigError(f"new_tokens has {len(n)} entries for {len(out)} prompts")
     for i, v in enumerate(n):
-        n[i] = check_int(f"new_tokens[{i}]", v, 1)
+        n[i] = check_int(f"new_tokens[{i}]" if many else "new_tokens", v, 1)
     for i, (p, k) in enumerate(zip(out, n)):
         ctx = len(p) + k - 1
         if ctx > cfg.n_positions:

@@ -80,6 +80,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.mappings.weight_streaming.graph_builder import GraphBuilder
@@ -459,8 +460,7 @@ def lower_training(
             too-large Program. FitError: not even one sequence fits.
     """
     check_precision(precision)
-    if not isinstance(max_simulated, int) or max_simulated < 3:
-        raise ConfigError(f"max_simulated={max_simulated!r} must be an integer >= 3")
+    max_simulated = check_int("max_simulated", max_simulated, 3)
     if plan is None:
         plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
     elif (plan.batch, plan.seq_len) != (batch, seq_len):
