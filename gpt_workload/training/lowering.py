@@ -1,11 +1,12 @@
 """Weight-streaming lowering of one training *step* (forward + backward) to a Program.
 
-Built on the forward lowering (:func:`gpt_workload.mappings.weight_streaming.plan.lower_weight_streaming`: gpt2's
-builder, or :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walking the op graph of the
-gptj, llama and qwen2 families; its segment layout and kernels are reused as they are) and
-on its layout planner (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout`). The backward walks the
-same op graph (:func:`gpt_workload.models.build_graph`) in reverse, one family as another:
-no layer is spelled out here. One micro-batch of a step is:
+Built on the forward lowering
+(:func:`gpt_workload.mappings.weight_streaming.builder.lower_weight_streaming`: gpt2's builder,
+or :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walking the op
+graph of the gptj, llama and qwen2 families; its segment layout and kernels are reused as they
+are) and on its layout planner (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout`).
+The backward walks the same op graph (:func:`gpt_workload.models.build_graph`) in reverse, one
+family as another: no layer is spelled out here. One micro-batch of a step is:
 
 1. **Forward**: the forward Program's kernels, unchanged, except that with checkpoint offload
    each layer's first kernel hands its input ``x`` (the checkpoint, ``b T d`` elements) to
