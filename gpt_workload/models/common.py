@@ -10,7 +10,6 @@ import json
 import math
 from typing import Any
 
-
 from gpt_workload.checks import check_int
 from gpt_workload.rope import RopeScaling
 from wse_sim.errors import ConfigError
