@@ -110,11 +110,12 @@ def check_token_ids(
             the first id outside the vocabulary.
     """
     arr = np.asarray(tokens)
+    shape = arr.shape
     if allow_1d and arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         want = "[T] or [K, T]" if allow_1d else "2-D [K, T]"
-        raise ConfigError(f"{name} has shape {arr.shape}: expected a non-empty {want} array")
+        raise ConfigError(f"{name} has shape {shape}: expected a non-empty {want} array")
     if arr.dtype.kind not in "iu":
         raise ConfigError(f"{name} has dtype {arr.dtype}: expected an integer dtype")
     t = arr.shape[1]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.rope import RopeScaling
 from wse_sim.errors import ConfigError
 
@@ -156,10 +157,8 @@ class GPTConfig:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"model field name={self.name!r} must be a non-empty string")
         for field in _INT_FIELDS:
-            value = getattr(self, field)
-            if not _is_int(value) or value <= 0:
-                raise ConfigError(f"model field {field}={value!r} must be a positive integer")
-            object.__setattr__(self, field, int(value))
+            value = check_int(f"model field {field}", getattr(self, field), 1)
+            object.__setattr__(self, field, value)
         if self.d_model % self.n_head != 0:
             raise ConfigError(
                 f"model field n_head={self.n_head} must divide d_model={self.d_model}"
@@ -314,11 +313,7 @@ def forward_flops_per_token(cfg: GPTConfig, seq_len: int) -> dict[str, int]:
     Raises:
         ConfigError: if ``seq_len`` is not an integer in ``[1, cfg.n_positions]``.
     """
-    if not _is_int(seq_len) or not 1 <= seq_len <= cfg.n_positions:
-        raise ConfigError(
-            f"seq_len={seq_len!r} must be an integer in [1, n_positions={cfg.n_positions}]"
-        )
-    t = int(seq_len)
+    t = check_int("seq_len", seq_len, 1, cfg.n_positions, note="n_positions")
     dense = 2 * cfg.n_non_embedding_params
     lm_head = 2 * cfg.d_model * cfg.vocab_size
     attention = 2 * cfg.n_layer * cfg.d_model * (t + 1)
@@ -519,12 +514,7 @@ def from_hf_dict(d: dict, name: str, *, source: str = "config.json") -> GPTConfi
     def required_int(key: str) -> int:
         if key not in d:
             raise ConfigError(f"{source} field {key} is missing: a positive integer is required")
-        value = d[key]
-        if not _is_int(value) or value <= 0:
-            raise ConfigError(
-                f"{source} field {key}={_json_value(value)} must be a positive integer"
-            )
-        return int(value)
+        return check_int(f"{source} field {key}", d[key], 1)
 
     n_layer = required_int("n_layer")
     n_head = required_int("n_head")
@@ -536,10 +526,8 @@ def from_hf_dict(d: dict, name: str, *, source: str = "config.json") -> GPTConfi
     n_inner = d.get("n_inner")
     if n_inner is None:
         n_inner = 4 * n_embd
-    elif not _is_int(n_inner) or n_inner <= 0:
-        raise ConfigError(
-            f"{source} field n_inner={_json_value(n_inner)} must be a positive integer or null"
-        )
+    else:
+        n_inner = check_int(f"{source} field n_inner", n_inner, 1, note="or null: 4 n_embd")
     eps = d.get("layer_norm_epsilon", 1e-5)
     if not _is_real(eps) or not math.isfinite(float(eps)) or eps <= 0:
         raise ConfigError(

@@ -32,14 +32,23 @@ dQ = dS K, dK = dS^T Q); element-wise ops cost about twice their forward.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpt_workload.config import GPTConfig
 from wse_sim.errors import ConfigError
 
-__all__ = ["OP_KINDS", "BackwardOp", "Op", "OpGraph", "dims_of", "epilogue", "prologue"]
+__all__ = [
+    "OP_KINDS",
+    "BackwardOp",
+    "Op",
+    "OpGraph",
+    "dims_of",
+    "epilogue",
+    "lifetimes",
+    "prologue",
+]
 
 #: Op kinds and what they compute (inputs -> output).
 OP_KINDS: dict[str, str] = {
@@ -104,6 +113,20 @@ class Op:
             raise ConfigError(
                 f"op {self.name}: {len(self.outputs)} outputs, {len(self.shape)} shapes"
             )
+
+
+def lifetimes(ops: Sequence[Op]) -> tuple[dict[str, int], dict[str, int]]:
+    """``(born, last)``: the index of the op that first writes each tensor and of the last op
+    that reads it (its writer's if nothing reads it), over ``ops`` in order. ``x``, the
+    residual stream, is live from before the first op (born -1) to at least op 0."""
+    born, last = {"x": -1}, {"x": 0}
+    for i, op in enumerate(ops):
+        for o in op.outputs:
+            born.setdefault(o, i)
+            last.setdefault(o, i)
+        for a in op.inputs:
+            last[a] = max(last.get(a, i), i)
+    return born, last
 
 
 def linear(name: str, x: str, out: str, w: str, b: str | None, n_in: str, n_out: str) -> Op:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt_workload import kernels as kn
+from gpt_workload.checks import check_token_ids
 from gpt_workload.config import GPTConfig
 from gpt_workload.health import HealthTracker, tile_locator
 from gpt_workload.kernels.split_heads import attention_split_tiled
@@ -126,20 +127,13 @@ def check_tokens(program: Program, cfg: GPTConfig, tokens) -> np.ndarray:
         ConfigError: not a 2-D int array, ``T`` not the Program's ``seq_len``, or ids outside
             ``0 .. vocab_size - 1``.
     """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ConfigError(
-            f"tokens must be an int array of shape [K, T], got {tokens.dtype} {tokens.shape}"
-        )
-    K, T = tokens.shape
+    tokens = check_token_ids(tokens, vocab_size=cfg.vocab_size)
+    T = tokens.shape[1]
     if T != program.workload.seq_len:
-        raise ConfigError(f"tokens have T={T} but the run's seq_len={program.workload.seq_len}")
-    if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
         raise ConfigError(
-            f"tokens must be in 0..{cfg.vocab_size - 1} (vocab_size), got "
-            f"{tokens.min()}..{tokens.max()}"
+            f"tokens has length T={T}: must be the run's seq_len={program.workload.seq_len}"
         )
-    return np.ascontiguousarray(tokens, dtype=np.int64)
+    return tokens
 
 
 def run_numerics(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 
 __all__ = ["RopeScaling", "inv_freq", "rope_tables"]
@@ -68,12 +69,8 @@ class RopeScaling:
                 f"below high_freq_factor={self.high_freq_factor!r}"
             )
         orig = self.original_max_position_embeddings
-        if not (isinstance(orig, (int, np.integer)) and not isinstance(orig, bool)) or orig <= 0:
-            raise ConfigError(
-                "model field rope_scaling.original_max_position_embeddings="
-                f"{orig!r} must be a positive integer"
-            )
-        object.__setattr__(self, "original_max_position_embeddings", int(orig))
+        orig = check_int("model field rope_scaling.original_max_position_embeddings", orig, 1)
+        object.__setattr__(self, "original_max_position_embeddings", orig)
 
 
 def inv_freq(rotary_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:

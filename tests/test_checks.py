@@ -73,3 +73,42 @@ def test_check_token_ids_returns_int64_rows():
     assert out.dtype == np.int64 and out.flags.c_contiguous and np.array_equal(out, a)
     one = check_token_ids(np.array([4, 5], np.uint8), allow_1d=True)
     assert one.shape == (1, 2) and one.dtype == np.int64
+
+
+def _entry_points():
+    """Callers that once had their own integer, token or worker check, each with one bad value
+    and the message the shared validator gives for it."""
+    from gpt_workload.config import TEST_PRESETS, forward_flops_per_token
+    from gpt_workload.generation.split import GemvSplit, KVSplit
+    from gpt_workload.mappings.weight_streaming.layout import TileLayout
+    from gpt_workload.training.backward import check_tokens
+    from gpt_workload.training.loss_scale import DynamicLossScaler
+    from gpt_workload.training.optim import AdamWConfig
+
+    cfg = TEST_PRESETS["gpt-tiny"]
+    n = cfg.n_positions
+    return [
+        (lambda: AdamWConfig(warmup_steps=-2),
+         "adamw field warmup_steps=-2 is not allowed: expected an integer >= 0"),
+        (lambda: AdamWConfig(warmup_steps=10, total_steps=5), "adamw field total_steps=5 is not "
+         "allowed: expected an integer >= 10 (max(1, warmup_steps=10))"),
+        (lambda: AdamWConfig().lr_at(1.5), "step=1.5 is not allowed: expected an integer >= 0"),
+        (lambda: DynamicLossScaler(growth_interval=0),
+         "loss_scale field growth_interval=0 is not allowed: expected an integer >= 1"),
+        (lambda: GemvSplit(0, 2), "rows=0 is not allowed: expected an integer >= 1"),
+        (lambda: KVSplit(2, True), "block_tokens=True is not allowed: expected an integer >= 1"),
+        (lambda: forward_flops_per_token(cfg, n + 1),
+         f"seq_len={n + 1} is not allowed: expected an integer in 1..{n} (n_positions)"),
+        (lambda: TileLayout(n_seq=0, seq_len=8, m=4, P=4),
+         "n_seq=0 is not allowed: expected an integer >= 1"),
+        (lambda: check_tokens(cfg, np.zeros((2, 1), np.int64)),
+         f"tokens has length T=1: must be in [2, n_positions={n}] (a loss needs a next token)"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_former_own_checks_give_the_shared_message(case):
+    call, message = _entry_points()[case]
+    with pytest.raises(ConfigError) as exc:
+        call()
+    assert str(exc.value) == message

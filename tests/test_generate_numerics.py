@@ -176,10 +176,14 @@ def test_bad_requests_are_one_line_errors(models):
     cfg, w, prompts, _, _ = models["gpt2"]
     plan = DecodePlan()
     cases = [
-        (dict(prompts=[np.array([1, cfg.vocab_size])]), "outside the vocabulary"),
-        (dict(prompts=[np.array([], np.int64)]), "non-empty 1-D integer"),
+        (dict(prompts=[np.array([1, cfg.vocab_size])]),
+         rf"prompt 0 contains id {cfg.vocab_size}: must be in \[0, vocab_size="),
+        (dict(prompts=[np.array([], np.int64)]), r"prompt 0 has shape \(0,\): expected a non-"),
+        (dict(prompts=[np.array([[1, 2]])]), r"prompt 0 has shape \(1, 2\): expected a non-empty"),
+        (dict(prompts=[np.array([1.0, 2.0])]), "prompt 0 has dtype float64: expected an integer"),
         (dict(prompts=[]), "non-empty list"),
-        (dict(new_tokens=0), "new_tokens=0"),
+        (dict(new_tokens=0), "new_tokens=0 is not allowed: expected an integer >= 1"),
+        (dict(new_tokens=[4, 0, 4]), r"new_tokens\[1\]=0 is not allowed"),
         (dict(new_tokens=[3, 4]), "2 entries for 3 prompts"),
         (dict(new_tokens=cfg.n_positions), "n_positions"),
         (dict(plan=DecodePlan(kv=KVSplit(2, 8))), "does not fit the KV split"),

@@ -77,7 +77,7 @@ def test_seq_len_errors_state_one_range(capsys, seq_len):
     rc = main(["train", "--model", "gpt-tiny", "--arch", "grid32", "--seq-len", seq_len])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err, err
-    assert f"seq_len={seq_len} must be an integer in 2..128" in err, err
+    assert f"seq_len={seq_len} is not allowed: expected an integer in 2..128" in err, err
 
 
 def test_numerics_steps_bounds_the_numerics(tmp_path, capsys):

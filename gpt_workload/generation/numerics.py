@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpt_workload.checks import check_int, check_token_ids
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.decode_step import DecodeState, Decoder
 from gpt_workload.generation.sampling import Sampling, request_generators, sample_token
@@ -96,26 +97,17 @@ def check_requests(cfg: GPTConfig, prompts, new_tokens, plan: DecodePlan | None 
     out = []
     for i, p in enumerate(prompts):
         a = np.asarray(p)
-        if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
-            raise ConfigError(
-                f"prompt {i} must be a non-empty 1-D integer array, got {a.dtype} {a.shape}"
-            )
-        if a.min() < 0 or a.max() >= cfg.vocab_size:
-            bad = int(a[(a < 0) | (a >= cfg.vocab_size)][0])
-            raise ConfigError(
-                f"prompt {i} token id {bad} is outside the vocabulary: expected 0.."
-                f"{cfg.vocab_size - 1} (vocab_size of {cfg.name})"
-            )
-        out.append(a.astype(np.int64))
-    n = list(new_tokens) if isinstance(new_tokens, (list, tuple, np.ndarray)) else [new_tokens]
+        if a.ndim != 1:
+            raise ConfigError(f"prompt {i} has shape {a.shape}: expected a non-empty 1-D [T] array")
+        ids = check_token_ids(a, name=f"prompt {i}", vocab_size=cfg.vocab_size, allow_1d=True)
+        out.append(ids[0])
+    many = isinstance(new_tokens, (list, tuple, np.ndarray))
+    n = list(new_tokens) if many else [new_tokens]
     n = n * len(out) if len(n) == 1 else n
     if len(n) != len(out):
         raise ConfigError(f"new_tokens has {len(n)} entries for {len(out)} prompts")
     for i, v in enumerate(n):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"new_tokens={v!r} (request {i}) is not allowed: expected an "
-                              "integer >= 1")  # fmt: skip
-    n = [int(v) for v in n]
+        n[i] = check_int(f"new_tokens[{i}]" if many else "new_tokens", v, 1)
     for i, (p, k) in enumerate(zip(out, n)):
         ctx = len(p) + k - 1
         if ctx > cfg.n_positions:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 from wse_sim.fabric.lines import ktree_algorithm, ktree_messages, ktree_root
 
@@ -84,11 +85,6 @@ def combine_root(parts: int, reduce: str, k: int = 2) -> int:
     return ktree_root(parts, k) if reduce == "ktree" else 0
 
 
-def _check(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} = {value!r}; must be an integer >= 1")
-
-
 @dataclass(frozen=True)
 class GemvSplit:
     """A ``K x N`` weight matrix tiled over ``rows x cols`` PEs (see the module docstring);
@@ -104,8 +100,8 @@ class GemvSplit:
     k: int = 2
 
     def __post_init__(self):
-        _check("rows", self.rows)
-        _check("cols", self.cols)
+        check_int("rows", self.rows, 1)
+        check_int("cols", self.cols, 1)
         combine_order(1, self.reduce)
         ktree_algorithm(self.k)
 
@@ -135,8 +131,8 @@ class KVSplit:
     k: int = 2
 
     def __post_init__(self):
-        _check("pes", self.pes)
-        _check("block_tokens", self.block_tokens)
+        check_int("pes", self.pes, 1)
+        check_int("block_tokens", self.block_tokens, 1)
         combine_order(1, self.reduce)
         ktree_algorithm(self.k)
 

@@ -192,16 +192,26 @@ def attention_tiled(
 # --------------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, inline="always")
+def _gqa_sizes(q, seq_len, n_head, n_kv):  # pragma: no cover - jit
+    """``(sequences, head size, query heads per K/V head)`` of a GQA kernel's ``q [B*T, H*dh]``."""
+    return q.shape[0] // seq_len, q.shape[1] // n_head, n_head // n_kv
+
+
+@numba.njit(cache=True, inline="always")
+def _gqa_unit(unit, seq_len, n_kv, dh):  # pragma: no cover - jit
+    """Work unit ``unit`` (one K/V head of one sequence) as ``(sequence b, K/V head kh, first
+    row b*T, first column kh*dh)``."""
+    b = unit // n_kv
+    kh = unit % n_kv
+    return b, kh, b * seq_len, kh * dh
+
+
 @numba.njit(parallel=True, cache=True)
 def _gqa_fwd_kernel(q, k, v, seq_len, n_head, n_kv, scale, out, probs):  # pragma: no cover
-    n_seq = q.shape[0] // seq_len
-    dh = q.shape[1] // n_head
-    group = n_head // n_kv
+    n_seq, dh, group = _gqa_sizes(q, seq_len, n_head, n_kv)
     for unit in numba.prange(n_seq * n_kv):
-        b = unit // n_kv
-        kh = unit % n_kv
-        r0 = b * seq_len
-        ko = kh * dh
+        b, kh, r0, ko = _gqa_unit(unit, seq_len, n_kv, dh)
         for hg in range(group):
             h = kh * group + hg
             qo = h * dh
@@ -267,15 +277,10 @@ def gqa_attention_fwd(q: np.ndarray, k: np.ndarray, v: np.ndarray, seq_len: int,
 def _gqa_bwd_kernel(
     dout, q, k, v, probs, seq_len, n_head, n_kv, scale, dq, dk, dv
 ):  # pragma: no cover - jit
-    n_seq = q.shape[0] // seq_len
-    dh = q.shape[1] // n_head
-    group = n_head // n_kv
+    n_seq, dh, group = _gqa_sizes(q, seq_len, n_head, n_kv)
     # one unit = one K/V head of one sequence: it owns dk, dv of that head (no races)
     for unit in numba.prange(n_seq * n_kv):
-        b = unit // n_kv
-        kh = unit % n_kv
-        r0 = b * seq_len
-        ko = kh * dh
+        b, kh, r0, ko = _gqa_unit(unit, seq_len, n_kv, dh)
         for i in range(seq_len):
             for d in range(dh):
                 dk[r0 + i, ko + d] = 0

@@ -25,6 +25,29 @@ __all__ = ["layernorm_tiled", "rmsnorm_bwd", "rmsnorm_fwd", "rmsnorm_tiled"]
 # ---------------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, inline="always")
+def _zero_slot(out, s, t):  # pragma: no cover - jit
+    """``out[s, :, t, :] = 0``: a padded token slot of a tile array."""
+    for j in range(out.shape[1]):
+        for f in range(out.shape[3]):
+            out[s, j, t, f] = 0
+
+
+@numba.njit(cache=True, inline="always")
+def _slot_sum(x, s, t, square):  # pragma: no cover - jit
+    """Sum over the features of token slot ``(s, t)`` of ``x`` (of ``x * x`` with ``square``)
+    in float32, in the kernels' order: PE ``j`` sums its ``ft`` features ascending, then the
+    chain ``acc = l_0; acc = acc + l_j`` over ``j = 1..P-1``."""
+    total = np.float32(0)
+    for j in range(x.shape[1]):
+        local = np.float32(0)
+        for f in range(x.shape[3]):
+            v = x[s, j, t, f]
+            local = local + (v * v if square else v)
+        total = local if j == 0 else total + local
+    return total
+
+
 @numba.njit(parallel=True, cache=True)
 def _layernorm_kernel(x, g, b, eps, out, segs_per_seq, seq_len):  # pragma: no cover - jit
     """Numba body of :func:`layernorm_tiled` (same arguments, all validated)."""
@@ -34,17 +57,9 @@ def _layernorm_kernel(x, g, b, eps, out, segs_per_seq, seq_len):  # pragma: no c
         base_pos = (s % segs_per_seq) * m
         for t in range(m):
             if base_pos + t >= seq_len:
-                for j in range(n_pe):
-                    for f in range(ft):
-                        out[s, j, t, f] = 0
+                _zero_slot(out, s, t)
                 continue
-            total = np.float32(0)
-            for j in range(n_pe):
-                local = np.float32(0)
-                for f in range(ft):
-                    local = local + x[s, j, t, f]
-                total = local if j == 0 else total + local
-            mean = np.float32(total / width)
+            mean = np.float32(_slot_sum(x, s, t, False) / width)
             total = np.float32(0)
             for j in range(n_pe):
                 local = np.float32(0)
@@ -206,16 +221,9 @@ def _rmsnorm_tiled_kernel(x, g, eps, out, segs_per_seq, seq_len):  # pragma: no 
         base_pos = (s % segs_per_seq) * m
         for t in range(m):
             if base_pos + t >= seq_len:
-                for j in range(n_pe):
-                    for f in range(ft):
-                        out[s, j, t, f] = 0
+                _zero_slot(out, s, t)
                 continue
-            total = np.float32(0)
-            for j in range(n_pe):
-                local = np.float32(0)
-                for f in range(ft):
-                    local = local + x[s, j, t, f] * x[s, j, t, f]
-                total = local if j == 0 else total + local
+            total = _slot_sum(x, s, t, True)
             r = np.float32(1) / np.float32(math.sqrt(np.float32(total / width + eps)))
             for j in range(n_pe):
                 for f in range(ft):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from gpt_workload.checks import check_int
 from gpt_workload.mappings.base import MAPPINGS, Knob, Mapping, parse_mapping, register
 from wse_sim.errors import ConfigError, FitError
 
@@ -165,8 +166,7 @@ def choose_mapping(
     Raises:
         ConfigError: bad candidates or top; FitError: no candidate fits (every reason given).
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConfigError(f"top={top!r} must be an integer >= 1")
+    top = check_int("top", top, 1)
     specs: list[str] = []
     for c in candidates or candidate_specs():
         specs += candidate_specs([c]) if c in MAPPINGS else [c]

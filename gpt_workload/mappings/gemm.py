@@ -82,6 +82,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.precision import bytes_per_element, check_precision
 from wse_sim.errors import ConfigError
 from wse_sim.program import Transfer
@@ -288,8 +289,7 @@ def _check(algorithm, M, K, N, pr, pc, weights, reduce) -> None:
     if algorithm not in GEMM_ALGORITHMS:
         raise ConfigError(f"gemm algorithm={algorithm!r} is unknown; allowed: {GEMM_ALGORITHMS}")
     for name, v in (("M", M), ("K", K), ("N", N), ("pr", pr), ("pc", pc)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"gemm {name}={v!r} must be an integer >= 1")
+        check_int(f"gemm {name}", v, 1)
     if weights not in WEIGHT_MODES:
         raise ConfigError(f"gemm weights={weights!r} must be one of {', '.join(WEIGHT_MODES)}")
     if reduce not in REDUCTIONS:

@@ -10,8 +10,7 @@ import json
 import math
 from typing import Any
 
-import numpy as np
-
+from gpt_workload.checks import check_int
 from gpt_workload.rope import RopeScaling
 from wse_sim.errors import ConfigError
 
@@ -34,10 +33,6 @@ def json_value(value: Any) -> str:
         return repr(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def positive_int(d: dict, key: str, source: str, default: int | None = None) -> int:
     """``d[key]`` as a positive int; ``default`` when absent or null (required if ``None``)."""
     value = d.get(key)
@@ -45,9 +40,7 @@ def positive_int(d: dict, key: str, source: str, default: int | None = None) -> 
         if default is None:
             raise ConfigError(f"{source} field {key} is missing: a positive integer is required")
         return default
-    if not _is_int(value) or value <= 0:
-        raise ConfigError(f"{source} field {key}={json_value(value)} must be a positive integer")
-    return int(value)
+    return check_int(f"{source} field {key}", value, 1)
 
 
 def positive_real(d: dict, key: str, source: str, default: float) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt_workload.checks import check_workers, default_workers, max_workers
 from gpt_workload.sweep.point import error_row, one_line, run_point, run_points
 from gpt_workload.sweep.spec import PointConfig, SweepSpec, check_values, load_spec
 from gpt_workload.sweep.store import (
@@ -52,14 +53,6 @@ class SweepResult:
     computed: int
     failed: int
     executor: str = ""
-
-
-def default_workers() -> int:
-    """Worker processes of the default local cluster: the cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -185,24 +178,6 @@ def _watch_workers(ac, client, wait_some: Callable[[float], Any]) -> Iterator[An
             )
 
 
-def max_workers() -> int:
-    """Most local worker processes a sweep starts: 4 per core this process may use (a sweep
-    point is CPU-bound; beyond that, start-up and memory cost and nothing runs faster)."""
-    return 4 * default_workers()
-
-
-def _check_workers(workers: Any) -> None:
-    """Raises ConfigError unless ``workers`` is None or an integer in 0..:func:`max_workers`."""
-    if workers is None:
-        return
-    hi = max_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= hi:
-        raise ConfigError(
-            f"workers={workers!r} is not allowed: 0 (run in this process) to {hi} (4 x the "
-            f"{default_workers()} cores this process may use)"
-        )
-
-
 #: seconds a sweep waits for an existing Dask scheduler to have at least one worker
 WORKER_WAIT_S = 10.0
 
@@ -275,7 +250,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     Raises:
         ConfigError: ``workers`` is not an integer >= 0, or the scheduler cannot be reached.
     """
-    _check_workers(workers)
+    check_workers("workers", workers)
     if scheduler is None and workers == 0:
         yield None
         return
@@ -420,7 +395,7 @@ def run_sweep(
         spec = load_spec(spec)
     if fmt is not None and fmt not in ("parquet", "csv"):
         raise ConfigError(f"format={fmt!r} is unknown; allowed: parquet, csv")
-    _check_workers(workers)
+    check_workers("workers", workers)
     if not spec.points:
         raise ConfigError(f"sweep {spec.name!r} has no points")
     check_values(spec)

@@ -50,6 +50,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gpt_workload.checks import check_int
 from wse_sim.arch import LEVELS
 from wse_sim.errors import ConfigError
 
@@ -149,14 +150,8 @@ def _coerce(key: str, value: Any) -> Any:
                 return None
             if key == "batch" and value == "max":
                 return "max"
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-                return value
-            allowed = (
-                "an integer >= 1, 'max' or 'default'"
-                if key == "batch"
-                else ("an integer >= 1 or 'default'")
-            )
-            raise ConfigError(f"sweep field {key}={value!r} must be {allowed}")
+            also = "or 'max' or 'default'" if key == "batch" else "or 'default'"
+            return check_int(f"sweep field {key}", value, 1, note=also)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"sweep field {key}={value!r} must be a non-empty string")
         return value

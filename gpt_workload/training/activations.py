@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.graph import Op, OpGraph
+from gpt_workload.graph import Op, OpGraph, lifetimes
 from gpt_workload.mappings.weight_streaming.head_split import pes_per_head, score_receive_bytes
 from gpt_workload.models import build_graph
 
@@ -175,13 +175,7 @@ def layer_memory(cfg: GPTConfig, P: int, hp: int, m: int, s: int) -> LayerMemory
 
     # ---- forward liveness (with or without the kept tensors held to the end)
     def forward(keep: bool) -> int:
-        born, last = {"x": -1}, {"x": 0}
-        for i, op in enumerate(ops):
-            for o in op.outputs:
-                born.setdefault(o, i)
-                last.setdefault(o, i)
-            for a in op.inputs:
-                last[a] = max(last.get(a, i), i)
+        born, last = lifetimes(ops)
         if keep:
             for t in kept:
                 last[t] = len(ops)

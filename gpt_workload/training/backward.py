@@ -47,11 +47,11 @@ from typing import Any
 import numba
 import numpy as np
 
+from gpt_workload.checks import check_token_ids
 from gpt_workload.config import GPTConfig
 from gpt_workload.kernels.elementwise import _gelu_kernel
 from gpt_workload.precision import round_storage
 from gpt_workload.weights import GPTWeights, LayerWeights
-from wse_sim.errors import ConfigError
 
 __all__ = ["check_tokens", "grads_finite", "zeros_like_weights"]
 
@@ -317,22 +317,13 @@ def check_tokens(cfg: GPTConfig, tokens: Any) -> np.ndarray:
             ``T > n_positions``, or an id outside ``[0, vocab_size)``; the message names
             ``tokens``, the value and the allowed range.
     """
-    arr = np.asarray(tokens)
-    if arr.ndim != 2 or arr.shape[0] < 1:
-        raise ConfigError(f"tokens has shape {arr.shape}: expected a non-empty 2-D [B, T] array")
-    if arr.dtype.kind not in "iu":
-        raise ConfigError(f"tokens has dtype {arr.dtype}: expected an integer dtype")
-    t = arr.shape[1]
-    if not 2 <= t <= cfg.n_positions:
-        raise ConfigError(
-            f"tokens has length T={t}: must be in [2, n_positions={cfg.n_positions}] "
-            "(a loss needs a next token)"
-        )
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= cfg.vocab_size:
-        bad = lo if lo < 0 else hi
-        raise ConfigError(f"tokens contains id {bad}: must be in [0, vocab_size={cfg.vocab_size})")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return check_token_ids(
+        tokens,
+        vocab_size=cfg.vocab_size,
+        min_len=2,
+        max_len=cfg.n_positions,
+        why_min="a loss needs a next token",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.weights import GPTWeights
 from wse_sim.errors import ConfigError
 
@@ -74,14 +75,7 @@ class DynamicLossScaler:
             raise ConfigError(
                 f"loss_scale field backoff_factor={backoff_factor!r} must be in (0, 1)"
             )
-        if (
-            isinstance(growth_interval, (bool, np.bool_))
-            or not isinstance(growth_interval, (int, np.integer))
-            or growth_interval < 1
-        ):
-            raise ConfigError(
-                f"loss_scale field growth_interval={growth_interval!r} must be an integer >= 1"
-            )
+        growth_interval = check_int("loss_scale field growth_interval", growth_interval, 1)
         self.enabled = bool(enabled)
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)

@@ -1,11 +1,12 @@
 """Weight-streaming lowering of one training *step* (forward + backward) to a Program.
 
-Built on the forward lowering (:func:`gpt_workload.mappings.weight_streaming.plan.lower_weight_streaming`: gpt2's
-builder, or :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walking the op graph of the
-gptj, llama and qwen2 families; its segment layout and kernels are reused as they are) and
-on its layout planner (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout`). The backward walks the
-same op graph (:func:`gpt_workload.models.build_graph`) in reverse, one family as another:
-no layer is spelled out here. One micro-batch of a step is:
+Built on the forward lowering
+(:func:`gpt_workload.mappings.weight_streaming.builder.lower_weight_streaming`: gpt2's builder,
+or :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walking the op
+graph of the gptj, llama and qwen2 families; its segment layout and kernels are reused as they
+are) and on its layout planner (:func:`gpt_workload.mappings.weight_streaming.plan.plan_layout`).
+The backward walks the same op graph (:func:`gpt_workload.models.build_graph`) in reverse, one
+family as another: no layer is spelled out here. One micro-batch of a step is:
 
 1. **Forward**: the forward Program's kernels, unchanged, except that with checkpoint offload
    each layer's first kernel hands its input ``x`` (the checkpoint, ``b T d`` elements) to
@@ -80,6 +81,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.mappings.weight_streaming.builder import lower_weight_streaming
 from gpt_workload.mappings.weight_streaming.graph_builder import GraphBuilder
@@ -459,8 +461,7 @@ def lower_training(
             too-large Program. FitError: not even one sequence fits.
     """
     check_precision(precision)
-    if not isinstance(max_simulated, int) or max_simulated < 3:
-        raise ConfigError(f"max_simulated={max_simulated!r} must be an integer >= 3")
+    max_simulated = check_int("max_simulated", max_simulated, 3)
     if plan is None:
         plan = plan_training(cfg, arch, batch, seq_len, precision, checkpoint_offload)
     elif (plan.batch, plan.seq_len) != (batch, seq_len):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.weights import GPTWeights
 from wse_sim.errors import ConfigError
 
@@ -53,11 +54,6 @@ def _real(value: object) -> bool:
         and not isinstance(value, (bool, np.bool_))
         and math.isfinite(float(value))
     )
-
-
-def _int(value: object) -> bool:
-    """True for an int (NumPy ints included) that is not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -108,15 +104,12 @@ class AdamWConfig:
             raise ConfigError(
                 f"adamw field weight_decay={self.weight_decay!r} must be a finite number >= 0"
             )
-        if not _int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ConfigError(
-                f"adamw field warmup_steps={self.warmup_steps!r} must be an integer >= 0"
-            )
-        if not _int(self.total_steps) or self.total_steps < max(1, self.warmup_steps):
-            raise ConfigError(
-                f"adamw field total_steps={self.total_steps!r} must be an integer >= "
-                f"max(1, warmup_steps={self.warmup_steps})"
-            )
+        w = check_int("adamw field warmup_steps", self.warmup_steps, 0)
+        object.__setattr__(self, "warmup_steps", w)
+        t = check_int(
+            "adamw field total_steps", self.total_steps, max(1, w), note=f"max(1, warmup_steps={w})"
+        )
+        object.__setattr__(self, "total_steps", t)
         f = self.final_lr_fraction
         if not _real(f) or not 0.0 <= float(f) <= 1.0:
             raise ConfigError(f"adamw field final_lr_fraction={f!r} must be a number in [0, 1]")
@@ -137,8 +130,7 @@ class AdamWConfig:
         Raises:
             ConfigError: ``step`` is not an integer >= 0.
         """
-        if not _int(step) or step < 0:
-            raise ConfigError(f"step={step!r} must be an integer >= 0")
+        step = check_int("step", step, 0)
         peak, w, t = float(self.lr), self.warmup_steps, self.total_steps
         floor = float(self.final_lr_fraction) * peak
         if step < w:

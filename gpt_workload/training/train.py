@@ -456,11 +456,6 @@ def train(
     )
     systems = check_int("systems", systems, 1, max_systems(arch_cfg))
     batch = check_int("batch", batch, 1, MAX_BATCH, allow_none=True)
-    seq_len_arg = seq_len
-    if seq_len is not None and (
-        isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, (int, np.integer))
-    ):
-        seq_len = -1  # reported with the allowed range below
     seed = check_int("seed", seed, 0, 2**63 - 1)
     check_sequences = check_int("check_sequences", check_sequences, 0, 64)
     check_seq_len = check_int("check_seq_len", check_seq_len, 2, allow_none=True)
@@ -479,11 +474,9 @@ def train(
                           f"{ids[0].shape[1]}: the token ids set the check batch")  # fmt: skip
     if seq_len is None:
         seq_len = min(2048, cfg.n_positions)
-    elif not 2 <= seq_len <= cfg.n_positions:
-        raise ConfigError(
-            f"seq_len={seq_len_arg!r} must be an integer in 2..{cfg.n_positions} (n_positions "
-            f"of {cfg.name}; a next-token loss needs at least 2 tokens)"
-        )
+    else:
+        why = f"n_positions of {cfg.name}; a next-token loss needs 2 tokens"
+        seq_len = check_int("seq_len", seq_len, 2, cfg.n_positions, note=why)
     pub = PUBLISHED_TRAINING.get(cfg.name)
     num_args = (cfg, model, precision, steps, numerics_steps, seed, text, lr, pub,
                 check_sequences, ids[0].shape[1] if ids else (check_seq_len or min(seq_len, 64)),

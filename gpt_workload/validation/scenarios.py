@@ -26,6 +26,7 @@ exists, the same rows run.
 
 from __future__ import annotations
 
+from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 
 _REQ = object()  # marks a required field
@@ -114,8 +115,8 @@ def check_scenario(where: str, table: object, units: str) -> dict:
         typ = spec[key][0]
         if isinstance(val, bool) or not isinstance(val, typ):
             raise ConfigError(f"{where}: scenario field {key}={val!r} must be {_typename(typ)}")
-        if typ is int and val < 1:
-            raise ConfigError(f"{where}: scenario field {key}={val!r} must be an integer >= 1")
+        if typ is int:
+            val = check_int(f"{where}: scenario field {key}", val, 1)
         out[key] = val
     for key, (_typ, default) in spec.items():
         if key in out:

@@ -465,7 +465,7 @@ def collective_program(
     """A one-kernel :class:`Program` whose only work is one fabric transfer of the
     weight-streaming lowering, for holding the ``event`` and ``analytic`` backends to the
     ``packet`` one on pure communication. The transfer's fields follow the lowering's
-    formulas (``gpt_workload/lowering.py``):
+    formulas (``gpt_workload/mappings/weight_streaming/builder.py``):
 
     * ``multicast_2d``: every PE receives ``message_bytes`` entering at the north edge of its
       column (busiest link carries ``message_bytes``; ``rows`` hops);

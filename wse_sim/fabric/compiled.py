@@ -42,7 +42,8 @@ from wse_sim.fabric.engine import (
     Packet,
     PacketFabric,
 )
-from wse_sim.fabric.errors import FabricDeadlock, RouteError
+from wse_sim.fabric.engine_report import raise_if_deadlocked
+from wse_sim.fabric.errors import RouteError
 from wse_sim.fabric.routing import RouteTable
 from wse_sim.fabric.topology import Mesh
 
@@ -677,22 +678,5 @@ class CompiledFabric(PacketFabric):
                             g.add_edge(v, dv)
                 node = int(self._rq_next[node])
         stuck = int(self._vq_len.sum())
-        try:
-            cyc = [self._vc_name(a) for a, _ in nx.find_cycle(g)]
-        except nx.NetworkXNoCycle:
-            cyc = []
-        if not cyc and not stalled:
-            return
-        if cyc:
-            path = " -> ".join(f"{n} {p} colour {c}" for n, p, c in cyc)
-            msg = (
-                f"fabric deadlock at cycle {t:g}: {stuck} packets stuck in a wait-for cycle of "
-                f"{len(cyc)} buffers (router, input port, colour): {path} -> back to {cyc[0][0]}"
-            )
-        else:
-            msg = (
-                f"fabric stalled at cycle {t:g}: {stuck} packets in buffers and no event can "
-                "move them (no wait-for cycle; a PE program never consumed or sent)"
-            )
-        raise FabricDeadlock(msg, cyc, t, stuck)
+        raise_if_deadlocked(g, self._vc_name, t, stuck, stalled)
 

@@ -5,6 +5,8 @@ the state it reads."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import networkx as nx
 import numpy as np
 
@@ -150,21 +152,37 @@ class EngineReport:
         for q in self._vq:
             if q:
                 stuck += len(q)
-        try:
-            cyc = [self._vc_name(a) for a, _ in nx.find_cycle(g)]
-        except nx.NetworkXNoCycle:
-            cyc = []
-        if not cyc and not stalled:
-            return
-        if cyc:
-            path = " -> ".join(f"{n} {p} colour {c}" for n, p, c in cyc)
-            msg = (
-                f"fabric deadlock at cycle {t:g}: {stuck} packets stuck in a wait-for cycle of "
-                f"{len(cyc)} buffers (router, input port, colour): {path} -> back to {cyc[0][0]}"
-            )
-        else:
-            msg = (
-                f"fabric stalled at cycle {t:g}: {stuck} packets in buffers and no event can "
-                "move them (no wait-for cycle; a PE program never consumed or sent)"
-            )
-        raise FabricDeadlock(msg, cyc, t, stuck)
+        raise_if_deadlocked(g, self._vc_name, t, stuck, stalled)
+
+
+def raise_if_deadlocked(
+    g: nx.DiGraph, vc_name: Callable[[int], tuple], t: float, stuck: int, stalled: bool
+) -> None:
+    """Raise :class:`FabricDeadlock` when the wait-for graph ``g`` (nodes: virtual-channel
+    indices, an edge ``a -> b``: the head packet of buffer ``a`` waits for room in ``b``) has
+    a cycle, or when ``stalled`` (no event can move the ``stuck`` packets still in buffers at
+    cycle ``t``); return otherwise. ``vc_name`` turns an index into (router, port, colour) for
+    the message.
+
+    Raises:
+        FabricDeadlock: one line naming the cycle's buffers, or the stall; carries the cycle,
+            ``t`` and ``stuck``.
+    """
+    try:
+        cyc = [vc_name(a) for a, _ in nx.find_cycle(g)]
+    except nx.NetworkXNoCycle:
+        cyc = []
+    if not cyc and not stalled:
+        return
+    if cyc:
+        path = " -> ".join(f"{n} {p} colour {c}" for n, p, c in cyc)
+        msg = (
+            f"fabric deadlock at cycle {t:g}: {stuck} packets stuck in a wait-for cycle of "
+            f"{len(cyc)} buffers (router, input port, colour): {path} -> back to {cyc[0][0]}"
+        )
+    else:
+        msg = (
+            f"fabric stalled at cycle {t:g}: {stuck} packets in buffers and no event can "
+            "move them (no wait-for cycle; a PE program never consumed or sent)"
+        )
+    raise FabricDeadlock(msg, cyc, t, stuck)

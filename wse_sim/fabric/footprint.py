@@ -17,7 +17,7 @@ allocate, with the object sizes of the running CPython (``sys.getsizeof``):
   delivery logs (a list slot and a float). Open-loop traffic beyond saturation keeps every
   packet queued at its source, so the estimate counts all of them alive at once.
 
-``tests/test_fabric_footprint.py`` holds the estimates to ``tracemalloc`` measurements.
+``tests/test_fabric_experiment_inputs.py`` holds the estimates to ``tracemalloc`` measurements.
 """
 
 from __future__ import annotations

@@ -194,35 +194,19 @@ class LayerPipelined(Mapping):
         bisection over :func:`plan_pipeline` with a fixed micro-batch)."""
         self.check_family(cfg)
 
+        def plan(b: int):  # batch b in micro-batches of b
+            gemm, lps, fold = self["gemm"], self["layers_per_stage"], self["fold"] == "on"
+            return plan_pipeline(cfg, arch, b, seq_len, precision, gemm, b, lps, fold)
+
         def fits(b: int) -> bool:
             try:
-                plan_pipeline(
-                    cfg,
-                    arch,
-                    b,
-                    seq_len,
-                    precision,
-                    self["gemm"],
-                    b,
-                    self["layers_per_stage"],
-                    self["fold"] == "on",
-                )
+                plan(b)
             except FitError:
                 return False
             return True
 
         if not fits(1):
-            plan_pipeline(
-                cfg,
-                arch,
-                1,
-                seq_len,
-                precision,
-                self["gemm"],
-                1,
-                self["layers_per_stage"],
-                self["fold"] == "on",
-            )
+            plan(1)  # raises the FitError that says why
         lo, hi = 1, 2
         while fits(hi) and hi < 1 << 16:
             lo, hi = hi, hi * 2

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.mappings.layer_pipelined.stages import (
     Stage,
@@ -137,16 +138,10 @@ def plan_pipeline(
     """
     check_workload(cfg, batch, seq_len)
     s = bytes_per_element(precision)
-    if not isinstance(layers_per_stage, int) or not 1 <= layers_per_stage <= cfg.n_layer:
-        raise ConfigError(
-            f"mapping layer_pipelined: layers_per_stage={layers_per_stage!r} must be an integer "
-            f"in 1..{cfg.n_layer} (n_layer of {cfg.name})"
-        )
-    if not isinstance(micro_batch, int) or not 0 <= micro_batch <= batch:
-        raise ConfigError(
-            f"mapping layer_pipelined: micro_batch={micro_batch!r} must be an integer in "
-            f"0..{batch} (the batch; 0 = the fastest by the closed form)"
-        )
+    layers_per_stage = check_int("mapping layer_pipelined: layers_per_stage", layers_per_stage,
+                                 1, cfg.n_layer, note=f"n_layer of {cfg.name}")  # fmt: skip
+    micro_batch = check_int("mapping layer_pipelined: micro_batch", micro_batch, 0, batch,
+                            note="the batch; 0 = the fastest by the closed form")  # fmt: skip
     stages = make_stages(cfg, layers_per_stage, s)
     R = arch.wafer.rows
     if len(stages) > R:

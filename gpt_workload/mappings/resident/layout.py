@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.generation.split import DecodePlan, GemvSplit, KVSplit, bounds
 from gpt_workload.graph import Op, OpGraph
@@ -445,8 +446,7 @@ def make_layout(
             f"{last['capacity']:,} B: weights {last['weights']:,}, K/V cache "
             f"{last['kv_cache']:,}, buffers {last['buffers']:,}); lower the batch or the context"
         )
-    if isinstance(systems, bool) or not isinstance(systems, int) or systems < 1:
-        raise ConfigError(f"systems={systems!r} must be an integer >= 1 or 'auto'")
+    systems = check_int("systems", systems, 1, note="or 'auto'")
     if systems > L:
         raise ConfigError(f"systems={systems} exceeds the model's {L} layers (one layer each)")
     if placement == "streaming" and systems != 1:

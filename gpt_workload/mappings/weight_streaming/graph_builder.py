@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gpt_workload.graph import Op
+from gpt_workload.graph import Op, lifetimes
 from gpt_workload.mappings.weight_streaming.builder import _Builder, kv_multicast
 from gpt_workload.mappings.weight_streaming.head_split import (
     attention_classes,
@@ -116,14 +116,7 @@ class GraphBuilder(_Builder):
     def live_bytes(self, ops: tuple[Op, ...]) -> list[int]:
         """Per-op live bytes per PE: the operands produced at or before the op and read at
         or after it (``x``, the residual, from the start)."""
-        born = {"x": -1}
-        last = {"x": 0}
-        for i, op in enumerate(ops):
-            for o in op.outputs:
-                born.setdefault(o, i)
-                last.setdefault(o, i)
-            for a in op.inputs:
-                last[a] = max(last.get(a, i), i)
+        born, last = lifetimes(ops)
         out = []
         for i in range(len(ops)):
             names = [n for n in born if born[n] <= i <= last.get(n, born[n])]

@@ -26,15 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 from wse_sim.program import LayoutGeometry
 
 
 def _positive_int(name: str, value: object) -> int:
     """Return ``value`` as int if it is a positive integer, else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name}={value!r} is invalid; must be a positive integer")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 @dataclass(frozen=True)

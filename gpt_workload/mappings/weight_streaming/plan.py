@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from gpt_workload.checks import check_int
 from gpt_workload.config import GPTConfig
 from gpt_workload.graph_sizes import family_block_bytes
 from gpt_workload.mappings.weight_streaming.head_split import (
@@ -140,12 +141,8 @@ def check_workload(cfg: GPTConfig, batch, seq_len) -> None:
         ConfigError: ``batch`` not an integer >= 1, or ``seq_len`` not in
             ``1 .. n_positions``.
     """
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch={batch!r} must be an integer >= 1")
-    if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_positions:
-        raise ConfigError(
-            f"seq_len={seq_len!r} must be an integer in 1..{cfg.n_positions} (n_positions)"
-        )
+    check_int("batch", batch, 1)
+    check_int("seq_len", seq_len, 1, cfg.n_positions, note="n_positions")
 
 
 def plan_layout(
