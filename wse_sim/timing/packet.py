@@ -1,7 +1,8 @@
 """The ``packet`` timing backend: every router, colour and packet of the grid, and every PE.
 
 Each kernel of the Program is expanded into real packet flows on real routes over the
-lowering's geometry (``gpt_workload/lowering.py``), run by the packet engine
+lowering's geometry (``gpt_workload/mappings/weight_streaming/builder.py``), run by the packet
+engine
 (:mod:`wse_sim.fabric.engine`), with each PE's compute as timed delays:
 
 * **PEs**: every active PE of the kernel's class map runs its class's cycles in ``n_chunks``
