@@ -2,8 +2,7 @@
 
 Each kernel of the Program is expanded into real packet flows on real routes over the
 lowering's geometry (``gpt_workload/mappings/weight_streaming/builder.py``), run by the packet
-engine
-(:mod:`wse_sim.fabric.engine`), with each PE's compute as timed delays:
+engine (:mod:`wse_sim.fabric.engine`), with each PE's compute as timed delays:
 
 * **PEs**: every active PE of the kernel's class map runs its class's cycles in ``n_chunks``
   chunks; chunk ``i`` starts when chunk ``i - 1`` is done and its inputs have arrived (its
