@@ -625,3 +625,28 @@ def test_a_cluster_that_loses_every_worker_stops_the_sweep(monkeypatch):
             if f == "f2":
                 client.workers = {}  # the last worker dies
     assert seen == ["f1", "f2"]
+
+
+def test_local_cluster_workers_start_with_sigint_ignored():
+    """Worker processes of a local cluster inherit SIGINT ignored (a terminal's Ctrl-C then
+    stops only the sweep, which closes them, instead of each printing a traceback); the
+    handler is restored after, and off the main thread nothing changes."""
+    import signal
+    import threading
+
+    from gpt_workload.sweep.runner import _sigint_ignored
+
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_ignored():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before
+    seen = []
+
+    def other():
+        with _sigint_ignored():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [before]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -284,7 +286,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             # point. Workers keep the other settings (one BLAS/OpenMP thread).
             env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
             env.pop("MALLOC_TRIM_THRESHOLD_", None)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), _sigint_ignored():
                 cluster = LocalCluster(
                     n_workers=workers or default_workers(),
                     threads_per_worker=1,
@@ -300,6 +302,24 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while a local cluster starts its worker processes, which inherit it.
+
+    A terminal's Ctrl-C reaches every process of the foreground group; this process stops the
+    sweep (finished rows are already stored) and closes the cluster, so a worker must not
+    print its own ``KeyboardInterrupt`` traceback. Python keeps a SIGINT that is ignored at
+    start-up ignored. Main thread only (elsewhere a no-op: signals cannot be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def describe_client(client) -> str:
