@@ -162,7 +162,18 @@ BAD = {
     "batch does not fit": (["--model", "llama-3-8b", "--arch", "wse2", "--batch", "512",
                             "--prompt-len", "1024", "--new-tokens", "1024"], "does not fit"),
     "systems word": (["--model", "gpt-tiny", "--systems", "many"], "--systems"),
+    "region too small": (["--model", "llama-3-8b", "--arch", "wse2", "--region", "7"],
+                         "--region 7 is too small"),
 }  # fmt: skip
+
+
+def test_cli_small_region_names_region_not_batch(capsys, tmp_path):
+    """A 7 x 7 region cannot hold one Llama-3-8B layer: the error names --region, the bytes
+    per PE needed against the usable bytes, and suggests a larger side, not a lower batch."""
+    rc, err, _ = _run(capsys, tmp_path, "--model", "llama-3-8b", "--arch", "wse2",
+                      "--region", "7")  # fmt: skip
+    assert rc == 2 and "B per PE of the" in err and "B usable" in err
+    assert "--region auto" in err and "lower the batch" not in err
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

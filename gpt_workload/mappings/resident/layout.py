@@ -468,6 +468,17 @@ def make_layout(
             if need is not None and placement == "resident"
             else "lower the batch or the context"
         )
+        if need is None and region:
+            one = _build(cfg, arch, precision, placement, L, 1, 1, *knobs).worst_sram()
+            if one["free"] < 0:  # one layer per region, batch 1, context 1: the region is small
+                raise FitError(
+                    f"--region {region} is too small for {cfg.name} on {arch.name}: a {region} x "
+                    f"{region} region holding one layer (and the embedding or head) needs "
+                    f"{one['total']:,} B per PE of the "
+                    f"{one['capacity']:,} B usable (weights {one['weights']:,}, buffers "
+                    f"{one['buffers']:,}), whatever the batch or context; use a larger "
+                    f"--region side or --region auto"
+                )
         raise FitError(
             f"{cfg.name} x batch {batch} x context {max_context} does not fit {systems} "
             f"system(s) of {arch.name} ({placement}): {-worst['free']:,} B per PE short on "
