@@ -209,6 +209,7 @@ def test_config_json_file_runs_seeded_and_says_so_first(tmp_path, gpt_tiny_ckpt)
         (["--check-sequences", "0", "--save-logits", "x.npy"], "--save-logits"),
         (["--seed", "-1"], "seed=-1"),
         (["--json", "/no/such/dir/r.json"], "--json"),
+        (["--plot", "/proc/x"], "--plot '/proc/x' is not allowed: it cannot be created"),
         (["--batch", "1000000000"], "batch=1000000000"),
         (["--batch", "900000", "--arch", "grid8"], "kernels"),
         (
