@@ -70,6 +70,8 @@ from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
 #: fidelities that time a training step: the whole-wafer backends of
 #: :data:`wse_sim.timing.BACKENDS` (``packet`` models no gradient streams)
 FIDELITIES = WAFER_BACKENDS
+#: why the other fidelities are refused (named in the error)
+_FIDELITY_WHY = "packet models no gradient streams"
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
 #: most steps of a run
@@ -170,7 +172,7 @@ def time_training_step(
 def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
                plan=None):
     """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
-    get_backend(fidelity, FIDELITIES)
+    get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
@@ -184,7 +186,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
                           checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = get_backend(fidelity, FIDELITIES)(prog, arch_s)
+    tr = get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
@@ -445,7 +447,7 @@ def train(
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
-    get_backend(fidelity, FIDELITIES)
+    get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
     precision = check_precision(precision)
     check_offload(checkpoint_offload)
     steps = check_int("steps", steps, 1, MAX_STEPS)
