@@ -90,6 +90,7 @@ def test_run_writes_json_logits_and_plots(tmp_path, gpt_tiny_ckpt):
     [
         (["--model", "no-such-model"], ["unknown model", "cerebras-gpt-111m"]),
         (["--arch", "wse9"], ["unknown arch", "wse2"]),
+        (["--arch", "/tmp/no/such/nope.toml"], ["arch file", "nope.toml' does not exist"]),
         (["--set", "pe.sram_bytes=-1"], ["pe.sram_bytes=-1"]),
         (
             ["--model", "cerebras-gpt-13b", "--arch", "grid8"],
