@@ -148,6 +148,17 @@ def test_cli_runs_and_writes_json_and_trace(capsys, tmp_path):
     assert sum(1 for e in ev if e.get("name") == "prefill") == 2
 
 
+def test_cli_says_where_it_wrote_json_and_trace(capsys, tmp_path):
+    """generate wrote --json silently; it says so as run and train do."""
+    out, trace = tmp_path / "r.json", tmp_path / "t.json"
+    rc = main(["generate", "--arch", "grid32", "--fidelity", "analytic", "--model", "gpt-tiny",
+               "--new-tokens", "2", "--json", str(out), "--trace", str(trace)])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out.is_file() and trace.is_file()
+    assert f"JSON report written to {out}" in lines
+    assert f"Perfetto/Chrome trace written to {trace}" in lines
+
+
 def _bad_ids(tmp_path):
     p = tmp_path / "ids.npy"
     np.save(p, np.array([[1, 2, 512]]))
