@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from gpt_workload.cli import main
@@ -60,6 +61,27 @@ def test_bad_input_one_line(args, word, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("wse-sim: error:") and "\n" not in err and word in err
+
+
+@pytest.mark.parametrize("cmd", ["train", "run"])
+@pytest.mark.parametrize("kind", ["text", "pickle", "object"])
+def test_tokens_npy_that_is_not_an_int_array_file(tmp_path, capsys, cmd, kind):
+    """A text or pickled ``x.npy`` gave NumPy's "allow_pickle" message; the shared loader
+    says the file is not a NumPy int array (.npy) file."""
+    import pickle
+
+    f = tmp_path / "x.npy"
+    if kind == "text":
+        f.write_text("1 2 3\n")
+    elif kind == "pickle":
+        f.write_bytes(pickle.dumps([[1, 2, 3]]))
+    else:
+        np.save(f, np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    rc = main([cmd, "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(f)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert f"--tokens {str(f)!r} is not a NumPy int array (.npy) file" in err, err
+    assert "allow_pickle" not in err, err
 
 
 @pytest.mark.parametrize("text", ["", "short"])
