@@ -128,3 +128,29 @@ def test_numerics_steps_default_and_zero():
     assert rep.numerics["steps_run"] == 20 and len(rep.numerics["steps"]) == 20
     rep = train("gpt-tiny", "grid32", steps=30, fidelity="analytic", numerics_steps=0)
     assert "skipped" in rep.numerics
+
+
+def test_console_names_a_smaller_last_micro_batch_and_small_throughput(tmp_path, capsys):
+    """``64 sequences in 22 micro-batch(es) of 3`` (66) hid that the last has 1; samples/s
+    below 100 printed as ``0.1``. The last micro-batch's size is the per-system batch less
+    the full ones; small throughputs keep 3 significant digits."""
+    import dataclasses
+
+    from gpt_workload.training.train import train
+
+    out = tmp_path / "r.json"
+    rc = main(["train", "--model", "gpt-tiny", "--arch", "grid8", "--batch", "13",
+               "--steps", "1", "--fidelity", "analytic", "--json", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    t = json.loads(out.read_text())["training"]
+    n, b = t["micro_batches"], t["sequences_per_micro_batch"]
+    last = t["per_system_batch"] - (n - 1) * b
+    assert 0 < last < b  # this case has a smaller last micro-batch
+    assert f"{t['per_system_batch']} sequences in {n} micro-batch(es) of {b} (last {last})" in text
+    rep = train("gpt-tiny", "grid8", batch=8, steps=1, fidelity="analytic", numerics_steps=0)
+    rows = dict(dataclasses.replace(rep, samples_per_s=0.071428).console_rows())
+    assert rows["throughput"].startswith("0.0714 samples/s")
+    rows = dict(dataclasses.replace(rep, samples_per_s=1234.56).console_rows())
+    assert rows["throughput"].startswith("1,234.6 samples/s")
+    assert "(last" not in dict(rep.console_rows())["per system"]  # 8 = one full micro-batch
