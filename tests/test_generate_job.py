@@ -223,3 +223,18 @@ def test_generate_tokens_equal_hf_greedy(tiny_checkpoints, family):
         out = model.generate(torch.tensor(prompt)[None], max_new_tokens=8, do_sample=False,
                              attention_mask=torch.ones(1, 16, dtype=torch.long))  # fmt: skip
     assert r.numerics["tokens"][0] == out[0, 16:].tolist()
+
+
+@pytest.mark.skipif(numerics_available() is None, reason="numerics not built in this tree")
+def test_cli_numerics_row_names_divergence_in_words(capsys, tmp_path):
+    """The numerics row printed ``first divergence [None]``; it reads ``none`` when the
+    report's per-request first divergences are all null, else names request and step."""
+    out = tmp_path / "r.json"
+    rc = main(["generate", "--arch", "grid32", "--fidelity", "analytic", "--model", "gpt-tiny",
+               "--new-tokens", "3", "--check-requests", "1", "--json", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    div = json.loads(out.read_text())["numerics"]["first_divergence"]
+    want = ", ".join(f"request {i} at step {d}" for i, d in enumerate(div) if d is not None)
+    assert f"first divergence {want or 'none'}" in text
+    assert "[None]" not in text
