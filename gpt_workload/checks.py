@@ -27,6 +27,7 @@ __all__ = [
     "check_token_ids",
     "check_workers",
     "default_workers",
+    "load_token_file",
     "max_workers",
     "not_allowed",
 ]
@@ -76,6 +77,30 @@ def check_int(
         return int(value)
     allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
     raise not_allowed(name, value, allowed + (f" ({note})" if note else ""))
+
+
+def load_token_file(name: str, path: str | os.PathLike) -> np.ndarray:
+    """The array in the ``.npy`` file ``path`` (given as option ``name``), loaded without
+    pickle; the caller checks it with :func:`check_token_ids`.
+
+    Raises:
+        ConfigError: the file cannot be read (its reason), or it is not a NumPy array file
+            of plain numbers (a text or pickled file, an object array, truncated data).
+    """
+    label = f"{name} {os.fspath(path)!r}"
+    try:
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{label} cannot be read ({reason}); expected a .npy file") from None
+    except (ValueError, EOFError) as exc:
+        text = " ".join(str(exc).split())
+        why = ("it holds text, pickled data or an object array" if "pickle" in text
+               else text or type(exc).__name__)  # fmt: skip
+        raise ConfigError(
+            f"{label} is not a NumPy int array (.npy) file ({why}); save the token ids with "
+            "numpy.save"
+        ) from None
 
 
 def check_token_ids(

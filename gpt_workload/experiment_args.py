@@ -538,6 +538,47 @@ def check_out_dir(opt: str, path: str | os.PathLike) -> Path:
     return p
 
 
+def check_out_file(opt: str, path: str | os.PathLike) -> Path:
+    """An output file path whose directory exists and takes new files (probed with a
+    temporary file, removed at once); the directory is not created. Shared by every
+    file-output option (``--json``, ``--save-logits``, ``--trace``, ``plot -o``).
+
+    Raises:
+        ConfigError: empty; a directory; its directory is missing or not a directory; the
+            directory does not take new files (``/proc``, read-only, no permission).
+    """
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise _fail(opt, text, "a file path")
+    p = Path(text)
+    try:
+        if p.is_dir():
+            raise ConfigError(f"{opt} {text!r} is not allowed: it is a directory; give a file path")
+        parent = p.absolute().parent
+        if not parent.exists():
+            raise ConfigError(
+                f"{opt} {text!r} is not allowed: directory {str(parent)!r} does not exist; "
+                "create it first or give a path in an existing directory"
+            )
+        if not parent.is_dir():
+            raise ConfigError(
+                f"{opt} {text!r} is not allowed: {str(parent)!r} is not a directory; "
+                "give a path in an existing directory"
+            )
+        try:
+            _probe_writable(parent, mkdir=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"{opt} {text!r} is not allowed: cannot write in {str(parent)!r} "
+                f"({exc.strerror or exc}); give a path in a writable directory"
+            ) from None
+    except OSError as exc:  # stat itself failed (permission on a parent, name too long)
+        raise ConfigError(
+            f"{opt} {text!r} is not allowed: {exc.strerror or exc}; expected a file path"
+        ) from None
+    return p
+
+
 def error_line(prog: str, exc: BaseException) -> str:
     """``PROG: error: MESSAGE`` on one line (whitespace in the message collapsed; an
     ``OSError`` as its reason and file name)."""

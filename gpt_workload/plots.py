@@ -20,7 +20,6 @@ Every axis label carries its unit. :func:`save` writes a PNG and closes the figu
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wse_sim import metrics
+from gpt_workload.experiment_args import check_out_file
 from wse_sim.errors import ConfigError
 
 #: units of well-known metric and field names (others are derived from the name's suffix)
@@ -129,19 +129,7 @@ def check_image_path(path: str | os.PathLike) -> Path:
             f"-o {str(path)!r}: the suffix {p.suffix or '(none)'!r} is not an image format; "
             f"allowed: {', '.join('.' + f for f in fmts)}"
         )
-    base = p.absolute().parent
-    while not base.exists():
-        base = base.parent
-    try:
-        if not base.is_dir():
-            raise OSError(f"{str(base)!r} is not a directory")
-        with tempfile.NamedTemporaryFile(dir=base, prefix=".wse-sim-probe-"):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"-o {str(path)!r}: cannot write in {str(base)!r} ({e.strerror or e}); "
-            "give a path in a writable directory"
-        ) from None
+    check_out_file("-o", path)
     return p
 
 

@@ -90,6 +90,16 @@ def test_unknown_arch_names_allowed(tmp_path):
         load_arch(str(bad))
 
 
+@pytest.mark.parametrize("name", ["nope.toml", "sub/nope", "nope.TOML"])
+def test_missing_arch_file_says_it_does_not_exist(tmp_path, name):
+    """``--arch /tmp/nope.toml`` said "unknown arch"; a path names the missing file."""
+    spec = str(tmp_path / name)
+    with pytest.raises(ConfigError, match=r"^arch file .* does not exist: expected .*wse2"):
+        load_arch(spec)
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_arch(str(tmp_path))
+
+
 def test_toml_file_roundtrip(tmp_path):
     from importlib import resources
 

@@ -23,8 +23,13 @@ def test_unknown_or_refused_backend_is_one_line():
     msg = r"fidelity='warp' is unknown; allowed: analytic, event, packet$"
     with pytest.raises(ConfigError, match=msg):
         get_backend("warp")
-    with pytest.raises(ConfigError, match=r"allowed: analytic, event$"):
+    refused = r"'packet' is not supported here; allowed: analytic, event$"
+    with pytest.raises(ConfigError, match=refused):
         get_backend("packet", WAFER_BACKENDS)
+    # a known backend refused by a caller is not called unknown; the caller says why
+    msg = r"not supported by training \(no streams\); training supports analytic, event$"
+    with pytest.raises(ConfigError, match=msg):
+        get_backend("packet", WAFER_BACKENDS, where="training", why="no streams")
 
 
 def test_entry_points_take_their_names_from_the_registry():

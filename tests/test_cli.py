@@ -90,6 +90,7 @@ def test_run_writes_json_logits_and_plots(tmp_path, gpt_tiny_ckpt):
     [
         (["--model", "no-such-model"], ["unknown model", "cerebras-gpt-111m"]),
         (["--arch", "wse9"], ["unknown arch", "wse2"]),
+        (["--arch", "/tmp/no/such/nope.toml"], ["arch file", "nope.toml' does not exist"]),
         (["--set", "pe.sram_bytes=-1"], ["pe.sram_bytes=-1"]),
         (
             ["--model", "cerebras-gpt-13b", "--arch", "grid8"],
@@ -209,6 +210,7 @@ def test_config_json_file_runs_seeded_and_says_so_first(tmp_path, gpt_tiny_ckpt)
         (["--check-sequences", "0", "--save-logits", "x.npy"], "--save-logits"),
         (["--seed", "-1"], "seed=-1"),
         (["--json", "/no/such/dir/r.json"], "--json"),
+        (["--plot", "/proc/x"], "--plot '/proc/x' is not allowed: it cannot be created"),
         (["--batch", "1000000000"], "batch=1000000000"),
         (["--batch", "900000", "--arch", "grid8"], "kernels"),
         (

@@ -114,3 +114,22 @@ def test_bad_region_is_one_line(bad):
         make_layout(resolve_model("gpt-tiny"), GRID, precision="fp16", max_context=40,
                     region=bad)  # fmt: skip
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("systems", [1, "auto"])
+def test_region_too_small_for_one_layer_is_named(systems):
+    """A 7 x 7 region cannot hold one Llama-3-8B layer: the FitError names ``--region 7``
+    and the bytes per PE needed against the usable bytes, which are the layout's own
+    (the region holding one layer at batch 1, context 1), not the batch or the context."""
+    from wse_sim.errors import FitError
+
+    cfg = resolve_model("llama-3-8b")
+    with pytest.raises(FitError) as e:
+        make_layout(cfg, WSE2, precision="fp16", systems=systems, max_context=64, region=7,
+                    reduce="tree")  # fmt: skip
+    one = make_layout(cfg, WSE2, precision="fp16", systems=cfg.n_layer, max_context=1, region=0,
+                      reduce="tree")  # fmt: skip
+    msg = str(e.value)
+    assert msg.startswith("--region 7 is too small") and "lower the batch" not in msg
+    assert f"of the {one.worst_sram()['capacity']:,} B usable" in msg
+    assert "--region auto" in msg

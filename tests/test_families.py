@@ -150,6 +150,21 @@ def test_cli_models_list_groups_by_family() -> None:
     for name in NEW_PRESETS:
         assert name in p.stdout
     assert p.stdout.index("family llama") < p.stdout.index("llama-3.1-405b")
+    # generate lowers every family, and the listing says so
+    for line in (ln for ln in p.stdout.splitlines() if ln.startswith("family ")):
+        assert "generate" in line.split("lowered:")[1], line
+
+
+def test_generate_times_a_preset_of_every_family() -> None:
+    """``LOWERED_FOR["generate"]`` is what generate() accepts: the smallest preset of each
+    family decodes (analytic timing) on wse2."""
+    from gpt_workload.generation.job import generate
+
+    for fam, rows in models.list_by_family(include_test=True).items():
+        assert fam in models.LOWERED_FOR["generate"]
+        cfg = min((r[0] for r in rows), key=lambda c: c.n_layer * c.d_model)
+        rep = generate(cfg.name, "wse2", fidelity="analytic", new_tokens=2)
+        assert rep.totals["total_s"] > 0, fam
 
 
 def test_cli_bad_config_and_unlowered_family_exit_2(tmp_path) -> None:

@@ -148,6 +148,17 @@ def test_cli_runs_and_writes_json_and_trace(capsys, tmp_path):
     assert sum(1 for e in ev if e.get("name") == "prefill") == 2
 
 
+def test_cli_says_where_it_wrote_json_and_trace(capsys, tmp_path):
+    """generate wrote --json silently; it says so as run and train do."""
+    out, trace = tmp_path / "r.json", tmp_path / "t.json"
+    rc = main(["generate", "--arch", "grid32", "--fidelity", "analytic", "--model", "gpt-tiny",
+               "--new-tokens", "2", "--json", str(out), "--trace", str(trace)])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out.is_file() and trace.is_file()
+    assert f"JSON report written to {out}" in lines
+    assert f"Perfetto/Chrome trace written to {trace}" in lines
+
+
 def _bad_ids(tmp_path):
     p = tmp_path / "ids.npy"
     np.save(p, np.array([[1, 2, 512]]))
@@ -162,7 +173,18 @@ BAD = {
     "batch does not fit": (["--model", "llama-3-8b", "--arch", "wse2", "--batch", "512",
                             "--prompt-len", "1024", "--new-tokens", "1024"], "does not fit"),
     "systems word": (["--model", "gpt-tiny", "--systems", "many"], "--systems"),
+    "region too small": (["--model", "llama-3-8b", "--arch", "wse2", "--region", "7"],
+                         "--region 7 is too small"),
 }  # fmt: skip
+
+
+def test_cli_small_region_names_region_not_batch(capsys, tmp_path):
+    """A 7 x 7 region cannot hold one Llama-3-8B layer: the error names --region, the bytes
+    per PE needed against the usable bytes, and suggests a larger side, not a lower batch."""
+    rc, err, _ = _run(capsys, tmp_path, "--model", "llama-3-8b", "--arch", "wse2",
+                      "--region", "7")  # fmt: skip
+    assert rc == 2 and "B per PE of the" in err and "B usable" in err
+    assert "--region auto" in err and "lower the batch" not in err
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -201,3 +223,18 @@ def test_generate_tokens_equal_hf_greedy(tiny_checkpoints, family):
         out = model.generate(torch.tensor(prompt)[None], max_new_tokens=8, do_sample=False,
                              attention_mask=torch.ones(1, 16, dtype=torch.long))  # fmt: skip
     assert r.numerics["tokens"][0] == out[0, 16:].tolist()
+
+
+@pytest.mark.skipif(numerics_available() is None, reason="numerics not built in this tree")
+def test_cli_numerics_row_names_divergence_in_words(capsys, tmp_path):
+    """The numerics row printed ``first divergence [None]``; it reads ``none`` when the
+    report's per-request first divergences are all null, else names request and step."""
+    out = tmp_path / "r.json"
+    rc = main(["generate", "--arch", "grid32", "--fidelity", "analytic", "--model", "gpt-tiny",
+               "--new-tokens", "3", "--check-requests", "1", "--json", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    div = json.loads(out.read_text())["numerics"]["first_divergence"]
+    want = ", ".join(f"request {i} at step {d}" for i, d in enumerate(div) if d is not None)
+    assert f"first divergence {want or 'none'}" in text
+    assert "[None]" not in text

@@ -217,9 +217,18 @@ def test_plot_output_in_an_unwritable_place_fails_before_simulating(tmp_path):
     (ro / "f").write_text("a file, not a directory")
     with pytest.raises(ConfigError, match="is not a directory"):
         plots.check_image_path(ro / "f" / "x.png")
-    # a path whose parents do not exist yet is fine (save() creates them)
-    assert plots.check_image_path(tmp_path / "new" / "dir" / "a.png").name == "a.png"
+    # a missing parent directory is refused, as --json refuses it (nothing is created)
+    with pytest.raises(ConfigError, match="directory .* does not exist"):
+        plots.check_image_path(tmp_path / "new" / "dir" / "a.png")
     assert not (tmp_path / "new").exists()
+    p = subprocess.run(
+        [sys.executable, "-m", "gpt_workload.cli", "plot", "timeline", "-o",
+         str(tmp_path / "nonexistent" / "a.png")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "-o" in p.stderr and "does not exist" in p.stderr
+    assert not (tmp_path / "nonexistent").exists()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from gpt_workload.cli import main
@@ -47,7 +48,8 @@ def test_train_text_and_systems(tmp_path, capsys):
         (["--systems", "1000"], "systems"),
         (["--model", "no-such-model"], "no-such-model"),
         (["--batch", "2", "--systems", "4"], "batch"),
-        (["--fidelity", "packet"], "fidelity"),
+        (["--fidelity", "packet"], "training supports analytic, event"),
+        (["--fidelity", "packet"], "packet models no gradient streams"),
         (["--tokens", "/no/such/file.txt"], "--tokens"),
         (["--numerics-steps", "5", "--steps", "3"], "numerics_steps"),
         (["--numerics-steps", "-1"], "numerics_steps"),
@@ -59,6 +61,27 @@ def test_bad_input_one_line(args, word, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("wse-sim: error:") and "\n" not in err and word in err
+
+
+@pytest.mark.parametrize("cmd", ["train", "run"])
+@pytest.mark.parametrize("kind", ["text", "pickle", "object"])
+def test_tokens_npy_that_is_not_an_int_array_file(tmp_path, capsys, cmd, kind):
+    """A text or pickled ``x.npy`` gave NumPy's "allow_pickle" message; the shared loader
+    says the file is not a NumPy int array (.npy) file."""
+    import pickle
+
+    f = tmp_path / "x.npy"
+    if kind == "text":
+        f.write_text("1 2 3\n")
+    elif kind == "pickle":
+        f.write_bytes(pickle.dumps([[1, 2, 3]]))
+    else:
+        np.save(f, np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    rc = main([cmd, "--model", "gpt-tiny", "--arch", "grid32", "--tokens", str(f)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert f"--tokens {str(f)!r} is not a NumPy int array (.npy) file" in err, err
+    assert "allow_pickle" not in err, err
 
 
 @pytest.mark.parametrize("text", ["", "short"])
@@ -105,3 +128,29 @@ def test_numerics_steps_default_and_zero():
     assert rep.numerics["steps_run"] == 20 and len(rep.numerics["steps"]) == 20
     rep = train("gpt-tiny", "grid32", steps=30, fidelity="analytic", numerics_steps=0)
     assert "skipped" in rep.numerics
+
+
+def test_console_names_a_smaller_last_micro_batch_and_small_throughput(tmp_path, capsys):
+    """``64 sequences in 22 micro-batch(es) of 3`` (66) hid that the last has 1; samples/s
+    below 100 printed as ``0.1``. The last micro-batch's size is the per-system batch less
+    the full ones; small throughputs keep 3 significant digits."""
+    import dataclasses
+
+    from gpt_workload.training.train import train
+
+    out = tmp_path / "r.json"
+    rc = main(["train", "--model", "gpt-tiny", "--arch", "grid8", "--batch", "13",
+               "--steps", "1", "--fidelity", "analytic", "--json", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    t = json.loads(out.read_text())["training"]
+    n, b = t["micro_batches"], t["sequences_per_micro_batch"]
+    last = t["per_system_batch"] - (n - 1) * b
+    assert 0 < last < b  # this case has a smaller last micro-batch
+    assert f"{t['per_system_batch']} sequences in {n} micro-batch(es) of {b} (last {last})" in text
+    rep = train("gpt-tiny", "grid8", batch=8, steps=1, fidelity="analytic", numerics_steps=0)
+    rows = dict(dataclasses.replace(rep, samples_per_s=0.071428).console_rows())
+    assert rows["throughput"].startswith("0.0714 samples/s")
+    rows = dict(dataclasses.replace(rep, samples_per_s=1234.56).console_rows())
+    assert rows["throughput"].startswith("1,234.6 samples/s")
+    assert "(last" not in dict(rep.console_rows())["per system"]  # 8 = one full micro-batch

@@ -296,7 +296,7 @@ def test_train_llama_checkpoint_lowers_the_loss_on_a_repeated_text(tmp_path, cap
      (np.full((2, 8), 97), "id 97"),
      (np.zeros((2, 65), np.int64), "T=65"),
      (np.zeros((2, 1), np.int64), "T=1"),
-     (None, "not a readable .npy")],
+     (None, "not a NumPy int array (.npy) file")],
 )  # fmt: skip
 def test_bad_token_ids_are_one_line(array, word, tiny_checkpoints, tmp_path, capsys) -> None:
     ids = tmp_path / "ids.npy"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -445,7 +446,8 @@ def load_arch(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ArchCon
         overrides: ``"level.field=value"`` strings.
 
     Raises:
-        ConfigError: unknown preset, unreadable or malformed TOML, bad field or value.
+        ConfigError: unknown preset; a path (ending .toml or with a path separator) that
+            does not exist or is not a file; unreadable or malformed TOML; bad field or value.
     """
     names = preset_names()
     if spec.lower() in names:
@@ -453,11 +455,24 @@ def load_arch(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ArchCon
         origin = spec.lower()
     else:
         path = Path(spec)
+        looks_like_path = spec.lower().endswith(".toml") or any(
+            sep and sep in spec for sep in (os.sep, os.altsep)
+        )
+        if looks_like_path and not path.exists():
+            raise ConfigError(
+                f"arch file {spec!r} does not exist: expected one of {', '.join(names)} or an "
+                "existing .toml file"
+            )
+        if looks_like_path and not path.is_file():
+            raise ConfigError(f"arch file {spec!r} is not a file: expected a .toml file")
         if not (path.suffix == ".toml" and path.is_file()):
             raise ConfigError(
                 f"unknown arch {spec!r}: expected one of {', '.join(names)} or a .toml file"
             )
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"arch file {spec!r} cannot be read: {exc}") from None
         origin = path.stem
     try:
         data = tomllib.loads(text)

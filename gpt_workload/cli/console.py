@@ -9,11 +9,9 @@ table. Importing this module imports neither the parser nor any job.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-from pathlib import Path
 
-from wse_sim.errors import ConfigError
+from gpt_workload.experiment_args import check_out_dir, check_out_file
 
 __all__ = [
     "ALLOW_NONFINITE_HELP",
@@ -61,21 +59,10 @@ def check_output_paths(args: argparse.Namespace) -> None:
     """
     for flag in ("json", "save_logits", "trace"):
         path = getattr(args, flag, None)
-        if not path:
-            continue
-        p = Path(path)
-        opt = "--" + flag.replace("_", "-")
-        if p.is_dir():
-            raise ConfigError(f"{opt} {path!r} is a directory; give a file path")
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ConfigError(
-                f"{opt} {path!r}: directory {str(parent)!r} does not exist or is not writable"
-            )
+        if path:
+            check_out_file("--" + flag.replace("_", "-"), path)
     if getattr(args, "plot", None):
-        p = Path(args.plot)
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"--plot {args.plot!r} exists and is not a directory")
+        check_out_dir("--plot", args.plot)
 
 
 def print_notices(con, notices: list[str]) -> None:

@@ -88,8 +88,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     con.print(ops)
     if args.json:
         rep.to_json(args.json)
+        con.print(f"JSON report written to {args.json}")
     if args.trace:
-        write_generation_trace(rep, args.trace)
+        con.print(f"Perfetto/Chrome trace written to {write_generation_trace(rep, args.trace)}")
     return 0
 
 

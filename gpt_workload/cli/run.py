@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from gpt_workload.checks import check_token_ids
+from gpt_workload.checks import check_token_ids, load_token_file
 from gpt_workload.cli.console import (
     ALLOW_NONFINITE_HELP,
     check_output_paths,
@@ -111,13 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tokens = None
     if args.tokens:
-        try:
-            tokens = np.load(args.tokens, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"--tokens {args.tokens!r} is not a readable .npy file: {exc}"
-            ) from None
-        tokens = check_token_ids(tokens, name="--tokens")
+        tokens = check_token_ids(load_token_file("--tokens", args.tokens), name="--tokens")
     check_output_paths(args)
     if args.save_logits and args.check_sequences == 0:
         raise ConfigError("--save-logits needs the numerics, but --check-sequences is 0")

@@ -162,7 +162,7 @@ def generate(
     if prompt is not None and prompt_tokens is not None:
         raise ConfigError("give --prompt TEXT or --prompt-tokens IDS.npy, not both")
     cfg, w, wsrc = resolve_model_and_weights(
-        model, seed, weights, need_weights=check_requests > 0, job="run"
+        model, seed, weights, need_weights=check_requests > 0, job="generate"
     )
     tok = None
     if prompt is not None:

@@ -135,6 +135,14 @@ def _grid_text(r: Report) -> str:
             f"{layers}")
 
 
+def _divergence_text(num: dict) -> str:
+    """``none`` when no checked request's tokens leave the float64 reference's, else
+    ``request I at step S`` for each that does."""
+    div = num.get("first_divergence") or []
+    hits = [f"request {i} at step {d}" for i, d in enumerate(div) if d is not None]
+    return ", ".join(hits) if hits else "none"
+
+
 def console_rows(r: Report) -> list[tuple[str, str]]:
     """``(label, text)`` rows of the console table of ``wse-sim generate``; a value that is
     undefined for the run (``null`` in the JSON, or a ratio over no decode steps) is
@@ -175,7 +183,7 @@ def console_rows(r: Report) -> list[tuple[str, str]]:
         rows += _token_rows(num["tokens"], num.get("text"))
         if num.get("max_abs_logit_error") is not None:
             rows.append(("vs float64", f"max |logit error| {num['max_abs_logit_error']:.3e}; "
-                                       f"first divergence {num.get('first_divergence')}"))
+                                       f"first divergence {_divergence_text(num)}"))
     else:
         rows.append(("numerics", str(num.get("skipped", "-"))))
     rows.append(("host wall time", ", ".join(f"{k} {v:.2f}s" for k, v in r.wall_s.items())))

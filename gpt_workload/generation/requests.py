@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_workload.checks import check_int, check_token_ids
+from gpt_workload.checks import check_int, check_token_ids, load_token_file
 from gpt_workload.config import GPTConfig
 from wse_sim.errors import ConfigError
 
@@ -53,13 +53,7 @@ def read_prompt_tokens(path: str | Path) -> np.ndarray:
     Raises:
         ConfigError: unreadable file, not an integer array, wrong rank or empty.
     """
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"--prompt-tokens {str(path)!r}: cannot read a .npy array ({exc})"
-        ) from None
-    return check_prompt_array(arr, "--prompt-tokens")
+    return check_prompt_array(load_token_file("--prompt-tokens", path), "--prompt-tokens")
 
 
 def check_prompt_array(arr, opt: str = "prompt_tokens") -> np.ndarray:

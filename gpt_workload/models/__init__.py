@@ -9,8 +9,8 @@ families also name their HF tensors (``HF_LAYER_NAMES``...). A family is data
 
 Every family runs forward (``wse-sim run``) and trains (``wse-sim train``: its timing; the
 training numerics of gpt2 only so far) under the ``weight_streaming`` mapping
-(:data:`LOWERED`); sweeps and the experiments take gpt2 only so far (:data:`LOWERED_FOR`);
-:func:`require_lowered` refuses the others with one line.
+(:data:`LOWERED`) and decodes (``wse-sim generate``); sweeps and the experiments take gpt2
+only so far (:data:`LOWERED_FOR`); :func:`require_lowered` refuses the others with one line.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ LOWERED: tuple[str, ...] = ("gpt2", "gptj", "llama", "qwen2")
 
 #: Families each job lowers: ``run`` (forward), ``train`` (the timed training step),
 #: ``train_numerics`` (training numerics: forward, backward and AdamW through the kernels),
-#: ``sweep``, ``experiments``.
+#: ``generate`` (decode timing and numerics), ``sweep``, ``experiments``.
 LOWERED_FOR: dict[str, tuple[str, ...]] = {
     "run": LOWERED,
     "train": LOWERED,
     "train_numerics": LOWERED,
+    "generate": LOWERED,
     "sweep": ("gpt2",),
     "experiments": ("gpt2",),
 }

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gpt_workload.config import GPTConfig
-from gpt_workload.checks import check_token_ids
+from gpt_workload.checks import check_token_ids, load_token_file
 from wse_sim.errors import ConfigError
 
 __all__ = [
@@ -71,10 +71,7 @@ def load_token_ids(tokens: Any, cfg: GPTConfig) -> tuple[np.ndarray, str]:
         where = f"--tokens {str(path)!r}"
         if not is_token_file(path):
             raise ConfigError(f"{where}: expected a .npy file of int token ids [N, T]")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ConfigError(f"{where} is not a readable .npy file: {exc}") from None
+        arr = load_token_file("--tokens", path)
         source = f"token ids {path}"
     else:
         where, arr, source = "tokens", tokens, "token ids (array)"

@@ -70,6 +70,8 @@ from wse_sim.timing.common import TimingResult, gradient_path, swarmx_depth
 #: fidelities that time a training step: the whole-wafer backends of
 #: :data:`wse_sim.timing.BACKENDS` (``packet`` models no gradient streams)
 FIDELITIES = WAFER_BACKENDS
+#: why the other fidelities are refused (named in the error)
+_FIDELITY_WHY = "packet models no gradient streams"
 #: largest global batch accepted (sequences)
 MAX_BATCH = 1_000_000
 #: most steps of a run
@@ -170,7 +172,7 @@ def time_training_step(
 def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
                plan=None):
     """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
-    get_backend(fidelity, FIDELITIES)
+    get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
@@ -184,7 +186,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
                           checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = get_backend(fidelity, FIDELITIES)(prog, arch_s)
+    tr = get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
@@ -314,21 +316,25 @@ class TrainReport:
         t = self.training
         ck = t["checkpoint_offload"]
         mf = self.model_flops_per_step
+        b_last = t.get("sequences_in_last_micro_batch", t["sequences_per_micro_batch"])
+        last = f" (last {b_last})" if b_last < t["sequences_per_micro_batch"] else ""
+        v = self.samples_per_s  # 3 significant digits below 100 (0.0714, not 0.1)
+        sps = f"{v:,.1f}" if abs(v) >= 100 or not math.isfinite(v) else f"{v:.3g}"
         rows = [
             ("model / arch", f"{self.model} on {self.arch} x {self.systems} system(s), "
                              f"{self.fidelity}"),
             ("workload", f"batch {self.batch} x seq {self.seq_len} = {self.tokens_per_step:,} "
                          f"tokens/step, {self.precision}, {self.steps} step(s)"),
             ("per system", f"{t['per_system_batch']} sequences in {t['micro_batches']} "
-                           f"micro-batch(es) of {t['sequences_per_micro_batch']} (segments of "
-                           f"{t['pes_per_segment']} PEs x {t['tokens_per_segment']} tokens); "
+                           f"micro-batch(es) of {t['sequences_per_micro_batch']}{last} "
+                           f"(segments of {t['pes_per_segment']} PEs x {t['tokens_per_segment']} tokens); "
                            f"activations {t['activations']}; gradients accumulate in MemoryX"),
             ("checkpoints", (f"offloaded to MemoryX: {ck['bytes_out_per_step'] / 1e9:.3f} GB "
                              "out and back in per step per system" if ck["used"] else
                              "on the wafer") + f" (--checkpoint-offload {ck['mode']})"),
             ("step time", f"{self.step_time_s * 1e3:.3f} ms ({self.total_time_s:.3f} s for "
                           f"{self.steps} step(s))"),
-            ("throughput", f"{self.samples_per_s:,.1f} samples/s, {self.tokens_per_s:,.0f} "
+            ("throughput", f"{sps} samples/s, {self.tokens_per_s:,.0f} "
                            "tokens/s"),
             ("MFU", f"{self.mfu:.1%} (model FLOPs {mf['total']:.3e}/step = 6N "
                     f"{mf['dense_6N']:.3e} + LM head {mf['lm_head']:.3e} + attention "
@@ -445,7 +451,7 @@ def train(
 
     wall: dict[str, float] = {}
     check_allow_nonfinite(allow_nonfinite)
-    get_backend(fidelity, FIDELITIES)
+    get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
     precision = check_precision(precision)
     check_offload(checkpoint_offload)
     steps = check_int("steps", steps, 1, MAX_STEPS)

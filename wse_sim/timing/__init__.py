@@ -67,20 +67,32 @@ WAFER_BACKENDS: tuple[str, ...] = ("analytic", "event")
 DEFAULT_BACKEND = "event"
 
 
-def get_backend(fidelity: str, allowed: tuple[str, ...] | None = None) -> Backend:
+def get_backend(
+    fidelity: str, allowed: tuple[str, ...] | None = None, *, where: str = "", why: str = ""
+) -> Backend:
     """The backend function of ``fidelity``.
 
     Args:
         fidelity: a name of :data:`BACKENDS`.
         allowed: the names this caller accepts (default: all of :data:`BACKENDS`).
+        where: what the caller is (``"training"``), named when a known backend is refused.
+        why: why the other backends are refused there, appended to that message.
 
     Raises:
-        ConfigError: ``fidelity`` is not one of ``allowed`` (one line, naming what is).
+        ConfigError: ``fidelity`` is not one of ``allowed`` (one line, naming what is): an
+            unknown name is called unknown; a known backend outside ``allowed`` is called
+            unsupported ``where`` (with ``why``).
     """
     allowed = tuple(BACKENDS) if allowed is None else allowed
-    if fidelity not in allowed or fidelity not in BACKENDS:
-        raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(allowed)}")
-    return BACKENDS[fidelity]
+    if fidelity in allowed and fidelity in BACKENDS:
+        return BACKENDS[fidelity]
+    if fidelity in BACKENDS:
+        raise ConfigError(
+            f"fidelity={fidelity!r} is not supported{' by ' + where if where else ' here'}"
+            f"{' (' + why + ')' if why else ''}; {where + ' supports' if where else 'allowed:'} "
+            f"{', '.join(allowed)}"
+        )
+    raise ConfigError(f"fidelity={fidelity!r} is unknown; allowed: {', '.join(allowed)}")
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "WAFER_BACKENDS", "Backend", "get_backend"]

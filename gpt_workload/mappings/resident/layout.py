@@ -440,6 +440,7 @@ def make_layout(
             last = lay.worst_sram()
             if last["free"] >= 0:
                 return lay
+        _check_region_holds_a_layer(cfg, arch, precision, placement, knobs)
         raise FitError(
             f"{cfg.name} does not fit even on {L} systems (one layer each) of {arch.name}: "
             f"{-last['free']:,} B per PE short ({last['total']:,} B needed of "
@@ -468,6 +469,8 @@ def make_layout(
             if need is not None and placement == "resident"
             else "lower the batch or the context"
         )
+        if need is None:
+            _check_region_holds_a_layer(cfg, arch, precision, placement, knobs)
         raise FitError(
             f"{cfg.name} x batch {batch} x context {max_context} does not fit {systems} "
             f"system(s) of {arch.name} ({placement}): {-worst['free']:,} B per PE short on "
@@ -476,6 +479,28 @@ def make_layout(
             f"{worst['buffers']:,}); {hint}"
         )
     return lay
+
+
+def _check_region_holds_a_layer(cfg, arch, precision, placement, knobs) -> None:
+    """Raise when a ``P x P`` region (``knobs[2]``; 0, the whole grid, is not checked) holding
+    one layer, at batch 1 and context 1, overflows SRAM: the region, not the batch or the
+    context, is what does not fit.
+
+    Raises:
+        FitError: naming ``--region``, the bytes per PE needed and usable.
+    """
+    region = knobs[2]
+    if not region:
+        return
+    one = _build(cfg, arch, precision, placement, cfg.n_layer, 1, 1, *knobs).worst_sram()
+    if one["free"] < 0:
+        raise FitError(
+            f"--region {region} is too small for {cfg.name} on {arch.name}: a {region} x "
+            f"{region} region holding one layer (and the embedding or head) needs "
+            f"{one['total']:,} B per PE of the {one['capacity']:,} B usable (weights "
+            f"{one['weights']:,}, buffers {one['buffers']:,}), whatever the batch or context; "
+            "use a larger --region side or --region auto"
+        )
 
 
 def check_region(region, arch: ArchConfig):
