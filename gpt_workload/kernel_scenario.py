@@ -31,15 +31,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gpt_workload.checks import check_int
 from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.errors import ConfigError, FitError
 from wse_sim.program import Kernel, PEClass, Program, WeightBlock
-from wse_sim.timing import BACKENDS
+from wse_sim.timing import get_backend
 
 #: operand placements of :func:`gemm_scenario` (CLI ``--resident`` / ``--streamed``)
 OPERANDS = ("resident", "streamed")
-#: fidelities of the kernel scenarios
-KERNEL_FIDELITIES = tuple(BACKENDS)
 
 
 def _arch(arch: str | ArchConfig, overrides=()) -> ArchConfig:
@@ -48,24 +47,13 @@ def _arch(arch: str | ArchConfig, overrides=()) -> ArchConfig:
     return load_arch(arch, list(overrides))
 
 
-def _pos_int(name: str, v, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ConfigError(f"{name}={v!r} is not allowed: expected an integer >= 1")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{name}={v!r} is not allowed: expected an integer in 1..{hi}")
-    return int(v)
-
-
 def _fidelity(fidelity: str) -> str:
-    if fidelity not in KERNEL_FIDELITIES:
-        raise ConfigError(
-            f"fidelity={fidelity!r} is unknown; allowed: {', '.join(KERNEL_FIDELITIES)}"
-        )
+    get_backend(fidelity)
     return fidelity
 
 
 def _time(program: Program, arch: ArchConfig, fidelity: str):
-    return BACKENDS[fidelity](program, arch)
+    return get_backend(fidelity)(program, arch)
 
 
 # ------------------------------------------------------------------------------- GEMM
@@ -209,9 +197,9 @@ def gemm_scenario(
     if operands not in OPERANDS:
         raise ConfigError(f"operands={operands!r} is not allowed; allowed: {', '.join(OPERANDS)}")
     rows, cols = region if region is not None else (a.wafer.rows, a.wafer.cols)
-    rows = _pos_int("region rows", rows, a.wafer.rows)
-    cols = _pos_int("region cols", cols, a.wafer.cols)
-    M, K, N = (_pos_int(n, v) for n, v in (("M", M), ("K", K), ("N", N)))
+    rows = check_int("region rows", rows, 1, a.wafer.rows)
+    cols = check_int("region cols", cols, 1, a.wafer.cols)
+    M, K, N = (check_int(n, v, 1) for n, v in (("M", M), ("K", K), ("N", N)))
     plan = gemm_plan(
         mapping, M=M, K=K, N=N, pr=rows, pc=cols, precision=precision, arch=a,
         weights="resident" if operands == "resident" else "stream",
@@ -319,8 +307,8 @@ def collective_scenario(
         raise ConfigError(
             f"{kind} algorithm={algorithm!r} is unknown; allowed: {', '.join(ALGORITHMS[kind])}"
         )
-    p = _pos_int("pes", pes, a.wafer.cols)
-    n = _pos_int("elements", elements)
+    p = check_int("pes", pes, 1, a.wafer.cols)
+    n = check_int("elements", elements, 1)
     mesh = Mesh(1, p)
     fwd = a.fabric.pe_forward_latency_cycles
     eng = PacketFabric.from_arch(mesh, a.fabric, packet_wavelets=packet_wavelets)
@@ -385,7 +373,7 @@ def fma_rate_scenario(
     a = _arch(arch, overrides)
     check_precision(precision)
     _fidelity(fidelity)
-    L = _pos_int("elements", elements)
+    L = check_int("elements", elements, 1)
     sram = 2 * L * bytes_per_element(precision)
     if sram > a.pe.sram_usable_bytes:
         raise FitError(
@@ -447,8 +435,8 @@ def relay_scenario(
     from wse_sim.fabric.topology import Mesh
 
     a = _arch(arch, overrides)
-    h = _pos_int("hops", hops, a.wafer.cols - 1)
-    B = _pos_int("wavelets", wavelets)
+    h = check_int("hops", hops, 1, a.wafer.cols - 1)
+    B = check_int("wavelets", wavelets, 1)
     if mode not in ("router", "pe"):
         raise ConfigError(f"relay mode={mode!r} is unknown; allowed: router, pe")
     mesh = Mesh(1, h + 1)

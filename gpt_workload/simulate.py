@@ -30,14 +30,12 @@ from wse_sim.arch import ArchConfig, load_arch
 from wse_sim.energy import energy_report
 from wse_sim.errors import ConfigError, NumericsError
 from wse_sim.program import Program
-from wse_sim.timing import BACKENDS, get_backend
+from wse_sim.timing import get_backend
 
 log = logging.getLogger(__name__)
 
 # the largest batch accepted; beyond it runs take minutes of lowering for no new insight
 MAX_BATCH = 1_000_000
-#: the timing backends' registry (:data:`wse_sim.timing.BACKENDS`), under its older name
-FIDELITIES = BACKENDS
 # numerics are skipped, with a note in the report, when fp32 weights exceed this
 NUMERICS_MAX_WEIGHT_BYTES = 6 * 2**30
 

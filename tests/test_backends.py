@@ -34,11 +34,9 @@ def test_unknown_or_refused_backend_is_one_line():
 
 def test_entry_points_take_their_names_from_the_registry():
     from gpt_workload.experiment_args import WAFER_FIDELITIES, check_fidelity
-    from gpt_workload.kernel_scenario import KERNEL_FIDELITIES
     from gpt_workload.simulate import simulate
     from gpt_workload.training.train import FIDELITIES as TRAIN
 
-    assert KERNEL_FIDELITIES == tuple(BACKENDS)
     assert TRAIN == WAFER_FIDELITIES == WAFER_BACKENDS
     assert check_fidelity("--fidelity", "packet") == "packet"
     with pytest.raises(ConfigError, match=", ".join(BACKENDS)):

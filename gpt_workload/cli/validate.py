@@ -45,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """``wse-sim validate``: print the table; ``--out`` writes CSV and the parity plot."""
     from rich.table import Table
 
-    from gpt_workload.experiment_args import check_out_dir, parse_names
+    from gpt_workload.experiment_args import check_fidelity, check_out_dir, parse_names
     from gpt_workload.validation.table import (
         CANNOT,
         OUT,
@@ -56,6 +56,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         write_csv,
     )
 
+    check_fidelity("--fidelity", args.fidelity)
     out = check_out_dir("--out", args.out) if args.out else None
     only = parse_names("--only", args.only, "row ids") if args.only else None
     rows = validate(args.data, fidelity=args.fidelity, only=only)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wse_sim.errors import ConfigError, FitError
+from wse_sim.timing import get_backend
 
 OK, OUT, CANNOT = "ok", "out of tolerance", "cannot run"
 
@@ -84,14 +85,10 @@ def validate(
         ConfigError: a malformed data file (one line naming the row and field), an unknown
             fidelity or an unknown id in ``only``.
     """
-    from gpt_workload.kernel_scenario import KERNEL_FIDELITIES
     from gpt_workload.validation.data import load_figures
     from gpt_workload.validation.scenarios import run_scenario
 
-    if fidelity not in KERNEL_FIDELITIES:
-        raise ConfigError(
-            f"--fidelity {fidelity!r} is not allowed: expected one of {', '.join(KERNEL_FIDELITIES)}"
-        )
+    get_backend(fidelity)
     figs = load_figures(data)
     if only:
         ids = {f.id for f in figs}

@@ -258,10 +258,6 @@ class WSLayout(TileLayout):
         """PEs holding tokens in one micro-batch."""
         return self.n_segments * self.P
 
-    def tiles(self, n_seq: int) -> TileLayout:
-        """The same tiling (``seq_len``, ``m``, ``P``) for ``n_seq`` sequences."""
-        return TileLayout(n_seq=n_seq, seq_len=self.seq_len, m=self.m, P=self.P)
-
     def geometry(self) -> LayoutGeometry:
         """The layout as the Program carries it (:attr:`wse_sim.program.Program.layout`)."""
         return LayoutGeometry(
