@@ -160,8 +160,7 @@ def time_training_step(
     Raises:
         ConfigError, FitError: bad input (one line).
     """
-    if batch < systems or fidelity not in FIDELITIES:  # the one-line errors of _time_step
-        return _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, "auto")
+    _check_step_inputs(batch, systems, fidelity)
     run, co = (cfg, arch, batch, seq_len, precision, systems), checkpoint_offload
     choice = search_training_plan(
         cfg, swarmx_arch(arch, systems), math.ceil(batch / systems), seq_len, precision, co,
@@ -169,15 +168,22 @@ def time_training_step(
     return _time_step(*run, fidelity, co, choice.plan)
 
 
-def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
-               plan=None):
-    """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
-    get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
+def _check_step_inputs(batch: int, systems: int, fidelity: str):
+    """The step's timing backend; ConfigError (one line) for an unknown or unsupported
+    ``fidelity`` or fewer sequences than systems."""
+    backend = get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)
     if batch < systems:
         raise ConfigError(
             f"batch={batch} is smaller than systems={systems}: every system needs at least one "
             "sequence"
         )
+    return backend
+
+
+def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoint_offload,
+               plan=None):
+    """:func:`time_training_step` for one ``checkpoint_offload`` value (and step ``plan``)."""
+    backend = _check_step_inputs(batch, systems, fidelity)
     wall = {}
     per = math.ceil(batch / systems)
     arch_s = swarmx_arch(arch, systems)
@@ -186,7 +192,7 @@ def _time_step(cfg, arch, batch, seq_len, precision, systems, fidelity, checkpoi
                           checkpoint_offload=checkpoint_offload, plan=plan)  # fmt: skip
     wall["lowering"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = get_backend(fidelity, FIDELITIES, where="training", why=_FIDELITY_WHY)(prog, arch_s)
+    tr = backend(prog, arch_s)
     wall["timing"] = time.perf_counter() - t0
     ex = tr.extra
     g_stall = ex["gradient_stall_s"]
