@@ -215,6 +215,10 @@ class LoweringCache:
     _entries: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _shared: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _stateful: set = field(default_factory=set, repr=False)
+    # the keys of both tables by their base (the lowering's arguments less the arch): a
+    # lookup compares reads only with the entries of its own base
+    _index: dict = field(default_factory=dict, repr=False)
+    _serial: int = field(default=0, repr=False)
 
     def lower(self, mapping, cfg, arch: ArchConfig, batch: int, seq_len: int, precision: str):
         """``mapping.lower(cfg, arch, batch, seq_len, precision)``, or the Program an earlier
@@ -228,8 +232,7 @@ class LoweringCache:
         if base[:2] in self._stateful:
             self.uncacheable += 1
             return mapping.lower(cfg, arch, batch, seq_len, precision)
-        h = hash(base)
-        for key in [k for k in self._entries if k[0] == h and k[1] == base]:
+        for key in list(self._index.get(base, ())):
             entry = self._entries[key]
             if _replay(arch, entry.reads):
                 self._entries.move_to_end(key)
@@ -287,8 +290,7 @@ class LoweringCache:
                 return at(mapping, *args)
             outer, arch = arch._log, arch._obj
         base = (type(mapping), mapping.spec, cfg, batch, seq_len, precision, P, m)
-        h = hash(base)  # compared first: a key's base holds a model config (slow to compare)
-        for key in [k for k in self._shared if k[0] == h and k[1] == base]:
+        for key in list(self._index.get(base, ())):
             entry = self._shared[key]
             if _replay(arch, entry.reads):
                 self._shared.move_to_end(key)
@@ -317,17 +319,26 @@ class LoweringCache:
         self._store(self._shared, self.max_shared, base, _Entry(_distinct(log), program))
         return _fresh(program)
 
-    @staticmethod
-    def _store(entries: OrderedDict, limit: int, base: tuple, entry: _Entry) -> None:
-        entries[(hash(base), base, len(entries), id(entry))] = entry
+    def _store(self, entries: OrderedDict, limit: int, base: tuple, entry: _Entry) -> None:
+        """Keep ``entry`` under ``base`` (indexed in :attr:`_index`); drop the least recently
+        used entries of ``entries`` beyond ``limit``."""
+        self._serial += 1
+        key = (base, self._serial)
+        entries[key] = entry
+        self._index.setdefault(base, []).append(key)
         while len(entries) > limit:
-            entries.popitem(last=False)
+            old, _ = entries.popitem(last=False)
+            keys = self._index[old[0]]
+            keys.remove(old)
+            if not keys:
+                del self._index[old[0]]
 
     def clear(self) -> None:
         """Drop every entry and reset the counters."""
         self._entries.clear()
         self._shared.clear()
         self._stateful.clear()
+        self._index.clear()
         self.hits = self.misses = self.uncacheable = 0
         self.shared_hits = self.shared_misses = 0
 

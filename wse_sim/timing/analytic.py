@@ -37,8 +37,11 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
+
 from wse_sim.arch import ArchConfig
 from wse_sim.program import Program
+from wse_sim.timing._analytic_core import stream_total_s
 from wse_sim.timing.common import (
     IOInterval,
     KernelTime,
@@ -154,63 +157,67 @@ def run_analytic(program: Program, arch: ArchConfig) -> TimingResult:
 
 
 def _kernel_plan(program: Program) -> tuple:
-    """``(weight_block, weight_bytes, n_chunks >= 1, last use of its block)`` per kernel, kept
-    on the Program (and its shallow copies) for :func:`analytic_total_s`."""
+    """``(weight_block, weight_bytes, n_chunks >= 1, last use of its block)`` per kernel as
+    arrays (int64, int64, int64, bool), with the weight blocks' bytes (int64), kept on the
+    Program (and its shallow copies) for :func:`analytic_total_s`."""
     box = derived(program)
-    stamp = (id(program.kernels), len(program.kernels))
+    stamp = (id(program.kernels), len(program.kernels), id(program.weight_blocks))
     hit = box.get("analytic_plan")
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    last_use: dict[int, int] = {}
-    for i, k in enumerate(program.kernels):
-        if k.weight_block >= 0:
-            last_use[k.weight_block] = i
-    plan = tuple(
-        (k.weight_block, k.weight_bytes, max(k.n_chunks, 1), k.weight_block >= 0
-         and last_use[k.weight_block] == i)
-        for i, k in enumerate(program.kernels)
+    kernels = program.kernels
+    block = np.fromiter((k.weight_block for k in kernels), np.int64, len(kernels))
+    last = np.zeros(len(kernels), dtype=bool)
+    if len(kernels):
+        used = np.flatnonzero(block >= 0)
+        # the last kernel of each block: the final occurrence of its index
+        rev = used[::-1]
+        _, first_in_rev = np.unique(block[rev], return_index=True)
+        last[rev[first_in_rev]] = True
+    plan = (
+        block,
+        np.fromiter((k.weight_bytes for k in kernels), np.int64, len(kernels)),
+        np.fromiter((max(k.n_chunks, 1) for k in kernels), np.int64, len(kernels)),
+        last,
+        np.fromiter((b.bytes for b in program.weight_blocks), np.int64,
+                    len(program.weight_blocks)),
     )  # fmt: skip
     box["analytic_plan"] = (stamp, plan)
     return plan
 
 
+def _active_array(program: Program, arch: ArchConfig) -> np.ndarray:
+    """:func:`program_active_cycles` as a float64 array, kept beside the list."""
+    acts = program_active_cycles(program, arch)
+    box = derived(program)
+    hit = box.get("analytic_acts")
+    if hit is not None and hit[0] is acts:
+        return hit[1]
+    arr = np.asarray(acts, dtype=np.float64)
+    box["analytic_acts"] = (acts, arr)
+    return arr
+
+
 def analytic_total_s(program: Program, arch: ArchConfig) -> float:
     """``run_analytic(program, arch).total_s``, the same float operations in the same order,
-    without the per-kernel and per-block records (what a layout search compares: about a
-    third of the cost). A training program (``gradient_blocks``) goes through
-    :func:`run_analytic`."""
+    without the per-kernel and per-block records (what a layout search compares), compiled
+    (:func:`wse_sim.timing._analytic_core.stream_total_s`). A training program
+    (``gradient_blocks``) goes through :func:`run_analytic`."""
     if program.gradient_blocks:
         return run_analytic(program, arch).total_s
-    clk = arch.pe.clock_hz
     io = arch.io
-    bw, lat, slots = io.ingress_bytes_per_s, io.ingress_latency_s, io.weight_buffer_slots
-    blocks = program.weight_blocks
-    nblk = len(blocks)
-    stream_start = [0.0] * nblk
-    stream_end = [0.0] * nblk
-    release = [0.0] * nblk
-    offset = [0.0] * nblk
-    started = -1
-    t = 0.0
-    acts = program_active_cycles(program, arch)
-    for a, (b, wb, n, last) in zip(acts, _kernel_plan(program), strict=True):
-        act = a / clk
-        if b >= 0:
-            while started < b:  # as run_analytic
-                started += 1
-                nbytes = blocks[started].bytes
-                prev_end = stream_end[started - 1] if started else 0.0
-                free_at = release[started - slots] if started >= slots else 0.0
-                s = max(prev_end, free_at)
-                stream_start[started] = s
-                stream_end[started] = s + (lat + nbytes / bw if nbytes else 0.0)
-            base = stream_start[b] + (lat if blocks[b].bytes else 0.0)
-            o0 = offset[b]
-            o1 = offset[b] = o0 + wb
-            start = max(t, base + (o0 + wb / n) / bw)
-            t = max(start + act, base + o1 / bw + act / n)
-            if last:
-                release[b] = t
-        else:
-            t = t + act
-    return t
+    block, wbytes, n_chunks, last, block_bytes = _kernel_plan(program)
+    return float(
+        stream_total_s(
+            _active_array(program, arch),
+            block,
+            wbytes,
+            n_chunks,
+            last,
+            block_bytes,
+            float(arch.pe.clock_hz),
+            float(io.ingress_bytes_per_s),
+            float(io.ingress_latency_s),
+            int(io.weight_buffer_slots),
+        )
+    )
