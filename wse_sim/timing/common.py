@@ -124,7 +124,16 @@ def program_active_cycles(program: Program, arch: ArchConfig) -> list[float]:
     hit = memo.get(arch.fabric)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    acts = [active_cycles(k, arch) for k in program.kernels]
+    # kernels repeat layer after layer (same transfers, chunks and slowest class): each
+    # distinct one is computed once
+    seen: dict = {}
+    acts = []
+    for k in program.kernels:
+        key = (k.transfers, k.n_chunks, k.critical_cycles)
+        a = seen.get(key)
+        if a is None:
+            a = seen[key] = active_cycles(k, arch)
+        acts.append(a)
     if len(memo) >= 8:
         memo.clear()
     memo[arch.fabric] = (stamp, acts)
