@@ -1,15 +1,16 @@
 """Benchmark of sweeps: ``analytic`` points per minute, this tree against the code path of a
-baseline revision (the sweep with shared candidate lowerings but eager per-PE maps, energy
-maps and full analytic timings of every layout candidate), measured in the same run.
+baseline revision, measured in the same run.
 
 Points: Cerebras-GPT-111M and 1.3B on the WSE-2 under the default mapping (its layout
-searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth (``--points``
-about; the I/O axis grows with it). Measured:
+searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth. ``--grid issue``
+(default) is the scale issue 15 names, 10,000 points: 2 models x 10 SRAM sizes (32 - 96 KiB)
+x 10 batches (4 - 240) x 50 I/O bandwidths (75 - 375 GB/s); ``--grid small`` the 320-point
+grid of earlier measurements (2 x 4 SRAM x 5 batches x 8 bandwidths). Measured:
 
-* ``baseline_serial``: the baseline revision's ``run_point`` in one process, over every
-  ``--baseline-stride``-th point (default every point: the baseline shares candidate
-  lowerings between consecutive points, so a subset would understate it; a stride > 1 only
-  for a baseline without that sharing, such as ``8d44ca1`` at half a second a point); the
+* ``baseline_serial``: the baseline revision's ``run_point`` in one process over whole
+  groups of points (a group: one model, SRAM and batch, every bandwidth), every
+  ``--baseline-groups``-th group (whole groups, because the baseline shares candidate
+  lowerings between the points of a group, so a thinned-out subset would understate it); the
   revision is extracted with ``git archive`` into a temporary directory and run in a
   subprocess; ``--baseline-rev``;
 * ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
@@ -26,8 +27,8 @@ cluster): on a machine shared with other work the wall clock says little, and
 for the serial paths, ``cores`` for the cluster).
 
 Usage:
-    python benchmarks/bench_sweep.py [--points 320] [--baseline-rev REV]
-        [--baseline-stride 1] [--out benchmarks/results/sweep.json]
+    python benchmarks/bench_sweep.py [--grid issue|small] [--baseline-rev REV]
+        [--baseline-groups 10] [--skip-serial] [--out benchmarks/results/sweep.json]
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
 ratios.
@@ -49,13 +50,24 @@ from pathlib import Path
 
 from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
 
-#: the sweep as it was before per-PE maps became lazy and the layout search timed its
-#: candidates with ``analytic_total_s`` ("today's code path" of issue 15 for that step; the
-#: sweep before the shared candidate lowerings and the row journal was ``8d44ca1``)
-BASELINE_REV = "5049fdd"
+#: the code path this work started from (main at the start of the session that made
+#: lookups in the lowering cache constant-time and the builder replicate layers); earlier
+#: steps: ``5049fdd`` (lazy per-PE maps), ``8d44ca1`` (before shared candidate lowerings)
+BASELINE_REV = "5e9b992"
 MODELS = ["cerebras-gpt-111m", "cerebras-gpt-1.3b"]
-SRAMS = [32768, 49152, 65536, 98304]
-BATCHES = [8, 30, 60, 120, 240]
+#: the axes of each grid: SRAM bytes per PE, batches, I/O bandwidths (bytes per second)
+GRIDS = {
+    "issue": (
+        [32768 + 7282 * i for i in range(10)],
+        [4, 8, 15, 30, 45, 60, 90, 120, 180, 240],
+        [75e9 + 6e9 * i for i in range(50)],
+    ),
+    "small": (
+        [32768, 49152, 65536, 98304],
+        [8, 30, 60, 120, 240],
+        [150e9 * (0.5 + 0.25 * i) for i in range(8)],
+    ),
+}
 
 _BASELINE_SCRIPT = """
 import pickle, sys, time
@@ -69,17 +81,18 @@ pickle.dump((dt, dc, rows), open(sys.argv[2], "wb"))
 """
 
 
-def make_spec(n_points: int) -> SweepSpec:
-    """About ``n_points`` points: model x SRAM per PE x batch x I/O bandwidth."""
-    n_io = max(1, round(n_points / (len(MODELS) * len(SRAMS) * len(BATCHES))))
+def make_spec(grid: str) -> SweepSpec:
+    """The points of ``grid`` (:data:`GRIDS`): model x SRAM per PE x batch x I/O bandwidth
+    (the last varying fastest)."""
+    srams, batches, ios = GRIDS[grid]
     return SweepSpec.from_dict(
         {
             "base": {"arch": "wse2", "fidelity": "analytic"},
             "grid": {
                 "model": MODELS,
-                "pe.sram_bytes": SRAMS,
-                "batch": BATCHES,
-                "io.ingress_bytes_per_s": [150e9 * (0.5 + 0.25 * i) for i in range(n_io)],
+                "pe.sram_bytes": srams,
+                "batch": batches,
+                "io.ingress_bytes_per_s": ios,
             },
         },
         name="bench",
@@ -120,15 +133,20 @@ def same(a: dict, b: dict) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", type=int, default=320)
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="issue")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
-    ap.add_argument("--baseline-stride", type=int, default=1)
+    ap.add_argument("--baseline-groups", type=int, default=10)
+    ap.add_argument("--skip-serial", action="store_true",
+                    help="time only the baseline and the Dask sweep")
     ap.add_argument("--out", default="benchmarks/results/sweep.json")
     a = ap.parse_args()
-    spec = make_spec(a.points)
+    spec = make_spec(a.grid)
     n = len(spec.points)
-    picked = list(range(0, n, max(a.baseline_stride, 1)))
+    group = len(GRIDS[a.grid][2])  # points per (model, SRAM, batch): the I/O axis
+    stride = max(a.baseline_groups, 1)
+    picked = [i for i in range(n) if (i // group) % stride == 0]
     res: dict = {
+        "grid": a.grid,
         "points": n,
         "baseline_points": len(picked),
         "fidelity": "analytic",
@@ -148,24 +166,24 @@ def main() -> None:
         run_point(spec.points[0])  # imports and first-call costs
         from gpt_workload.sweep import cache as sweep_cache
 
-        sweep_cache.worker_cache().clear()
-        t0, c0 = time.perf_counter(), time.process_time()
-        rows = [run_point(p) for p in spec.points]
-        timings["serial"] = time.perf_counter() - t0
-        cpu["serial"] = time.process_time() - c0
-        res["cache"] = repr(sweep_cache.worker_cache())
-        picked_rows = [rows[i] for i in picked]
-        res["rows_identical"] = sum(
-            same(x, y) for x, y in zip(picked_rows, base_rows, strict=True)
-        )
-        res["rows_ok"] = sum(r["status"] == "ok" for r in rows)
-        sweep_cache.worker_cache().clear()
-        t0, c0 = time.perf_counter(), time.process_time()
-        run_sweep(spec, output=Path(tmp, "serial.parquet"), workers=0)
-        timings["sweep_serial"] = time.perf_counter() - t0
-        cpu["sweep_serial"] = time.process_time() - c0
+        rows = None
+        if not a.skip_serial:
+            sweep_cache.worker_cache().clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows = [run_point(p) for p in spec.points]
+            timings["serial"] = time.perf_counter() - t0
+            cpu["serial"] = time.process_time() - c0
+            res["cache"] = repr(sweep_cache.worker_cache())
+            sweep_cache.worker_cache().clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            run_sweep(spec, output=Path(tmp, "serial.parquet"), workers=0)
+            timings["sweep_serial"] = time.perf_counter() - t0
+            cpu["sweep_serial"] = time.process_time() - c0
         with open_client() as client:
-            run_sweep(make_spec(8), output=Path(tmp, "warmup.parquet"), client=client)
+            warm = SweepSpec.from_dict(
+                {"base": {"arch": "wse2", "fidelity": "analytic", "batch": 8},
+                 "grid": {"model": MODELS}}, name="warmup")  # fmt: skip
+            run_sweep(warm, output=Path(tmp, "warmup.parquet"), client=client)
             w0 = sum(client.run(time.process_time).values())
             t0, c0 = time.perf_counter(), time.process_time()
             run_sweep(spec, output=Path(tmp, "warm.parquet"), client=client)
@@ -173,6 +191,15 @@ def main() -> None:
             cpu["sweep_dask_warm"] = (
                 time.process_time() - c0 + sum(client.run(time.process_time).values()) - w0
             )
+        if rows is None:  # the rows of the baseline's points, untimed
+            sweep_cache.worker_cache().clear()
+            picked_rows = [run_point(spec.points[i]) for i in picked]
+        else:
+            picked_rows = [rows[i] for i in picked]
+            res["rows_ok"] = sum(r["status"] == "ok" for r in rows)
+        res["rows_identical"] = sum(
+            same(x, y) for x, y in zip(picked_rows, base_rows, strict=True)
+        )
     count = {k: (len(picked) if k == "baseline_serial" else n) for k in timings}
     base = count["baseline_serial"] / timings["baseline_serial"] * 60
     base_cpu = count["baseline_serial"] / cpu["baseline_serial"] * 60
