@@ -25,6 +25,7 @@ from gpt_workload.sweep import (
     read_table,
     run_sweep,
 )
+from gpt_workload.sweep.runner import MAX_CHUNK, chunks
 from gpt_workload.sweep.store import journal_path
 from wse_sim.errors import ConfigError
 
@@ -650,3 +651,51 @@ def test_local_cluster_workers_start_with_sigint_ignored():
     t.start()
     t.join()
     assert seen == [before]
+
+
+def _grid_todo(outer: int, inner: int) -> list:
+    """``outer`` x ``inner`` points as a grid expands them (the inner axis fastest)."""
+    spec = SweepSpec.from_dict(
+        {"grid": {"batch": list(range(1, outer + 1)),
+                  "io.ingress_bytes_per_s": [1e11 + i for i in range(inner)]}},
+        name="chunks",
+    )  # fmt: skip
+    return list(zip(spec.keys, spec.points, strict=True))
+
+
+@pytest.mark.parametrize(
+    "outer, inner, size, expect",
+    [
+        (6, 50, 16, [50] * 6),  # a task per run once the run reaches the size
+        (6, 8, 16, [16] * 3),  # two runs per task
+        (5, 8, 16, [16, 16, 8]),
+        (2, 150, 16, [64, 64, 22, 64, 64, 22]),  # a long run is cut at MAX_CHUNK
+        (1, 5, 16, [5]),
+        (4, 1, 2, [4]),  # one axis: a single run, cut at MAX_GROWTH x size
+        (12, 1, 2, [8, 4]),
+    ],
+)
+def test_tasks_keep_runs_of_the_inner_axis_together(outer, inner, size, expect):
+    """Task sizes from the grid's shape (closed form above); the tasks cover the points in
+    order, once each, and no task but a cut long run starts inside a run."""
+    todo = _grid_todo(outer, inner)
+    got = chunks(todo, size)
+    assert [len(c) for c in got] == expect
+    assert [k for c in got for k, _ in c] == [k for k, _ in todo]
+    starts = [sum(len(c) for c in got[:i]) for i in range(len(got))]
+    assert all(i % inner == 0 or min(MAX_CHUNK, 4 * size) < inner for i in starts)
+
+
+def test_tasks_of_a_zip_group_and_a_resumed_sweep():
+    """A zipped pair varying together is one axis; points already done leave gaps that do
+    not start new runs."""
+    spec = SweepSpec.from_dict(
+        {"grid": {"batch": [1, 2, 3]},
+         "zip": [{"io.ingress_bytes_per_s": [1e11, 2e11, 3e11, 4e11],
+                  "pe.clock_hz": [1e9, 1.1e9, 1.2e9, 1.3e9]}]},
+        name="zipped",
+    )  # fmt: skip
+    todo = list(zip(spec.keys, spec.points, strict=True))
+    assert [len(c) for c in chunks(todo, 4)] == [4, 4, 4]
+    resumed = [t for i, t in enumerate(todo) if i % 4 != 1]  # every run's 2nd point done
+    assert [len(c) for c in chunks(resumed, 3)] == [3, 3, 3]

@@ -87,11 +87,53 @@ def chunk_size(n_points: int, n_threads: int) -> int:
     return max(1, min(16, n_points // max(8 * n_threads, 1)))
 
 
+#: the most points a task takes to keep a run of points together (:func:`chunks`), and
+#: the most times the task size it may grow to for that
+MAX_CHUNK = 64
+MAX_GROWTH = 4
+
+
+def chunks(todo: list[tuple[str, PointConfig]], size: int) -> list[list[tuple[str, PointConfig]]]:
+    """``todo`` cut into tasks of about ``size`` points that keep *runs* together.
+
+    A run is a stretch of consecutive points that differ only in the fields varying between
+    its first two points: the innermost grid axis (or ``[[zip]]`` group). The points of a
+    run share everything the outer axes set, so when the innermost axis is a field the
+    lowering does not read (the I/O rate, as the README advises), they share one lowering;
+    a task that ends mid-run would have another worker lower it again. A task closes at the
+    first run boundary once it holds ``size`` points, or inside a long run at
+    ``min(MAX_CHUNK, MAX_GROWTH x size)`` points (``size`` if larger), so that a sweep of
+    costly points still spreads over the workers.
+    """
+    cap = max(size, min(MAX_CHUNK, MAX_GROWTH * size))
+    out: list[list[tuple[str, PointConfig]]] = []
+    cur: list[tuple[str, PointConfig]] = []
+    fast: set | None = None  # the fields varying inside the current run
+    prev: PointConfig | None = None
+    for item in todo:
+        point = item[1]
+        boundary = prev is None
+        if prev is not None:
+            diff = {k for k in point.keys() | prev.keys() if point.get(k) != prev.get(k)}
+            if fast is None:
+                fast = diff
+            elif not diff <= fast:
+                boundary, fast = True, None
+        if cur and ((boundary and len(cur) >= size) or len(cur) >= cap):
+            out.append(cur)
+            cur = []
+        cur.append(item)
+        prev = point
+    if cur:
+        out.append(cur)
+    return out
+
+
 def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[tuple[str, dict]]:
-    """Run points on a Dask client in chunks (:func:`chunk_size`), at most ``window`` tasks in
-    flight; yield rows as their task finishes. A point that kills its worker every time it is
-    tried (``KilledWorker``: a crash or out of memory) becomes an error row, with the rest of
-    its chunk.
+    """Run points on a Dask client in tasks (:func:`chunks` of about :func:`chunk_size`
+    points), at most ``window`` tasks in flight; yield rows as their task finishes. A point
+    that kills its worker every time it is tried (``KilledWorker``: a crash or out of
+    memory) becomes an error row, with the rest of its chunk.
 
     Raises:
         ClusterError: the cluster failed (lost scheduler, cancelled task): nothing is
@@ -102,14 +144,13 @@ def _dask(todo: list[tuple[str, PointConfig]], client, window: int) -> Iterator[
     from distributed import KilledWorker, as_completed, wait
 
     nthreads = sum(client.nthreads().values()) or 1
-    size = chunk_size(len(todo), nthreads)
-    chunks = iter([todo[i : i + size] for i in range(0, len(todo), size)])
+    tasks = iter(chunks(todo, chunk_size(len(todo), nthreads)))
     ac = as_completed()
     members: dict[str, list[str]] = {}
     inflight: dict[str, Any] = {}
 
     def submit_next() -> bool:
-        chunk = next(chunks, None)
+        chunk = next(tasks, None)
         if chunk is None:
             return False
         keys = [k for k, _ in chunk]
