@@ -346,9 +346,10 @@ class LoweringCache:
 _PRESETS: dict[str, ArchConfig] = {}
 
 #: presets with overrides applied, by (preset, overrides): points of a sweep repeat them
-#: (every value of the axes the overrides do not name), and each costs a validation
+#: (every value of the axes the overrides do not name), and each costs a validation; a grid
+#: over two arch fields of 10 and 50 values repeats its 500 pairs once per outer point
 _OVERRIDDEN: OrderedDict = OrderedDict()
-MAX_OVERRIDDEN = 256
+MAX_OVERRIDDEN = 4096
 
 
 def load_arch_cached(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ArchConfig:
