@@ -10,9 +10,9 @@ grid of earlier measurements (2 x 4 SRAM x 5 batches x 8 bandwidths). Measured:
 * ``baseline_serial``: the baseline revision's ``run_point`` in one process over whole
   groups of points (a group: one model, SRAM and batch, every bandwidth), every
   ``--baseline-groups``-th group (default 7 on the issue grid: 29 groups, 1,450 points, every
-  SRAM size and batch; every group of the small grid) (whole groups, because the baseline shares candidate
-  lowerings between the points of a group, so a thinned-out subset would understate it); the
-  revision is extracted with ``git archive`` into a temporary directory and run in a
+  SRAM size and batch; every group of the small grid). Whole groups, because the baseline
+  shares candidate lowerings between the points of a group, so a thinned-out subset would
+  understate it. The revision is extracted with ``git archive`` into a temporary directory and run in a
   subprocess; ``--baseline-rev``;
 * ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
 * ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the row journal (a line per
@@ -29,7 +29,7 @@ for the serial paths, ``cores`` for the cluster).
 
 Usage:
     python benchmarks/bench_sweep.py [--grid issue|small] [--baseline-rev REV]
-        [--baseline-groups 10] [--skip-serial] [--out benchmarks/results/sweep.json]
+        [--baseline-groups K] [--skip-serial] [--out benchmarks/results/sweep.json]
 
 Prints a table and writes JSON. Nothing here asserts a time: machines are noisy; read the
 ratios.
