@@ -12,8 +12,8 @@ grid of earlier measurements (2 x 4 SRAM x 5 batches x 8 bandwidths). Measured:
   ``--baseline-groups``-th group (default 7 on the issue grid: 29 groups, 1,450 points, every
   SRAM size and batch; every group of the small grid). Whole groups, because the baseline
   shares candidate lowerings between the points of a group, so a thinned-out subset would
-  understate it. The revision is extracted with ``git archive`` into a temporary directory and run in a
-  subprocess; ``--baseline-rev``;
+  understate it. The revision is extracted with ``git archive`` into a temporary directory
+  and run in a subprocess; ``--baseline-rev``;
 * ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
 * ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the row journal (a line per
   row, fsync per batch) and the final table;
