@@ -113,21 +113,49 @@ class _ArchReads:
         return hash(self._whole())
 
 
-def _replay(arch: ArchConfig, reads: tuple) -> bool:
-    """Whether every recorded read returns an equal value on ``arch``."""
-    for path, call, value in reads:
-        obj: Any = arch
-        try:
-            for name in path:
-                obj = getattr(obj, name)
-            if call is not None:
-                args, kwargs = call
-                obj = obj(*args, **dict(kwargs))
-        except Exception:  # noqa: BLE001 - a read that fails now cannot have matched
-            return False
-        if type(obj) is not type(value) or obj != value:
-            return False
-    return True
+_UNREADABLE = object()
+
+
+def _read(arch: ArchConfig, path: tuple, call) -> Any:
+    """What the recorded read ``(path, call)`` returns on ``arch`` (:data:`_UNREADABLE` if it
+    raises)."""
+    obj: Any = arch
+    try:
+        for name in path:
+            obj = getattr(obj, name)
+        if call is not None:
+            args, kwargs = call
+            obj = obj(*args, **dict(kwargs))
+    except Exception:  # noqa: BLE001 - a read that fails now cannot have matched
+        return _UNREADABLE
+    return obj
+
+
+class _Reads:
+    """The values reads return on one arch, each computed once: an arch is frozen, and the
+    candidate lowerings of a layout search replay the same few reads (a dozen fields) for
+    each of about twenty candidates."""
+
+    __slots__ = ("arch", "values")
+
+    def __init__(self, arch: ArchConfig):
+        self.arch = arch
+        self.values: dict = {}
+
+    def replay(self, reads: tuple) -> bool:
+        """Whether every recorded read returns an equal value on the arch."""
+        values = self.values
+        for path, call, value in reads:
+            key = (path, call)
+            try:
+                obj = values[key]
+            except KeyError:
+                obj = values[key] = _read(self.arch, path, call)
+            except TypeError:  # an unhashable argument: read it each time
+                obj = _read(self.arch, path, call)
+            if type(obj) is not type(value) or obj != value:
+                return False
+        return True
 
 
 def _distinct(log: list) -> tuple:
@@ -219,6 +247,7 @@ class LoweringCache:
     # lookup compares reads only with the entries of its own base
     _index: dict = field(default_factory=dict, repr=False)
     _serial: int = field(default=0, repr=False)
+    _memo: _Reads | None = field(default=None, repr=False)
 
     def lower(self, mapping, cfg, arch: ArchConfig, batch: int, seq_len: int, precision: str):
         """``mapping.lower(cfg, arch, batch, seq_len, precision)``, or the Program an earlier
@@ -234,7 +263,7 @@ class LoweringCache:
             return mapping.lower(cfg, arch, batch, seq_len, precision)
         for key in list(self._index.get(base, ())):
             entry = self._entries[key]
-            if _replay(arch, entry.reads):
+            if self._reads_of(arch).replay(entry.reads):
                 self._entries.move_to_end(key)
                 self.hits += 1
                 if entry.error is not None:
@@ -258,6 +287,15 @@ class LoweringCache:
             return mapping.lower(cfg, arch, batch, seq_len, precision)
         self._store(self._entries, self.max_entries, base, _Entry(_distinct(log), program))
         return program
+
+    def _reads_of(self, arch: ArchConfig) -> _Reads:
+        """The read values of ``arch``, kept while the same arch object is looked up (a point's
+        lookups, and the next points' on the same overrides: the sweep shares arch
+        objects, :func:`load_arch_cached`)."""
+        memo = self._memo
+        if memo is None or memo.arch is not arch:
+            memo = self._memo = _Reads(arch)
+        return memo
 
     def _sharing(self, mapping):
         """``mapping`` itself, or, for a mapping with a lowering at one layout
@@ -292,7 +330,7 @@ class LoweringCache:
         base = (type(mapping), mapping.spec, cfg, batch, seq_len, precision, P, m)
         for key in list(self._index.get(base, ())):
             entry = self._shared[key]
-            if _replay(arch, entry.reads):
+            if self._reads_of(arch).replay(entry.reads):
                 self._shared.move_to_end(key)
                 self.shared_hits += 1
                 if outer is not None:
@@ -339,6 +377,7 @@ class LoweringCache:
         self._shared.clear()
         self._stateful.clear()
         self._index.clear()
+        self._memo = None
         self.hits = self.misses = self.uncacheable = 0
         self.shared_hits = self.shared_misses = 0
 
