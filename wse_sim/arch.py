@@ -14,6 +14,7 @@ the allowed range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -55,6 +56,12 @@ def _range_error(level: str, f: Any, v: Any, typed: str | None = None) -> Config
         f"arch field {level}.{f.name}={shown} is out of range: allowed {rel} "
         f"{f.metadata['lo']:g}{u} and <= {f.metadata['hi']:g}{u} ({f.metadata['doc']})"
     )
+
+
+@functools.cache
+def _level_fields(cls: type) -> tuple:
+    """``dataclasses.fields(cls)`` of an arch level, computed once."""
+    return fields(cls)
 
 
 def _in_range(f: Any, v: Any) -> bool:
@@ -303,8 +310,11 @@ class ArchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view: ``{"name", "description", "wafer": {...}, ...}`` (JSON-safe)."""
         d: dict[str, Any] = {"name": self.name, "description": self.description}
-        for lv in LEVELS:
-            d[lv] = dataclasses.asdict(getattr(self, lv))
+        for lv, cls in LEVELS.items():
+            obj = getattr(self, lv)
+            # every field of a level is a number or a string (``dataclasses.asdict`` would
+            # copy containers too, at ten times the cost: a sweep reports an arch per point)
+            d[lv] = {f.name: getattr(obj, f.name) for f in _level_fields(cls)}
         d["n_pe"] = self.n_pe
         d["overrides"] = list(self.overrides)
         return d
