@@ -14,7 +14,8 @@ grid of earlier measurements (2 x 4 SRAM x 5 batches x 8 bandwidths). Measured:
   shares candidate lowerings between the points of a group, so a thinned-out subset would
   understate it. The revision is extracted with ``git archive`` into a temporary directory
   and run in a subprocess; ``--baseline-rev``;
-* ``serial``: this tree's ``run_point`` loop over every point in one process (cold cache);
+* ``serial``: this tree's ``run_points`` (``run_point`` over every point, in one process,
+  cold cache);
 * ``sweep_serial``: ``run_sweep(workers=0)``: the same plus the row journal (a line per
   row, fsync per batch) and the final table;
 * ``sweep_dask_warm``: ``run_sweep()`` on an already running local cluster (one worker per
@@ -49,7 +50,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpt_workload.sweep import SweepSpec, default_workers, open_client, run_point, run_sweep
+from gpt_workload.sweep import (
+    SweepSpec,
+    default_workers,
+    open_client,
+    run_point,
+    run_points,
+    run_sweep,
+)
 
 #: the code path this work started from (main at the start of the session that made
 #: lookups in the lowering cache constant-time and the builder replicate layers); earlier
@@ -174,7 +182,7 @@ def main() -> None:
         if not a.skip_serial:
             sweep_cache.worker_cache().clear()
             t0, c0 = time.perf_counter(), time.process_time()
-            rows = [run_point(p) for p in spec.points]
+            rows = run_points(spec.points)
             timings["serial"] = time.perf_counter() - t0
             cpu["serial"] = time.process_time() - c0
             res["cache"] = repr(sweep_cache.worker_cache())

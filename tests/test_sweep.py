@@ -699,3 +699,24 @@ def test_tasks_of_a_zip_group_and_a_resumed_sweep():
     assert [len(c) for c in chunks(todo, 4)] == [4, 4, 4]
     resumed = [t for i, t in enumerate(todo) if i % 4 != 1]  # every run's 2nd point done
     assert [len(c) for c in chunks(resumed, 3)] == [3, 3, 3]
+
+
+def test_fewer_collections_raises_and_restores_the_threshold():
+    """Inside, the first threshold is at least GC_GEN0_THRESHOLD (nested: still raised after
+    the inner block ends); after, the caller's thresholds are back, also after an error."""
+    import gc
+
+    from gpt_workload.sweep.point import GC_GEN0_THRESHOLD, fewer_collections
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with pytest.raises(RuntimeError), fewer_collections():
+            assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 10, 10)
+            with fewer_collections():
+                pass
+            assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+            raise RuntimeError("a point failed")
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)

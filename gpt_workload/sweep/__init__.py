@@ -19,6 +19,7 @@ never import the CLI (``gpt_workload.cli``).
 from gpt_workload.sweep.point import (
     METRICS,
     error_row,
+    fewer_collections,
     metrics_of,
     one_line,
     run_point,
@@ -79,6 +80,7 @@ __all__ = [
     "default_workers",
     "describe_client",
     "error_row",
+    "fewer_collections",
     "load_spec",
     "max_workers",
     "metrics_of",

@@ -187,7 +187,9 @@ def fewer_collections() -> Iterator[None]:
     a point, and its older generations scan the warm caches of lowered Programs (10^5 - 10^6
     objects) again and again: a fifth of an ``analytic`` sweep's CPU time on 1,000 points
     (``benchmarks/bench_sweep.py``). The threshold is raised to :data:`GC_GEN0_THRESHOLD` and
-    restored after; the collector still runs, so reference cycles are still freed.
+    restored after; the collector still runs, so reference cycles are still freed. Loops over
+    points (:func:`run_points`, a serial sweep) hold it raised across their points: restored
+    after each point, the young objects of the point would be collected at once.
     """
     old = gc.get_threshold()
     gc.set_threshold(max(old[0], GC_GEN0_THRESHOLD), *old[1:])
@@ -215,7 +217,9 @@ def error_row(message: str) -> dict[str, Any]:
 
 
 def run_points(configs: list[PointConfig]) -> list[dict[str, Any]]:
-    """:func:`run_point` over several points: one Dask task, fewer round trips."""
-    return [run_point(c) for c in configs]
+    """:func:`run_point` over several points: one Dask task, fewer round trips; the
+    collector's threshold stays raised across them (:func:`fewer_collections`)."""
+    with fewer_collections():
+        return [run_point(c) for c in configs]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_workload.checks import check_workers, default_workers, max_workers
-from gpt_workload.sweep.point import error_row, one_line, run_point, run_points
+from gpt_workload.sweep.point import error_row, fewer_collections, one_line, run_point, run_points
 from gpt_workload.sweep.spec import PointConfig, SweepSpec, check_values, load_spec
 from gpt_workload.sweep.store import (
     RowStore,
@@ -73,8 +73,9 @@ def _quiet_dask() -> Iterator[None]:
 
 
 def _serial(todo: list[tuple[str, PointConfig]]) -> Iterator[tuple[str, dict]]:
-    for key, cfg in todo:
-        yield key, run_point(cfg)
+    with fewer_collections():
+        for key, cfg in todo:
+            yield key, run_point(cfg)
 
 
 def chunk_size(n_points: int, n_threads: int) -> int:
