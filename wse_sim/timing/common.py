@@ -125,14 +125,22 @@ def program_active_cycles(program: Program, arch: ArchConfig) -> list[float]:
     if hit is not None and hit[0] == stamp:
         return hit[1]
     # kernels repeat layer after layer (same transfers, chunks and slowest class): each
-    # distinct one is computed once
+    # distinct one is computed once, by the identity of its transfers tuple (layers of one
+    # lowering share it) or else by value
+    by_id: dict = {}
     seen: dict = {}
     acts = []
     for k in program.kernels:
-        key = (k.transfers, k.n_chunks, k.critical_cycles)
-        a = seen.get(key)
+        tr = k.transfers
+        crit = k.critical_cycles
+        ik = (id(tr), k.n_chunks, crit)
+        a = by_id.get(ik)
         if a is None:
-            a = seen[key] = active_cycles(k, arch)
+            key = (tr, k.n_chunks, crit)
+            a = seen.get(key)
+            if a is None:
+                a = seen[key] = active_cycles(k, arch)
+            by_id[ik] = a
         acts.append(a)
     if len(memo) >= 8:
         memo.clear()
