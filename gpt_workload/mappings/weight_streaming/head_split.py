@@ -54,12 +54,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from wse_sim.errors import ConfigError
 from wse_sim.program import PEClass, Transfer
 
 __all__ = [
     "allowed_pes_per_segment",
     "attention_classes",
+    "attention_kernel_classes",
     "check_pes_per_segment",
     "io_pes_per_segment",
     "pes_per_head",
@@ -140,6 +143,19 @@ def _pairs(L, p: int) -> tuple[int, float, int]:
     return mp, mp * p * L.m + mp * (mp + 1) / 2, mp * (p + 1)
 
 
+def _pair_counts(L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_pairs` of every segment position ``0 .. q - 1`` at once: int64 queries,
+    float64 causal pairs, int64 block pairs, each ``[q]``.
+
+    The same operations in the same order as :func:`_pairs` on float64 (every intermediate
+    an integer below 2**53 until the one division), so each value equals it bit for bit."""
+    q, m = L.q, L.m
+    p = np.arange(q, dtype=np.int64)
+    mp = np.full(q, m, dtype=np.int64)
+    mp[-1] = L.m_last
+    return mp, mp * p * m + mp * (mp + 1) / 2, mp * (p + 1)
+
+
 def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...]:
     """Head-parallel causal attention's PE classes (class = segment position) on layout ``L``.
 
@@ -150,17 +166,40 @@ def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...
     with split heads one more: adding the incoming partial scores of the block. FLOPs: the
     PE's share of the model's ``4 d_head`` per pair and head.
     """
+    return attention_kernel_classes(L, d_head, W, ov)[0]
+
+
+def attention_kernel_classes(
+    L, d_head: int, W: float, ov: float
+) -> tuple[tuple[PEClass, ...], float, float]:
+    """:func:`attention_classes`, their FLOPs summed over the wafer (``sum(c.flops * c.count
+    for c in classes)``) and the slowest class's cycles (``max(c.cycles for c in
+    classes)``: :attr:`wse_sim.program.Kernel.critical_cycles`).
+
+    Computed for all positions at once on float64 arrays, each value by the same operations
+    in the same order as position by position (:func:`_pairs`; the sum over the classes in
+    their order, as Python's ``sum``), so bit for bit the same.
+    """
     k = L.pes_per_head
     hp = L.hp
     dk = d_head / k
     split = 1 if k > 1 else 0
-    out = []
-    for p in range(L.q):
-        _, pairs, blocks = _pairs(L, p)
-        busy = hp * pairs * (2 * dk + 3 + split) / W
-        ops = hp * (2 * pairs + (3 + split) * blocks)
-        out.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dk))
-    return tuple(out)
+    _, pairs, blocks = _pair_counts(L)
+    hpp = hp * pairs
+    busy = hpp * (2 * dk + 3 + split) / W
+    ops = hp * (2 * pairs + (3 + split) * blocks) * ov
+    flops = hpp * 4.0 * dk
+    count = L.b * L.P
+    # PEClass(p, count, busy, overhead, flops) without the frozen dataclass's per-field
+    # __init__ (up to seq_len classes): the same fields, so equal instances
+    classes = []
+    new, add = object.__new__, classes.append
+    for p, b, o, f in zip(range(L.q), busy.tolist(), ops.tolist(), flops.tolist()):
+        c = new(PEClass)
+        d = c.__dict__
+        d["index"], d["count"], d["busy_cycles"], d["overhead_cycles"], d["flops"] = p, count, b, o, f
+        add(c)
+    return tuple(classes), sum((flops * count).tolist()), max((busy + ops).tolist())
 
 
 def score_allreduce(L) -> Transfer | None:
@@ -176,7 +215,7 @@ def score_allreduce(L) -> Transfer | None:
     k = L.pes_per_head
     if k <= 1:
         return None
-    per_pos = [_pairs(L, p)[1] * ACC_BYTES for p in range(L.q)]
+    per_pos = (_pair_counts(L)[1] * ACC_BYTES).tolist()
     worst = max(per_pos)
     groups = L.P // k  # heads per segment
     return Transfer(
