@@ -289,3 +289,31 @@ def test_vectorised_parts_equal_reference(layout_dh, W, ov) -> None:
     assert canonical(got) == canonical(ref_attention_kernel_classes(L, dh, W, ov))
     assert canonical(head_split.attention_classes(L, dh, W, ov)) == canonical(got[0])
     assert canonical(head_split.score_allreduce(L)) == canonical(ref_score_allreduce(L))
+
+
+def test_shared_attention_classes_are_the_computed_ones() -> None:
+    """A second lowering of the same layout reuses its attention classes (kept by what they
+    read); forgetting them, or a budget too small to keep them, computes equal ones."""
+    L = _layout(994, 750, 12, 12, 64, 3, 2048, 3)
+    head_split.clear_class_cache()
+    first = head_split.attention_kernel_classes(L, 64, 8.0, 1)
+    assert head_split.attention_kernel_classes(L, 64, 8.0, 1) is first
+    head_split.clear_class_cache()
+    again = head_split.attention_kernel_classes(L, 64, 8.0, 1)
+    assert again is not first and canonical(again) == canonical(first)
+    assert canonical(again) == canonical(ref_attention_kernel_classes(L, 64, 8.0, 1))
+    other = head_split.attention_kernel_classes(L, 64, 16.0, 1)  # another W: not shared
+    assert canonical(other) == canonical(ref_attention_kernel_classes(L, 64, 16.0, 1))
+
+
+def test_class_cache_stays_within_budget(monkeypatch) -> None:
+    monkeypatch.setattr(head_split, "CLASS_CACHE_BUDGET", 1000)
+    head_split.clear_class_cache()
+    for m in (1, 2, 3, 5, 8):  # q = 2048, 1024, 683, 410, 256 positions
+        L = _layout(994, 750, 12, 12, 64, 1, 2048, m)
+        got = head_split.attention_kernel_classes(L, 64, 8.0, 1)
+        assert canonical(got) == canonical(ref_attention_kernel_classes(L, 64, 8.0, 1))
+        kept = sum(len(v[0]) for v in head_split._class_cache.values())
+        assert kept == head_split._class_cache_size <= 1000
+    assert len(head_split._class_cache) == 2  # q = 410 and 256
+    head_split.clear_class_cache()

@@ -53,6 +53,8 @@ Which ``P`` a run uses is searched (:mod:`gpt_workload.mappings.weight_streaming
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -64,6 +66,7 @@ __all__ = [
     "attention_classes",
     "attention_kernel_classes",
     "check_pes_per_segment",
+    "clear_class_cache",
     "io_pes_per_segment",
     "pes_per_head",
     "rotary_exchange",
@@ -169,6 +172,24 @@ def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...
     return attention_kernel_classes(L, d_head, W, ov)[0]
 
 
+#: most attention PE classes :func:`attention_kernel_classes` keeps for reuse, in all (about
+#: 150 bytes each): the layouts of a sweep's last ~100 lowerings at ~1,000 positions each,
+#: so points that differ only in what the classes do not read (SRAM size, I/O rate) share
+#: them
+CLASS_CACHE_BUDGET = 1 << 17
+_class_cache: OrderedDict = OrderedDict()
+_class_cache_size = 0
+_class_cache_lock = threading.Lock()
+
+
+def clear_class_cache() -> None:
+    """Forget the attention classes kept for reuse (:data:`CLASS_CACHE_BUDGET`)."""
+    global _class_cache_size
+    with _class_cache_lock:
+        _class_cache.clear()
+        _class_cache_size = 0
+
+
 def attention_kernel_classes(
     L, d_head: int, W: float, ov: float
 ) -> tuple[tuple[PEClass, ...], float, float]:
@@ -178,8 +199,30 @@ def attention_kernel_classes(
 
     Computed for all positions at once on float64 arrays, each value by the same operations
     in the same order as position by position (:func:`_pairs`; the sum over the classes in
-    their order, as Python's ``sum``), so bit for bit the same.
+    their order, as Python's ``sum``), so bit for bit the same. The result (immutable) is
+    kept for the next call with the same inputs, least recently used first out, up to
+    :data:`CLASS_CACHE_BUDGET` classes in all.
     """
+    global _class_cache_size
+    key = (L.q, L.m, L.m_last, L.b, L.P, L.hp, L.pes_per_head, d_head, W, ov)
+    with _class_cache_lock:
+        got = _class_cache.get(key)
+        if got is not None:
+            _class_cache.move_to_end(key)
+            return got
+    got = _attention_kernel_classes(L, d_head, W, ov)
+    with _class_cache_lock:
+        if key not in _class_cache and L.q <= CLASS_CACHE_BUDGET:
+            _class_cache[key] = got
+            _class_cache_size += L.q
+            while _class_cache_size > CLASS_CACHE_BUDGET:
+                _, old = _class_cache.popitem(last=False)
+                _class_cache_size -= len(old[0])
+    return got
+
+
+def _attention_kernel_classes(L, d_head, W, ov):
+    """:func:`attention_kernel_classes` computed."""
     k = L.pes_per_head
     hp = L.hp
     dk = d_head / k
@@ -190,14 +233,17 @@ def attention_kernel_classes(
     ops = hp * (2 * pairs + (3 + split) * blocks) * ov
     flops = hpp * 4.0 * dk
     count = L.b * L.P
-    # PEClass(p, count, busy, overhead, flops) without the frozen dataclass's per-field
-    # __init__ (up to seq_len classes): the same fields, so equal instances
+    # PEClass(p, count, busy, overhead, flops) without the frozen dataclass's __init__ (up to
+    # seq_len classes): the same fields set the same way, so equal instances
     classes = []
-    new, add = object.__new__, classes.append
+    new, put, add = object.__new__, object.__setattr__, classes.append
     for p, b, o, f in zip(range(L.q), busy.tolist(), ops.tolist(), flops.tolist()):
         c = new(PEClass)
-        d = c.__dict__
-        d["index"], d["count"], d["busy_cycles"], d["overhead_cycles"], d["flops"] = p, count, b, o, f
+        put(c, "index", p)
+        put(c, "count", count)
+        put(c, "busy_cycles", b)
+        put(c, "overhead_cycles", o)
+        put(c, "flops", f)
         add(c)
     return tuple(classes), sum((flops * count).tolist()), max((busy + ops).tolist())
 
