@@ -18,10 +18,12 @@ heap then reuses its class maps' memory instead of faulting in fresh pages). Eac
 starts with this tree's shared attention classes forgotten
 (:func:`gpt_workload.mappings.weight_streaming.head_split.clear_class_cache`; what a fresh
 sweep worker has); the ``cold_*`` figures forget them before every lowering too (no sharing
-between points: the lowering's own speed). Each Program is reduced, outside the timed loop, to a SHA-256 of a canonical dump
-of every field (:func:`canonical`: types, floats as ``float.hex``, class maps as dtype, shape
-and bytes, and a kernel's cached ``critical_cycles``); ``programs_identical`` counts the
-candidates whose digests agree (a FitError counts when both trees raise it).
+between points: the lowering's own speed).
+
+Each Program is reduced, outside the timed loop, to a SHA-256 of a canonical dump of every
+field (``canonical`` in the worker: types, floats as ``float.hex``, class maps as dtype,
+shape and bytes, and a kernel's cached ``critical_cycles``); ``programs_identical`` counts
+the candidates whose digests agree (a FitError counts when both trees raise it).
 
 Usage:
     python benchmarks/bench_lowering.py [--baseline-rev 5e9b992] [--repeats 2]
@@ -73,7 +75,8 @@ def canonical(x, memo=None):
     if isinstance(x, bool) or x is None or isinstance(x, (int, str)):
         return (type(x).__name__, x)
     if isinstance(x, np.ndarray):
-        return ("nd", x.dtype.str, x.shape, hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+        data = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+        return ("nd", x.dtype.str, x.shape, x.flags.c_contiguous, data)
     if isinstance(x, np.generic):
         return ("np", type(x).__name__, repr(x.item()))
     if isinstance(x, (list, tuple)):

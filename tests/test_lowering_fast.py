@@ -240,8 +240,8 @@ def test_default_mapping_search_equals_reference(monkeypatch) -> None:
     cfg = dataclasses.replace(resolve_model("cerebras-gpt-111m"), n_layer=2)
     fast = m.lower(cfg, WSE2, 60, 2048, "fp16")
     with monkeypatch.context() as mp:
-        mp.setattr(ws_builder.lower_weight_streaming, "__kwdefaults__",
-                   {**ws_builder.lower_weight_streaming.__kwdefaults__, "derive": False})  # fmt: skip
+        kw = ws_builder.lower_weight_streaming.__kwdefaults__
+        mp.setattr(ws_builder.lower_weight_streaming, "__kwdefaults__", {**kw, "derive": False})
         mp.setattr(ws_builder, "_class_maps", ref_class_maps)
         mp.setattr(ws_builder, "attention_kernel_classes", ref_attention_kernel_classes)
         mp.setattr(ws_builder, "score_allreduce", ref_score_allreduce)

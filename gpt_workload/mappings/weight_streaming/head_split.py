@@ -140,18 +140,13 @@ def score_receive_bytes(m: int, k: int) -> int:
     return m * m * ACC_BYTES if k > 1 else 0
 
 
-def _pairs(L, p: int) -> tuple[int, float, int]:
-    """(queries, causal (query, key) pairs, (query, key block) pairs) of segment position p."""
-    mp = L.m_last if p == L.q - 1 else L.m
-    return mp, mp * p * L.m + mp * (mp + 1) / 2, mp * (p + 1)
-
-
 def _pair_counts(L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_pairs` of every segment position ``0 .. q - 1`` at once: int64 queries,
-    float64 causal pairs, int64 block pairs, each ``[q]``.
+    """Per segment position ``p = 0 .. q - 1`` (arrays ``[q]``): its queries ``m_p`` (``m``,
+    ``m_last`` at ``p = q - 1``; int64), causal (query, key) pairs ``m_p p m + m_p (m_p + 1)
+    / 2`` (float64) and (query, key block) pairs ``m_p (p + 1)`` (int64).
 
-    The same operations in the same order as :func:`_pairs` on float64 (every intermediate
-    an integer below 2**53 until the one division), so each value equals it bit for bit."""
+    Every intermediate is an integer below 2**53 until the one division, so each value is
+    bit for bit what the same expression gives position by position in Python floats."""
     q, m = L.q, L.m
     p = np.arange(q, dtype=np.int64)
     mp = np.full(q, m, dtype=np.int64)
@@ -198,8 +193,8 @@ def attention_kernel_classes(
     classes)``: :attr:`wse_sim.program.Kernel.critical_cycles`).
 
     Computed for all positions at once on float64 arrays, each value by the same operations
-    in the same order as position by position (:func:`_pairs`; the sum over the classes in
-    their order, as Python's ``sum``), so bit for bit the same. The result (immutable) is
+    in the same order as position by position (:func:`_pair_counts`; the sum over the classes
+    in their order, as Python's ``sum``), so bit for bit the same. The result (immutable) is
     kept for the next call with the same inputs, least recently used first out, up to
     :data:`CLASS_CACHE_BUDGET` classes in all.
     """
