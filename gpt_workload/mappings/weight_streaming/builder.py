@@ -42,7 +42,7 @@ import numpy as np
 
 from gpt_workload.config import GPTConfig
 from gpt_workload.mappings.weight_streaming.head_split import (
-    attention_classes,
+    attention_kernel_classes,
     score_allreduce,
     score_receive_bytes,
 )
@@ -77,22 +77,65 @@ from wse_sim.program import (
 )
 
 
+#: elements of the segment-position block :func:`_class_maps` writes at a time (small
+#: temporaries: no page faults on fresh memory, cache-friendly transposition)
+_MAP_BLOCK = 1 << 16
+
+
+def _spread_into(dst: np.ndarray, seg: np.ndarray, P: int) -> None:
+    """Write a ``[rows, w]`` grid of per-segment values into ``dst`` (``[rows, w P]``, a view
+    of a C-contiguous int16 map), each value repeated over its segment's ``P`` PEs."""
+    if P == 1:
+        dst[...] = seg
+        return
+    if 6 < P < 32:  # (the fastest of the three at each P, measured on wse2's grid)
+        dst[...] = np.repeat(seg, P, axis=1)
+        return
+    rows, w = seg.shape
+    view = np.lib.stride_tricks.as_strided(
+        dst, shape=(rows, w, P), strides=(dst.strides[0], P * dst.itemsize, dst.itemsize)
+    )
+    if P <= 6:  # long strided copies beat a broadcast over a short last axis
+        for j in range(P):
+            view[:, :, j] = seg
+    else:
+        view[...] = seg[:, :, None]
+
+
+def _mark_idle(grid: np.ndarray, full: int, rem: int, P: int) -> None:
+    """-1 on the PEs of no segment: segments fill ``full`` whole segment columns and ``rem``
+    rows of the next (column-major)."""
+    grid[rem:, full * P : (full + 1) * P] = -1
+    grid[:, (full + 1) * P :] = -1
+
+
 def _class_maps(L: WSLayout, suffix: str = "") -> dict[str, np.ndarray]:
     """Per-PE class index grids: ``tokens`` (0 full segment, 1 last partial segment) and
-    ``position`` (segment position in its sequence, for attention), keys + ``suffix``."""
-    # segment g sits in row g % rows, segment column g // rows: a column-major grid of
-    # segments, each repeated over its P PEs
-    n_slots = L.rows * L.segs_per_row
-    pos = np.full(n_slots, -1, dtype=np.int16)
-    pos[: L.n_segments] = np.arange(L.n_segments) % L.q
-    last = (pos == L.q - 1) & (L.m_last != L.m)
-    tokv = np.where(pos < 0, -1, last.astype(np.int16)).astype(np.int16)
-    tok = np.full((L.rows, L.cols), -1, dtype=np.int16)
-    posm = np.full((L.rows, L.cols), -1, dtype=np.int16)
-    width = L.segs_per_row * L.P
-    tok[:, :width] = np.repeat(tokv.reshape(L.segs_per_row, L.rows).T, L.P, axis=1)
-    posm[:, :width] = np.repeat(pos.reshape(L.segs_per_row, L.rows).T, L.P, axis=1)
-    return {"tokens" + suffix: tok, "position" + suffix: posm}
+    ``position`` (segment position in its sequence, for attention), keys + ``suffix``.
+
+    Segment ``g`` sits in row ``g % rows``, segment column ``g // rows`` (a column-major grid
+    of segments), each repeated over its ``P`` PEs; PEs of no segment are -1."""
+    rows, cols, P, q, n = L.rows, L.cols, L.P, L.q, L.n_segments
+    full, rem = divmod(n, rows)
+    used = min(full + (rem > 0), L.segs_per_row)  # segment columns holding segments
+    # position: segment g is at position g % q of its sequence; segment columns c0 .. c1 - 1
+    # hold g = c0 rows .. c1 rows - 1, a slice of the periodic 0 .. q - 1, 0 .. q - 1, ...
+    pos = np.empty((rows, cols), dtype=np.int16)
+    step = max(1, min(_MAP_BLOCK // rows, used))
+    periodic = np.tile(np.arange(q, dtype=np.int16), -(-(q - 1 + step * rows) // q))
+    for c0 in range(0, used, step):
+        c1 = min(c0 + step, used)
+        start = c0 * rows % q
+        seg = periodic[start : start + (c1 - c0) * rows].reshape(c1 - c0, rows).T
+        _spread_into(pos[:, c0 * P : c1 * P], seg, P)
+    _mark_idle(pos, full, rem, P)
+    # tokens: 0 on the PEs of every segment, -1 on the others ...
+    tok = np.zeros((rows, cols), dtype=np.int16)
+    _mark_idle(tok, full, rem, P)
+    if L.m_last != L.m:  # ... and 1 on those of each sequence's last, shorter segment
+        g = np.arange(q - 1, n, q)
+        tok[(g % rows)[:, None], (g // rows * P)[:, None] + np.arange(P)] = 1
+    return {"tokens" + suffix: tok, "position" + suffix: pos}
 
 
 def kv_multicast(L: WSLayout, kv_block: float) -> Transfer:
@@ -113,8 +156,43 @@ def kv_multicast(L: WSLayout, kv_block: float) -> Transfer:
     )
 
 
+def _kernel_name(mb: int, layer: int, op: str, n_layer: int) -> str:
+    """``mb{mb}.L{layer}.{op}`` for a transformer layer's kernel, else ``mb{mb}.{op}``."""
+    return f"mb{mb}.L{layer}.{op}" if 0 <= layer < n_layer else f"mb{mb}.{op}"
+
+
+def _block_name(mb: int, name: str) -> str:
+    """``mb{mb}.{name}``: a weight block's name in micro-batch ``mb``."""
+    return f"mb{mb}.{name}"
+
+
+def _renamed_kernel(k: Kernel, name: str, layer: int, mb: int, block_shift: int) -> Kernel:
+    """``dataclasses.replace(k, name=..., layer=..., micro_batch=..., weight_block=...)``
+    (the block shifted by ``block_shift`` when it has one) without the frozen dataclass's
+    ``__init__``: every other field (and a cached ``critical_cycles``) is ``k``'s, the
+    immutable classes and transfers shared."""
+    d = k.__dict__.copy()
+    d["name"], d["layer"], d["micro_batch"] = name, layer, mb
+    if k.weight_block >= 0:
+        d["weight_block"] = k.weight_block + block_shift
+    out = object.__new__(Kernel)
+    object.__setattr__(out, "__dict__", d)
+    return out
+
+
 class _Builder:
-    """Accumulates kernels and weight blocks for one lowering."""
+    """Accumulates kernels and weight blocks for one lowering.
+
+    Repeats are derived, not lowered again (``derive``, default True): the kernels of a
+    transformer layer depend on its index only through their name, ``layer`` and weight
+    block, so layers ``1 .. n_layer - 1`` are layer 0's kernels renamed (:meth:`layers`);
+    a builder's later micro-batches are its first one's renamed, with their weight blocks
+    (:meth:`run_micro_batch`). ``derive = False`` lowers every layer and micro-batch (the
+    reference the derived Program is tested equal to, field for field).
+    """
+
+    #: derive repeated layers and micro-batches from the first one (class docstring)
+    derive = True
 
     def __init__(
         self,
@@ -142,13 +220,73 @@ class _Builder:
         self.wbuf = _weight_buffer_share(cfg, arch, self.s)
         self.rows_used = min(L.rows, L.n_segments)
         self.mb = 0
+        # (first kernel, end kernel, first block, end block, micro-batch) of the builder's
+        # first lowered micro-batch (:meth:`run_micro_batch`)
+        self._first_mb: tuple[int, int, int, int, int] | None = None
+        self._layers_derived = False  # whether :meth:`layers` renamed layers 1 .. n_layer - 1
         self._attention_classes: tuple[PEClass, ...] | None = None
         self._attention_flops = 0.0
 
     # ----------------------------------------------------------------- helpers
     def block(self, name: str, nbytes: int) -> int:
-        self.blocks.append(WeightBlock(len(self.blocks), f"mb{self.mb}.{name}", int(nbytes)))
+        self.blocks.append(WeightBlock(len(self.blocks), _block_name(self.mb, name), int(nbytes)))
         return len(self.blocks) - 1
+
+    def _derivable(self, kernels: list[Kernel]) -> bool:
+        """Whether ``kernels`` are named as :meth:`add` names them (the renaming of
+        :func:`_renamed_kernel` then names them as lowering them again would)."""
+        n = self.cfg.n_layer
+        return all(k.name == _kernel_name(k.micro_batch, k.layer, k.op, n) for k in kernels)
+
+    def layers(self, lower_layer, layer_bytes: int) -> None:
+        """Transformer layers ``0 .. n_layer - 1`` of the current micro-batch, each with its
+        weight block ``layer{i}`` of ``layer_bytes``: ``lower_layer(layer, blk)`` lowers
+        layer 0; the others are its kernels renamed (``derive``; else each is lowered)."""
+        first: list[Kernel] | None = None
+        blk0 = 0
+        for layer in range(self.cfg.n_layer):
+            blk = self.block(f"layer{layer}", layer_bytes)
+            if first is None:
+                start = len(self.kernels)
+                lower_layer(layer, blk)
+                if self.derive and self._derivable(self.kernels[start:]):
+                    first, blk0 = self.kernels[start:], blk
+                continue
+            n, mb, shift = self.cfg.n_layer, self.mb, blk - blk0
+            self._layers_derived = True
+            self.kernels.extend(
+                _renamed_kernel(k, _kernel_name(mb, layer, k.op, n), layer, mb, shift)
+                for k in first
+            )
+
+    def run_micro_batch(self) -> None:
+        """Lower micro-batch ``self.mb`` (:meth:`micro_batch`), or, with ``derive``, rename
+        the kernels and weight blocks of the builder's first micro-batch when it has
+        lowered one."""
+        kernels, blocks = self.kernels, self.blocks
+        if self.derive and self._first_mb is not None:
+            k0, k1, b0, b1, mb0 = self._first_mb
+            mb, n, shift = self.mb, self.cfg.n_layer, len(blocks) - b0
+            cut = len(_block_name(mb0, ""))
+            blocks.extend(
+                WeightBlock(b.id + shift, _block_name(mb, b.name[cut:]), b.bytes)
+                for b in blocks[b0:b1]
+            )
+            kernels.extend(
+                _renamed_kernel(k, _kernel_name(mb, k.layer, k.op, n), k.layer, mb, shift)
+                for k in kernels[k0:k1]
+            )
+            return
+        k0, b0 = len(kernels), len(blocks)
+        self._layers_derived = False
+        self.micro_batch()
+        n = self.cfg.n_layer
+        # layers 1 .. n - 1 renamed from layer 0 (:meth:`layers`) are named right already
+        lowered = [k for k in kernels[k0:] if not (self._layers_derived and 0 < k.layer < n)]
+        if self._derivable(lowered) and all(
+            b.name.startswith(_block_name(self.mb, "")) for b in blocks[b0:]
+        ):
+            self._first_mb = (k0, len(kernels), b0, len(blocks), self.mb)
 
     def token_classes(self, per_token) -> tuple[PEClass, ...]:
         """Classes of the ``tokens`` map: per_token(m_p) -> (busy, overhead, flops)."""
@@ -172,12 +310,9 @@ class _Builder:
     ) -> None:
         if flops is None:
             flops = sum(c.flops * c.count for c in classes)
-        name = (
-            f"mb{self.mb}.L{layer}.{op}" if 0 <= layer < self.cfg.n_layer else f"mb{self.mb}.{op}"
-        )
         self.kernels.append(
             Kernel(
-                name,
+                _kernel_name(self.mb, layer, op, self.cfg.n_layer),
                 op,
                 layer,
                 self.mb,
@@ -349,9 +484,10 @@ class _Builder:
         # the classes are the same in every layer (a function of the layout): built once
         classes = self._attention_classes
         if classes is None:
-            classes = self._attention_classes = attention_classes(L, z.dh, W, ov)
-            self._attention_flops = float(sum(c.flops * c.count for c in classes))
-            self._attention_crit = max((c.cycles for c in classes), default=0.0)
+            classes, self._attention_flops, self._attention_crit = attention_kernel_classes(
+                L, z.dh, W, ov
+            )
+            self._attention_classes = classes
         # K and V of the PE's features: hp whole heads, or d_head / k of one (= d / P)
         kv_block = L.m * 2 * z.f * s
         kv = kv_multicast(L, kv_block)
@@ -391,8 +527,8 @@ class _Builder:
             ramp_bytes=(wte_rows + T) * z.f * s,
         )
         self.elementwise("embedding", -1, z.f, 2, z.x, (mc,), blk, (wte_rows * d + T * d) * s)
-        for layer in range(cfg.n_layer):
-            blk = self.block(f"layer{layer}", _block_bytes(cfg, s, T)[1])
+
+        def layer_kernels(layer: int, blk: int) -> None:
             self.layernorm("layernorm_1", layer, blk, z.x + z.h)
             self.gemm("qkv", layer, d, 3 * d, blk, z.x + z.h + z.qkv)
             self.attention(layer, z.x + z.qkv + z.att)
@@ -403,6 +539,8 @@ class _Builder:
             self.elementwise("gelu", layer, z.ff, 8, z.x + z.hid)
             self.gemm("ffn_down", layer, ff, d, blk, z.x + z.hid + z.h)
             self.elementwise("residual_2", layer, z.f, 1, z.x + z.h)
+
+        self.layers(layer_kernels, _block_bytes(cfg, s, T)[1])
         blk = self.block("head", _block_bytes(cfg, s, T)[2])
         self.layernorm("layernorm_f", cfg.n_layer, blk, z.x + z.h)
         # tied LM head fused with the cross-entropy statistics (running max, sum of exp,
@@ -434,6 +572,7 @@ def lower_weight_streaming(
     strategy=None,
     spec: str = "weight_streaming",
     builder=None,
+    derive: bool = True,
 ) -> Program:
     """Lower a GPT forward pass over ``batch`` x ``seq_len`` tokens to a :class:`Program`.
 
@@ -447,7 +586,8 @@ def lower_weight_streaming(
     ``spec``: the mapping spec stored in ``Program.mapping``; ``builder``: a
     :class:`_Builder` subclass whose ``micro_batch`` lowers the model (None: ``_Builder``,
     gpt2's layer; :class:`gpt_workload.mappings.weight_streaming.graph_builder.GraphBuilder` walks
-    the op graph).
+    the op graph); ``derive``: repeated layers and micro-batches renamed from the first
+    one (:class:`_Builder`; False: each lowered, the same Program, slower).
 
     Raises:
         ConfigError: bad batch, seq_len or precision.
@@ -487,10 +627,12 @@ def lower_weight_streaming(
         )
         last = builder(cfg, arch, L_last, precision, kernels, blocks, "_last", strategy)
         maps.update(_class_maps(L_last, "_last"))
+    for bld in {main, last}:
+        bld.derive = derive
     for mb in range(L.n_micro):
         bld = last if mb == L.n_micro - 1 else main
         bld.mb = mb
-        bld.micro_batch()
+        bld.run_micro_batch()
     return Program(
         f"{cfg.name}/{spec}",
         arch.wafer.rows,

@@ -54,7 +54,7 @@ import math
 from gpt_workload.graph import Op, lifetimes
 from gpt_workload.mappings.weight_streaming.builder import _Builder, kv_multicast
 from gpt_workload.mappings.weight_streaming.head_split import (
-    attention_classes,
+    attention_kernel_classes,
     rotary_exchange,
     score_allreduce,
     score_receive_bytes,
@@ -207,7 +207,7 @@ class GraphBuilder(_Builder):
         """Head-parallel causal attention with K/V heads shared by ``group`` query heads."""
         L, W, ov, s = self.L, self.W, self.ov, self.s
         dh = self.cfg.d_head
-        classes = attention_classes(L, dh, W, ov)
+        classes, flops, _ = attention_kernel_classes(L, dh, W, ov)
         trs = [kv_multicast(L, self.kv_share_bytes())]
         gather = self.group_gather(L.q - 1, "K/V group all-gather (earlier segments)")
         if gather is not None:
@@ -220,7 +220,7 @@ class GraphBuilder(_Builder):
         kv_work = L.m * 2 * self.kv_width_pe * s
         sram = live + 2 * kv_work + L.m * L.m * ACC_BYTES + 3 * L.m * ACC_BYTES
         sram += score_receive_bytes(L.m, L.pes_per_head)
-        self.add("attention", layer, classes, "position", tuple(trs), sram=sram,
+        self.add("attention", layer, classes, "position", tuple(trs), sram=sram, flops=flops,
                  n_chunks=max(min(L.q, 16), 1))  # fmt: skip
 
     # ---------------------------------------------------------------- program
@@ -238,11 +238,12 @@ class GraphBuilder(_Builder):
                       colour=COLOUR_WEIGHTS, ramp_bytes=wte_rows * z.f * s)  # fmt: skip
         self.elementwise("embedding", -1, z.f, 1, z.x, (mc,), blk, wte_rows * d * s)
         live = self.live_bytes(g.layer)
-        layer_bytes = _block_bytes(cfg, s, T)[1]
-        for layer in range(cfg.n_layer):
-            blk = self.block(f"layer{layer}", layer_bytes)
+
+        def layer_kernels(layer: int, blk: int) -> None:
             for op, lv in zip(g.layer, live, strict=True):
                 self.lower_op(op, layer, blk, lv)
+
+        self.layers(layer_kernels, _block_bytes(cfg, s, T)[1])
         blk = self.block("head", _block_bytes(cfg, s, T)[2])
         h = z.x + z.h
         for op in g.epilogue:

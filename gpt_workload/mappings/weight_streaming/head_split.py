@@ -53,6 +53,10 @@ Which ``P`` a run uses is searched (:mod:`gpt_workload.mappings.weight_streaming
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
 
 from wse_sim.errors import ConfigError
 from wse_sim.program import PEClass, Transfer
@@ -60,7 +64,9 @@ from wse_sim.program import PEClass, Transfer
 __all__ = [
     "allowed_pes_per_segment",
     "attention_classes",
+    "attention_kernel_classes",
     "check_pes_per_segment",
+    "clear_class_cache",
     "io_pes_per_segment",
     "pes_per_head",
     "rotary_exchange",
@@ -134,10 +140,18 @@ def score_receive_bytes(m: int, k: int) -> int:
     return m * m * ACC_BYTES if k > 1 else 0
 
 
-def _pairs(L, p: int) -> tuple[int, float, int]:
-    """(queries, causal (query, key) pairs, (query, key block) pairs) of segment position p."""
-    mp = L.m_last if p == L.q - 1 else L.m
-    return mp, mp * p * L.m + mp * (mp + 1) / 2, mp * (p + 1)
+def _pair_counts(L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per segment position ``p = 0 .. q - 1`` (arrays ``[q]``): its queries ``m_p`` (``m``,
+    ``m_last`` at ``p = q - 1``; int64), causal (query, key) pairs ``m_p p m + m_p (m_p + 1)
+    / 2`` (float64) and (query, key block) pairs ``m_p (p + 1)`` (int64).
+
+    Every intermediate is an integer below 2**53 until the one division, so each value is
+    bit for bit what the same expression gives position by position in Python floats."""
+    q, m = L.q, L.m
+    p = np.arange(q, dtype=np.int64)
+    mp = np.full(q, m, dtype=np.int64)
+    mp[-1] = L.m_last
+    return mp, mp * p * m + mp * (mp + 1) / 2, mp * (p + 1)
 
 
 def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...]:
@@ -150,17 +164,83 @@ def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...
     with split heads one more: adding the incoming partial scores of the block. FLOPs: the
     PE's share of the model's ``4 d_head`` per pair and head.
     """
+    return attention_kernel_classes(L, d_head, W, ov)[0]
+
+
+#: most attention PE classes :func:`attention_kernel_classes` keeps for reuse, in all (about
+#: 150 bytes each): the layouts of a sweep's last ~100 lowerings at ~1,000 positions each,
+#: so points that differ only in what the classes do not read (SRAM size, I/O rate) share
+#: them
+CLASS_CACHE_BUDGET = 1 << 17
+_class_cache: OrderedDict = OrderedDict()
+_class_cache_size = 0
+_class_cache_lock = threading.Lock()
+
+
+def clear_class_cache() -> None:
+    """Forget the attention classes kept for reuse (:data:`CLASS_CACHE_BUDGET`)."""
+    global _class_cache_size
+    with _class_cache_lock:
+        _class_cache.clear()
+        _class_cache_size = 0
+
+
+def attention_kernel_classes(
+    L, d_head: int, W: float, ov: float
+) -> tuple[tuple[PEClass, ...], float, float]:
+    """:func:`attention_classes`, their FLOPs summed over the wafer (``sum(c.flops * c.count
+    for c in classes)``) and the slowest class's cycles (``max(c.cycles for c in
+    classes)``: :attr:`wse_sim.program.Kernel.critical_cycles`).
+
+    Computed for all positions at once on float64 arrays, each value by the same operations
+    in the same order as position by position (:func:`_pair_counts`; the sum over the classes
+    in their order, as Python's ``sum``), so bit for bit the same. The result (immutable) is
+    kept for the next call with the same inputs, least recently used first out, up to
+    :data:`CLASS_CACHE_BUDGET` classes in all.
+    """
+    global _class_cache_size
+    key = (L.q, L.m, L.m_last, L.b, L.P, L.hp, L.pes_per_head, d_head, W, ov)
+    with _class_cache_lock:
+        got = _class_cache.get(key)
+        if got is not None:
+            _class_cache.move_to_end(key)
+            return got
+    got = _attention_kernel_classes(L, d_head, W, ov)
+    with _class_cache_lock:
+        if key not in _class_cache and L.q <= CLASS_CACHE_BUDGET:
+            _class_cache[key] = got
+            _class_cache_size += L.q
+            while _class_cache_size > CLASS_CACHE_BUDGET:
+                _, old = _class_cache.popitem(last=False)
+                _class_cache_size -= len(old[0])
+    return got
+
+
+def _attention_kernel_classes(L, d_head, W, ov):
+    """:func:`attention_kernel_classes` computed."""
     k = L.pes_per_head
     hp = L.hp
     dk = d_head / k
     split = 1 if k > 1 else 0
-    out = []
-    for p in range(L.q):
-        _, pairs, blocks = _pairs(L, p)
-        busy = hp * pairs * (2 * dk + 3 + split) / W
-        ops = hp * (2 * pairs + (3 + split) * blocks)
-        out.append(PEClass(p, L.b * L.P, busy, ops * ov, hp * pairs * 4.0 * dk))
-    return tuple(out)
+    _, pairs, blocks = _pair_counts(L)
+    hpp = hp * pairs
+    busy = hpp * (2 * dk + 3 + split) / W
+    ops = hp * (2 * pairs + (3 + split) * blocks) * ov
+    flops = hpp * 4.0 * dk
+    count = L.b * L.P
+    # PEClass(p, count, busy, overhead, flops) without the frozen dataclass's __init__ (up to
+    # seq_len classes): the same fields set the same way, so equal instances
+    classes = []
+    new, put, add = object.__new__, object.__setattr__, classes.append
+    for p, b, o, f in zip(range(L.q), busy.tolist(), ops.tolist(), flops.tolist()):
+        c = new(PEClass)
+        put(c, "index", p)
+        put(c, "count", count)
+        put(c, "busy_cycles", b)
+        put(c, "overhead_cycles", o)
+        put(c, "flops", f)
+        add(c)
+    return tuple(classes), sum((flops * count).tolist()), max((busy + ops).tolist())
 
 
 def score_allreduce(L) -> Transfer | None:
@@ -176,7 +256,7 @@ def score_allreduce(L) -> Transfer | None:
     k = L.pes_per_head
     if k <= 1:
         return None
-    per_pos = [_pairs(L, p)[1] * ACC_BYTES for p in range(L.q)]
+    per_pos = (_pair_counts(L)[1] * ACC_BYTES).tolist()
     worst = max(per_pos)
     groups = L.P // k  # heads per segment
     return Transfer(

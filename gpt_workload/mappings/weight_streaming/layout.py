@@ -23,6 +23,7 @@ run the same tiling on their own number of sequences (:meth:`WSLayout.tiles`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,6 +47,9 @@ class TileLayout:
         m: tokens per segment (>= 1).
         P: PEs per segment row-group, i.e. number of feature slices (>= 1).
 
+    Derived sizes (:attr:`segs_per_seq`, :attr:`n_segments`) are computed once per instance
+    (the layout is frozen; the lowering reads them millions of times in a sweep).
+
     Raises:
         ConfigError: a field is not a positive integer.
     """
@@ -59,12 +63,12 @@ class TileLayout:
         for name in ("n_seq", "seq_len", "m", "P"):
             _positive_int(name, getattr(self, name))
 
-    @property
+    @cached_property
     def segs_per_seq(self) -> int:
         """Segments per sequence ``S_seq = ceil(T / m)`` (int)."""
         return -(-self.seq_len // self.m)
 
-    @property
+    @cached_property
     def n_segments(self) -> int:
         """Total number of segments ``S = K * S_seq`` (int)."""
         return self.n_seq * self.segs_per_seq
@@ -243,17 +247,17 @@ class WSLayout(TileLayout):
         """Sequences per micro-batch (``n_seq``)."""
         return self.n_seq
 
-    @property
+    @cached_property
     def q(self) -> int:
         """Segments per sequence (``segs_per_seq``)."""
         return self.segs_per_seq
 
-    @property
+    @cached_property
     def m_last(self) -> int:
         """Tokens of a sequence's last segment (``m`` when ``m`` divides ``seq_len``)."""
         return self.seq_len - (self.q - 1) * self.m
 
-    @property
+    @cached_property
     def n_active_pe(self) -> int:
         """PEs holding tokens in one micro-batch."""
         return self.n_segments * self.P
