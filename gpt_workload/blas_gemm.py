@@ -97,8 +97,9 @@ def chained_gemm(
     parts_a: list[np.ndarray],
     w: np.ndarray,
     k_bounds: np.ndarray,
-    emit: Callable[[int, int, int, int, np.ndarray], None],
+    emit: Callable[[int, int, int, int, np.ndarray], None] | None,
     *,
+    dest: Callable[[int, int, int, int], np.ndarray] | None = None,
     reduce: str = "chain",
     bias: np.ndarray | None = None,
     col_ranges: list[tuple[int, int]] | None = None,
@@ -111,13 +112,20 @@ def chained_gemm(
     is one ``matmul`` (fp32 result), then ``acc = p_0; acc = acc + p_1; ...`` (``chain``) or
     the pairwise tree ``p_x = p_x + p_{x+d}`` for ``d = 1, 2, 4, ...`` (``tree``, ``P`` a
     power of two), then ``acc = acc + bias[c]``; ``emit(r0, r1, c0, c1, acc)`` receives the
-    block (a scratch buffer: copy it out before returning).
+    block (a scratch buffer: copy it out before returning). With ``dest`` instead, the
+    block's last operation (the last partial's add, the bias add, or a copy when there is
+    neither) writes straight into ``dest(r0, r1, c0, c1)``, a view of ``(r1 - r0) * (c1 -
+    c0)`` elements whose last axis is the block's columns and whose leading axes split its
+    rows in order (e.g. ``[tokens / m, m, columns]`` of a tile array); same values, one
+    pass over the output less.
 
     Args:
         parts_a: ``P`` float32 C-contiguous ``[R, |K_j|]`` panels (the PEs' activations).
         w: float32 ``[K, N]``.
         k_bounds: int ``[P + 1]``, the rows of ``w`` each PE owns.
-        emit: called once per block, from any of the threads (blocks never overlap).
+        emit: called once per block, from any of the threads (blocks never overlap);
+            None when ``dest`` is given.
+        dest: returns the output view of a block (see above), from any of the threads.
         reduce: ``chain`` or ``tree``.
         bias: float32 ``[N]`` or None.
         col_ranges: ``[(c0, c1), ...]`` column ranges cut into blocks of :data:`BLOCK_N`
@@ -145,23 +153,31 @@ def chained_gemm(
             buf = local.buf = np.empty((max(P, 1), row_block, BLOCK_N), np.float32)
         nr, nc = r1 - r0, c1 - c0
         ps = [buf[j, :nr, :nc] for j in range(P)]
+        dst = dest(r0, r1, c0, c1) if dest is not None else None
+        if dst is not None:
+            ps = [p.reshape(dst.shape) for p in ps]
+        last = ps[0] if dst is None or bias is not None else dst  # where the last add goes
         if reduce == "tree":
             for j in range(P):
-                np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=ps[j])
+                np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=buf[j, :nr, :nc])
             d = 1
             while d < P:
                 for x in range(0, P, 2 * d):
-                    np.add(ps[x], ps[x + d], out=ps[x])
+                    np.add(ps[x], ps[x + d], out=last if 2 * d >= P else ps[x])
                 d *= 2
         else:
-            np.matmul(parts_a[0][r0:r1], w_parts[0][:, c0:c1], out=ps[0])
+            np.matmul(parts_a[0][r0:r1], w_parts[0][:, c0:c1], out=buf[0, :nr, :nc])
             for j in range(1, P):
-                np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=ps[1])
-                np.add(ps[0], ps[1], out=ps[0])
-        acc = ps[0]
+                np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=buf[1, :nr, :nc])
+                np.add(ps[0], ps[1], out=last if j == P - 1 else ps[0])
+        if P == 1:
+            last = ps[0]
         if bias is not None:
-            np.add(acc, bias[c0:c1], out=acc)
-        emit(r0, r1, c0, c1, acc)
+            np.add(last, bias[c0:c1], out=last if dst is None else dst)
+        elif dst is not None and P == 1:
+            np.copyto(dst, last)
+        if dst is None:
+            emit(r0, r1, c0, c1, last)
 
     n_thr = threads if threads is not None else default_threads()
     if n_thr <= 1 or len(blocks) <= 1:

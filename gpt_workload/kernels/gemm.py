@@ -40,8 +40,9 @@ def gemm_ws(
 
     Implementation: :func:`gpt_workload.blas_gemm.chained_gemm` on the ``P`` panels
     ``x_tiles[:, j]`` (all segments' tokens at once), column blocks inside each output PE's
-    slice, blocks shared among the cores. The order above is per output element and does not
-    depend on the blocks or the thread count.
+    slice, blocks shared among the cores, each block's last add writing into ``out_tiles``.
+    The order above is per output element and does not depend on the blocks or the thread
+    count.
 
     Args:
         x_tiles: float32 ``[S, P, m, kt]``, activations of width ``K = P * kt``.
@@ -82,15 +83,16 @@ def gemm_ws(
     parts = [np.ascontiguousarray(x_tiles[:, j]).reshape(n_seg * m, kt) for j in range(n_pe)]
     ranges = [(jo * nt, min(jo * nt + nt, n_cols)) for jo in range(n_pe) if jo * nt < n_cols]
 
-    def emit(r0: int, r1: int, c0: int, c1: int, acc: np.ndarray) -> None:
+    def dest(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         jo, lo = divmod(c0, nt)
-        out_tiles[r0 // m : r1 // m, jo, :, lo : lo + c1 - c0] = acc.reshape(-1, m, c1 - c0)
+        return out_tiles[r0 // m : r1 // m, jo, :, lo : lo + c1 - c0]
 
     chained_gemm(
         parts,
         w,
         np.arange(0, n_pe * kt + 1, kt),
-        emit,
+        None,
+        dest=dest,
         bias=bias if bias.shape[0] else None,
         col_ranges=ranges,
         row_block=max(m, BLOCK_ROWS // m * m),

@@ -199,6 +199,14 @@ class TileLayout:
                 f" with {p}*ft >= {width}"
             )
         ft = tiles.shape[3]
+        if self.padded_tokens == self.seq_len:  # no token padding: one pass, PE by PE
+            src = tiles.reshape(self.n_seq, self.segs_per_seq, p, m, ft)
+            out = np.empty((self.n_seq, self.seq_len, width), dtype=tiles.dtype)
+            dst = out.reshape(self.n_seq, self.segs_per_seq, m, width)
+            for j in range(min(p, -(-width // ft))):
+                c0, c1 = j * ft, min(j * ft + ft, width)
+                dst[..., c0:c1] = src[:, :, j, :, : c1 - c0]
+            return out
         dense = tiles.reshape(self.n_seq, self.segs_per_seq, p, m, ft).transpose(0, 1, 3, 2, 4)
         dense = dense.reshape(self.n_seq, self.padded_tokens, p * ft)
         return np.ascontiguousarray(dense[:, : self.seq_len, :width])
