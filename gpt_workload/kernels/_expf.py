@@ -127,6 +127,17 @@ def _bits_f64(typingctx, u):  # pragma: no cover - jit
     return sig, codegen
 
 
+@intrinsic
+def _select(typingctx, cond, a, b):  # pragma: no cover - jit
+    """``a if cond else b`` for two float32, as one LLVM ``select`` (no branch)."""
+    sig = types.float32(types.boolean, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return sig, codegen
+
+
 @overload(exp_f32, inline="always")
 def _exp_f32_jit(x):  # pragma: no cover - jit
     if not isinstance(x, types.Float):
@@ -144,9 +155,9 @@ def _exp_f32_jit(x):  # pragma: no cover - jit
         s = _bits_f64(tab[ki & np.uint64(31)] + (ki << np.uint64(47)))
         y = _fma(_fma(c0, r, c1), r * r, _fma(c2, r, 1.0)) * s
         res = np.float32(y)
-        # branch-free special cases (selects), so that loops stay vectorisable
-        res = np.float32(np.inf) if xf > hi else res
-        res = np.float32(0) if xf < lo else res
-        return xf + xf if xf != xf else res
+        # the special cases as selects (no branch), so that loops stay vectorisable
+        res = _select(xf > hi, np.float32(np.inf), res)
+        res = _select(xf < lo, np.float32(0), res)
+        return _select(xf != xf, xf + xf, res)
 
     return impl
