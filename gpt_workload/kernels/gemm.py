@@ -39,8 +39,9 @@ def gemm_ws(
     acc[t, j'*nt + c]``; columns ``j'*nt + c >= N`` and padded token slots are set to 0.
 
     Implementation: :func:`gpt_workload.blas_gemm.chained_gemm` on the ``P`` panels
-    ``x_tiles[:, j]`` (all segments' tokens at once), column blocks inside each output PE's
-    slice, blocks shared among the cores, each block's last add writing into ``out_tiles``.
+    ``x_tiles[:, j]`` (all segments' tokens at once), blocks of whole
+    :data:`GEMM_BLOCK_N` columns (across output PEs' slices) shared among the cores, each
+    block's last add writing into ``out_tiles``, slice by slice.
     The order above is per output element and does not depend on the blocks or the thread
     count.
 
@@ -81,11 +82,14 @@ def gemm_ws(
     _check_seq(n_seg, m, segs_per_seq, seq_len)
     _no_alias("x_tiles", x_tiles, "out_tiles", out_tiles)
     parts = [np.ascontiguousarray(x_tiles[:, j]).reshape(n_seg * m, kt) for j in range(n_pe)]
-    ranges = [(jo * nt, min(jo * nt + nt, n_cols)) for jo in range(n_pe) if jo * nt < n_cols]
 
-    def dest(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        jo, lo = divmod(c0, nt)
-        return out_tiles[r0 // m : r1 // m, jo, :, lo : lo + c1 - c0]
+    def dest(r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int, np.ndarray]]:
+        pieces = []  # the block's columns, output PE by output PE
+        for jo in range(c0 // nt, (c1 - 1) // nt + 1):
+            a0, a1 = max(c0, jo * nt), min(c1, jo * nt + nt)
+            view = out_tiles[r0 // m : r1 // m, jo, :, a0 - jo * nt : a1 - jo * nt]
+            pieces.append((a0, a1, view))
+        return pieces
 
     chained_gemm(
         parts,
@@ -94,7 +98,6 @@ def gemm_ws(
         None,
         dest=dest,
         bias=bias if bias.shape[0] else None,
-        col_ranges=ranges,
         row_block=max(m, BLOCK_ROWS // m * m),
     )
     for jo in range(n_pe):  # output columns beyond N
