@@ -47,7 +47,8 @@ def gemm_ws(
 
     Args:
         x_tiles: float32 ``[S, P, m, kt]``, activations of width ``K = P * kt``.
-        w: float32 ``[K, N]`` weight (input features x output features).
+        w: float32 ``[K, N]`` weight (input features x output features), C- or
+            Fortran-contiguous (the latter is used without a copy).
         bias: float32 ``[N]``, or ``None`` / a length-0 array for no bias.
         out_tiles: float32 ``[S, P, m, nt]`` with ``P * nt >= N``, C-contiguous, written in
             place; must not overlap ``x_tiles``.
@@ -63,7 +64,10 @@ def gemm_ws(
             seq_len)`` inconsistent with ``S`` and ``m``.
     """
     x_tiles = _as_f32("x_tiles", x_tiles, 4)
-    w = _as_f32("w", w, 2)
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.flags.f_contiguous:
+        w = _as_f32("w", w.T, 2).T  # a transpose (e.g. tied embeddings): BLAS reads it as is
+    else:
+        w = _as_f32("w", w, 2)
     bias = np.zeros(0, np.float32) if bias is None else _as_f32("bias", bias, 1)
     n_seg, n_pe, m, kt = x_tiles.shape
     if w.shape[0] != n_pe * kt:
