@@ -19,7 +19,10 @@ from gpt_workload.kernels._expf import exp_f32
 
 
 def _glibc_fma() -> bool:
-    """True where the C library's expf is glibc's FMA build (x86-64, glibc >= 2.28, FMA)."""
+    """True where the C library's expf is glibc's FMA build (x86-64, glibc >= 2.28, FMA) and
+    Numba compiles (under NUMBA_DISABLE_JIT=1 ``math.exp`` is Python's float64 one)."""
+    if numba.config.DISABLE_JIT:
+        return False
     lib, ver = platform.libc_ver()
     if lib != "glibc" or platform.machine() != "x86_64":
         return False
