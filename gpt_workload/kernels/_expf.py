@@ -138,7 +138,7 @@ def _select(typingctx, cond, a, b):  # pragma: no cover - jit
     return sig, codegen
 
 
-@overload(exp_f32, inline="always")
+@overload(exp_f32)
 def _exp_f32_jit(x):  # pragma: no cover - jit
     if not isinstance(x, types.Float):
         return None

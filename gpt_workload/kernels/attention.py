@@ -6,10 +6,12 @@ with its probabilities kept, backward). Layout and arithmetic rules: :mod:`gpt_w
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from gpt_workload.blas_gemm import default_threads
 from gpt_workload.kernels._common import (
     _as_f32,
     _axpy,
@@ -84,7 +86,7 @@ ATTENTION_QUERY_TILE = 64
 ATTENTION_KEY_CHUNK = 128
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st):  # pragma: no cover - jit
     """``st[i, t] = (sum_d k_{c0+i}[d] q_{q0+t}[d], d ascending from 0) * scale`` for keys
     ``i < nkc`` and all ``lanes`` query slots of the tile (vectorised over the queries; the
@@ -113,7 +115,7 @@ def _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st):  # pragma: no cover - jit
             srow[t] = srow[t] * scale
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt):  # pragma: no cover
     """The online-softmax steps of :func:`online_softmax_av` for the ``nkc / m`` whole key
     blocks of a chunk (scores ``st[i, t]``, keys ``c0 + i``), every query slot of the tile
@@ -184,9 +186,30 @@ def _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt):  # 
                     orow[t] = orow[t] * crow[t] + brow[t]
 
 
-@numba.njit(parallel=True, cache=True)
-def _attention_kernel(qkv, segs_per_seq, seq_len, scale, out, d_head):  # pragma: no cover
-    """Numba body of :func:`attention_tiled` (same arguments, all validated).
+def _attention_kernel(qkv, segs_per_seq, seq_len, scale, out, d_head) -> None:
+    """Body of :func:`attention_tiled` (same arguments, all validated): one work unit per
+    head of a sequence (a PE's head over all its segments), the units shared among the
+    cores by Python threads (the compiled unit releases the GIL; a ``prange`` over units
+    compiled three times slower, for no gain)."""
+    n_seg, n_pe, _, _ = qkv.shape
+    n_units = n_seg // segs_per_seq * n_pe * (out.shape[3] // d_head)
+
+    def run(unit: int) -> None:
+        _attention_unit(qkv, segs_per_seq, seq_len, scale, out, d_head, unit)
+
+    n_thr = min(default_threads(), n_units)
+    if n_thr <= 1:
+        for unit in range(n_units):
+            run(unit)
+        return
+    with ThreadPoolExecutor(max_workers=n_thr) as pool:
+        list(pool.map(run, range(n_units)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _attention_unit(qkv, segs_per_seq, seq_len, scale, out, d_head, unit):  # pragma: no cover
+    """Work unit ``unit`` of :func:`_attention_kernel`: head ``unit % hp`` of PE ``(unit //
+    hp) % P`` of sequence ``unit // (P hp)``.
 
     Per head, queries go in tiles of ``lanes`` (whole segments): the keys of the segments
     before the tile are whole blocks for every query of it, so their scores and online
@@ -196,84 +219,81 @@ def _attention_kernel(qkv, segs_per_seq, seq_len, scale, out, d_head):  # pragma
     those of :func:`attention_tiled`'s docstring either way."""
     n_seg, n_pe, m, _ = qkv.shape
     hp = out.shape[3] // d_head
-    n_seqs = n_seg // segs_per_seq
     t_pad = segs_per_seq * m
     dh = d_head
     lanes = m * max(ATTENTION_QUERY_TILE // m, 1)
     kc = m * max(ATTENTION_KEY_CHUNK // m, 1)
-    # One work unit = one head of one sequence (a PE's head over all its segments).
-    for unit in numba.prange(n_seqs * n_pe * hp):
-        seq = unit // (n_pe * hp)
-        j = (unit // hp) % n_pe
-        h = unit % hp
-        base = seq * segs_per_seq
-        qo = h * dh
-        ko = (hp + h) * dh
-        vo = (2 * hp + h) * dh
-        # queries feature-major (a tile's queries contiguous), keys and values one row per key
-        qt = np.zeros((dh, t_pad + lanes), np.float32)
-        kr = np.zeros((t_pad, dh), np.float32)
-        vr = np.zeros((t_pad, dh), np.float32)
-        for sp in range(segs_per_seq):
-            for t2 in range(m):
-                for d in range(dh):
-                    qt[d, sp * m + t2] = qkv[base + sp, j, t2, qo + d]
-                    kr[sp * m + t2, d] = qkv[base + sp, j, t2, ko + d]
-                    vr[sp * m + t2, d] = qkv[base + sp, j, t2, vo + d]
-                if sp * m + t2 >= seq_len:  # padded query slot
-                    for d in range(dh):
-                        out[base + sp, j, t2, qo + d] = 0
-        st = np.empty((max(kc, lanes), lanes), np.float32)  # scores, then exps [key, query]
-        cor = np.empty((kc // m, lanes), np.float32)
-        mx = np.empty(lanes, np.float32)
-        ls = np.empty(lanes, np.float32)
-        bm = np.empty(lanes, np.float32)
-        bs = np.empty(lanes, np.float32)
-        ot = np.empty((dh, lanes), np.float32)
-        bt = np.empty((dh, lanes), np.float32)
-        acc = np.empty(dh, np.float32)
-        blk = np.empty(dh, np.float32)
-        for q0 in range(0, seq_len, lanes):
-            nq = min(q0 + lanes, seq_len) - q0
-            for t in range(lanes):
-                mx[t] = -np.inf
-                ls[t] = 0
+    seq = unit // (n_pe * hp)
+    j = (unit // hp) % n_pe
+    h = unit % hp
+    base = seq * segs_per_seq
+    qo = h * dh
+    ko = (hp + h) * dh
+    vo = (2 * hp + h) * dh
+    # queries feature-major (a tile's queries contiguous), keys and values one row per key
+    qt = np.zeros((dh, t_pad + lanes), np.float32)
+    kr = np.zeros((t_pad, dh), np.float32)
+    vr = np.zeros((t_pad, dh), np.float32)
+    for sp in range(segs_per_seq):
+        for t2 in range(m):
             for d in range(dh):
-                for t in range(lanes):
-                    ot[d, t] = 0
-            for c0 in range(0, q0, kc):  # whole blocks before the tile
-                nkc = min(c0 + kc, q0) - c0
-                _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st)
-                _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt)
-            # the tile's own keys, query by query (keys q0 .. q of query q)
-            _scores_t(kr, qt, q0, nq, q0, lanes, scale, st)
-            for t in range(nq):
-                q = q0 + t
-                run_max = mx[t]
-                run_sum = ls[t]
+                qt[d, sp * m + t2] = qkv[base + sp, j, t2, qo + d]
+                kr[sp * m + t2, d] = qkv[base + sp, j, t2, ko + d]
+                vr[sp * m + t2, d] = qkv[base + sp, j, t2, vo + d]
+            if sp * m + t2 >= seq_len:  # padded query slot
                 for d in range(dh):
-                    acc[d] = ot[d, t]
-                n_keys = q - q0 + 1
-                for kb in range((n_keys + m - 1) // m):
-                    i0 = kb * m
-                    i1 = min(i0 + m, n_keys)
-                    blk_max = np.float32(-np.inf)
-                    for i in range(i0, i1):
-                        blk_max = max(blk_max, st[i, t])
-                    new_max = max(run_max, blk_max)
-                    corr = exp_f32(np.float32(run_max - new_max))
-                    blk_sum = np.float32(0)
-                    _zero(blk, dh)
-                    for i in range(i0, i1):
-                        e = exp_f32(np.float32(st[i, t] - new_max))
-                        blk_sum = blk_sum + e
-                        _axpy(blk, e, vr[q0 + i], dh)
-                    run_sum = run_sum * corr + blk_sum
-                    _scale_add(acc, corr, blk, dh)
-                    run_max = new_max
-                s = base + q // m
-                for d in range(dh):
-                    out[s, j, q % m, qo + d] = acc[d] / run_sum
+                    out[base + sp, j, t2, qo + d] = 0
+    st = np.empty((max(kc, lanes), lanes), np.float32)  # scores, then exps [key, query]
+    cor = np.empty((kc // m, lanes), np.float32)
+    mx = np.empty(lanes, np.float32)
+    ls = np.empty(lanes, np.float32)
+    bm = np.empty(lanes, np.float32)
+    bs = np.empty(lanes, np.float32)
+    ot = np.empty((dh, lanes), np.float32)
+    bt = np.empty((dh, lanes), np.float32)
+    acc = np.empty(dh, np.float32)
+    blk = np.empty(dh, np.float32)
+    for q0 in range(0, seq_len, lanes):
+        nq = min(q0 + lanes, seq_len) - q0
+        for t in range(lanes):
+            mx[t] = -np.inf
+            ls[t] = 0
+        for d in range(dh):
+            for t in range(lanes):
+                ot[d, t] = 0
+        for c0 in range(0, q0, kc):  # whole blocks before the tile
+            nkc = min(c0 + kc, q0) - c0
+            _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st)
+            _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt)
+        # the tile's own keys, query by query (keys q0 .. q of query q)
+        _scores_t(kr, qt, q0, nq, q0, lanes, scale, st)
+        for t in range(nq):
+            q = q0 + t
+            run_max = mx[t]
+            run_sum = ls[t]
+            for d in range(dh):
+                acc[d] = ot[d, t]
+            n_keys = q - q0 + 1
+            for kb in range((n_keys + m - 1) // m):
+                i0 = kb * m
+                i1 = min(i0 + m, n_keys)
+                blk_max = np.float32(-np.inf)
+                for i in range(i0, i1):
+                    blk_max = max(blk_max, st[i, t])
+                new_max = max(run_max, blk_max)
+                corr = exp_f32(np.float32(run_max - new_max))
+                blk_sum = np.float32(0)
+                _zero(blk, dh)
+                for i in range(i0, i1):
+                    e = exp_f32(np.float32(st[i, t] - new_max))
+                    blk_sum = blk_sum + e
+                    _axpy(blk, e, vr[q0 + i], dh)
+                run_sum = run_sum * corr + blk_sum
+                _scale_add(acc, corr, blk, dh)
+                run_max = new_max
+            s = base + q // m
+            for d in range(dh):
+                out[s, j, q % m, qo + d] = acc[d] / run_sum
 
 
 def attention_tiled(
