@@ -97,8 +97,9 @@ def chained_gemm(
     parts_a: list[np.ndarray],
     w: np.ndarray,
     k_bounds: np.ndarray,
-    emit: Callable[[int, int, int, int, np.ndarray], None],
+    emit: Callable[[int, int, int, int, np.ndarray], None] | None,
     *,
+    dest: Callable[[int, int, int, int], list[tuple[int, int, np.ndarray]]] | None = None,
     reduce: str = "chain",
     bias: np.ndarray | None = None,
     col_ranges: list[tuple[int, int]] | None = None,
@@ -111,13 +112,26 @@ def chained_gemm(
     is one ``matmul`` (fp32 result), then ``acc = p_0; acc = acc + p_1; ...`` (``chain``) or
     the pairwise tree ``p_x = p_x + p_{x+d}`` for ``d = 1, 2, 4, ...`` (``tree``, ``P`` a
     power of two), then ``acc = acc + bias[c]``; ``emit(r0, r1, c0, c1, acc)`` receives the
-    block (a scratch buffer: copy it out before returning).
+    block (a scratch buffer: copy it out before returning). With ``dest`` instead, the
+    block's last operation (the last partial's add, the bias add, or a copy when there is
+    neither) writes straight into the output: ``dest(r0, r1, c0, c1)`` returns pieces
+    ``[(a0, a1, view), ...]`` covering columns ``[c0, c1)``, ``view`` holding the block's
+    columns ``[a0, a1)`` as ``(r1 - r0) * (a1 - a0)`` elements whose last axis is the
+    columns and whose leading axes split the rows in order (e.g. ``[tokens / m, m,
+    columns]`` of one PE's slice of a tile array); same values, one pass over the output
+    less.
+
+    A BLAS call's results do not depend on the block's shape except when it is one row or
+    one column (a matrix-vector path): blocks are whole :data:`BLOCK_N` columns wherever
+    the ranges allow.
 
     Args:
         parts_a: ``P`` float32 C-contiguous ``[R, |K_j|]`` panels (the PEs' activations).
         w: float32 ``[K, N]``.
         k_bounds: int ``[P + 1]``, the rows of ``w`` each PE owns.
-        emit: called once per block, from any of the threads (blocks never overlap).
+        emit: called once per block, from any of the threads (blocks never overlap);
+            None when ``dest`` is given.
+        dest: returns the output pieces of a block (see above), from any of the threads.
         reduce: ``chain`` or ``tree``.
         bias: float32 ``[N]`` or None.
         col_ranges: ``[(c0, c1), ...]`` column ranges cut into blocks of :data:`BLOCK_N`
@@ -145,23 +159,38 @@ def chained_gemm(
             buf = local.buf = np.empty((max(P, 1), row_block, BLOCK_N), np.float32)
         nr, nc = r1 - r0, c1 - c0
         ps = [buf[j, :nr, :nc] for j in range(P)]
+        pieces = dest(r0, r1, c0, c1) if dest is not None else None
+
+        def add(a: np.ndarray, b: np.ndarray, final: bool) -> None:
+            """``a = a + b``, or into the output pieces when this is the last operation."""
+            if not final or pieces is None:
+                np.add(a, b, out=a)
+                return
+            for a0, a1, view in pieces:
+                cs = slice(a0 - c0, a1 - c0)
+                bb = b[cs] if b.ndim == 1 else b[:, cs].reshape(view.shape)
+                np.add(a[:, cs].reshape(view.shape), bb, out=view)
+
         if reduce == "tree":
             for j in range(P):
                 np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=ps[j])
             d = 1
             while d < P:
                 for x in range(0, P, 2 * d):
-                    np.add(ps[x], ps[x + d], out=ps[x])
+                    add(ps[x], ps[x + d], 2 * d >= P and bias is None)
                 d *= 2
         else:
             np.matmul(parts_a[0][r0:r1], w_parts[0][:, c0:c1], out=ps[0])
             for j in range(1, P):
                 np.matmul(parts_a[j][r0:r1], w_parts[j][:, c0:c1], out=ps[1])
-                np.add(ps[0], ps[1], out=ps[0])
-        acc = ps[0]
+                add(ps[0], ps[1], j == P - 1 and bias is None)
         if bias is not None:
-            np.add(acc, bias[c0:c1], out=acc)
-        emit(r0, r1, c0, c1, acc)
+            add(ps[0], bias[c0:c1], True)
+        elif pieces is not None and P == 1:
+            for a0, a1, view in pieces:
+                np.copyto(view, ps[0][:, a0 - c0 : a1 - c0].reshape(view.shape))
+        if pieces is None:
+            emit(r0, r1, c0, c1, ps[0])
 
     n_thr = threads if threads is not None else default_threads()
     if n_thr <= 1 or len(blocks) <= 1:

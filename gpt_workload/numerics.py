@@ -70,7 +70,7 @@ class _Weights:
         self.perm = perm
         self.wte = r(w.wte)
         self.wpe = r(w.wpe)
-        self.wte_t = np.ascontiguousarray(self.wte.T)  # [d, V] streamed
+        self.wte_t = self.wte.T  # [d, V] streamed (a view: BLAS reads it transposed)
         self.layers = []
         for lw in w.layers:
             fc_w, fc_b, fc2_w = lw.fc_w, lw.fc_b, lw.fc2_w

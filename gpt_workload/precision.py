@@ -18,7 +18,7 @@ SIAM 2002), §2.1: with ``t`` significand bits (implicit bit included) and round
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from wse_sim.precision import PRECISIONS, Precision
 
@@ -98,7 +98,7 @@ def _round_bf16(x: np.ndarray) -> np.ndarray:
     return out.view(np.float32)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _round_fp16_kernel(xf, xb, of, ob) -> bool:  # pragma: no cover - compiled by numba
     """IEEE binary16 round-to-nearest-even of float32 values, widened back to float32, on the
     bit patterns (``xf``/``xb``: float32 and uint32 views of the input, ``of``/``ob`` of the
@@ -109,25 +109,25 @@ def _round_fp16_kernel(xf, xb, of, ob) -> bool:  # pragma: no cover - compiled b
     rounding of the float32 pattern (a carry moves into the exponent as IEEE rounding does);
     ``|x| >= 65520`` (the midpoint between 65504 and 2^16) and +-inf give +-inf; below 2^-14
     the fp16 subnormal grid is ``2^-24``: ``rint(|x| 2^24) 2^-24`` (both scalings exact)."""
-    nan = False
+    n_nan = 0
     two24 = np.float32(16777216.0)
     inv24 = np.float32(1.0 / 16777216.0)
-    for i in range(xb.size):
+    for i in prange(xb.size):  # element-wise: the same bits whatever the threads
         b = xb[i]
         s = b & np.uint32(0x80000000)
         a = b & np.uint32(0x7FFFFFFF)
         if a > np.uint32(0x7F800000):
-            nan = True
+            n_nan += 1
             ob[i] = b
         elif a >= np.uint32(0x477FF000):
             ob[i] = s | np.uint32(0x7F800000)
         elif a >= np.uint32(0x38800000):
             lsb = (a >> np.uint32(13)) & np.uint32(1)
             ob[i] = s | ((a + np.uint32(0xFFF) + lsb) & np.uint32(0xFFFFE000))
-        else:
-            of[i] = np.float32(np.rint(abs(xf[i]) * two24)) * inv24
-            ob[i] = ob[i] | s
-    return nan
+        else:  # written through ``of`` alone (``of`` and ``ob`` are views of one buffer)
+            v = np.float32(np.rint(abs(xf[i]) * two24)) * inv24
+            of[i] = -v if s else v
+    return n_nan > 0
 
 
 def _round_fp16(x32: np.ndarray) -> np.ndarray:

@@ -53,3 +53,29 @@ def test_order_and_thread_independence(reduce, P, seed) -> None:
     assert np.array_equal(one, want)
     ref = np.concatenate(parts, axis=1).astype(np.float64) @ w.astype(np.float64) + bias
     assert np.allclose(one, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("reduce,P", [("chain", 5), ("tree", 4), ("chain", 1), ("tree", 1)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_dest_views_get_the_emitted_blocks(reduce, P, with_bias) -> None:
+    """Writing each block's last operation into ``dest`` pieces (here the ``[rows / m, m,
+    columns]`` split of a tile array, cut at a column) gives what ``emit`` receives, bit
+    for bit."""
+    rng = np.random.default_rng(P)
+    m, R, kt, N = 4, 40, 7, BLOCK_N + 33
+    parts = [rng.standard_normal((R, kt)).astype(np.float32) for _ in range(P)]
+    w = rng.standard_normal((P * kt, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    kb = np.arange(0, P * kt + 1, kt)
+    want = _run(parts, w, kb, reduce, bias, threads=1)
+    tiles = np.full((R // m, 2, m, N), np.nan, np.float32)  # PE axis 1, columns all on PE 0
+
+    def dest(r0, r1, c0, c1):  # two pieces where the block holds column 100
+        cuts = sorted({c0, c1, *([100] if c0 < 100 < c1 else [])})
+        return [(a, b, tiles[r0 // m : r1 // m, 0, :, a:b]) for a, b in zip(cuts, cuts[1:])]
+
+    chained_gemm(
+        parts, w, kb, None, dest=dest, reduce=reduce, bias=bias, threads=2, row_block=8
+    )
+    assert np.array_equal(tiles[:, 0].reshape(R, N), want)
+    assert np.isnan(tiles[:, 1]).all()

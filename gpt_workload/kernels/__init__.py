@@ -23,9 +23,12 @@ All arithmetic is IEEE float32 with round-to-nearest, one rounding per ``+``, ``
 ``/`` and ``sqrt`` (no fused multiply-add, no fastmath, so results are deterministic and do not
 depend on the thread count), except inside one PE's GEMM partial, a BLAS call (see
 :func:`gemm_ws`). Each docstring states the order of every reduction, which mirrors the order
-in which the wafer accumulates. ``exp``, ``log``, ``erf`` and ``tanh`` are the
+in which the wafer accumulates. ``exp`` in the attention and cross-entropy kernels is
+:func:`gpt_workload.kernels._expf.exp_f32`, glibc's ``expf`` algorithm written out so that
+loops over it vectorise (the same bits as glibc's on x86-64 with FMA, and the same steps
+under ``NUMBA_DISABLE_JIT=1``); elsewhere ``exp``, ``log``, ``erf`` and ``tanh`` are the
 C library's float32 functions when JIT-compiled (float64 rounded to float32 under
-``NUMBA_DISABLE_JIT=1``), so only kernels without them are bit-reproducible across the two.
+``NUMBA_DISABLE_JIT=1``), so only kernels without those are bit-reproducible across the two.
 
 Each public function is a thin Python wrapper that validates shapes and dtypes (raising
 ``ValueError``, or ``TypeError`` for an argument that is not an ndarray) and calls a

@@ -6,10 +6,12 @@ with its probabilities kept, backward). Layout and arithmetic rules: :mod:`gpt_w
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from gpt_workload.blas_gemm import default_threads
 from gpt_workload.kernels._common import (
     _as_f32,
     _axpy,
@@ -17,10 +19,10 @@ from gpt_workload.kernels._common import (
     _check_seq,
     _no_alias,
     _same,
-    _scale,
     _scale_add,
     _zero,
 )
+from gpt_workload.kernels._expf import exp_f32
 
 _f32 = _as_f32
 
@@ -42,7 +44,8 @@ def online_softmax_av(scores, n_keys, m, v, acc, blk, out):  # pragma: no cover 
     ``bm = max_i z_i`` (``i`` ascending), ``mx' = max(mx, bm)``, ``c = exp(mx - mx')``,
     ``e_i = exp(z_i - mx')``, ``bl = sum_i e_i`` and ``bo[d] = sum_i e_i * v_i[d]`` (``i``
     ascending), ``l = l*c + bl``, ``o[d] = o[d]*c + bo[d]``, ``mx = mx'``; finally
-    ``out[d] = o[d] / l``. float32, one rounding per operation.
+    ``out[d] = o[d] / l``. float32, one rounding per operation; ``exp`` is
+    :func:`gpt_workload.kernels._expf.exp_f32`.
 
     Args:
         scores: float32 ``[>= n_keys]`` scaled scores ``z``.
@@ -63,11 +66,11 @@ def online_softmax_av(scores, n_keys, m, v, acc, blk, out):  # pragma: no cover 
         for i in range(i0, i1):
             blk_max = max(blk_max, scores[i])
         new_max = max(run_max, blk_max)
-        corr = np.float32(math.exp(np.float32(run_max - new_max)))
+        corr = exp_f32(np.float32(run_max - new_max))
         blk_sum = np.float32(0)
         _zero(blk, dh)
         for i in range(i0, i1):
-            e = np.float32(math.exp(np.float32(scores[i] - new_max)))
+            e = exp_f32(np.float32(scores[i] - new_max))
             blk_sum = blk_sum + e
             _axpy(blk, e, v[i], dh)
         run_sum = run_sum * corr + blk_sum
@@ -77,54 +80,220 @@ def online_softmax_av(scores, n_keys, m, v, acc, blk, out):  # pragma: no cover 
         out[d] = acc[d] / run_sum
 
 
-@numba.njit(parallel=True, cache=True)
-def _attention_kernel(qkv, segs_per_seq, seq_len, scale, out, d_head):  # pragma: no cover
-    """Numba body of :func:`attention_tiled` (same arguments, all validated)."""
+#: Queries per tile of :func:`attention_tiled` (rounded down to whole segments, at least one)
+#: and keys per chunk of its scores (whole blocks, at least one).
+ATTENTION_QUERY_TILE = 64
+ATTENTION_KEY_CHUNK = 128
+
+
+@numba.njit(cache=True)
+def _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st):  # pragma: no cover - jit
+    """``st[i, t] = (sum_d k_{c0+i}[d] q_{q0+t}[d], d ascending from 0) * scale`` for keys
+    ``i < nkc`` and all ``lanes`` query slots of the tile (vectorised over the queries; the
+    sum over ``d`` is the sequential one, eight terms per pass)."""
+    dh = kr.shape[1]
+    d8 = dh - dh % 8
+    for i in range(nkc):
+        kk = kr[c0 + i]
+        srow = st[i]
+        for t in range(lanes):
+            srow[t] = 0
+        for d in range(0, d8, 8):
+            k0, k1, k2, k3 = kk[d], kk[d + 1], kk[d + 2], kk[d + 3]
+            k4, k5, k6, k7 = kk[d + 4], kk[d + 5], kk[d + 6], kk[d + 7]
+            g0, g1, g2, g3 = qt[d, q0:], qt[d + 1, q0:], qt[d + 2, q0:], qt[d + 3, q0:]
+            g4, g5, g6, g7 = qt[d + 4, q0:], qt[d + 5, q0:], qt[d + 6, q0:], qt[d + 7, q0:]
+            for t in range(lanes):
+                srow[t] = (((((((srow[t] + k0 * g0[t]) + k1 * g1[t]) + k2 * g2[t])
+                              + k3 * g3[t]) + k4 * g4[t]) + k5 * g5[t]) + k6 * g6[t]) + k7 * g7[t]
+        for d in range(d8, dh):
+            kd = kk[d]
+            g = qt[d, q0:]
+            for t in range(lanes):
+                srow[t] = srow[t] + kd * g[t]
+        for t in range(lanes):
+            srow[t] = srow[t] * scale
+
+
+@numba.njit(cache=True)
+def _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt):  # pragma: no cover
+    """The online-softmax steps of :func:`online_softmax_av` for the ``nkc / m`` whole key
+    blocks of a chunk (scores ``st[i, t]``, keys ``c0 + i``), every query slot of the tile
+    at once: running max ``mx``, sum ``ls`` and output ``ot[d, t]`` updated in place, the
+    same operations in the same order per query."""
+    dh = vr.shape[1]
+    nb = nkc // m
+    for b in range(nb):  # block max, new running max, exponent arguments
+        for t in range(lanes):
+            bm[t] = -np.inf
+        for i in range(b * m, b * m + m):
+            srow = st[i]
+            for t in range(lanes):
+                bm[t] = max(bm[t], srow[t])
+        crow = cor[b]
+        for t in range(lanes):
+            nm = max(mx[t], bm[t])
+            crow[t] = np.float32(mx[t] - nm)
+            mx[t] = nm
+        for i in range(b * m, b * m + m):
+            srow = st[i]
+            for t in range(lanes):
+                srow[t] = np.float32(srow[t] - mx[t])
+    for i in range(nkc):  # the exponentials, vectorised
+        srow = st[i]
+        for t in range(lanes):
+            srow[t] = exp_f32(srow[t])
+    for b in range(nb):
+        crow = cor[b]
+        for t in range(lanes):
+            crow[t] = exp_f32(crow[t])
+    for b in range(nb):  # l = l c + sum_i e_i;  o[d] = o[d] c + sum_i e_i v_i[d]
+        i0 = b * m
+        crow = cor[b]
+        for t in range(lanes):
+            bs[t] = 0
+        for i in range(i0, i0 + m):
+            srow = st[i]
+            for t in range(lanes):
+                bs[t] = bs[t] + srow[t]
+        for t in range(lanes):
+            ls[t] = ls[t] * crow[t] + bs[t]
+        if m == 4:  # the block sum in registers
+            e0, e1, e2, e3 = st[i0], st[i0 + 1], st[i0 + 2], st[i0 + 3]
+            v0, v1, v2, v3 = vr[c0 + i0], vr[c0 + i0 + 1], vr[c0 + i0 + 2], vr[c0 + i0 + 3]
+            for d in range(dh):
+                a0, a1, a2, a3 = v0[d], v1[d], v2[d], v3[d]
+                orow = ot[d]
+                for t in range(lanes):
+                    blk = (((np.float32(0) + e0[t] * a0) + e1[t] * a1) + e2[t] * a2) + e3[t] * a3
+                    orow[t] = orow[t] * crow[t] + blk
+        else:
+            for d in range(dh):
+                for t in range(lanes):
+                    bt[d, t] = 0
+            for i in range(i0, i0 + m):
+                ei = st[i]
+                vi = vr[c0 + i]
+                for d in range(dh):
+                    a = vi[d]
+                    brow = bt[d]
+                    for t in range(lanes):
+                        brow[t] = brow[t] + ei[t] * a
+            for d in range(dh):
+                orow = ot[d]
+                brow = bt[d]
+                for t in range(lanes):
+                    orow[t] = orow[t] * crow[t] + brow[t]
+
+
+def _attention_kernel(qkv, segs_per_seq, seq_len, scale, out, d_head) -> None:
+    """Body of :func:`attention_tiled` (same arguments, all validated): one work unit per
+    head of a sequence (a PE's head over all its segments), the units shared among the
+    cores by Python threads (the compiled unit releases the GIL; a ``prange`` over units
+    compiled three times slower, for no gain)."""
+    n_seg, n_pe, _, _ = qkv.shape
+    n_units = n_seg // segs_per_seq * n_pe * (out.shape[3] // d_head)
+
+    def run(unit: int) -> None:
+        _attention_unit(qkv, segs_per_seq, seq_len, scale, out, d_head, unit)
+
+    n_thr = min(default_threads(), n_units)
+    if n_thr <= 1:
+        for unit in range(n_units):
+            run(unit)
+        return
+    with ThreadPoolExecutor(max_workers=n_thr) as pool:
+        list(pool.map(run, range(n_units)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _attention_unit(qkv, segs_per_seq, seq_len, scale, out, d_head, unit):  # pragma: no cover
+    """Work unit ``unit`` of :func:`_attention_kernel`: head ``unit % hp`` of PE ``(unit //
+    hp) % P`` of sequence ``unit // (P hp)``.
+
+    Per head, queries go in tiles of ``lanes`` (whole segments): the keys of the segments
+    before the tile are whole blocks for every query of it, so their scores and online
+    softmax run vectorised over the tile's queries (:func:`_scores_t`,
+    :func:`_whole_blocks_t`); the tile's own keys (the causal diagonal) then run query by
+    query, as :func:`online_softmax_av` does. Per query the operations and their order are
+    those of :func:`attention_tiled`'s docstring either way."""
     n_seg, n_pe, m, _ = qkv.shape
     hp = out.shape[3] // d_head
-    n_seqs = n_seg // segs_per_seq
     t_pad = segs_per_seq * m
-    k_off = hp * d_head
-    v_off = 2 * hp * d_head
-    # One work unit = one head of one sequence (a PE's head over all its segments).
-    for unit in numba.prange(n_seqs * n_pe * hp):
-        seq = unit // (n_pe * hp)
-        j = (unit // hp) % n_pe
-        h = unit % hp
-        base = seq * segs_per_seq
-        qo = h * d_head
-        ko = k_off + h * d_head
-        vo = v_off + h * d_head
-        # keys of the whole sequence, transposed so the score loop runs over keys; values of
-        # the whole sequence, one row per key
-        k_t = np.zeros((d_head, t_pad), np.float32)
-        v_r = np.zeros((t_pad, d_head), np.float32)
-        for sp in range(segs_per_seq):
-            for t2 in range(m):
-                for d in range(d_head):
-                    k_t[d, sp * m + t2] = qkv[base + sp, j, t2, ko + d]
-                    v_r[sp * m + t2, d] = qkv[base + sp, j, t2, vo + d]
-        scores = np.empty(t_pad, np.float32)
-        acc = np.empty(d_head, np.float32)
-        blk = np.empty(d_head, np.float32)
-        for sp in range(segs_per_seq):
-            s = base + sp
-            for t in range(m):
-                q = sp * m + t
-                if q >= seq_len:
-                    for d in range(d_head):
-                        out[s, j, t, qo + d] = 0
-                    continue
-                n_keys = q + 1
-                # score[i] = (sum_d q[d] * k_i[d], d ascending from 0) * scale
-                _zero(scores, n_keys)
-                for d in range(d_head):
-                    qd = qkv[s, j, t, qo + d]
-                    _axpy(scores, qd, k_t[d], n_keys)
-                _scale(scores, scale, n_keys)
-                # online softmax, one key block per segment (keys sp*m.. of block sp), in
-                # arrival order: ceil((q + 1) / m) = sp + 1 blocks
-                online_softmax_av(scores, n_keys, m, v_r, acc, blk, out[s, j, t, qo : qo + d_head])
+    dh = d_head
+    lanes = m * max(ATTENTION_QUERY_TILE // m, 1)
+    kc = m * max(ATTENTION_KEY_CHUNK // m, 1)
+    seq = unit // (n_pe * hp)
+    j = (unit // hp) % n_pe
+    h = unit % hp
+    base = seq * segs_per_seq
+    qo = h * dh
+    ko = (hp + h) * dh
+    vo = (2 * hp + h) * dh
+    # queries feature-major (a tile's queries contiguous), keys and values one row per key
+    qt = np.zeros((dh, t_pad + lanes), np.float32)
+    kr = np.zeros((t_pad, dh), np.float32)
+    vr = np.zeros((t_pad, dh), np.float32)
+    for sp in range(segs_per_seq):
+        for t2 in range(m):
+            for d in range(dh):
+                qt[d, sp * m + t2] = qkv[base + sp, j, t2, qo + d]
+                kr[sp * m + t2, d] = qkv[base + sp, j, t2, ko + d]
+                vr[sp * m + t2, d] = qkv[base + sp, j, t2, vo + d]
+            if sp * m + t2 >= seq_len:  # padded query slot
+                for d in range(dh):
+                    out[base + sp, j, t2, qo + d] = 0
+    st = np.empty((max(kc, lanes), lanes), np.float32)  # scores, then exps [key, query]
+    cor = np.empty((kc // m, lanes), np.float32)
+    mx = np.empty(lanes, np.float32)
+    ls = np.empty(lanes, np.float32)
+    bm = np.empty(lanes, np.float32)
+    bs = np.empty(lanes, np.float32)
+    ot = np.empty((dh, lanes), np.float32)
+    bt = np.empty((dh, lanes), np.float32)
+    acc = np.empty(dh, np.float32)
+    blk = np.empty(dh, np.float32)
+    for q0 in range(0, seq_len, lanes):
+        nq = min(q0 + lanes, seq_len) - q0
+        for t in range(lanes):
+            mx[t] = -np.inf
+            ls[t] = 0
+        for d in range(dh):
+            for t in range(lanes):
+                ot[d, t] = 0
+        for c0 in range(0, q0, kc):  # whole blocks before the tile
+            nkc = min(c0 + kc, q0) - c0
+            _scores_t(kr, qt, c0, nkc, q0, lanes, scale, st)
+            _whole_blocks_t(st, nkc, m, lanes, vr, c0, mx, ls, ot, cor, bm, bs, bt)
+        # the tile's own keys, query by query (keys q0 .. q of query q)
+        _scores_t(kr, qt, q0, nq, q0, lanes, scale, st)
+        for t in range(nq):
+            q = q0 + t
+            run_max = mx[t]
+            run_sum = ls[t]
+            for d in range(dh):
+                acc[d] = ot[d, t]
+            n_keys = q - q0 + 1
+            for kb in range((n_keys + m - 1) // m):
+                i0 = kb * m
+                i1 = min(i0 + m, n_keys)
+                blk_max = np.float32(-np.inf)
+                for i in range(i0, i1):
+                    blk_max = max(blk_max, st[i, t])
+                new_max = max(run_max, blk_max)
+                corr = exp_f32(np.float32(run_max - new_max))
+                blk_sum = np.float32(0)
+                _zero(blk, dh)
+                for i in range(i0, i1):
+                    e = exp_f32(np.float32(st[i, t] - new_max))
+                    blk_sum = blk_sum + e
+                    _axpy(blk, e, vr[q0 + i], dh)
+                run_sum = run_sum * corr + blk_sum
+                _scale_add(acc, corr, blk, dh)
+                run_max = new_max
+            s = base + q // m
+            for d in range(dh):
+                out[s, j, q % m, qo + d] = acc[d] / run_sum
 
 
 def attention_tiled(
@@ -156,7 +325,15 @@ def attention_tiled(
       ``mx' = max(mx, bm)``, ``c = exp(mx - mx')``, ``e_i = exp(z_i - mx')``,
       ``bl = sum_i e_i`` and ``bo[d] = sum_i e_i * v_i[d]`` (``i`` ascending from 0),
       ``l = l*c + bl``, ``o[d] = o[d]*c + bo[d]``, ``mx = mx'``;
-    * ``out[d] = o[d] / l``. Padded query slots get 0.
+    * ``out[d] = o[d] / l``. Padded query slots get 0. ``exp`` is
+      :func:`gpt_workload.kernels._expf.exp_f32`.
+
+    Implementation: per head, the queries in tiles of :data:`ATTENTION_QUERY_TILE` (whole
+    segments); the key blocks before a tile are whole for each of its queries, so their
+    scores, exponentials and block updates run vectorised across the tile's queries (keys
+    in chunks of :data:`ATTENTION_KEY_CHUNK`); the tile's own keys then run query by query.
+    The operations above and their order are the same per query either way, so the tiles
+    change nothing in the result.
 
     Args:
         qkv_tiles: float32 ``[S, P, m, 3 * hp * d_head]``.

@@ -39,13 +39,16 @@ def gemm_ws(
     acc[t, j'*nt + c]``; columns ``j'*nt + c >= N`` and padded token slots are set to 0.
 
     Implementation: :func:`gpt_workload.blas_gemm.chained_gemm` on the ``P`` panels
-    ``x_tiles[:, j]`` (all segments' tokens at once), column blocks inside each output PE's
-    slice, blocks shared among the cores. The order above is per output element and does not
-    depend on the blocks or the thread count.
+    ``x_tiles[:, j]`` (all segments' tokens at once), blocks of whole
+    :data:`GEMM_BLOCK_N` columns (across output PEs' slices) shared among the cores, each
+    block's last add writing into ``out_tiles``, slice by slice.
+    The order above is per output element and does not depend on the blocks or the thread
+    count.
 
     Args:
         x_tiles: float32 ``[S, P, m, kt]``, activations of width ``K = P * kt``.
-        w: float32 ``[K, N]`` weight (input features x output features).
+        w: float32 ``[K, N]`` weight (input features x output features), C- or
+            Fortran-contiguous (the latter is used without a copy).
         bias: float32 ``[N]``, or ``None`` / a length-0 array for no bias.
         out_tiles: float32 ``[S, P, m, nt]`` with ``P * nt >= N``, C-contiguous, written in
             place; must not overlap ``x_tiles``.
@@ -61,7 +64,10 @@ def gemm_ws(
             seq_len)`` inconsistent with ``S`` and ``m``.
     """
     x_tiles = _as_f32("x_tiles", x_tiles, 4)
-    w = _as_f32("w", w, 2)
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.flags.f_contiguous:
+        w = _as_f32("w", w.T, 2).T  # a transpose (e.g. tied embeddings): BLAS reads it as is
+    else:
+        w = _as_f32("w", w, 2)
     bias = np.zeros(0, np.float32) if bias is None else _as_f32("bias", bias, 1)
     n_seg, n_pe, m, kt = x_tiles.shape
     if w.shape[0] != n_pe * kt:
@@ -80,19 +86,22 @@ def gemm_ws(
     _check_seq(n_seg, m, segs_per_seq, seq_len)
     _no_alias("x_tiles", x_tiles, "out_tiles", out_tiles)
     parts = [np.ascontiguousarray(x_tiles[:, j]).reshape(n_seg * m, kt) for j in range(n_pe)]
-    ranges = [(jo * nt, min(jo * nt + nt, n_cols)) for jo in range(n_pe) if jo * nt < n_cols]
 
-    def emit(r0: int, r1: int, c0: int, c1: int, acc: np.ndarray) -> None:
-        jo, lo = divmod(c0, nt)
-        out_tiles[r0 // m : r1 // m, jo, :, lo : lo + c1 - c0] = acc.reshape(-1, m, c1 - c0)
+    def dest(r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int, np.ndarray]]:
+        pieces = []  # the block's columns, output PE by output PE
+        for jo in range(c0 // nt, (c1 - 1) // nt + 1):
+            a0, a1 = max(c0, jo * nt), min(c1, jo * nt + nt)
+            view = out_tiles[r0 // m : r1 // m, jo, :, a0 - jo * nt : a1 - jo * nt]
+            pieces.append((a0, a1, view))
+        return pieces
 
     chained_gemm(
         parts,
         w,
         np.arange(0, n_pe * kt + 1, kt),
-        emit,
+        None,
+        dest=dest,
         bias=bias if bias.shape[0] else None,
-        col_ranges=ranges,
         row_block=max(m, BLOCK_ROWS // m * m),
     )
     for jo in range(n_pe):  # output columns beyond N

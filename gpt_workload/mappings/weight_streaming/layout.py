@@ -22,11 +22,13 @@ run the same tiling on their own number of sequences (:meth:`WSLayout.tiles`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
+from gpt_workload.blas_gemm import default_threads
 from gpt_workload.checks import check_int
 from wse_sim.errors import ConfigError
 from wse_sim.program import LayoutGeometry
@@ -203,6 +205,24 @@ class TileLayout:
                 f" with {p}*ft >= {width}"
             )
         ft = tiles.shape[3]
+        if self.padded_tokens == self.seq_len:  # no token padding: one pass, PE by PE
+            src = tiles.reshape(self.n_seq * self.segs_per_seq, p, m, ft)
+            out = np.empty((self.n_seq, self.seq_len, width), dtype=tiles.dtype)
+            dst = out.reshape(self.n_seq * self.segs_per_seq, m, width)
+
+            def copy(s0: int, s1: int) -> None:  # segments s0 .. s1 - 1
+                for j in range(min(p, -(-width // ft))):
+                    c0, c1 = j * ft, min(j * ft + ft, width)
+                    dst[s0:s1, :, c0:c1] = src[s0:s1, j, :, : c1 - c0]
+
+            n_thr = min(default_threads(), s) if tiles.nbytes >= 1 << 24 else 1
+            cuts = [s * i // n_thr for i in range(n_thr + 1)]
+            if n_thr == 1:
+                copy(0, s)
+            else:  # large (logits): the cores share the copy and its page faults
+                with ThreadPoolExecutor(max_workers=n_thr) as pool:
+                    list(pool.map(copy, cuts[:-1], cuts[1:]))
+            return out
         dense = tiles.reshape(self.n_seq, self.segs_per_seq, p, m, ft).transpose(0, 1, 3, 2, 4)
         dense = dense.reshape(self.n_seq, self.padded_tokens, p * ft)
         return np.ascontiguousarray(dense[:, : self.seq_len, :width])
