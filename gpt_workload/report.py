@@ -206,14 +206,18 @@ def si(x: float, unit: str, digits: int = 4) -> str:
 
 
 def _weight_entry(layout: dict) -> str:
-    """``; each head over k PEs; weights enter at X GB/s (r x I/O)`` for a weight-streaming
-    layout (:func:`gpt_workload.mappings.weight_streaming.head_split.head_split_summary`), else ``""``."""
+    """``; each head over k PEs; columns take weights at up to X GB/s (r x I/O)`` (the rate
+    the segment's columns can take distinct weights in, not the rate they arrive) for a
+    weight-streaming layout
+    (:func:`gpt_workload.mappings.weight_streaming.head_split.head_split_summary`), else
+    ``""``."""
     if "weight_entry_bytes_per_s" not in layout:
         return ""
     k = layout.get("pes_per_head", 1)
     heads = f"; each head over {k} PEs" if k > 1 else ""
     return (
-        f"{heads}; weights enter at {layout['weight_entry_bytes_per_s'] / 1e9:,.0f} GB/s "
+        f"{heads}; columns take weights at up to "
+        f"{layout['weight_entry_bytes_per_s'] / 1e9:,.0f} GB/s "
         f"({layout['weight_entry_vs_ingress']:.2f} x I/O)"
     )
 

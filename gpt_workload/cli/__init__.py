@@ -84,6 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("wse-sim: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print("wse-sim: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return 130

@@ -87,10 +87,16 @@ def cmd_sweep(args) -> int:
                 retry_failed=args.retry_failed,
                 progress=progress,
             )
-        except BaseException:
+        except BaseException as exc:
             # the error is the last word: erase the bar (terminal) or never draw it (log)
             bar.live.transient = True
             bar.console.quiet = not bar.console.is_terminal
+            if isinstance(exc, KeyboardInterrupt) and task:
+                done = int(bar.tasks[0].completed)
+                raise KeyboardInterrupt(
+                    f"{done} of {int(bar.tasks[0].total)} points done and kept; run the same "
+                    "command again to continue"
+                ) from None
             raise
     console().print(
         f"sweep {spec.name}: {res.total} points ({res.skipped} already done, {res.computed} "

@@ -221,7 +221,7 @@ def require_lowered(cfg: GPTConfig, what: str = "wse-sim run", job: str = "run")
     ok = LOWERED_FOR[job]
     if cfg.family not in ok:
         raise ConfigError(
-            f"model {cfg.name} is of family {cfg.family}, which {what} does not lower yet "
+            f"model {cfg.name} is of family {cfg.family}, not lowered yet by {what} "
             f"(only family {', '.join(ok)}); wse-sim run lowers it (weight_streaming)"
         )
 
