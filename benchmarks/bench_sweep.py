@@ -4,7 +4,7 @@ baseline revision, measured in the same run.
 Points: Cerebras-GPT-111M and 1.3B on the WSE-2 under the default mapping (its layout
 searched by analytic time), a grid of SRAM per PE x batch x I/O bandwidth. ``--grid issue``
 (default) is the scale issue 15 names, 10,000 points: 2 models x 10 SRAM sizes (32 - 96 KiB)
-x 10 batches (4 - 240) x 50 I/O bandwidths (75 - 375 GB/s); ``--grid small`` the 320-point
+x 10 batches (4 - 240) x 50 I/O bandwidths (75 - 369 GB/s); ``--grid small`` the 320-point
 grid of earlier measurements (2 x 4 SRAM x 5 batches x 8 bandwidths). Measured:
 
 * ``baseline_serial``: the baseline revision's ``run_point`` in one process over whole
