@@ -31,7 +31,7 @@ design note): ``P`` is a divisor of ``n_head`` (``hp = n_head / P`` whole heads 
 ``k n_head`` with ``k`` dividing ``d_head`` (``d_head / k`` features of one head per PE;
 :func:`allowed_pes_per_segment`).
 
-**Attention with split heads** (:func:`attention_classes`, :func:`score_allreduce`): each PE
+**Attention with split heads** (:func:`attention_kernel_classes`, :func:`score_allreduce`): each PE
 forms the partial ``q . k`` over its ``d_head / k`` features for every causal (query, key)
 pair; the ``k`` partials of a head are all-reduced along the head's PEs (a chain: partial
 sums travel east, PE ``0`` first, and the totals are broadcast back west: ``m x n_keys``
@@ -63,7 +63,6 @@ from wse_sim.program import PEClass, Transfer
 
 __all__ = [
     "allowed_pes_per_segment",
-    "attention_classes",
     "attention_kernel_classes",
     "check_pes_per_segment",
     "clear_class_cache",
@@ -154,19 +153,6 @@ def _pair_counts(L) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mp, mp * p * m + mp * (mp + 1) / 2, mp * (p + 1)
 
 
-def attention_classes(L, d_head: int, W: float, ov: float) -> tuple[PEClass, ...]:
-    """Head-parallel causal attention's PE classes (class = segment position) on layout ``L``.
-
-    Per PE, ``hp`` whole heads (``L.pes_per_head == 1``) or ``1 / k`` of one head (``k =
-    L.pes_per_head``): per causal pair a ``q . k`` vector op over the PE's ``d_head / k``
-    features and a ``P V`` axpy over them, 3 softmax element ops on the full scores (every PE
-    of a split head runs the same softmax); per (query, key block) 3 vector-op setups, and
-    with split heads one more: adding the incoming partial scores of the block. FLOPs: the
-    PE's share of the model's ``4 d_head`` per pair and head.
-    """
-    return attention_kernel_classes(L, d_head, W, ov)[0]
-
-
 #: most attention PE classes :func:`attention_kernel_classes` keeps for reuse, in all (about
 #: 150 bytes each): the layouts of a sweep's last ~100 lowerings at ~1,000 positions each,
 #: so points that differ only in what the classes do not read (SRAM size, I/O rate) share
@@ -188,9 +174,19 @@ def clear_class_cache() -> None:
 def attention_kernel_classes(
     L, d_head: int, W: float, ov: float
 ) -> tuple[tuple[PEClass, ...], float, float]:
-    """:func:`attention_classes`, their FLOPs summed over the wafer (``sum(c.flops * c.count
-    for c in classes)``) and the slowest class's cycles (``max(c.cycles for c in
-    classes)``: :attr:`wse_sim.program.Kernel.critical_cycles`).
+    """``(classes, flops, slowest)`` of head-parallel causal attention on layout ``L``: its PE
+    classes (class = segment position), their FLOPs and the slowest class's cycles.
+
+    Per PE, ``hp`` whole heads (``L.pes_per_head == 1``) or ``1 / k`` of one head (``k =
+    L.pes_per_head``): per causal pair a ``q . k`` vector op over the PE's ``d_head / k``
+    features and a ``P V`` axpy over them, 3 softmax element ops on the full scores (every PE
+    of a split head runs the same softmax); per (query, key block) 3 vector-op setups, and
+    with split heads one more: adding the incoming partial scores of the block. FLOPs: the
+    PE's share of the model's ``4 d_head`` per pair and head.
+
+    ``flops`` is summed over the wafer (``sum(c.flops * c.count for c in classes)``),
+    ``slowest`` is ``max(c.cycles for c in classes)``
+    (:attr:`wse_sim.program.Kernel.critical_cycles`).
 
     Computed for all positions at once on float64 arrays, each value by the same operations
     in the same order as position by position (:func:`_pair_counts`; the sum over the classes
